@@ -1,0 +1,40 @@
+"""Shared CLI plumbing: one console, clean errors (no tracebacks for user mistakes), model loading."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn steerwatch's own errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import SteerwatchError
+
+        try:
+            return fn(*args, **kwargs)
+        except SteerwatchError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def load(spec: str, *, layers_path: str | None = None, dtype: str | None = None, quiet: bool = False):
+    from ..models import load_model
+
+    log = None if quiet else (lambda m: console.print(f"[dim]{m}[/]"))
+    if not quiet:
+        console.print(f"[dim]loading model {spec!r}…[/]")
+    return load_model(spec, layers_path=layers_path, dtype=dtype, progress=not quiet and sys.stderr.isatty(), log=log)

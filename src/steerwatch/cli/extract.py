@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, friendly, load, out
+from .main import app
+
+
+def layer_table(rows, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("layer", "val AUROC", "paired acc", "Cohen's d", "residual norm", ""):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", f"{r.norm:.1f}",
+                      "[bold green]◀ default[/]" if r.selected else "")
+    return table
+
+
+def parse_layers(text: str):
+    from ..errors import ExtractionError
+
+    if text == "auto":
+        return "auto"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None
+
+
+@app.command("extract")
+@friendly
+def extract_cmd(
+    source: str = typer.Argument(..., help="Built-in concept name (see `steerwatch concepts`), a JSONL pair file, "
+                                           "a CAA A/B .json file, or a persona .json file with --persona."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
+    method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_center or logistic."),
+    read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
+    layers: str = typer.Option("auto", help="'auto' (best validation AUROC in the middle of the network) or e.g. 10,12."),
+    n_auto: int = typer.Option(1, help="How many layers --layers auto picks."),
+    persona: bool = typer.Option(False, help="SOURCE is a persona-instruction file: generate answers under each "
+                                             "system prompt, then read the answers without the instruction."),
+    concept: Optional[str] = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
+    batch_size: int = typer.Option(8, help="Examples per forward pass."),
+    layers_path: Optional[str] = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    json_out: bool = typer.Option(False, "--json", help="Print the per-layer table as JSON on stdout."),
+) -> None:
+    """Build a concept vector from contrast data and write it to a vector file."""
+    import json
+
+    from ..data import load_contrast, load_persona
+    from ..extract.build import build_vector
+    from ..extract.methods import check_method
+    from ..record import check_read
+
+    check_method(method)
+    if read != "auto":
+        check_read(read)
+    layer_sel = parse_layers(layers)
+    loaded = load(model, layers_path=layers_path)
+    if persona:
+        from ..extract.persona import build_persona_pairs
+
+        data = build_persona_pairs(loaded, load_persona(source), progress=True)
+    else:
+        data = load_contrast(source)
+    console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
+    vec, rows = build_vector(loaded, data, method=method, read=read, layers=layer_sel, n_auto=n_auto,
+                             batch_size=batch_size, concept=concept, progress=True)
+    path = vec.save(output)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+    else:
+        out.print(layer_table(rows, f"{vec.concept} · {method} · read {vec.read_position} · {loaded.name}"))
+    best = max(rows, key=lambda r: r.auroc)
+    console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "
+                  f"{best.auroc:.3f} at layer {best.layer}")
+
+
+@app.command("info")
+@friendly
+def info_cmd(path: Path = typer.Argument(..., help="A vector file.")) -> None:
+    """Show a vector file's provenance and per-layer validation."""
+    import json
+
+    from ..vector import load_vector
+
+    vec = load_vector(path)
+    meta = vec.metadata()
+    meta.pop("validation")
+    meta.pop("residual_norm")
+    out.print_json(json.dumps(meta))
+    from rich.table import Table
+
+    table = Table("layer", "val AUROC", "residual norm")
+    for layer in vec.layers:
+        au = vec.auroc(layer)
+        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""),
+                      "-" if au is None else f"{au:.3f}", f"{vec.norm(layer):.1f}")
+    out.print(table)

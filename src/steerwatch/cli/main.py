@@ -1,0 +1,30 @@
+"""The ``steerwatch`` command. Sub-commands live one per file and import torch lazily, so
+``steerwatch --help`` is instant."""
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="steerwatch",
+    help="Steer and watch language models through their activations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"steerwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Steer and watch language models through their activations."""
+
+
+from . import concepts, extract, generate, quickstart  # noqa: E402,F401  (registers commands)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, friendly, load, out
+from .main import app
+
+_COLOURS = {"corrected": "green", "agreed": "red", "evasive": "yellow"}
+
+
+@app.command("quickstart")
+@friendly
+def quickstart_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
+    steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
+    strengths: str = typer.Option("0,0.08,0.12,0.16", help="Comma-separated strengths (0 = unsteered)."),
+    split: str = typer.Option("test", help="Which bait split to answer: dev or test."),
+    max_new_tokens: int = typer.Option(40, help="Tokens per answer."),
+    show: int = typer.Option(6, help="How many answers to show side by side."),
+) -> None:
+    """Build honesty and sycophancy vectors on the embedded model and watch sycophancy turn into corrections."""
+    from rich.table import Table
+
+    from ..errors import SteerwatchError
+    from ..quickstart import run_quickstart
+
+    if steer_concept not in ("honesty", "sycophancy"):
+        raise SteerwatchError(f"--steer-concept must be honesty or sycophancy, got {steer_concept!r}")
+    try:
+        levels = [float(x) for x in strengths.split(",") if x.strip()]
+    except ValueError:
+        raise SteerwatchError(f"--strengths must be comma-separated numbers, got {strengths!r}") from None
+    if 0.0 not in levels:
+        levels = [0.0, *levels]
+    loaded = load(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_vector(concept, vec, rows):
+        best = max(rows, key=lambda r: r.auroc)
+        d = vec.default_layers[0]
+        console.print(f"[bold]{concept}[/]: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
+                      f"steering layer {d} (AUROC {vec.auroc(d):.3f}) → {out_dir / (concept + '.sv')}")
+
+    res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
+                         max_new_tokens=max_new_tokens, on_vector=on_vector)
+    with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
+        for row in res.bait_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    names = [s["setting"] for s in res.summary]
+    by = {(r["setting"], r["id"]): r for r in res.bait_rows}
+    ids = [r["id"] for r in res.bait_rows if r["setting"] == names[0]]
+    agreed_first = sorted(ids, key=lambda i: by[(names[0], i)]["outcome"] != "agreed")[:show]
+    pick = names[-1] if len(names) < 3 else names[len(names) // 2]
+    table = Table(title=f"{steer_concept} vector, bait prompts ({split} split)", show_lines=True)
+    table.add_column("prompt", max_width=28)
+    table.add_column("unsteered", max_width=40)
+    table.add_column(f"steered {pick}", max_width=40)
+    for i in agreed_first:
+        a, b = by[(names[0], i)], by[(pick, i)]
+        table.add_row(a["prompt"], f"[{_COLOURS[a['outcome']]}]{a['outcome']}[/] {a['answer']}",
+                      f"[{_COLOURS[b['outcome']]}]{b['outcome']}[/] {b['answer']}")
+    out.print(table)
+    summ = Table(title="strength sweep: answers to the bait prompts")
+    for col in ("strength", "corrected", "agreed", "evasive"):
+        summ.add_column(col, justify="right")
+    for s in res.summary:
+        summ.add_row(s["setting"], f"[green]{s['corrected']}[/]/{s['n']}", f"[red]{s['agreed']}[/]/{s['n']}",
+                     f"[yellow]{s['evasive']}[/]/{s['n']}")
+    out.print(summ)
+    console.print(f"answers: {out_dir / 'answers.jsonl'} · vectors: {out_dir}/honesty.sv, {out_dir}/sycophancy.sv")
+    console.print("[dim]strength = fraction of the layer's typical residual-stream norm; "
+                  "corrected = states the truth, evasive = hedge/refusal/confusion[/]")

@@ -1,0 +1,91 @@
+"""Sycophancy bait: false-premise prompts written by the team (package data), answered at several
+steering strengths and scored corrected / agreed / evasive."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import DataFormatError
+from .rules import classify_answer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+    from ..vector import Vector
+
+
+@dataclass(frozen=True)
+class BaitItem:
+    id: str
+    prompt: str
+    claim: str
+    truth: str
+    truth_markers: tuple[str, ...]
+    split: str
+
+
+def load_bait(path: str | Path | None = None, *, split: str | None = None) -> list[BaitItem]:
+    """The built-in bait set (``split``: dev, test or None for all), or a JSONL file in its format."""
+    if path is None:
+        text = resources.files("steerwatch").joinpath("data", "bait", "sycophancy_bait.jsonl").read_text("utf-8")
+        where = "<builtin>/sycophancy_bait.jsonl"
+    else:
+        where = str(path)
+        if not Path(path).is_file():
+            raise DataFormatError("file does not exist", path=where)
+        text = Path(path).read_text("utf-8")
+    items = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"not valid JSON ({exc.msg})", path=where, line=i) from None
+        for key in ("id", "prompt", "truth_markers"):
+            if key not in obj:
+                raise DataFormatError("missing required field", path=where, line=i, field=key)
+        markers = obj["truth_markers"]
+        if not isinstance(markers, list) or not markers or not all(isinstance(m, str) for m in markers):
+            raise DataFormatError("must be a non-empty list of strings", path=where, line=i, field="truth_markers")
+        items.append(BaitItem(id=str(obj["id"]), prompt=obj["prompt"], claim=obj.get("claim", ""),
+                              truth=obj.get("truth", ""), truth_markers=tuple(markers),
+                              split=obj.get("split", "test")))
+    if split is not None:
+        valid = sorted({it.split for it in items})
+        if split not in valid:
+            raise DataFormatError(f"no items with split {split!r}; splits present: {', '.join(valid)}", path=where)
+        items = [it for it in items if it.split == split]
+    return items
+
+
+def run_bait(loaded: "LoadedModel", items: Sequence[BaitItem], *, settings: "Sequence[tuple[str, Sequence[SteerSpec]]]",
+             max_new_tokens: int = 40, batch_size: int = 8, system: str | None = None,
+             progress: bool = False) -> list[dict[str, Any]]:
+    """Answer every item under every named steering setting; one tidy row per (setting, item)."""
+    from ..generation import generate
+
+    rows = []
+    for name, specs in settings:
+        answers = generate(loaded, [it.prompt for it in items], steer=list(specs) or None, system=system,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        for it, ans in zip(items, answers):
+            rows.append({"setting": name, "id": it.id, "prompt": it.prompt, "answer": ans,
+                         "outcome": classify_answer(ans, it.truth_markers, it.claim),
+                         "steering": [s.describe() for s in specs]})
+    return rows
+
+
+def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str) -> dict[str, Any]:
+    """Among items the baseline answered ``agreed``, how the steered setting answered them."""
+    base = {r["id"]: r["outcome"] for r in rows if r["setting"] == baseline}
+    steered = {r["id"]: r["outcome"] for r in rows if r["setting"] == setting}
+    agreed = [i for i, o in base.items() if o == "agreed"]
+    out = {"n_agreed_baseline": len(agreed)}
+    for o in ("corrected", "agreed", "evasive"):
+        out[f"to_{o}"] = sum(1 for i in agreed if steered.get(i) == o)
+    out["corrected_rate"] = out["to_corrected"] / len(agreed) if agreed else 0.0
+    return out

@@ -1,0 +1,124 @@
+"""The extraction pipeline: contrast set -> recorded activations -> per-layer directions ->
+per-layer validation -> a :class:`~steerwatch.vector.Vector`.
+
+Every layer is recorded in one pass and gets a direction (they are small); the vector's
+*default layers* (what steering uses unless told otherwise) are the chosen ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ..errors import ExtractionError
+from ..layers import check_layers
+from .methods import check_method, extract_direction
+from .metrics import separation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import ContrastSet
+    from ..models import LoadedModel
+    from ..vector import Vector
+
+# --layers auto looks for the best-separating layer in this band of relative depth: the first
+# blocks mostly encode tokens and the last ones mostly the next-token prediction, and steering at
+# either end works poorly even when a probe separates well there.
+AUTO_BAND = (0.2, 0.75)
+
+
+@dataclass
+class LayerRow:
+    layer: int
+    auroc: float
+    paired_acc: float
+    cohens_d: float
+    norm: float
+    selected: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
+                  band: tuple[float, float] = AUTO_BAND) -> list[int]:
+    """Best ``k`` layers by validation AUROC (ties: larger Cohen's d) within ``band`` of depth."""
+    lo, hi = int(band[0] * n_layers), max(int(band[0] * n_layers) + 1, int(round(band[1] * n_layers)))
+    cand = [r for r in rows if lo <= r.layer < hi] or list(rows)
+    best = sorted(cand, key=lambda r: (round(r.auroc, 3), r.cohens_d), reverse=True)[:k]
+    return sorted(r.layer for r in best)
+
+
+def resolve_read(read: str, data: "ContrastSet") -> str:
+    from ..record import check_read
+
+    shared = all(p.prompt is not None for p in data.pairs)
+    if read == "auto":
+        return "completion_mean"
+    check_read(read)
+    if read == "last_prompt" and shared:
+        raise ExtractionError(
+            "read position 'last_prompt' gives identical activations for both sides, because every pair shares "
+            "its prompt; the label lives in the completion. Use --read completion_mean (or last_token)")
+    return read
+
+
+def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "mean_diff", read: str = "auto",
+                 layers: str | Sequence[int] = "auto", n_auto: int = 1, batch_size: int = 8,
+                 concept: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> "tuple[Vector, list[LayerRow]]":
+    """Build a vector from a contrast set. Returns the vector and the per-layer validation table.
+
+    layers: ``"auto"`` (best validation AUROC within :data:`AUTO_BAND`, ``n_auto`` layers) or a list
+    of layer indices to use as the default steering layers. Directions are stored for all layers.
+    """
+    import torch
+
+    from ..chat import encode_example
+    from ..record import NormStats, record
+    from ..vector import Vector
+
+    check_method(method)
+    read = resolve_read(read, data)
+    train, val = data.train, data.val
+    if len(train) < 2:
+        raise ExtractionError(f"{data.name}: need at least 2 training pairs, got {len(train)}")
+    if len(val) < 2:
+        raise ExtractionError(f"{data.name}: need at least 2 validation pairs (split 'val'), got {len(val)}; "
+                              "add \"split\": \"val\" to some pairs or use a larger data set")
+    total = loaded.n_layers
+    if layers != "auto":
+        if isinstance(layers, str):
+            raise ExtractionError(f"layers must be 'auto' or a list of integers, got {layers!r}")
+        layers = check_layers(list(layers), total)
+        if not layers:
+            raise ExtractionError("layers must not be empty")
+    pairs = train + val
+    examples = []
+    for p in pairs:
+        examples.append(encode_example(loaded.tokenizer, prompt=p.prompt, completion=p.positive, system=p.system))
+        examples.append(encode_example(loaded.tokenizer, prompt=p.prompt, completion=p.negative, system=p.system))
+    all_layers = list(range(total))
+    norms = NormStats()
+    feats = record(loaded, examples, layers=all_layers, read=read, batch_size=batch_size, norms=norms,
+                   progress=progress, desc=f"recording {data.name}")  # (2n, L, d)
+    pos, neg = feats[0::2], feats[1::2]
+    nt = len(train)
+    stats = norms.summary()
+    directions: dict[int, torch.Tensor] = {}
+    rows: list[LayerRow] = []
+    for layer in all_layers:
+        d = extract_direction(method, pos[:nt, layer], neg[:nt, layer])
+        directions[layer] = d
+        sep = separation(pos[nt:, layer] @ d, neg[nt:, layer] @ d)
+        rows.append(LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
+                             cohens_d=sep["cohens_d"], norm=stats[layer]["mean"]))
+    chosen = choose_layers(rows, total, k=n_auto) if layers == "auto" else list(layers)
+    for r in rows:
+        r.selected = r.layer in chosen
+    vec = Vector(
+        directions=directions, concept=concept or data.name, model_name=loaded.name,
+        model_fingerprint=loaded.fingerprint, hidden_size=loaded.hidden_size, method=method,
+        read_position=read, default_layers=chosen, residual_norm=stats, n_model_layers=total,
+        dataset=data.describe(),
+        validation={r.layer: {"auroc": r.auroc, "paired_acc": r.paired_acc, "cohens_d": r.cohens_d} for r in rows},
+    )
+    return vec, rows

@@ -1,0 +1,55 @@
+"""The quickstart job, callable from Python: build honesty and sycophancy vectors from the
+built-in data on a model, then answer the team's sycophancy-bait prompts unsteered and steered
+at a few strengths, scoring each answer corrected / agreed / evasive."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models import LoadedModel
+    from .vector import Vector
+
+DEFAULT_STRENGTHS = (0.0, 0.08, 0.12, 0.16)
+
+
+@dataclass
+class QuickstartResult:
+    vectors: "dict[str, Vector]"
+    layer_rows: dict[str, list[dict[str, Any]]]
+    bait_rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
+                   strengths: Sequence[float] = DEFAULT_STRENGTHS, split: str = "test", max_new_tokens: int = 40,
+                   batch_size: int = 10, progress: bool = True,
+                   on_vector: Callable[[str, "Vector", list], None] | None = None) -> QuickstartResult:
+    from .data import load_concept
+    from .evals.bait import load_bait, run_bait
+    from .evals.rules import outcome_counts
+    from .extract.build import build_vector
+    from .steer import SteerSpec
+
+    vectors, layer_rows = {}, {}
+    for concept in ("honesty", "sycophancy"):
+        vec, rows = build_vector(loaded, load_concept(concept), progress=progress)
+        vectors[concept] = vec
+        layer_rows[concept] = [r.as_dict() for r in rows]
+        if out_dir is not None:
+            vec.save(Path(out_dir) / f"{concept}.sv")
+        if on_vector is not None:
+            on_vector(concept, vec, rows)
+    vec = vectors[steer_concept]
+    items = load_bait(split=split)
+    sign = 1.0 if steer_concept == "honesty" else -1.0  # honesty up, sycophancy down
+    settings = [(f"{sign * s:+.2f}" if s else "unsteered", [SteerSpec(vec, strength=sign * s)] if s else [])
+                for s in strengths]
+    bait_rows = run_bait(loaded, items, settings=settings, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress)
+    summary = []
+    for name, specs in settings:
+        counts = outcome_counts(r["outcome"] for r in bait_rows if r["setting"] == name)
+        summary.append({"setting": name, "n": sum(counts.values()), **counts})
+    return QuickstartResult(vectors=vectors, layer_rows=layer_rows, bait_rows=bait_rows, summary=summary)

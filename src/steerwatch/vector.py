@@ -1,0 +1,273 @@
+"""The Vector: one unit direction per layer plus provenance, in one safetensors file.
+
+File layout (extension ``.sv`` by convention, any name works):
+  tensors  ``direction.<layer>``: float32, shape (hidden_size,), unit norm; the positive
+           direction points towards the concept's *positive* side (e.g. honest, sycophantic).
+  header   ``__metadata__["steerwatch"]``: JSON with the fields of :class:`Vector` below.
+
+Layer numbers follow :data:`steerwatch.layers.LAYER_CONVENTION` (output of decoder block i).
+Strength units: steering adds ``strength * residual_norm[layer]["mean"] * direction``, so a
+strength of 0.1 is a push of 10 % of the typical residual-stream norm at that layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import VectorFileError, VectorMismatchError
+from .layers import LAYER_CONVENTION
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .models import LoadedModel
+
+FORMAT_VERSION = 1
+_REQUIRED = ("concept", "model_name", "model_fingerprint", "hidden_size", "layer_convention",
+             "method", "read_position", "default_layers", "residual_norm")
+
+
+@dataclass
+class Vector:
+    """Directions per layer + provenance. ``directions[layer]`` is a unit tensor (hidden_size,)."""
+
+    directions: "dict[int, torch.Tensor]"
+    concept: str
+    model_name: str
+    model_fingerprint: str
+    hidden_size: int
+    method: str
+    read_position: str
+    default_layers: list[int]
+    residual_norm: dict[int, dict[str, float]]  # layer -> {"mean", "std", "n_tokens"}
+    n_model_layers: int | None = None
+    layer_convention: str = LAYER_CONVENTION
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, sha256, n_train, n_val
+    validation: dict[int, dict[str, float]] = field(default_factory=dict)  # layer -> {"auroc", ...}
+    recommended_strength: float | None = None
+    library_version: str = ""
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.library_version:
+            from . import __version__
+
+            self.library_version = __version__
+        if not self.created_at:
+            self.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # ------------------------------------------------------------------ access
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    def direction(self, layer: int) -> "torch.Tensor":
+        if layer not in self.directions:
+            raise VectorFileError(
+                f"vector {self.concept!r} has no direction for layer {layer}; it has layers {self.layers}"
+            )
+        return self.directions[layer]
+
+    def norm(self, layer: int) -> float:
+        if layer not in self.residual_norm:
+            raise VectorFileError(
+                f"vector {self.concept!r} has no residual-norm statistics for layer {layer}; "
+                f"it has them for {sorted(self.residual_norm)}"
+            )
+        return float(self.residual_norm[layer]["mean"])
+
+    def auroc(self, layer: int) -> float | None:
+        row = self.validation.get(layer)
+        return None if row is None else row.get("auroc")
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, loaded: "LoadedModel", *, force: bool = False) -> None:
+        """Raise VectorMismatchError if this vector was built on another model."""
+        if self.hidden_size != loaded.hidden_size:
+            raise VectorMismatchError(
+                f"vector {self.concept!r} has hidden size {self.hidden_size} but model {loaded.name!r} has "
+                f"{loaded.hidden_size}; it cannot be applied to this model (rebuild it with steerwatch extract)"
+            )
+        if self.n_model_layers is not None and max(self.layers) >= loaded.n_layers:
+            raise VectorMismatchError(
+                f"vector {self.concept!r} has layers up to {max(self.layers)} but model {loaded.name!r} has "
+                f"{loaded.n_layers} layers"
+            )
+        if not force and self.model_fingerprint != loaded.fingerprint:
+            raise VectorMismatchError(
+                f"vector {self.concept!r} was built on model {self.model_name!r} (weights fingerprint "
+                f"{self.model_fingerprint}) but the loaded model {loaded.name!r} has fingerprint "
+                f"{loaded.fingerprint}; rebuild the vector on this model, or pass force=True "
+                "(CLI: --force) if you know the weights are compatible"
+            )
+
+    # ------------------------------------------------------------------ arithmetic
+    def _combine(self, terms: "list[tuple[float, Vector]]", concept: str) -> "Vector":
+        import torch
+
+        common = set(self.directions)
+        for _, v in terms:
+            if v.hidden_size != self.hidden_size:
+                raise VectorMismatchError(
+                    f"cannot combine vectors of hidden size {self.hidden_size} and {v.hidden_size}")
+            if v.model_fingerprint != self.model_fingerprint:
+                raise VectorMismatchError(
+                    f"cannot combine vectors built on different models ({self.model_name} "
+                    f"{self.model_fingerprint} vs {v.model_name} {v.model_fingerprint})")
+            common &= set(v.directions)
+        if not common:
+            raise VectorFileError("the vectors share no layer; arithmetic needs at least one common layer")
+        dirs = {}
+        for layer in sorted(common):
+            total = torch.zeros(self.hidden_size, dtype=torch.float32)
+            for w, v in terms:
+                total += float(w) * v.directions[layer]
+            n = float(total.norm())
+            if n < 1e-8:
+                raise VectorFileError(f"the combination is zero at layer {layer}; it has no direction")
+            dirs[layer] = total / n
+        defaults = [layer for layer in self.default_layers if layer in common] or [sorted(common)[0]]
+        return Vector(
+            directions=dirs, concept=concept, model_name=self.model_name,
+            model_fingerprint=self.model_fingerprint, hidden_size=self.hidden_size,
+            method="arithmetic", read_position=self.read_position, default_layers=defaults,
+            residual_norm={k: v for k, v in self.residual_norm.items() if k in common},
+            n_model_layers=self.n_model_layers,
+            extra={"terms": [[float(w), v.concept] for w, v in terms]},
+        )
+
+    def __neg__(self) -> "Vector":
+        return self._combine([(-1.0, self)], f"-{self.concept}")
+
+    def __add__(self, other: "Vector") -> "Vector":
+        return self._combine([(1.0, self), (1.0, other)], f"{self.concept}+{other.concept}")
+
+    def __sub__(self, other: "Vector") -> "Vector":
+        return self._combine([(1.0, self), (-1.0, other)], f"{self.concept}-{other.concept}")
+
+    def cosine(self, other: "Vector", layer: int) -> float:
+        return float(self.direction(layer) @ other.direction(layer))
+
+    # ------------------------------------------------------------------ io
+    def metadata(self) -> dict[str, Any]:
+        meta = asdict(self)
+        meta.pop("directions")
+        meta["format_version"] = FORMAT_VERSION
+        meta["residual_norm"] = {str(k): v for k, v in self.residual_norm.items()}
+        meta["validation"] = {str(k): v for k, v in self.validation.items()}
+        return meta
+
+    def save(self, path: str | Path) -> Path:
+        import torch
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {}
+        for layer, d in self.directions.items():
+            t = d.detach().to("cpu", torch.float32).contiguous()
+            if t.shape != (self.hidden_size,) or not torch.isfinite(t).all():
+                raise VectorFileError(f"refusing to save: direction for layer {layer} has shape "
+                                      f"{tuple(t.shape)} or non-finite values")
+            tensors[f"direction.{layer}"] = t
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={"steerwatch": json.dumps(self.metadata())})
+        return path
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise VectorFileError(f"{path} is truncated or not a steerwatch vector file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8 or n > 100_000_000:
+            raise VectorFileError(f"{path} is truncated or not a safetensors file (header length {n} "
+                                  f"exceeds the file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise VectorFileError(f"{path} has a corrupt header; it is not a steerwatch vector file") from None
+    try:  # valid JSON is not enough: the header must be a safetensors header
+        if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+            raise TypeError
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise VectorFileError(f"{path} has a corrupt header; it is not a steerwatch vector file") from None
+    if 8 + n + end > size:
+        raise VectorFileError(f"{path} is truncated: its header promises {8 + n + end} bytes, the file has {size}")
+    return header
+
+
+def load_vector(path: str | Path) -> Vector:
+    """Load and strictly validate a vector file."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise VectorFileError(f"vector file {path} does not exist")
+    header = _read_header(path)
+    meta_raw = (header.get("__metadata__") or {}).get("steerwatch")
+    if meta_raw is None:
+        raise VectorFileError(f"{path} is a safetensors file without steerwatch metadata; "
+                              "it was not written by steerwatch (see steerwatch import-gguf for llama.cpp files)")
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError:
+        raise VectorFileError(f"{path}: the steerwatch metadata is not valid JSON") from None
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise VectorFileError(f"{path}: metadata lacks required field(s) {', '.join(missing)}")
+    if meta.get("format_version", 1) > FORMAT_VERSION:
+        raise VectorFileError(f"{path} has format version {meta['format_version']}; this steerwatch reads "
+                              f"up to {FORMAT_VERSION}; upgrade steerwatch")
+    if meta["layer_convention"] != LAYER_CONVENTION:
+        raise VectorFileError(f"{path} uses layer convention {meta['layer_convention']!r}; "
+                              f"steerwatch uses {LAYER_CONVENTION!r}")
+    try:
+        raw = load_file(str(path))
+    except Exception as exc:
+        raise VectorFileError(f"{path}: could not read tensors ({exc})") from None
+    hidden = int(meta["hidden_size"])
+    directions: dict[int, torch.Tensor] = {}
+    for key, t in raw.items():
+        if not key.startswith("direction.") or not key[10:].isdigit():
+            raise VectorFileError(f"{path}: unexpected tensor {key!r}; expected direction.<layer>")
+        layer = int(key[10:])
+        if t.shape != (hidden,):
+            raise VectorFileError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected ({hidden},) "
+                                  "from the metadata's hidden_size")
+        if not torch.isfinite(t).all():
+            raise VectorFileError(f"{path}: tensor {key} contains NaN or infinite values")
+        n = float(t.norm())
+        if not math.isclose(n, 1.0, rel_tol=1e-3):
+            raise VectorFileError(f"{path}: tensor {key} has norm {n:.4g}; directions must be unit vectors")
+        directions[layer] = t.to(torch.float32)
+    if not directions:
+        raise VectorFileError(f"{path} holds no directions")
+    norms = {int(k): v for k, v in meta["residual_norm"].items()}
+    for layer in directions:
+        st = norms.get(layer)
+        if st is None or not (isinstance(st.get("mean"), (int, float)) and math.isfinite(st["mean"])
+                              and st["mean"] > 0):
+            raise VectorFileError(f"{path}: residual-norm statistics for layer {layer} are missing or invalid")
+    defaults = [int(x) for x in meta["default_layers"]]
+    bad = [x for x in defaults if x not in directions]
+    if not defaults or bad:
+        raise VectorFileError(f"{path}: default layers {defaults} are not among the stored layers {sorted(directions)}")
+    return Vector(
+        directions=directions, concept=meta["concept"], model_name=meta["model_name"],
+        model_fingerprint=meta["model_fingerprint"], hidden_size=hidden, method=meta["method"],
+        read_position=meta["read_position"], default_layers=defaults, residual_norm=norms,
+        n_model_layers=meta.get("n_model_layers"), layer_convention=meta["layer_convention"],
+        dataset=meta.get("dataset", {}), validation={int(k): v for k, v in meta.get("validation", {}).items()},
+        recommended_strength=meta.get("recommended_strength"), library_version=meta.get("library_version", ""),
+        created_at=meta.get("created_at", ""), extra=meta.get("extra", {}),
+    )

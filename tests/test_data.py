@@ -1,0 +1,251 @@
+"""steerwatch.data: the JSONL pair format, CAA A/B files, persona files, dispatch, and the
+built-in concept sets (whatever list_concepts() holds at the time)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from steerwatch.data import (ContrastSet, concept_card, list_concepts, load_caa, load_concept, load_contrast,
+                             load_pairs, load_persona)
+from steerwatch.errors import DataFormatError
+
+CAA_SYCOPHANCY = Path("/work/shared/data/CAA/datasets/generate/sycophancy/generate_dataset.json")
+PERSONA_SYCOPHANTIC = Path("/work/shared/data/persona_vectors/data_generation/trait_data_extract/sycophantic.json")
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------- JSONL pairs: good files
+def test_load_pairs_full_fields(tmp_path):
+    rows = [
+        {"prompt": "Is the sky green?", "positive": "No.", "negative": "Yes, very.", "system": "Be honest.",
+         "split": "val", "meta": {"src": "x"}, "id": "a1"},
+        {"positive": "I was wrong.", "negative": "I was never wrong.", "split": "train"},
+    ]
+    path = _jsonl(tmp_path / "mine.jsonl", rows)
+    cs = load_pairs(path)
+    assert isinstance(cs, ContrastSet) and cs.name == "mine" and cs.source == str(path)
+    a, b = cs.pairs
+    assert (a.prompt, a.positive, a.negative, a.system, a.split, a.meta) == \
+        ("Is the sky green?", "No.", "Yes, very.", "Be honest.", "val", {"src": "x"})
+    assert (b.prompt, b.system, b.split, b.meta) == (None, None, "train", {})
+    assert cs.train == [b] and cs.val == [a]
+    assert load_pairs(path, name="other").name == "other"
+    d = cs.describe()
+    assert d["n_train"] == 1 and d["n_val"] == 1 and d["sha256"] == cs.sha256 and len(cs.sha256) == 64
+
+
+def test_blank_lines_are_skipped_but_counted(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"positive": "a", "negative": "b"}\n\n\n{"positive": "c"}\n', encoding="utf-8")
+    with pytest.raises(DataFormatError) as exc:
+        load_pairs(path)
+    assert exc.value.line == 4 and "line 4" in str(exc.value)
+
+
+def _generated(n=200):
+    return [{"prompt": f"question number {i}?", "positive": f"honest answer {i}", "negative": f"flattering answer {i}"}
+            for i in range(n)]
+
+
+def test_hash_split_is_deterministic_and_about_20_percent(tmp_path):
+    rows = _generated()
+    cs = load_pairs(_jsonl(tmp_path / "g.jsonl", rows))
+    n_val = len(cs.val)
+    # binomial(200, 0.2): mean 40, sd ~5.7; 20..60 is +-3.5 sd
+    assert 20 <= n_val <= 60 and len(cs.train) + n_val == 200
+    again = load_pairs(_jsonl(tmp_path / "g2.jsonl", rows))
+    assert [p.split for p in again.pairs] == [p.split for p in cs.pairs]
+    # the split depends on the pair, not on its position in the file
+    rev = load_pairs(_jsonl(tmp_path / "rev.jsonl", rows[::-1]))
+    assert {(p.prompt, p.split) for p in rev.pairs} == {(p.prompt, p.split) for p in cs.pairs}
+    # an explicit split wins over the hash
+    forced = load_pairs(_jsonl(tmp_path / "f.jsonl", [dict(r, split="train") for r in rows]))
+    assert forced.val == [] and len(forced.train) == 200
+    assert cs.sha256 == again.sha256 != forced.sha256
+
+
+# ---------------------------------------------------------------------------- JSONL pairs: malformed files
+GOOD = {"prompt": "p", "positive": "a", "negative": "b"}
+
+
+@pytest.mark.parametrize("bad_line, line, field, words", [
+    ('{"prompt": "p", "positive": "a", "negative": ', 3, None, "not valid JSON"),
+    ({"prompt": "p", "positive": "a"}, 2, "negative", "missing required field"),
+    ({"prompt": "p", "positive": 5, "negative": "b"}, 2, "positive", "must be a string, got int"),
+    ({"prompt": "p", "positive": "a", "negative": "b", "label": 1}, 2, "label", "unknown field(s) label"),
+    ({"prompt": "p", "positive": "a", "negative": "b", "split": "test"}, 2, "split", "must be one of train, val"),
+    ({"prompt": "p", "positive": "same", "negative": "same"}, 2, "negative", "identical"),
+    ({"prompt": "p", "positive": "  ", "negative": "b"}, 2, "positive", "must not be empty"),
+    ({"prompt": "", "positive": "a", "negative": "b"}, 2, "prompt", "must not be empty"),
+    ({"positive": "a", "negative": "b", "meta": [1]}, 2, "meta", "must be a JSON object"),
+    ('["positive", "negative"]', 2, None, "must be a JSON object"),
+])
+def test_malformed_pairs(tmp_path, bad_line, line, field, words):
+    rows = [GOOD, GOOD] if line == 3 else [GOOD]
+    rows = rows + [bad_line] + [GOOD]
+    path = _jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataFormatError) as exc:
+        load_pairs(path)
+    msg = str(exc.value)
+    assert str(path) in msg and f"line {line}" in msg and words in msg
+    assert exc.value.line == line and exc.value.path == str(path)
+    if field is not None:
+        assert repr(field) in msg and exc.value.field == field
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataFormatError) as exc:
+        load_pairs(path)
+    assert str(path) in str(exc.value) and "no pairs" in str(exc.value)
+
+
+def test_missing_and_non_utf8_file(tmp_path):
+    with pytest.raises(DataFormatError, match="does not exist"):
+        load_pairs(tmp_path / "nope.jsonl")
+    (tmp_path / "latin.jsonl").write_bytes(b'{"positive": "caf\xe9", "negative": "b"}\n')
+    with pytest.raises(DataFormatError, match="not UTF-8"):
+        load_pairs(tmp_path / "latin.jsonl")
+
+
+# ---------------------------------------------------------------------------- CAA A/B
+def _caa_item(q="Which?\n (A) yes\n (B) no", m="(A)", n="(B)"):
+    return {"question": q, "answer_matching_behavior": m, "answer_not_matching_behavior": n}
+
+
+def test_load_caa_tmp(tmp_path):
+    items = [_caa_item(), _caa_item(q="Pick:\n (A) x\n (B) y", m="(B)", n="(A)"),
+             _caa_item(q="Lists too:\n (A) x\n (B) y", m=["(A)"], n=[" (B) "])]
+    path = tmp_path / "caa" / "items.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(items), encoding="utf-8")
+    cs = load_caa(path)
+    assert cs.name == "caa"
+    assert [(p.positive, p.negative) for p in cs.pairs] == [("(A", "(B"), ("(B", "(A"), ("(A", "(B")]
+    assert [p.prompt for p in cs.pairs] == [it["question"] for it in items]
+    assert all(p.meta == {"format": "caa"} and p.split in ("train", "val") for p in cs.pairs)
+    assert [p.split for p in load_caa(path).pairs] == [p.split for p in cs.pairs]
+
+
+@pytest.mark.parametrize("item, field, words", [
+    (_caa_item(m="(C)"), "answer_matching_behavior", "not among the question's options"),
+    (_caa_item(n="B"), "answer_not_matching_behavior", "answer letter"),
+    (_caa_item(m="(B)"), "answer_not_matching_behavior", "same letter"),
+    ({"question": "Q (A) (B)", "answer_not_matching_behavior": "(B)"}, "answer_matching_behavior", "missing"),
+    (_caa_item(q=""), "question", "missing or empty"),
+])
+def test_load_caa_bad(tmp_path, item, field, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([_caa_item(), item]), encoding="utf-8")
+    with pytest.raises(DataFormatError) as exc:
+        load_caa(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "line 2" in msg and repr(field) in msg and words in msg
+
+
+def test_load_caa_not_a_list(tmp_path):
+    path = tmp_path / "obj.json"
+    path.write_text(json.dumps({"question": "q"}), encoding="utf-8")
+    with pytest.raises(DataFormatError, match="non-empty JSON list"):
+        load_caa(path)
+    path.write_text("[{", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="not valid JSON"):
+        load_caa(path)
+
+
+def test_load_caa_real_sycophancy():
+    items = json.loads(CAA_SYCOPHANCY.read_text(encoding="utf-8"))
+    cs = load_caa(CAA_SYCOPHANCY)
+    assert len(cs.pairs) == len(items) and cs.name == "sycophancy"
+    for item, pair in zip(items, cs.pairs):
+        assert pair.prompt == item["question"]
+        assert pair.positive == item["answer_matching_behavior"].strip()[:2]
+        assert pair.negative == item["answer_not_matching_behavior"].strip()[:2]
+        assert f"{pair.positive})" in item["question"] and f"{pair.negative})" in item["question"]
+    assert {p.positive for p in cs.pairs} == {"(A", "(B"}  # both letters occur: not a constant
+    assert 0.1 < len(cs.val) / len(cs.pairs) < 0.3
+
+
+# ---------------------------------------------------------------------------- persona
+def test_load_persona_real():
+    data = json.loads(PERSONA_SYCOPHANTIC.read_text(encoding="utf-8"))
+    spec = load_persona(PERSONA_SYCOPHANTIC)
+    assert spec.name == "sycophantic" and spec.source == str(PERSONA_SYCOPHANTIC)
+    assert len(spec.instructions) == 5 and len(spec.questions) == 20
+    assert spec.instructions == [(i["pos"], i["neg"]) for i in data["instruction"]]
+    assert spec.questions == data["questions"]
+
+
+@pytest.mark.parametrize("content, field, words", [
+    ({"instruction": [{"pos": "be nice", "neg": "be blunt"}]}, "questions", "non-empty list"),
+    ({"instruction": [{"pos": "be nice"}], "questions": ["q"]}, "instruction", "item 1"),
+    ({"instruction": [], "questions": ["q"]}, "instruction", "non-empty list"),
+    ({"instruction": [{"pos": "a", "neg": "b"}], "questions": ["q", 3]}, "questions", "non-empty strings"),
+    ([1, 2], None, "JSON object"),
+])
+def test_load_persona_malformed(tmp_path, content, field, words):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(DataFormatError) as exc:
+        load_persona(path)
+    msg = str(exc.value)
+    assert str(path) in msg and words in msg
+    if field:
+        assert repr(field) in msg
+
+
+# ---------------------------------------------------------------------------- dispatch
+def test_load_contrast_dispatch(tmp_path):
+    jl = _jsonl(tmp_path / "pairs.jsonl", _generated(5))
+    assert load_contrast(jl).pairs == load_pairs(jl).pairs
+    caa = tmp_path / "caa.json"
+    caa.write_text(json.dumps([_caa_item()]), encoding="utf-8")
+    assert load_contrast(str(caa)).pairs[0].positive == "(A"
+    with pytest.raises(DataFormatError, match="persona"):
+        load_contrast(PERSONA_SYCOPHANTIC)
+    other = tmp_path / "x.txt"
+    other.write_text("hi", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="unknown data file type"):
+        load_contrast(other)
+    with pytest.raises(DataFormatError, match="not a built-in concept"):
+        load_contrast(tmp_path / "missing.jsonl")
+    names = list_concepts()
+    if names:
+        assert load_contrast(names[0]).pairs == load_concept(names[0]).pairs
+
+
+def test_unknown_concept_lists_builtins():
+    with pytest.raises(DataFormatError) as exc:
+        load_concept("no-such-concept")
+    for name in list_concepts():
+        assert name in str(exc.value)
+
+
+# ---------------------------------------------------------------------------- built-in concepts
+def test_there_are_builtin_concepts():
+    assert len(list_concepts()) >= 1
+
+
+@pytest.mark.parametrize("name", list_concepts())
+def test_builtin_concept(name):
+    cs = load_concept(name)
+    assert cs.name == name and len(cs.pairs) >= 60
+    assert cs.train and cs.val, "both splits must be present"
+    assert len(cs.val) >= 10
+    # a prompt never appears on both sides of the split (no leakage into validation)
+    train_prompts = {p.prompt for p in cs.train if p.prompt is not None}
+    val_prompts = {p.prompt for p in cs.val if p.prompt is not None}
+    assert not train_prompts & val_prompts
+    # no pair twice
+    keys = [(p.prompt, p.positive, p.negative) for p in cs.pairs]
+    assert len(set(keys)) == len(keys)
+    card = concept_card(name)
+    assert card is None or card.strip()

@@ -1,0 +1,369 @@
+"""steerwatch.extract (methods, metrics, build) and steerwatch.record / steerwatch.chat: planted
+direction recovery, AUROC, end-to-end build on a tiny model, padding-exact recording."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from conftest import STEER_ARCHS, BlockCapture, blocks_of, get_loaded
+from steerwatch.chat import encode_example, render_prompt
+from steerwatch.data import ContrastPair, ContrastSet
+from steerwatch.errors import ExtractionError, LayerResolutionError
+from steerwatch.extract import METHODS, check_method, extract_direction
+from steerwatch.extract.build import AUTO_BAND, build_vector, resolve_read
+from steerwatch.extract.metrics import auroc, separation
+from steerwatch.record import NormStats, record
+
+
+# ---------------------------------------------------------------------------- methods on synthetic tensors
+def _planted(seed: int, *, a: float = 3.0, noise: float = 1.5, topic: float = 10.0, k: int = 8,
+             n: int = 200, d: int = 64, topic_orthogonal: bool = True):
+    """pos_i = base_i + a v + noise, neg_i = base_i - a v + noise'. base_i (shared by the two sides
+    of pair i) = a common offset + a large random 'topic' in a k-dim subspace."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(d, generator=g)
+    v /= v.norm()
+    basis = torch.randn(k, d, generator=g)
+    if topic_orthogonal:
+        basis -= (basis @ v)[:, None] * v
+    basis = torch.linalg.qr(basis.T).Q.T  # (k, d) orthonormal rows
+    base = topic * torch.randn(n, k, generator=g) @ basis + 3.0 * torch.randn(d, generator=g)
+    pos = base + a * v + noise * torch.randn(n, d, generator=g)
+    neg = base - a * v + noise * torch.randn(n, d, generator=g)
+    return pos, neg, v, basis
+
+
+# Which methods use the pairing (pos_i and neg_i share base_i) and so cancel a shared "topic"
+# however large it is. pca_center is a pooled PCA (all activations centred on their overall
+# mean): it ignores the pairing and finds the concept only when the concept dominates the
+# variance. logistic is an unpaired probe too, but its covariance-aware fit discounts a large
+# topic that is orthogonal to the concept.
+TOPIC_ROBUST = ["mean_diff", "pca_diff", "logistic"]
+
+
+def _check_recovery(method, pos, neg, v):
+    d = extract_direction(method, pos, neg)
+    assert d.shape == v.shape and d.dtype == torch.float32
+    assert abs(float(d.norm()) - 1.0) < 1e-5
+    assert float(d @ v) > 0.9, f"{method}: cosine {float(d @ v):.3f} with the planted direction"
+    # swapping the sides flips the direction (sign follows the positive side)
+    assert float(extract_direction(method, neg, pos) @ v) < -0.9
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_planted_direction_recovered_concept_dominant(method):
+    # every method must find v when the concept is the main axis of variation
+    pos, neg, v, basis = _planted(0, a=3.0, noise=1.0, topic=1.0)
+    x = torch.cat([pos, neg])
+    assert (x @ v).var() > 4 * (x @ basis.T).var(0).max()
+    _check_recovery(method, pos, neg, v)
+
+
+@pytest.mark.parametrize("method", TOPIC_ROBUST)
+def test_planted_direction_recovered_under_large_topic(method):
+    pos, neg, v, basis = _planted(0)
+    # the topic really is large: it dominates the raw variance
+    assert (pos @ basis.T).var(0).mean() > 20 * (pos @ v).var()
+    _check_recovery(method, pos, neg, v)
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca_diff"])
+def test_paired_methods_cancel_a_topic_that_overlaps_the_concept(method):
+    # the topic subspace is not orthogonal to v here; pairing (shared base_i) must still cancel it
+    pos, neg, v, basis = _planted(1, topic_orthogonal=False)
+    assert (basis @ v).norm() > 0.2
+    assert float(extract_direction(method, pos, neg) @ v) > 0.9
+
+
+def test_pca_diff_is_not_a_pooled_pca():
+    # a pooled (unpaired) first PC finds the topic; pca_diff must not
+    pos, neg, v, basis = _planted(2)
+    x = torch.cat([pos, neg])
+    _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    assert (basis @ vh[0]).norm() > 0.9  # the naive answer is a topic direction
+    assert float(extract_direction("pca_diff", pos, neg) @ v) > 0.9
+
+
+def test_mean_diff_exact():
+    g = torch.Generator().manual_seed(3)
+    pos, neg = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    want = pos.mean(0) - neg.mean(0)
+    torch.testing.assert_close(extract_direction("mean_diff", pos, neg), want / want.norm())
+
+
+def test_pca_diff_sign_follows_positive_side():
+    # differences all along +e0 with varying length: first PC is +-e0, oriented towards pos
+    pos = torch.zeros(6, 3)
+    pos[:, 0] = torch.arange(1.0, 7.0)
+    neg = torch.zeros(6, 3)
+    torch.testing.assert_close(extract_direction("pca_diff", pos, neg), torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(extract_direction("pca_diff", neg, pos), torch.tensor([-1.0, 0.0, 0.0]))
+
+
+def test_unknown_method_lists_valid_ones():
+    for call in (lambda: check_method("pcaa"), lambda: extract_direction("pcaa", torch.ones(3, 2), torch.zeros(3, 2))):
+        with pytest.raises(ExtractionError) as exc:
+            call()
+        assert "unknown method 'pcaa'" in str(exc.value)
+        assert "valid: " + ", ".join(METHODS) in str(exc.value)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_identical_sides_raise(method):
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ExtractionError, match="identical"):
+        extract_direction(method, x, x.clone())
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ExtractionError, match="same shape"):
+        extract_direction("mean_diff", torch.ones(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ExtractionError, match="same shape"):
+        extract_direction("mean_diff", torch.ones(3), torch.zeros(3))
+    with pytest.raises(ExtractionError, match="at least 2 training pairs"):
+        extract_direction("mean_diff", torch.ones(1, 2), torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_auroc_known_values():
+    assert auroc(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([0.0, 1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])) == 0.0
+    assert auroc(torch.full((4,), 0.7), torch.full((3,), 0.7)) == 0.5
+    # pos [3, 1], neg [2, 1]: pairs (3,2)=1, (3,1)=1, (1,2)=0, (1,1)=0.5 -> 2.5 / 4
+    assert auroc(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])) == 0.625
+    # pos [0.1, 0.4, 0.35, 0.8] vs neg [0.2, 0.4, 0.6]: wins 0+1.5+1+3 = 5.5 of 12 (0.4 vs 0.4 is a tie)
+    assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0.2, 0.4, 0.6])) == pytest.approx(5.5 / 12)
+    with pytest.raises(ValueError):
+        auroc(torch.tensor([]), torch.tensor([1.0]))
+
+
+def test_auroc_matches_pairwise_count_on_random_scores():
+    g = torch.Generator().manual_seed(5)
+    p = torch.randint(0, 6, (17,), generator=g).float()
+    n = torch.randint(0, 6, (11,), generator=g).float()
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in p.tolist() for b in n.tolist())
+    assert auroc(p, n) == pytest.approx(wins / (17 * 11), abs=1e-12)
+
+
+def test_separation_rows():
+    p, n = torch.tensor([2.0, 3.0, 0.0]), torch.tensor([1.0, 4.0, -1.0])
+    row = separation(p, n)
+    assert row["paired_acc"] == pytest.approx(2 / 3)
+    pooled = ((p.var(unbiased=False) + n.var(unbiased=False)) / 2).sqrt()
+    assert row["cohens_d"] == pytest.approx(float((p.mean() - n.mean()) / pooled))
+    assert row["auroc"] == auroc(p, n)
+
+
+# ---------------------------------------------------------------------------- chat encoding
+def test_encode_example_plain_and_chat(qwen, qwen_chat):
+    for loaded in (qwen, qwen_chat):
+        tok = loaded.tokenizer
+        e = encode_example(tok, prompt="Hi?", completion="aei", system="Be brief.")
+        prompt_text = render_prompt(tok, "Hi?", system="Be brief.")
+        assert e.has_completion and e.span == (e.last_prompt + 1, len(e.ids))
+        if loaded.has_chat_template:
+            # the template already holds its special tokens: none is added (no doubled BOS)
+            assert tok.decode(e.ids[: e.last_prompt + 1]) == prompt_text
+            assert e.ids.count(tok.bos_token_id) == prompt_text.count("<bos>") == 3
+            assert tok.decode(e.ids[e.span[0]:e.span[1]]) == "aei"
+        else:
+            # plain format: the tokenizer's BOS, then the plain prompt; completion prefixed by a space
+            assert prompt_text == "Be brief.\n\nUser: Hi?\nAssistant:"
+            assert tok.decode(e.ids[: e.last_prompt + 1]) == "<bos>" + prompt_text
+            assert e.ids.count(tok.bos_token_id) == 1
+            assert tok.decode(e.ids[e.span[0]:e.span[1]]) == " aei"
+        full = encode_example(tok, prompt=None, completion="two words")
+        assert full.ids[0] == tok.bos_token_id and full.span == (1, len(full.ids)) and not full.has_completion
+        assert tok.decode(full.ids[1:]) == "two words"
+
+
+# ---------------------------------------------------------------------------- recording under padding
+def _examples(tok):
+    rng = random.Random(0)
+    out = []
+    for i in range(10):
+        prompt = None if i % 3 == 0 else "".join(rng.choice("abcdefgh ") for _ in range(rng.randint(1, 12)))
+        comp = "".join(rng.choice("xyz0123") for _ in range(rng.randint(1, 9)))
+        out.append(encode_example(tok, prompt=prompt, completion=comp))
+    assert len({len(e.ids) for e in out}) >= 6
+    return out
+
+
+def _manual(loaded, examples, layers):
+    """Per example, unpadded and alone: block outputs at ``layers`` (list of (seq, d))."""
+    blocks = blocks_of(loaded)
+    res = []
+    for e in examples:
+        with BlockCapture(blocks) as cap, torch.no_grad():
+            loaded.model(input_ids=torch.tensor([e.ids]), use_cache=False)
+        res.append([cap.outs[layer][0][0] for layer in layers])
+    return res
+
+
+@pytest.mark.parametrize("arch", STEER_ARCHS)
+def test_record_padding_exact(arch):
+    loaded = get_loaded(arch)
+    examples = _examples(loaded.tokenizer)
+    layers = [0, 2, 3]
+    manual = _manual(loaded, examples, layers)
+    for read in ("completion_mean", "last_prompt", "last_token"):
+        n4, n1 = NormStats(), NormStats()
+        f4 = record(loaded, examples, layers=layers, read=read, batch_size=4, norms=n4)
+        f1 = record(loaded, examples, layers=layers, read=read, batch_size=1, norms=n1)
+        assert f4.shape == (len(examples), len(layers), loaded.hidden_size)
+        torch.testing.assert_close(f4, f1, rtol=1e-5, atol=1e-5)
+        want = torch.stack([
+            torch.stack([
+                h[e.span[0]:e.span[1]].mean(0) if read == "completion_mean"
+                else h[e.last_prompt] if read == "last_prompt" else h[len(e.ids) - 1]
+                for h in hs])
+            for e, hs in zip(examples, manual)])
+        torch.testing.assert_close(f4, want, rtol=1e-5, atol=1e-5)
+        s4, s1 = n4.summary(), n1.summary()
+        n_tokens = sum(len(e.ids) - 1 for e in examples)
+        for j, layer in enumerate(layers):
+            norms = torch.cat([hs[j][1:].norm(dim=-1) for hs in manual])  # every token but the first
+            assert s4[layer]["n_tokens"] == s1[layer]["n_tokens"] == n_tokens
+            assert s4[layer]["mean"] == pytest.approx(float(norms.mean()), rel=1e-5)
+            assert s4[layer]["std"] == pytest.approx(float(norms.std(unbiased=False)), rel=1e-3, abs=1e-6)
+    # the reads are different things (the test can tell them apart)
+    a = record(loaded, examples, layers=[1], read="completion_mean", batch_size=4)
+    b = record(loaded, examples, layers=[1], read="last_prompt", batch_size=4)
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_record_bad_options(qwen):
+    ex = _examples(qwen.tokenizer)[:2]
+    with pytest.raises(ExtractionError, match="unknown read position 'middle'"):
+        record(qwen, ex, layers=[0], read="middle")
+    with pytest.raises(ExtractionError, match="batch_size"):
+        record(qwen, ex, layers=[0], read="last_token", batch_size=0)
+    with pytest.raises(LayerResolutionError, match="0..3"):
+        record(qwen, ex, layers=[4], read="last_token")
+
+
+def test_record_removes_its_hooks(qwen):
+    blocks = blocks_of(qwen)
+    before = [set(b._forward_hooks) for b in blocks]
+    record(qwen, _examples(qwen.tokenizer), layers=[0, 1, 3], read="completion_mean", batch_size=3)
+    assert [set(b._forward_hooks) for b in blocks] == before
+
+
+# ---------------------------------------------------------------------------- resolve_read
+def _pair_set(shared: bool) -> ContrastSet:
+    pairs = [ContrastPair(positive=f"yes {i}", negative=f"no {i}", prompt=f"q{i}" if shared else None,
+                          split="val" if i % 4 == 0 else "train") for i in range(8)]
+    return ContrastSet(name="tiny", pairs=pairs)
+
+
+def test_resolve_read():
+    shared, full = _pair_set(True), _pair_set(False)
+    with pytest.raises(ExtractionError, match="identical activations.*completion_mean"):
+        resolve_read("last_prompt", shared)
+    assert resolve_read("last_prompt", full) == "last_prompt"
+    assert resolve_read("auto", shared) == "completion_mean"
+    assert resolve_read("last_token", shared) == "last_token"
+    with pytest.raises(ExtractionError, match="unknown read position"):
+        resolve_read("first", shared)
+
+
+# ---------------------------------------------------------------------------- end to end on a tiny model
+def _contrast(n: int = 20) -> ContrastSet:
+    """Positive completions made of vowels, negative ones of digits: a tiny random model separates them."""
+    rng = random.Random(1)
+    pairs = []
+    for i in range(n):
+        prompt = f"Q{i}: " + "".join(rng.choice("bcdfgh") for _ in range(rng.randint(2, 8)))
+        pos = "".join(rng.choice("aeiou") for _ in range(rng.randint(3, 9)))
+        neg = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 9)))
+        pairs.append(ContrastPair(positive=pos, negative=neg, prompt=prompt, split="val" if i % 10 >= 7 else "train"))
+    return ContrastSet(name="vowels", pairs=pairs, source="test")
+
+
+@pytest.mark.parametrize("which, method", [("qwen", m) for m in METHODS] + [("qwen_chat", "mean_diff")])
+def test_build_vector_end_to_end(method, which, request):
+    loaded = request.getfixturevalue(which)
+    data = _contrast()
+    assert (len(data.train), len(data.val)) == (14, 6)
+    vec, rows = build_vector(loaded, data, method=method, layers="auto", progress=False, batch_size=4)
+    L = loaded.n_layers
+    assert vec.layers == list(range(L)) and vec.n_model_layers == L
+    assert vec.method == method and vec.read_position == "completion_mean" and vec.concept == "vowels"
+    assert vec.model_fingerprint == loaded.fingerprint and vec.hidden_size == loaded.hidden_size
+    assert vec.dataset["n_train"] == 14 and vec.dataset["n_val"] == 6 and vec.dataset["sha256"] == data.sha256
+    for layer in range(L):
+        assert abs(float(vec.direction(layer).norm()) - 1.0) < 1e-5
+    assert [r.layer for r in rows] == list(range(L)) and set(vec.validation) == set(range(L))
+    for r in rows:
+        assert 0.0 <= r.auroc <= 1.0 and vec.validation[r.layer]["auroc"] == r.auroc
+
+    # recompute features by hand (each example alone, hooks on the blocks)
+    pairs = data.train + data.val
+    pos_ex = [encode_example(loaded.tokenizer, prompt=p.prompt, completion=p.positive) for p in pairs]
+    neg_ex = [encode_example(loaded.tokenizer, prompt=p.prompt, completion=p.negative) for p in pairs]
+    layers = list(range(L))
+    man_pos, man_neg = _manual(loaded, pos_ex, layers), _manual(loaded, neg_ex, layers)
+
+    def feats(man, exs, layer):
+        return torch.stack([hs[layer][e.span[0]:e.span[1]].mean(0) for hs, e in zip(man, exs)])
+
+    for layer in layers:
+        fp, fn = feats(man_pos, pos_ex, layer), feats(man_neg, neg_ex, layer)
+        d = vec.direction(layer)
+        if method == "mean_diff":
+            want = fp[:14].mean(0) - fn[:14].mean(0)
+            torch.testing.assert_close(d, want / want.norm(), rtol=1e-4, atol=1e-4)
+        else:
+            assert float(d @ extract_direction(method, fp[:14], fn[:14])) > 0.999
+        # validation is computed on the 6 held-out pairs only
+        assert vec.validation[layer]["auroc"] == pytest.approx(auroc(fp[14:] @ d, fn[14:] @ d), abs=1e-6)
+        assert vec.validation[layer]["paired_acc"] == pytest.approx(
+            float(((fp[14:] @ d) > (fn[14:] @ d)).double().mean()), abs=1e-6)
+        # residual norm: every token of every example except each sequence's first
+        norms = torch.cat([hs[layer][1:].norm(dim=-1) for hs in man_pos + man_neg])
+        with_first = torch.cat([hs[layer].norm(dim=-1) for hs in man_pos + man_neg])
+        stat = vec.residual_norm[layer]
+        assert stat["n_tokens"] == norms.numel() == with_first.numel() - 2 * len(pairs)
+        assert stat["mean"] > 0 and stat["mean"] == pytest.approx(float(norms.mean()), rel=1e-5)
+        assert vec.norm(layer) == stat["mean"]
+        assert stat["mean"] != pytest.approx(float(with_first.mean()), rel=1e-5)  # the tolerance tells them apart
+
+    # default layer: the best validation AUROC inside the auto band
+    assert len(vec.default_layers) == 1
+    lo, hi = int(AUTO_BAND[0] * L), max(int(AUTO_BAND[0] * L) + 1, int(round(AUTO_BAND[1] * L)))
+    (chosen,) = vec.default_layers
+    assert lo <= chosen < hi
+    assert round(vec.validation[chosen]["auroc"], 3) == max(round(r.auroc, 3) for r in rows if lo <= r.layer < hi)
+    assert [r.layer for r in rows if r.selected] == [chosen]
+    # the tiny model does separate vowels from digits (pooled PCA, which ignores the pairing,
+    # picks up other variation too: only require it to beat chance clearly)
+    assert vec.validation[chosen]["auroc"] >= (0.7 if method == "pca_center" else 0.95)
+
+
+def test_build_vector_explicit_layers_and_errors(qwen):
+    data = _contrast()
+    vec, _ = build_vector(qwen, data, layers=[2, -1], progress=False)
+    assert vec.default_layers == [2, 3] and vec.layers == [0, 1, 2, 3]
+    with pytest.raises(ExtractionError, match="'auto' or a list"):
+        build_vector(qwen, data, layers="2", progress=False)
+    with pytest.raises(LayerResolutionError):
+        build_vector(qwen, data, layers=[9], progress=False)
+    with pytest.raises(ExtractionError, match="read position 'last_prompt'"):
+        build_vector(qwen, data, read="last_prompt", progress=False)
+    few_val = ContrastSet(name="x", pairs=[ContrastPair(positive=p.positive, negative=p.negative, prompt=p.prompt,
+                                                        split="train") for p in data.pairs[:-1]] + [data.pairs[-1]])
+    with pytest.raises(ExtractionError, match="at least 2 validation pairs"):
+        build_vector(qwen, few_val, progress=False)
+
+
+def test_build_vector_unknown_method_fails_before_any_forward(qwen):
+    calls = []
+    h = qwen.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ExtractionError, match="unknown method 'pcaa'; valid: mean_diff, pca_diff"):
+            build_vector(qwen, _contrast(), method="pcaa", progress=False)
+    finally:
+        h.remove()
+    assert calls == []

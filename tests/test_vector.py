@@ -1,0 +1,248 @@
+"""steerwatch.vector: exact save/load round trip, strict validation of every broken file, and
+vector arithmetic."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import make_vector
+from steerwatch.errors import VectorFileError, VectorMismatchError
+from steerwatch.vector import FORMAT_VERSION, Vector, load_vector
+
+
+@pytest.fixture
+def vec(qwen) -> Vector:
+    v = make_vector(qwen, seed=1, default_layers=[1, 2], norm_mean={0: 1.25, 1: 2.5, 2: 3.75, 3: 0.3})
+    v.validation = {layer: {"auroc": 0.5 + layer / 10, "paired_acc": 0.75, "cohens_d": 1.0 / 3} for layer in v.layers}
+    v.dataset = {"name": "test", "sha256": "ab" * 32, "n_train": 14, "n_val": 6}
+    v.recommended_strength = 0.15
+    v.extra = {"note": "héllo", "terms": [[1.0, "a"]]}
+    return v
+
+
+def _fields(v: Vector) -> dict:
+    return {f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name != "directions"}
+
+
+def test_round_trip_is_exact(vec, tmp_path):
+    path = vec.save(tmp_path / "sub" / "test.sv")
+    assert path.is_file()
+    back = load_vector(path)
+    assert back.layers == vec.layers
+    for layer in vec.layers:
+        assert back.directions[layer].dtype == torch.float32
+        assert torch.equal(back.directions[layer], vec.directions[layer])
+    assert _fields(back) == _fields(vec)
+    # and again (load -> save -> load is stable)
+    back.save(tmp_path / "again.sv")
+    again = load_vector(tmp_path / "again.sv")
+    assert _fields(again) == _fields(vec)
+    assert all(torch.equal(again.directions[k], vec.directions[k]) for k in vec.layers)
+
+
+def test_metadata_holds_provenance(vec, tmp_path):
+    path = vec.save(tmp_path / "v.sv")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(json.loads(raw[8:8 + n])["__metadata__"]["steerwatch"])
+    assert meta["format_version"] == FORMAT_VERSION
+    for key in ("concept", "model_name", "model_fingerprint", "hidden_size", "layer_convention", "method",
+                "read_position", "default_layers", "residual_norm", "dataset", "validation", "library_version"):
+        assert key in meta
+    assert meta["layer_convention"] == "block_output"
+    assert meta["residual_norm"]["2"]["mean"] == 3.75
+
+
+def _write(path, tensors, meta):
+    save_file(tensors, str(path), metadata=None if meta is None else {"steerwatch": json.dumps(meta)})
+    return path
+
+
+def _valid(vec):
+    return {f"direction.{k}": v.clone() for k, v in vec.directions.items()}, vec.metadata()
+
+
+def _expect(path, *words):
+    with pytest.raises(VectorFileError) as exc:
+        load_vector(path)
+    msg = str(exc.value)
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+    return msg
+
+
+def test_missing_file(tmp_path):
+    _expect(tmp_path / "nope.sv", "does not exist", "nope.sv")
+
+
+def test_truncated_file(vec, tmp_path):
+    raw = vec.save(tmp_path / "v.sv").read_bytes()
+    (tmp_path / "half.sv").write_bytes(raw[: len(raw) // 2])
+    _expect(tmp_path / "half.sv", "truncated", "half.sv")
+    # cut inside the header too
+    (tmp_path / "tiny.sv").write_bytes(raw[:50])
+    _expect(tmp_path / "tiny.sv", "truncated")
+    (tmp_path / "five.sv").write_bytes(raw[:5])
+    _expect(tmp_path / "five.sv", "truncated")
+
+
+def test_random_bytes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = bytes(torch.randint(0, 256, (4096,), generator=g, dtype=torch.uint8).tolist())
+    (tmp_path / "rand.sv").write_bytes(data)
+    _expect(tmp_path / "rand.sv", "rand.sv")
+    # a plausible header length followed by garbage
+    (tmp_path / "garbage.sv").write_bytes(struct.pack("<Q", 100) + b"\xff\xfe not json at all" * 10)
+    _expect(tmp_path / "garbage.sv", "corrupt header")
+
+
+def test_header_that_is_json_but_not_an_object(tmp_path):
+    for name, header in (("list.sv", b"[1, 2, 3]"), ("entry.sv", b'{"direction.0": 5}')):
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(header)) + header)
+        _expect(tmp_path / name, name)
+
+
+def test_safetensors_without_steerwatch_metadata(vec, tmp_path):
+    tensors, _ = _valid(vec)
+    _expect(_write(tmp_path / "plain.sv", tensors, None), "without steerwatch metadata")
+
+
+def test_metadata_not_json(vec, tmp_path):
+    tensors, _ = _valid(vec)
+    save_file(tensors, str(tmp_path / "bad.sv"), metadata={"steerwatch": "{not json"})
+    _expect(tmp_path / "bad.sv", "not valid JSON")
+
+
+def test_nan_direction(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    tensors["direction.2"][5] = float("nan")
+    _expect(_write(tmp_path / "nan.sv", tensors, meta), "direction.2", "NaN")
+
+
+def test_wrong_shape(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    t = torch.randn(vec.hidden_size + 1)
+    tensors["direction.3"] = t / t.norm()
+    _expect(_write(tmp_path / "shape.sv", tensors, meta), "direction.3", f"({vec.hidden_size + 1},)",
+            f"({vec.hidden_size},)")
+
+
+def test_non_unit_direction(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    tensors["direction.1"] = tensors["direction.1"] * 2
+    _expect(_write(tmp_path / "long.sv", tensors, meta), "direction.1", "norm 2", "unit")
+
+
+def test_unexpected_tensor_name(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    tensors["bias"] = torch.zeros(3)
+    _expect(_write(tmp_path / "extra.sv", tensors, meta), "'bias'")
+
+
+@pytest.mark.parametrize("field", ["method", "hidden_size", "residual_norm", "default_layers", "model_fingerprint"])
+def test_missing_required_field(vec, tmp_path, field):
+    tensors, meta = _valid(vec)
+    del meta[field]
+    _expect(_write(tmp_path / "m.sv", tensors, meta), "lacks required field", field)
+
+
+def test_default_layer_not_stored(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    del tensors["direction.2"]
+    _expect(_write(tmp_path / "d.sv", tensors, meta), "default layers [1, 2]", "[0, 1, 3]")
+
+
+def test_bad_residual_norm(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    meta["residual_norm"]["3"]["mean"] = -1.0
+    _expect(_write(tmp_path / "n.sv", tensors, meta), "residual-norm", "layer 3")
+
+
+def test_newer_format_and_other_convention(vec, tmp_path):
+    tensors, meta = _valid(vec)
+    meta["format_version"] = FORMAT_VERSION + 1
+    _expect(_write(tmp_path / "f.sv", tensors, meta), "format version", "upgrade")
+    tensors, meta = _valid(vec)
+    meta["layer_convention"] = "hidden_states_index"
+    _expect(_write(tmp_path / "c.sv", tensors, meta), "layer convention", "'hidden_states_index'")
+
+
+def test_save_refuses_bad_directions(vec, tmp_path):
+    vec.directions[0] = torch.full((vec.hidden_size,), float("nan"))
+    with pytest.raises(VectorFileError, match="refusing to save"):
+        vec.save(tmp_path / "x.sv")
+
+
+def test_access_errors(vec):
+    with pytest.raises(VectorFileError, match=r"no direction for layer 9; it has layers \[0, 1, 2, 3\]"):
+        vec.direction(9)
+    del vec.residual_norm[3]
+    with pytest.raises(VectorFileError, match="no residual-norm statistics for layer 3"):
+        vec.norm(3)
+    assert vec.norm(2) == 3.75 and vec.auroc(1) == pytest.approx(0.6) and vec.auroc(9) is None
+
+
+# ---------------------------------------------------------------------------- arithmetic
+def test_subtraction_is_normalised_difference(qwen):
+    a = make_vector(qwen, seed=1, concept="a", default_layers=[1])
+    b = make_vector(qwen, seed=2, concept="b", default_layers=[2])
+    c = a - b
+    assert c.layers == a.layers and c.concept == "a-b" and c.method == "arithmetic"
+    for layer in a.layers:
+        want = a.directions[layer] - b.directions[layer]
+        torch.testing.assert_close(c.directions[layer], want / want.norm(), rtol=0, atol=1e-6)
+        assert abs(float(c.directions[layer].norm()) - 1) < 1e-6
+    s = a + b
+    for layer in a.layers:
+        want = a.directions[layer] + b.directions[layer]
+        torch.testing.assert_close(s.directions[layer], want / want.norm(), rtol=0, atol=1e-6)
+    assert c.default_layers == [1] and c.model_fingerprint == a.model_fingerprint
+    assert c.residual_norm == a.residual_norm
+
+
+def test_negation_flips_sign(qwen):
+    a = make_vector(qwen, seed=3)
+    n = -a
+    for layer in a.layers:
+        torch.testing.assert_close(n.directions[layer], -a.directions[layer], rtol=0, atol=1e-7)
+        assert a.cosine(n, layer) == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_arithmetic_keeps_only_common_layers(qwen):
+    a = make_vector(qwen, seed=1, layers=[0, 1, 2], default_layers=[0])
+    b = make_vector(qwen, seed=2, layers=[1, 2, 3], default_layers=[1])
+    c = a - b
+    assert c.layers == [1, 2] and c.default_layers == [1] and sorted(c.residual_norm) == [1, 2]
+    with pytest.raises(VectorFileError, match="share no layer"):
+        make_vector(qwen, layers=[0], default_layers=[0]) - make_vector(qwen, layers=[3], default_layers=[3])
+    with pytest.raises(VectorFileError, match="zero at layer"):
+        a - a
+
+
+def test_arithmetic_across_models_raises(qwen, llama):
+    a = make_vector(qwen, seed=1)
+    b = make_vector(llama, seed=2)
+    assert a.model_fingerprint != b.model_fingerprint
+    for op in (lambda: a - b, lambda: a + b):
+        with pytest.raises(VectorMismatchError, match="different models"):
+            op()
+    wide = make_vector(qwen, hidden_size=qwen.hidden_size * 2)
+    with pytest.raises(VectorMismatchError, match="hidden size"):
+        a + wide
+
+
+def test_check_model(qwen):
+    v = make_vector(qwen)
+    v.check_model(qwen)  # same model: fine
+    v.model_fingerprint = "f" * 16
+    with pytest.raises(VectorMismatchError, match="force"):
+        v.check_model(qwen)
+    v.check_model(qwen, force=True)
+    deep = make_vector(qwen, layers=[0, 7], default_layers=[7])
+    with pytest.raises(VectorMismatchError, match="layers up to 7"):
+        deep.check_model(qwen, force=True)
