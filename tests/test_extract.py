@@ -86,6 +86,18 @@ def test_pca_diff_is_not_a_pooled_pca():
     assert float(extract_direction("pca_diff", pos, neg) @ v) > 0.9
 
 
+def test_logistic_is_fit_on_standardised_features_and_mapped_back():
+    # Standardising makes the fit blind to a per-feature rescaling x -> x * c (c > 0), so the
+    # score x . w must be unchanged: the raw-space direction for the rescaled data is w / c.
+    pos, neg, _, _ = _planted(3, a=1.0, noise=1.0, topic=2.0)
+    c = torch.logspace(-1, 1, pos.shape[1])  # feature scales from 0.1 to 10
+    d1 = extract_direction("logistic", pos, neg)
+    d2 = extract_direction("logistic", pos * c, neg * c)
+    want = d1 / c
+    assert float(d2 @ (want / want.norm())) > 0.9999
+    assert float(d2 @ d1) < 0.9  # the rescaling really changes the raw direction
+
+
 def test_mean_diff_exact():
     g = torch.Generator().manual_seed(3)
     pos, neg = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)

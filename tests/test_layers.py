@@ -80,6 +80,17 @@ def test_override_path_works(mystery_model):
     loaded = LoadedModel(model=mystery_model, tokenizer=get_loaded("qwen2").tokenizer, name="m", spec="m",
                          layers_path="model.layers")
     assert loaded.n_layers == N_LAYERS
+    # steering and recording find the blocks through the LoadedModel's override
+    from conftest import forward_blocks, make_vector
+    from steerwatch.steer import SteerSpec, steering
+
+    vec = make_vector(loaded, norm_mean=2.0)
+    ids = random_ids(1, 5)
+    base = forward_blocks(loaded, ids)
+    with steering(loaded, [SteerSpec(vec, strength=0.5, layers=(2,))]):
+        steered = forward_blocks(loaded, ids)
+    assert torch.equal(steered[1], base[1])
+    assert torch.equal(steered[2], base[2] + (0.5 * 2.0) * vec.direction(2))
 
 
 @pytest.mark.parametrize("path", ["model.blocks", "transformer.h", "model.layers.nope"])

@@ -211,9 +211,13 @@ def test_handle_remove_is_idempotent(qwen):
     handle.remove()
     handle.remove()
     assert not handle.active and _hook_ids(qwen) == before
-    with handle:  # also a context manager
+    with handle:  # removing an already removed handle is a no-op
         pass
     assert _hook_ids(qwen) == before
+    # the handle is also a context manager that removes on exit
+    with attach(qwen, [SteerSpec(vec, strength=0.5)]) as h2:
+        assert h2.active and _hook_ids(qwen) != before
+    assert not h2.active and _hook_ids(qwen) == before
 
 
 def test_rows_batch_mismatch_raises_and_hooks_removed(qwen):

@@ -23,6 +23,7 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
     for c in list_concepts():
         ds = load_concept(c)
         card = concept_card(c) or ""
-        summary = next((ln.strip() for ln in card.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        summary = next((ln.strip() for ln in card.splitlines()
+                        if ln.strip() and not ln.lstrip().startswith(("#", "**", "|", "-", "`"))), "")
         table.add_row(c, str(len(ds.train)), str(len(ds.val)), summary[:80])
     out.print(table)
