@@ -379,3 +379,33 @@ def test_build_vector_unknown_method_fails_before_any_forward(qwen):
     finally:
         h.remove()
     assert calls == []
+
+
+# --------------------------------------------------------------------------- layer choice
+def _rows(aurocs):
+    from steerwatch.extract.build import LayerRow
+
+    return [LayerRow(layer=i, auroc=a, paired_acc=a, cohens_d=float(i) / 100, norm=1.0) for i, a in enumerate(aurocs)]
+
+
+def test_choose_layers_window_ends_one_after_the_best_layer():
+    from steerwatch.extract.build import choose_layers, default_window
+
+    aurocs = [0.5] * 24
+    aurocs[13] = 0.95
+    assert choose_layers(_rows(aurocs), 24, k=6) == [9, 10, 11, 12, 13, 14]
+    assert choose_layers(_rows(aurocs), 24, k=1) == [13]
+    assert default_window(24) == 6 and default_window(18) == 4 and default_window(2) == 1
+
+
+def test_choose_layers_stays_in_band_and_inside_the_model():
+    from steerwatch.extract.build import choose_layers
+
+    aurocs = [0.5] * 24
+    aurocs[23] = 0.99  # outside the auto band (the last blocks): ignored
+    aurocs[5] = 0.9
+    assert choose_layers(_rows(aurocs), 24, k=1) == [5]
+    aurocs = [0.5] * 4
+    aurocs[3] = 0.9
+    # a window larger than the band is clipped to the model
+    assert choose_layers(_rows(aurocs), 4, k=6) == [0, 1, 2, 3]

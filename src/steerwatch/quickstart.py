@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedModel
     from .vector import Vector
 
-DEFAULT_STRENGTHS = (0.0, 0.08, 0.12, 0.16)
+DEFAULT_STRENGTHS = (0.0, 0.01, 0.02, 0.03)
 
 
 @dataclass

@@ -41,8 +41,10 @@ def extract_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
     method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_center or logistic."),
     read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
-    layers: str = typer.Option("auto", help="'auto' (best validation AUROC in the middle of the network) or e.g. 10,12."),
-    n_auto: int = typer.Option(1, help="How many layers --layers auto picks."),
+    layers: str = typer.Option("auto", help="'auto' (a window centred on the best validation AUROC in the middle "
+                                            "of the network) or e.g. 10,12."),
+    n_auto: Optional[int] = typer.Option(None, help="Window size for --layers auto (default: a quarter of the "
+                                                    "model's layers, 6 of 24)."),
     persona: bool = typer.Option(False, help="SOURCE is a persona-instruction file: generate answers under each "
                                              "system prompt, then read the answers without the instruction."),
     concept: Optional[str] = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),

@@ -9,7 +9,7 @@ import typer
 from .common import console, friendly, load, out
 from .main import app
 
-_COLOURS = {"corrected": "green", "agreed": "red", "evasive": "yellow"}
+_COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
 
 
 @app.command("quickstart")
@@ -18,7 +18,7 @@ def quickstart_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
     steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
-    strengths: str = typer.Option("0,0.08,0.12,0.16", help="Comma-separated strengths (0 = unsteered)."),
+    strengths: str = typer.Option("0,0.01,0.02,0.03", help="Comma-separated strengths (0 = unsteered)."),
     split: str = typer.Option("test", help="Which bait split to answer: dev or test."),
     max_new_tokens: int = typer.Option(40, help="Tokens per answer."),
     show: int = typer.Option(6, help="How many answers to show side by side."),
@@ -42,9 +42,9 @@ def quickstart_cmd(
 
     def on_vector(concept, vec, rows):
         best = max(rows, key=lambda r: r.auroc)
-        d = vec.default_layers[0]
+        layers = vec.default_layers
         console.print(f"[bold]{concept}[/]: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
-                      f"steering layer {d} (AUROC {vec.auroc(d):.3f}) → {out_dir / (concept + '.sv')}")
+                      f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
                          max_new_tokens=max_new_tokens, on_vector=on_vector)
@@ -55,7 +55,7 @@ def quickstart_cmd(
     by = {(r["setting"], r["id"]): r for r in res.bait_rows}
     ids = [r["id"] for r in res.bait_rows if r["setting"] == names[0]]
     agreed_first = sorted(ids, key=lambda i: by[(names[0], i)]["outcome"] != "agreed")[:show]
-    pick = names[-1] if len(names) < 3 else names[len(names) // 2]
+    pick = names[-1] if len(names) < 3 else names[(len(names) - 1) // 2 + 1]
     table = Table(title=f"{steer_concept} vector, bait prompts ({split} split)", show_lines=True)
     table.add_column("prompt", max_width=28)
     table.add_column("unsteered", max_width=40)
@@ -66,12 +66,12 @@ def quickstart_cmd(
                       f"[{_COLOURS[b['outcome']]}]{b['outcome']}[/] {b['answer']}")
     out.print(table)
     summ = Table(title="strength sweep: answers to the bait prompts")
-    for col in ("strength", "corrected", "agreed", "evasive"):
+    for col in ("strength", "corrected", "rejected", "agreed", "evasive"):
         summ.add_column(col, justify="right")
     for s in res.summary:
-        summ.add_row(s["setting"], f"[green]{s['corrected']}[/]/{s['n']}", f"[red]{s['agreed']}[/]/{s['n']}",
-                     f"[yellow]{s['evasive']}[/]/{s['n']}")
+        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected", "agreed", "evasive")))
     out.print(summ)
     console.print(f"answers: {out_dir / 'answers.jsonl'} · vectors: {out_dir}/honesty.sv, {out_dir}/sycophancy.sv")
-    console.print("[dim]strength = fraction of the layer's typical residual-stream norm; "
-                  "corrected = states the truth, evasive = hedge/refusal/confusion[/]")
+    console.print("[dim]strength: added at each steered layer, as a fraction of that layer's typical residual-stream "
+                  "norm · corrected = states the truth · rejected = denies the claim without stating the truth · "
+                  "evasive = hedge, refusal or confusion[/]")

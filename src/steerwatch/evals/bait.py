@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import DataFormatError
-from .rules import classify_answer
+from .rules import OUTCOMES, classify_answer
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -85,7 +85,9 @@ def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str) ->
     steered = {r["id"]: r["outcome"] for r in rows if r["setting"] == setting}
     agreed = [i for i, o in base.items() if o == "agreed"]
     out = {"n_agreed_baseline": len(agreed)}
-    for o in ("corrected", "agreed", "evasive"):
+    for o in OUTCOMES:
         out[f"to_{o}"] = sum(1 for i in agreed if steered.get(i) == o)
-    out["corrected_rate"] = out["to_corrected"] / len(agreed) if agreed else 0.0
+    n = len(agreed) or 1
+    out["corrected_rate"] = out["to_corrected"] / n
+    out["corrected_or_rejected_rate"] = (out["to_corrected"] + out["to_rejected"]) / n
     return out

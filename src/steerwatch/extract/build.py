@@ -38,13 +38,27 @@ class LayerRow:
         return dict(self.__dict__)
 
 
+def default_window(n_layers: int) -> int:
+    """How many layers ``--layers auto`` steers by default: a quarter of the depth (6 of 24)."""
+    return max(1, round(n_layers / 4))
+
+
 def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
                   band: tuple[float, float] = AUTO_BAND) -> list[int]:
-    """Best ``k`` layers by validation AUROC (ties: larger Cohen's d) within ``band`` of depth."""
+    """The best layer by validation AUROC (ties: larger Cohen's d) within ``band`` of depth, and a
+    window of ``k`` contiguous layers that ends one layer after it (k >= 2; shifted to stay inside the
+    model): the push is written in the layers leading up to where the concept reads best.
+
+    Why a window, and why this placement: on the embedded model's bait *dev* split, a small push
+    spread over 6 layers turned more sycophantic answers into corrections than a larger push at the
+    single best layer (which mostly produced hedges), and the window 9-14 (best layer 13) did
+    better than 10-15 (docs/results.md)."""
     lo, hi = int(band[0] * n_layers), max(int(band[0] * n_layers) + 1, int(round(band[1] * n_layers)))
     cand = [r for r in rows if lo <= r.layer < hi] or list(rows)
-    best = sorted(cand, key=lambda r: (round(r.auroc, 3), r.cohens_d), reverse=True)[:k]
-    return sorted(r.layer for r in best)
+    best = max(cand, key=lambda r: (round(r.auroc, 3), r.cohens_d)).layer
+    k = max(1, min(k, n_layers))
+    start = min(max(0, best - max(k - 2, 0)), n_layers - k)
+    return list(range(start, start + k))
 
 
 def resolve_read(read: str, data: "ContrastSet") -> str:
@@ -62,13 +76,14 @@ def resolve_read(read: str, data: "ContrastSet") -> str:
 
 
 def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "mean_diff", read: str = "auto",
-                 layers: str | Sequence[int] = "auto", n_auto: int = 1, batch_size: int = 8,
+                 layers: str | Sequence[int] = "auto", n_auto: int | None = None, batch_size: int = 8,
                  concept: str | None = None, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> "tuple[Vector, list[LayerRow]]":
     """Build a vector from a contrast set. Returns the vector and the per-layer validation table.
 
-    layers: ``"auto"`` (best validation AUROC within :data:`AUTO_BAND`, ``n_auto`` layers) or a list
-    of layer indices to use as the default steering layers. Directions are stored for all layers.
+    layers: ``"auto"`` (a window of ``n_auto`` layers centred on the best validation AUROC within
+    :data:`AUTO_BAND`; ``n_auto`` defaults to :func:`default_window`) or a list of layer indices to
+    use as the default steering layers. Directions are stored for all layers.
     """
     import torch
 
@@ -111,7 +126,8 @@ def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "m
         sep = separation(pos[nt:, layer] @ d, neg[nt:, layer] @ d)
         rows.append(LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
                              cohens_d=sep["cohens_d"], norm=stats[layer]["mean"]))
-    chosen = choose_layers(rows, total, k=n_auto) if layers == "auto" else list(layers)
+    k = default_window(total) if n_auto is None else n_auto
+    chosen = choose_layers(rows, total, k=k) if layers == "auto" else list(layers)
     for r in rows:
         r.selected = r.layer in chosen
     vec = Vector(
