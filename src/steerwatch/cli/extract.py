@@ -64,13 +64,14 @@ def extract_cmd(
     if read != "auto":
         check_read(read)
     layer_sel = parse_layers(layers)
+    # read and validate the data before the (slow) model load, so a bad file fails at once
+    spec = load_persona(source) if persona else None
+    data = None if persona else load_contrast(source)
     loaded = load(model, layers_path=layers_path)
-    if persona:
+    if spec is not None:
         from ..extract.persona import build_persona_pairs
 
-        data = build_persona_pairs(loaded, load_persona(source), progress=True)
-    else:
-        data = load_contrast(source)
+        data = build_persona_pairs(loaded, spec, progress=True)
     console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
     vec, rows = build_vector(loaded, data, method=method, read=read, layers=layer_sel, n_auto=n_auto,
                              batch_size=batch_size, concept=concept, progress=True)

@@ -12,24 +12,18 @@ from .main import app
 
 def read_prompts_file(path: Path) -> list:
     """JSONL with {"prompt": str} or {"messages": [...]} per line (optional "id"), or plain text, one prompt a line."""
+    from ..data._io import iter_jsonl_objects, read_text
     from ..errors import DataFormatError
 
-    if not path.is_file():
-        raise DataFormatError("file does not exist", path=str(path))
+    lines = read_text(path).splitlines()
+    if path.suffix != ".jsonl":
+        items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]
+        if not items:
+            raise DataFormatError("no prompts in file", path=str(path))
+        return items
     items = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    is_jsonl = path.suffix == ".jsonl"
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            items.append({"id": str(len(items)), "prompt": line})
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(path), line=i) from None
-        if not isinstance(obj, dict) or not ("prompt" in obj or "messages" in obj):
+    for i, obj in iter_jsonl_objects(lines, path=str(path)):
+        if not ("prompt" in obj or "messages" in obj):
             raise DataFormatError("each line needs a 'prompt' string or a 'messages' list", path=str(path), line=i,
                                   field="prompt")
         p = obj.get("messages", obj.get("prompt"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
+from ._io import iter_jsonl_objects, read_text
 
 SPLITS = ("train", "val")
 
@@ -79,15 +80,7 @@ def _str_field(obj: dict, key: str, path: str, line: int, *, required: bool) -> 
 
 def parse_pairs_lines(lines: list[str], *, path: str) -> list[ContrastPair]:
     pairs: list[ContrastPair] = []
-    for i, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=i) from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"each line must be a JSON object, got {type(obj).__name__}", path=path, line=i)
+    for i, obj in iter_jsonl_objects(lines, path=path):
         unknown = set(obj) - {"prompt", "positive", "negative", "system", "meta", "split", "id"}
         if unknown:
             raise DataFormatError(
@@ -123,12 +116,7 @@ def load_pairs(path: str | Path, *, name: str | None = None) -> ContrastSet:
     optionally ``prompt``, ``system``, ``meta`` and ``split`` (train/val; when absent a
     deterministic hash split puts ~20 % of pairs in val)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataFormatError("file does not exist", path=str(p))
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"not UTF-8 text ({exc.reason})", path=str(p)) from None
+    lines = read_text(p).splitlines()
     return ContrastSet(name=name or p.stem, pairs=parse_pairs_lines(lines, path=str(p)), source=str(p))
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataFormatError
+from ._io import read_json
 
 _ANSWER = re.compile(r"^\s*\(([A-Z])\)\s*$")
 
@@ -41,12 +42,7 @@ def load_caa(path: str | Path, *, name: str | None = None, val_fraction: float =
     from . import ContrastPair, ContrastSet, _hash_split
 
     p = Path(path)
-    if not p.is_file():
-        raise DataFormatError("file does not exist", path=str(p))
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"not valid JSON ({exc.msg}) at line {exc.lineno}", path=str(p), line=exc.lineno) from None
+    data = read_json(p)
     if not isinstance(data, list) or not data:
         raise DataFormatError("a CAA file must be a non-empty JSON list of items", path=str(p))
     pairs = []

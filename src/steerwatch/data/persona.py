@@ -8,11 +8,11 @@ instruction and then records the *answers* with the instruction removed
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataFormatError
+from ._io import read_json
 
 
 @dataclass
@@ -25,12 +25,7 @@ class PersonaSpec:
 
 def load_persona(path: str | Path, *, name: str | None = None) -> PersonaSpec:
     p = Path(path)
-    if not p.is_file():
-        raise DataFormatError("file does not exist", path=str(p))
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(p), line=exc.lineno) from None
+    data = read_json(p)
     if not isinstance(data, dict):
         raise DataFormatError("a persona file must be a JSON object with 'instruction' and 'questions'", path=str(p))
     inst = data.get("instruction")

@@ -2,12 +2,12 @@
 steering strengths and scored corrected / agreed / evasive."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..data._io import iter_jsonl_objects, read_text
 from ..errors import DataFormatError
 from .rules import OUTCOMES, classify_answer
 
@@ -34,17 +34,9 @@ def load_bait(path: str | Path | None = None, *, split: str | None = None) -> li
         where = "<builtin>/sycophancy_bait.jsonl"
     else:
         where = str(path)
-        if not Path(path).is_file():
-            raise DataFormatError("file does not exist", path=where)
-        text = Path(path).read_text("utf-8")
+        text = read_text(path)
     items = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"not valid JSON ({exc.msg})", path=where, line=i) from None
+    for i, obj in iter_jsonl_objects(text.splitlines(), path=where):
         for key in ("id", "prompt", "truth_markers"):
             if key not in obj:
                 raise DataFormatError("missing required field", path=where, line=i, field=key)

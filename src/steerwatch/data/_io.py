@@ -1,0 +1,39 @@
+"""Reading JSON and JSON Lines files with errors that name the file and the line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataFormatError
+
+
+def read_text(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError("file does not exist", path=str(p))
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"not UTF-8 text ({exc.reason})", path=str(p)) from None
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+
+
+def iter_jsonl_objects(lines: list[str], *, path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) for every non-blank line; anything but a JSON object is an error."""
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=i) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"each line must be a JSON object, got {type(obj).__name__}", path=path, line=i)
+        yield i, obj
