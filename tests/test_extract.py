@@ -409,3 +409,28 @@ def test_choose_layers_stays_in_band_and_inside_the_model():
     aurocs[3] = 0.9
     # a window larger than the band is clipped to the model
     assert choose_layers(_rows(aurocs), 4, k=6) == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- persona contrast
+def test_persona_pairs_keep_the_answers_and_drop_the_instruction(qwen_chat):
+    """The label must live in the completion alone: pairs carry the question and the two answers
+    generated under the two system prompts, and no system prompt."""
+    from steerwatch.data import PersonaSpec
+    from steerwatch.extract.persona import build_persona_pairs
+    from steerwatch.generation import generate
+
+    spec = PersonaSpec(name="p", instructions=[("be kind", "be rude"), ("agree", "disagree")],
+                       questions=["q one", "q two", "q three"])
+    data = build_persona_pairs(qwen_chat, spec, max_new_tokens=6)
+    assert data.name == "p" and data.source.startswith("persona:")
+    for k, p in enumerate(data.pairs):
+        assert p.system is None and p.prompt in spec.questions
+        qi = spec.questions.index(p.prompt)
+        pos_sys, neg_sys = spec.instructions[qi % 2]
+        want_pos = generate(qwen_chat, [[{"role": "system", "content": pos_sys}, {"role": "user", "content": p.prompt}]],
+                            max_new_tokens=6)[0]
+        want_neg = generate(qwen_chat, [[{"role": "system", "content": neg_sys}, {"role": "user", "content": p.prompt}]],
+                            max_new_tokens=6)[0]
+        assert (p.positive, p.negative) == (want_pos, want_neg)
+    # every question made a pair unless the two instructions gave the same answer
+    assert 1 <= len(data.pairs) <= 3
