@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import console, friendly, load, out
+from .main import app
+
+data_app = typer.Typer(help="Check contrast data and reference sets.", no_args_is_help=True,
+                       rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def _concepts_among(targets: list[str]) -> list[str]:
+    from ..data import list_concepts
+
+    return [t for t in targets if t in list_concepts() or (t.endswith(".jsonl") and Path(t).exists()
+                                                            and not _is_conversations(t))]
+
+
+def _is_conversations(path: str) -> bool:
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    return "messages" in json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+    return False
+
+
+@data_app.command("check")
+@friendly
+def check_cmd(
+    targets: Optional[List[str]] = typer.Argument(
+        None, help="Built-in concepts or sets (benign, neutral_prompts, neutral_text, capability, eval/<name>) "
+                   "or .jsonl files. Default: every built-in set."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Also build each concept's vector on this model and report its "
+                                             "validation AUROC by layer, and the cosine matrix between concepts."),
+    save: Optional[Path] = typer.Option(None, help="With --model: write each concept's vector to DIR/<name>.sv."),
+    method: str = typer.Option("mean_diff", help="Extraction method for --model."),
+    batch_size: int = typer.Option(8, help="Examples per forward pass (--model)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON to this file."),
+    verbose: bool = typer.Option(False, "-v", help="Print every layer's AUROC, not only the best."),
+) -> None:
+    """Quality checks: schema, duplicates and near-duplicates, length balance between the sides,
+    split leakage, label balance, surface cues; with --model, validation AUROC by layer.
+    Exits 1 when a check fails."""
+    import json
+
+    from rich.table import Table
+
+    from ..data.check import builtin_targets, run_checks
+    from ..extract.methods import check_method
+
+    targets = list(targets or builtin_targets())
+    check_method(method)
+    rows = run_checks(targets)
+    table = Table("set", "check", "status", "detail", title="data checks")
+    for r in rows:
+        table.add_row(r.target, r.check, f"[{_STYLE[r.status]}]{r.status}[/]", r.detail)
+    out.print(table)
+    result: dict = {"checks": [r.as_dict() for r in rows]}
+    failed = [r for r in rows if r.status == "fail"]
+    concepts = _concepts_among(targets)
+    if model and concepts and not failed:
+        from ..extract.library import build_library, cosine_matrix
+
+        loaded = load(model)
+        vectors, quality = build_library(loaded, concepts, method=method, batch_size=batch_size, save_dir=save,
+                                         log=lambda m: console.print(f"[dim]{m}[/]"))
+        qt = Table("concept", "train/val", "best layer", "best val AUROC", "default layers",
+                   title=f"validation AUROC by layer · {method} · {loaded.name}")
+        for q in quality:
+            qt.add_row(q.concept, f"{q.n_train}/{q.n_val}", str(q.best_layer), f"{q.best_auroc:.3f}",
+                       f"{q.default_layers[0]}-{q.default_layers[-1]}")
+        out.print(qt)
+        if verbose:
+            lt = Table("layer", *[q.concept for q in quality], title="validation AUROC per layer")
+            for i in range(loaded.n_layers):
+                lt.add_row(str(i), *[f"{q.rows[i].auroc:.3f}" for q in quality])
+            out.print(lt)
+        cos = cosine_matrix(vectors)
+        names = list(vectors)
+        ct = Table("", *names, title=f"cosine similarity (mean over layers {cos[0]['layers'][0]}-"
+                                     f"{cos[0]['layers'][-1]})")
+        lookup = {(c["a"], c["b"]): c["cosine"] for c in cos}
+        for a in names:
+            ct.add_row(a, *[f"{lookup[a, b]:+.2f}" for b in names])
+        out.print(ct)
+        result["quality"] = [q.as_dict() for q in quality]
+        result["cosine"] = cos
+        result["model"] = loaded.name
+    elif model and failed:
+        console.print("[yellow]skipping --model: fix the failing checks first[/]")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
+        console.print(f"wrote {json_path}")
+    n_warn = sum(r.status == "warn" for r in rows)
+    console.print(f"{len(rows)} checks: {len(failed)} failed, {n_warn} warnings")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("compare")
+@friendly
+def compare_cmd(
+    paths: List[Path] = typer.Argument(..., help="Two or more vector files."),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated layers to average the cosine over "
+                                                    "(default: the middle band of depth)."),
+) -> None:
+    """Cosine similarity between vector files, averaged over layers."""
+    from rich.table import Table
+
+    from ..errors import SteerwatchError
+    from ..extract.library import cosine_matrix
+    from ..vector import load_vector
+    from .extract import parse_layers
+
+    if len(paths) < 2:
+        raise SteerwatchError("give at least two vector files to compare")
+    vecs = {}
+    for p in paths:
+        v = load_vector(p)
+        key = v.concept if v.concept not in vecs else str(p)
+        vecs[key] = v
+    sel = parse_layers(layers) if layers else None
+    if sel == "auto":
+        sel = None
+    rows = cosine_matrix(vecs, layers=sel)
+    names = list(vecs)
+    lookup = {(c["a"], c["b"]): c["cosine"] for c in rows}
+    t = Table("", *names, title=f"cosine similarity (mean over layers {rows[0]['layers'][0]}-{rows[0]['layers'][-1]})")
+    for a in names:
+        t.add_row(a, *[f"{lookup[a, b]:+.2f}" for b in names])
+    out.print(t)

@@ -1,0 +1,91 @@
+"""Several concepts at once on one model: each concept's per-layer validation AUROC (the
+model-side part of ``steerwatch data check --model``) and the cosine similarity between concept
+vectors (which concepts are near-duplicates of each other?)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ..errors import SteerwatchError
+from .build import AUTO_BAND, LayerRow, build_vector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..vector import Vector
+
+
+@dataclass
+class ConceptQuality:
+    concept: str
+    best_layer: int
+    best_auroc: float
+    default_layers: list[int]
+    rows: list[LayerRow]
+    n_train: int
+    n_val: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"concept": self.concept, "best_layer": self.best_layer, "best_auroc": self.best_auroc,
+                "default_layers": self.default_layers, "n_train": self.n_train, "n_val": self.n_val,
+                "layers": [r.as_dict() for r in self.rows]}
+
+
+def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str = "mean_diff",
+                  batch_size: int = 8, save_dir: str | Path | None = None, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> "tuple[dict[str, Vector], list[ConceptQuality]]":
+    """Build one vector per source (built-in concept name or pair file) with the default settings
+    and report each one's per-layer validation. With ``save_dir`` the vectors are written there as
+    ``<concept>.sv``."""
+    from ..data import load_contrast
+
+    sets = [load_contrast(s) for s in sources]  # all data is validated before any forward pass
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise SteerwatchError(f"two sources share a name ({', '.join(names)}); rename a file")
+    vectors: dict[str, Vector] = {}
+    quality: list[ConceptQuality] = []
+    for data in sets:
+        if log:
+            log(f"{data.name}: {len(data.train)} train / {len(data.val)} val pairs")
+        vec, rows = build_vector(loaded, data, method=method, batch_size=batch_size, progress=progress)
+        best = max(rows, key=lambda r: (round(r.auroc, 3), r.cohens_d))
+        vectors[data.name] = vec
+        quality.append(ConceptQuality(concept=data.name, best_layer=best.layer, best_auroc=best.auroc,
+                                      default_layers=vec.default_layers, rows=rows, n_train=len(data.train),
+                                      n_val=len(data.val)))
+        if save_dir is not None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            vec.save(Path(save_dir) / f"{data.name}.sv")
+    return vectors, quality
+
+
+def band_layers(n_layers: int, band: tuple[float, float] = AUTO_BAND) -> list[int]:
+    lo, hi = int(band[0] * n_layers), max(int(band[0] * n_layers) + 1, int(round(band[1] * n_layers)))
+    return list(range(lo, hi))
+
+
+def cosine_matrix(vectors: "dict[str, Vector]", *, layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Pairwise cosine similarity between vectors, averaged over ``layers`` (default: the
+    middle band of depth that ``--layers auto`` searches). Tidy rows ``{a, b, cosine, layers}``
+    for every ordered pair, the diagonal included."""
+    names = list(vectors)
+    if not names:
+        return []
+    first = vectors[names[0]]
+    if layers is None:
+        layers = band_layers(first.n_model_layers or len(first.layers))
+    for n in names:
+        missing = [layer for layer in layers if layer not in vectors[n].layers]
+        if missing:
+            raise SteerwatchError(f"vector {n!r} has no direction at layer(s) {missing}; "
+                                  f"it has {vectors[n].layers}. Pass --layers with layers all vectors share")
+        if vectors[n].hidden_size != first.hidden_size:
+            raise SteerwatchError(f"vector {n!r} has hidden size {vectors[n].hidden_size}, {names[0]!r} has "
+                                  f"{first.hidden_size}: vectors from different models cannot be compared")
+    rows = []
+    for a in names:
+        for b in names:
+            cos = sum(vectors[a].cosine(vectors[b], layer) for layer in layers) / len(layers)
+            rows.append({"a": a, "b": b, "cosine": cos, "layers": list(layers)})
+    return rows

@@ -1,0 +1,165 @@
+"""steerwatch.watch on tiny models: rendering with a token -> message map, per-token scores equal
+the manual dot product (under padding and in batches), aggregation, calibration at a target FPR,
+detection metrics, detector files."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import BlockCapture, make_vector
+from steerwatch.data.conversations import Conversation
+from steerwatch.errors import SteerwatchError, VectorFileError
+from steerwatch.layers import decoder_blocks
+from steerwatch.watch.calibrate import auroc, calibrate, detection_metrics, threshold_for_fpr
+from steerwatch.watch.detector import Detector, load_detector
+from steerwatch.watch.render import render_conversation
+from steerwatch.watch.score import score_conversations
+
+AGENT = [
+    {"role": "system", "content": "You fix bugs."},
+    {"role": "user", "content": "Make the tests pass."},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "run_shell", "arguments": '{"cmd": "pytest -q"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "1 failed"},
+    {"role": "assistant", "content": "One test fails in parse()."},
+]
+
+
+def _convs():
+    return [
+        Conversation(id="a", messages=[{"role": "user", "content": "Is 7 prime?"},
+                                       {"role": "assistant", "content": "Yes, 7 is prime."}], label=0),
+        Conversation(id="b", messages=[{"role": "user", "content": "Name a colour, please, any colour at all."},
+                                       {"role": "assistant", "content": "Blue."}], label=1),
+        Conversation(id="c", messages=AGENT, label=1),
+    ]
+
+
+@pytest.mark.parametrize("fixture", ["qwen", "qwen_chat"])
+def test_render_maps_tokens_to_messages(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    tok = loaded.tokenizer
+    rc = render_conversation(tok, AGENT)
+    assert len(rc.ids) == len(rc.msg_index)
+    for k, m in enumerate(AGENT):
+        text = tok.decode([t for t, o in zip(rc.ids, rc.msg_index) if o == k])
+        if m["content"]:
+            assert text.strip() == m["content"], (k, text)
+    calls = tok.decode([t for t, o in zip(rc.ids, rc.msg_index) if o == 2])
+    assert "run_shell" in calls and "pytest -q" in calls  # tool-call arguments are scored text
+    glue = tok.decode([t for t, o in zip(rc.ids, rc.msg_index) if o == -1])
+    assert "Make the tests" not in glue
+    short = render_conversation(tok, AGENT, max_tokens=10)
+    assert short.truncated and len(short.ids) == 10
+
+
+@pytest.mark.parametrize("fixture", ["qwen", "qwen_chat", "gpt2"])
+def test_scores_equal_manual_dot_product_in_batches(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    v1 = make_vector(loaded, seed=1, concept="one")
+    v2 = make_vector(loaded, seed=2, concept="two")
+    dets = [Detector(vector=v1, layer=1, sign=1), Detector(vector=v2, layer=2, sign=-1)]
+    convs = _convs()
+    batched = score_conversations(loaded, convs, dets, batch_size=3)  # padded batch of 3 lengths
+    blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
+    for conv, sc in zip(convs, batched):
+        assert sc.id == conv.id and sc.label == conv.label
+        rc = render_conversation(loaded.tokenizer, conv.messages)
+        with BlockCapture(blocks) as cap, torch.inference_mode():
+            loaded.model(input_ids=torch.tensor([rc.ids]))
+        h1, h2 = cap.outs[1][0][0], cap.outs[2][0][0]  # (seq, d)
+        want1 = h1 @ v1.direction(1)
+        want2 = -(h2 @ v2.direction(2))
+        torch.testing.assert_close(torch.tensor(sc.scores["one"]), want1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(sc.scores["two"]), want2, rtol=1e-5, atol=1e-5)
+        single = score_conversations(loaded, [conv], dets, batch_size=1)[0]
+        torch.testing.assert_close(torch.tensor(single.scores["one"]), torch.tensor(sc.scores["one"]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_aggregates(qwen):
+    v = make_vector(qwen, seed=3, concept="c")
+    sc = score_conversations(qwen, [Conversation(id="c", messages=AGENT)], [Detector(vector=v, layer=1)])[0]
+    s = sc.scores["c"]
+    asst = [i for i, k in enumerate(sc.msg_index) if k >= 0 and sc.roles[k] == "assistant"]
+    assert sc.response_score("c", "mean") == pytest.approx(sum(s[i] for i in asst) / len(asst))
+    assert sc.response_score("c", "max") == max(s[i] for i in asst)
+    assert sc.response_score("c", "last") == s[asst[-1]]
+    turns = sc.turn_scores("c")
+    assert [k for k, _ in turns] == [2, 4]
+    assert sc.response_score("c", "max_turn") == max(v for _, v in turns)
+    msg = sc.message_scores("c")
+    user_idx = [i for i, k in enumerate(sc.msg_index) if k == 1]
+    assert msg[1] == pytest.approx(sum(s[i] for i in user_idx) / len(user_idx))
+    with pytest.raises(SteerwatchError, match="valid: mean, max, last, max_turn"):
+        sc.response_score("c", "median")
+
+
+@pytest.mark.parametrize("n, fpr", [(1000, 0.01), (340, 0.01), (340, 0.05), (57, 0.05), (200, 0.2)])
+def test_threshold_hits_requested_fpr(n, fpr):
+    rng = random.Random(n)
+    neg = [rng.gauss(0, 1) for _ in range(n)]
+    thr, achieved = threshold_for_fpr(neg, fpr)
+    above = sum(x > thr for x in neg)
+    assert above == int(fpr * n + 1e-9)  # exactly floor(fpr * n) above: the most the budget allows
+    assert achieved == above / n <= fpr
+    # fresh data from the same distribution lands near the target
+    fresh = [rng.gauss(0, 1) for _ in range(20000)]
+    assert abs(sum(x > thr for x in fresh) / len(fresh) - fpr) < max(0.5 * fpr, 3 * (fpr / n) ** 0.5)
+
+
+def test_threshold_bad_input():
+    with pytest.raises(SteerwatchError, match="between 0 and 1"):
+        threshold_for_fpr([1.0, 2.0], 1.5)
+    with pytest.raises(SteerwatchError, match="no calibration scores"):
+        threshold_for_fpr([], 0.01)
+
+
+def test_detection_metrics_exact():
+    scores = [0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.35, 0.05]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    row = detection_metrics(scores, labels, threshold=0.32)
+    # positives 0.9, 0.8, 0.35, 0.05 vs negatives 0.1..0.4: wins 4+4+3+0 of 16
+    assert row["auroc"] == pytest.approx(11 / 16) == auroc([0.9, 0.8, 0.35, 0.05], [0.1, 0.2, 0.3, 0.4])
+    assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (3, 1, 1, 3)
+    assert row["recall@0.01fpr"] == 0.5  # threshold = max negative 0.4: 0.9 and 0.8 above
+
+
+def test_calibrate_sets_threshold_and_file_round_trip(qwen, tmp_path):
+    v = make_vector(qwen, seed=4, concept="honesty")
+    vp = tmp_path / "honesty.sv"
+    v.save(vp)
+    det = Detector.from_vector(v, vector_path=str(vp))
+    assert det.sign == -1  # honesty: low projection is the problem
+    control = [Conversation(id=f"c{i}", messages=[{"role": "user", "content": f"Say {i}."},
+                                                  {"role": "assistant", "content": f"{i} " * (1 + i % 5)}])
+               for i in range(40)]
+    rows = calibrate(qwen, [det], control, fpr=0.05, source="test")
+    scores = [s.response_score("honesty") for s in score_conversations(qwen, control, [det])]
+    assert sum(x > det.threshold for x in scores) == 2 and rows[0]["achieved_fpr"] == 0.05
+    path = det.save(tmp_path / "honesty.det.json")
+    assert json.loads(path.read_text())["vector"] == "honesty.sv"
+    back = load_detector(path)
+    assert (back.threshold, back.layer, back.sign, back.aggregate) == (det.threshold, det.layer, -1, "mean")
+    assert back.calibration["n"] == 40 and back.calibration["sha256"] == det.calibration["sha256"]
+    make_vector(qwen, seed=5, concept="honesty").save(vp)  # the vector changes under the detector
+    with pytest.raises(VectorFileError, match="changed since"):
+        load_detector(path)
+
+
+def test_detector_bad_input(qwen, tmp_path):
+    v = make_vector(qwen, layers=[0, 1])
+    with pytest.raises(SteerwatchError, match="no direction at layer 3"):
+        Detector(vector=v, layer=3)
+    with pytest.raises(SteerwatchError, match="sign must be"):
+        Detector(vector=v, layer=1, sign=2)
+    (tmp_path / "x.det.json").write_text("{}")
+    with pytest.raises(VectorFileError, match="not a steerwatch detector"):
+        load_detector(tmp_path / "x.det.json")
+    with pytest.raises(VectorFileError, match="does not exist"):
+        load_detector(tmp_path / "missing.det.json")
+    with pytest.raises(SteerwatchError, match="unique"):
+        score_conversations(qwen, _convs(), [Detector(vector=v, layer=1), Detector(vector=v, layer=0)])
