@@ -163,3 +163,98 @@ def test_detector_bad_input(qwen, tmp_path):
         load_detector(tmp_path / "missing.det.json")
     with pytest.raises(SteerwatchError, match="unique"):
         score_conversations(qwen, _convs(), [Detector(vector=v, layer=1), Detector(vector=v, layer=0)])
+
+
+# ---------------------------------------------------------------- live watching and conditional steering
+from steerwatch.generation import generate_ids  # noqa: E402
+from steerwatch.steer import SteerSpec  # noqa: E402
+from steerwatch.watch.live import Conditional, generate_watched  # noqa: E402
+
+PROMPTS = ["Hello there, how are you?", "Sum 2 and 2.", "Write a word."]
+
+
+def _manual_scores(loaded, ids, det):
+    blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
+    with BlockCapture(blocks) as cap, torch.inference_mode():
+        loaded.model(input_ids=torch.tensor([ids]))
+    return (cap.outs[det.layer][0][0] @ det.unit()).tolist()
+
+
+def test_live_scores_equal_teacher_forced(qwen_chat):
+    v = make_vector(qwen_chat, seed=7, concept="c")
+    det = Detector(vector=v, layer=2)
+    res = generate_watched(qwen_chat, PROMPTS, [det], max_new_tokens=12, batch_size=3)
+    gens = generate_ids(qwen_chat, PROMPTS, max_new_tokens=12, batch_size=3)
+    for w, g in zip(res, gens):
+        assert w.new_ids == g.new_ids and not w.rescored
+        manual = _manual_scores(qwen_chat, g.prompt_ids + g.new_ids, det)[len(g.prompt_ids):]
+        n = len(w.scores["c"])
+        assert n == len(g.new_ids) - 1  # an end token is not scored; a cut-off last token has no live score
+        torch.testing.assert_close(torch.tensor(w.scores["c"]), torch.tensor(manual[:n]), rtol=1e-4, atol=1e-4)
+
+
+def test_steered_detector_is_rescored_not_read_back(qwen_chat):
+    v = make_vector(qwen_chat, seed=8, concept="c", default_layers=(1,))
+    det = Detector(vector=v, layer=2)
+    upstream = Detector(vector=make_vector(qwen_chat, seed=9, concept="up"), layer=0)
+    spec = SteerSpec(vector=v, strength=3.0, layers=(1, 2))
+    res = generate_watched(qwen_chat, PROMPTS, [det, upstream], steer=[spec], max_new_tokens=10)
+    for w in res:
+        assert w.rescored == ["c"]  # reads at/after a steered layer -> rescored; layer 0 keeps live scores
+        clean = score_conversations(qwen_chat, [[{"role": "user", "content": PROMPTS[res.index(w)]},
+                                                 {"role": "assistant", "content": w.text}]], [det])[0]
+        want = clean.response_score("c")
+        assert w.response["c"] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    # what a naive read of the steered stream would have reported: the push read back
+    from steerwatch.steer import steering
+    w = res[0]
+    conv = [{"role": "user", "content": PROMPTS[0]}, {"role": "assistant", "content": w.text}]
+    with steering(qwen_chat, [spec]):
+        naive = score_conversations(qwen_chat, [conv], [det])[0].response_score("c")
+    assert naive - w.response["c"] > 5.0  # 3 residual norms (2.0 each) pushed at layers 1 and 2
+
+
+def _calibrated(det, **cal):
+    det.threshold = 0.0
+    det.calibration = {"trigger_window": 2, **cal}
+    return det
+
+
+def test_conditional_token_mode_leaves_tokens_before_trigger(qwen_chat):
+    v = make_vector(qwen_chat, seed=10, concept="t")
+    trig = Detector(vector=v, layer=1)
+    base = generate_watched(qwen_chat, PROMPTS, [trig], max_new_tokens=16)
+    # a threshold that the unsteered run crosses part-way: between its running means
+    from steerwatch.watch.calibrate import running_max_mean
+    seq = base[0].scores["t"]
+    means = [running_max_mean(seq[:k + 1], 2) for k in range(len(seq))]
+    thr = (means[3] + means[-1]) / 2 if means[-1] > means[3] else means[3] - 1e-6
+    k = next(i for i, m in enumerate(means) if m > thr)
+    _calibrated(trig, trigger_threshold=thr)
+    push = SteerSpec(vector=make_vector(qwen_chat, seed=11, concept="push"), strength=8.0, layers=(0, 1, 2, 3))
+    cond = Conditional(trigger=trig, specs=[push], mode="token")
+    out = generate_watched(qwen_chat, PROMPTS, [], conditional=cond, max_new_tokens=16)
+    assert out[0].triggered_at == k
+    assert out[0].new_ids[:k + 2] == base[0].new_ids[:k + 2]  # the trigger token and everything before
+    assert out[0].new_ids != base[0].new_ids  # and steering did act afterwards
+    for o, b in zip(out, base):
+        if o.triggered_at is None:
+            assert o.new_ids == b.new_ids
+
+
+def test_conditional_prompt_mode(qwen_chat):
+    v = make_vector(qwen_chat, seed=12, concept="t")
+    push = SteerSpec(vector=make_vector(qwen_chat, seed=13, concept="push"), strength=8.0, layers=(1, 2))
+    steered = generate_ids(qwen_chat, PROMPTS, steer=[push], max_new_tokens=10)
+    plain = generate_ids(qwen_chat, PROMPTS, max_new_tokens=10)
+    on = generate_watched(qwen_chat, PROMPTS, [], conditional=Conditional(
+        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=-1e9), specs=[push], mode="prompt"),
+        max_new_tokens=10)
+    off = generate_watched(qwen_chat, PROMPTS, [], conditional=Conditional(
+        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=1e9), specs=[push], mode="prompt"),
+        max_new_tokens=10)
+    assert [o.new_ids for o in on] == [g.new_ids for g in steered]
+    assert [o.new_ids for o in off] == [g.new_ids for g in plain]
+    assert all(o.triggered_at == 0 for o in on) and all(o.triggered_at is None for o in off)
+    with pytest.raises(SteerwatchError, match="not calibrated"):
+        Conditional(trigger=Detector(vector=v, layer=1), specs=[push])

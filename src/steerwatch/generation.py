@@ -1,7 +1,7 @@
 """Batched, left-padded generation with optional steering (shared or per row)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 from .errors import SteerwatchError
 
@@ -35,6 +35,34 @@ def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | 
     ``steer``: specs applied to every prompt. ``rows``: one list of specs per prompt (each prompt
     steered its own way, still batched). Greedy by default, so results are reproducible.
     """
+    gens = generate_ids(loaded, prompts, system=system, steer=steer, rows=rows, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, do_sample=do_sample, temperature=temperature, seed=seed,
+                        force=force, progress=progress)
+    return [loaded.tokenizer.decode(g.new_ids, skip_special_tokens=True).strip() for g in gens]
+
+
+class Generated:
+    """One prompt's generation: the prompt's token ids and the new token ids (up to and including
+    the end-of-sequence token, padding removed)."""
+
+    __slots__ = ("prompt_ids", "new_ids", "batch_index", "row")
+
+    def __init__(self, prompt_ids: list[int], new_ids: list[int], batch_index: int, row: int) -> None:
+        self.prompt_ids, self.new_ids, self.batch_index, self.row = prompt_ids, new_ids, batch_index, row
+
+
+def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | None = None,
+                 steer: "Sequence[SteerSpec] | None" = None, rows: "Sequence[Sequence[SteerSpec]] | None" = None,
+                 max_new_tokens: int = 64, batch_size: int = 8, do_sample: bool = False,
+                 temperature: float = 1.0, seed: int | None = None, force: bool = False,
+                 progress: bool = False, on_batch: "Callable[[list[int], int], Any] | None" = None
+                 ) -> list[Generated]:
+    """:func:`generate` at the token level. ``on_batch(indices, width)`` is called before each
+    batch and may return a context manager that stays open around that batch's ``generate()``
+    (the watch uses it to attach read hooks); its ``after(out)`` method, if any, gets the batch
+    output ids."""
+    import contextlib
+
     import torch
     from tqdm.auto import tqdm
 
@@ -51,8 +79,9 @@ def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | 
     tok = loaded.tokenizer
     encoded = [encode_prompt(tok, _render(loaded, p, system)) for p in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = set(_eos_ids(loaded))
     device = loaded.device
-    outputs: list[str] = [""] * len(prompts)
+    results: list[Generated | None] = [None] * len(prompts)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad)
     if do_sample:
         gen_kwargs["temperature"] = temperature
@@ -61,7 +90,7 @@ def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | 
     if seed is not None:
         torch.manual_seed(seed)
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")
-    for start in range(0, len(prompts), batch_size):
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
         idx = list(range(start, min(start + batch_size, len(prompts))))
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -76,14 +105,29 @@ def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | 
                 handle = attach(loaded, rows=batch_rows, force=force)
         elif steer:
             handle = attach(loaded, list(steer), force=force)
+        observer = on_batch(idx, width) if on_batch is not None else None
         try:
-            with torch.inference_mode():
+            with (observer if observer is not None else contextlib.nullcontext()), torch.inference_mode():
                 out = loaded.model.generate(input_ids=ids.to(device), attention_mask=att.to(device), **gen_kwargs)
         finally:
             if handle is not None:
                 handle.remove()
+        if observer is not None and hasattr(observer, "after"):
+            observer.after(out)
         for r, i in enumerate(idx):
-            outputs[i] = tok.decode(out[r, width:], skip_special_tokens=True).strip()
+            new = out[r, width:].tolist()
+            cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+            results[i] = Generated(prompt_ids=encoded[i], new_ids=new[:cut], batch_index=b, row=r)
         bar.update(len(idx))
     bar.close()
-    return outputs
+    return [g for g in results if g is not None]
+
+
+def _eos_ids(loaded: "LoadedModel") -> list[int]:
+    cfg = getattr(loaded.model, "generation_config", None)
+    eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    if eos is None:
+        eos = loaded.tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]

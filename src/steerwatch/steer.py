@@ -187,8 +187,9 @@ def _apply(h: "torch.Tensor", plan: _LayerPlan, phase: str, per_row: bool) -> "t
 class SteerHandle:
     """Long-lived steering: hooks stay until :meth:`remove` (idempotent). Also a context manager."""
 
-    def __init__(self, model: Any, plans: dict[int, _LayerPlan], blocks, per_row: bool) -> None:
+    def __init__(self, model: Any, plans: dict[int, _LayerPlan], blocks, per_row: bool, gate: Any = None) -> None:
         self._handles: list[Any] = []
+        self.gate = gate
         self._phase = "prompt"
         self.per_row = per_row
         self.layers = sorted(plans)
@@ -208,7 +209,11 @@ class SteerHandle:
             for layer, plan in plans.items():
                 def hook(_mod, _inp, output, plan=plan):
                     h = block_output(output)
-                    return replace_block_output(output, _apply(h, plan, self._phase, per_row))
+                    new = _apply(h, plan, self._phase, per_row)
+                    if self.gate is not None:  # conditional steering: (batch,) 0/1, read at every call
+                        g = self.gate.value.to(device=h.device, dtype=h.dtype)[:, None, None]
+                        new = h + g * (new - h)
+                    return replace_block_output(output, new)
                 self._handles.append(blocks[layer].register_forward_hook(hook))
         except Exception:
             self.remove()
@@ -231,12 +236,14 @@ class SteerHandle:
 
 def attach(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None, *,
            rows: Sequence[Sequence[SteerSpec]] | None = None, layers_path: str | None = None,
-           force: bool = False) -> SteerHandle:
+           force: bool = False, gate: Any = None) -> SteerHandle:
     """Register steering hooks and return a handle; call ``handle.remove()`` when done.
 
     ``target``: a :class:`~steerwatch.models.LoadedModel` (vectors are checked against its weights
     fingerprint unless ``force``) or a bare Hugging Face model (no fingerprint check).
     ``specs``: the same steering for every row. ``rows``: one list of specs per batch row.
+    ``gate``: an object whose ``value`` is a (batch,) tensor of 0/1, read at every forward call:
+    rows with 0 are left unsteered (conditional steering switches rows on as detectors fire).
     """
     import torch
 
@@ -260,7 +267,7 @@ def attach(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None
     param = next(model.parameters())
     per_row = rows is not None
     plans = _compile(rows if per_row else [list(specs)], len(blocks), dtype=param.dtype, device=param.device)
-    return SteerHandle(model, plans, blocks, per_row)
+    return SteerHandle(model, plans, blocks, per_row, gate=gate)
 
 
 @contextmanager

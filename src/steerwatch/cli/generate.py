@@ -56,8 +56,19 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, help="Random seed (with --sample)."),
     force: bool = typer.Option(False, help="Apply vectors even if they were built on other weights."),
     layers_path: Optional[str] = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    watch: Optional[List[Path]] = typer.Option(None, "--watch", "-w",
+        help="Detector files (.det.json) or vectors (.sv) to score the answers with, repeatable: scores and flags "
+             "are shown alongside the text. Detectors at or after a steered layer are scored from the text without "
+             "steering, so they never read back the push."),
+    steer_if: Optional[Path] = typer.Option(None, "--steer-if",
+        help="Make the --steer specs conditional: apply them only when this calibrated detector fires."),
+    if_mode: str = typer.Option("token", help="With --steer-if: 'token' (from the token where the detector's "
+                                              "running mean crosses its trigger threshold) or 'prompt' (the whole "
+                                              "answer, when the prompt scores above threshold)."),
 ) -> None:
-    """Generate answers, optionally steered; print them or write JSON Lines."""
+    """Generate answers, optionally steered and watched; print them or write JSON Lines."""
+    from rich.table import Table
+
     from ..errors import SteerwatchError
     from ..generation import generate
     from ..steer import parse_steer_spec
@@ -74,7 +85,23 @@ def generate_cmd(
     prompts = [it["prompt"] for it in items]
     common = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
                   temperature=temperature, seed=seed, force=force, progress=True)
-    steered = generate(loaded, prompts, steer=specs or None, **common)
+    watched = None
+    if watch or steer_if:
+        from ..watch.detector import load_detector
+        from ..watch.live import Conditional, generate_watched
+
+        if steer_if and not specs:
+            raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
+        if sample:
+            raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
+        dets = [load_detector(p) for p in (watch or [])]
+        cond = Conditional(trigger=load_detector(steer_if), specs=specs, mode=if_mode) if steer_if else None
+        watched = generate_watched(loaded, prompts, dets, system=system, steer=None if cond else (specs or None),
+                                   conditional=cond, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   force=force, progress=True)
+        steered = [w.text for w in watched]
+    else:
+        steered = generate(loaded, prompts, steer=specs or None, **common)
     base = generate(loaded, prompts, **common) if (compare and specs) else None
     rows = []
     for k, it in enumerate(items):
@@ -82,6 +109,11 @@ def generate_cmd(
                "output": steered[k]}
         if base is not None:
             row["unsteered_output"] = base[k]
+        if watched is not None:
+            w = watched[k]
+            row.update(scores=w.response, flags=w.flags, token_scores=w.scores, rescored=w.rescored)
+            if steer_if:
+                row.update(conditional=if_mode, triggered_at=w.triggered_at)
         rows.append(row)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +122,6 @@ def generate_cmd(
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         console.print(f"wrote {len(rows)} rows to [bold]{output}[/]")
         return
-    from rich.table import Table
 
     if base is not None:
         table = Table("prompt", "unsteered", "steered: " + ", ".join(r for r in rows[0]["steering"]), show_lines=True)
@@ -102,3 +133,11 @@ def generate_cmd(
             if len(rows) > 1:
                 out.print(f"[bold]> {row['prompt']}[/]")
             out.print(row["output"], highlight=False)
+    if watched is not None:
+        wt = Table("prompt", *[f"{n} score" for n in (rows[0]["scores"] or {})], "flags",
+                   *(["steering fired at token"] if steer_if else []), title="watch")
+        for row in rows:
+            wt.add_row(str(row["prompt"])[:40], *[("-" if v is None else f"{v:.3f}") for v in row["scores"].values()],
+                       ", ".join(row["flags"]) or "-",
+                       *([("-" if row["triggered_at"] is None else str(row["triggered_at"]))] if steer_if else []))
+        out.print(wt)

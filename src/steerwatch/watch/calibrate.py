@@ -56,6 +56,20 @@ def detection_metrics(scores: Sequence[float], labels: Sequence[int], *, thresho
     return row
 
 
+TRIGGER_WINDOW = 8
+
+
+def running_max_mean(vals: Sequence[float], window: int) -> float:
+    """The highest mean over the last ``window`` values (shorter at the start), as the live trigger
+    of conditional steering sees a response token by token."""
+    best, acc = float("-inf"), []
+    for v in vals:
+        acc.append(v)
+        w = acc[-window:]
+        best = max(best, sum(w) / len(w))
+    return best
+
+
 def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "Sequence[Conversation]", *,
               fpr: float = 0.01, source: str = "", batch_size: int = 4, progress: bool = False,
               scored: "Sequence[ScoredConversation] | None" = None) -> "list[dict[str, Any]]":
@@ -77,5 +91,15 @@ def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "
                            "source": source, "aggregate": det.aggregate,
                            "score_mean": sum(vals) / len(vals),
                            "score_std": (sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / len(vals)) ** 0.5}
+        prompt_vals = [v for s in scored if (v := s.prompt_score(det.name)) is not None]
+        if prompt_vals:
+            det.calibration["prompt_threshold"] = threshold_for_fpr(prompt_vals, fpr)[0]
+        trig = []
+        for s in scored:
+            toks = [v for v, k in zip(s.scores[det.name], s.msg_index) if k >= 0 and s.roles[k] == "assistant"]
+            if toks:
+                trig.append(running_max_mean(toks, TRIGGER_WINDOW))
+        det.calibration["trigger_threshold"] = threshold_for_fpr(trig, fpr)[0]
+        det.calibration["trigger_window"] = TRIGGER_WINDOW
         rows.append({"detector": det.name, "layer": det.layer, "sign": det.sign, "threshold": thr, **det.calibration})
     return rows

@@ -138,7 +138,10 @@ def _content_end(part: str, m: dict, start: int) -> int:
         for needle in (args, json.dumps(_args_obj(args)), json.dumps(_args_obj(args), ensure_ascii=False)):
             i = part.rfind(needle[-20:]) if needle else -1
             if i >= start:
-                return i + len(needle[-20:])
+                end = i + len(needle[-20:])
+                while end < len(part) and part[end] == "}":  # the call's own closing brace(s)
+                    end += 1
+                return end
         return len(part.rstrip())
     content = m.get("content") or ""
     for needle in (content, content.strip()):

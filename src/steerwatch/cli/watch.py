@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import console, friendly, load, out
+from .main import app
+
+MODEL_HELP = "Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."
+
+
+def _detectors(paths: List[Path], *, aggregate: Optional[str] = None):
+    from ..errors import SteerwatchError
+    from ..watch.detector import load_detector
+
+    if not paths:
+        raise SteerwatchError("give at least one detector (-d FILE.det.json, or a vector FILE.sv)")
+    dets = [load_detector(p) for p in paths]
+    if aggregate:
+        from ..watch.detector import AGGREGATES
+
+        if aggregate not in AGGREGATES:
+            raise SteerwatchError(f"unknown aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
+        for d in dets:
+            d.aggregate = aggregate
+    names = [d.name for d in dets]
+    for i, d in enumerate(dets):  # two files of one concept: keep both, distinguish by file name
+        if names.count(d.name) > 1:
+            d.name = Path(paths[i]).name.split(".")[0] + f"#{i}"
+    return dets
+
+
+def _write_rows(path: Path, rows) -> None:
+    if path.suffix == ".csv":
+        import csv
+
+        flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in rows]
+        keys = list(dict.fromkeys(k for r in flat for k in r))
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(flat)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@app.command("calibrate")
+@friendly
+def calibrate_cmd(
+    vectors: List[Path] = typer.Argument(..., help="Vector files (.sv) to turn into detectors."),
+    control: Optional[Path] = typer.Option(None, help="JSONL of benign conversations (default: the built-in "
+                                                      "benign control set, 340+ chat/coding/agent conversations)."),
+    fpr: float = typer.Option(0.01, help="Target false-positive rate on the control data."),
+    layer: Optional[int] = typer.Option(None, help="Layer to read (default: each vector's best validation layer)."),
+    sign: Optional[int] = typer.Option(None, help="+1: high projection is the problem; -1: low is (default: -1 "
+                                                  "for honesty/conscientiousness, +1 otherwise)."),
+    aggregate: str = typer.Option("mean", help="Response score: mean, max, last or max_turn."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Where to write NAME.det.json "
+                                                                          "(default: next to each vector)."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(4, help="Conversations per forward pass."),
+) -> None:
+    """Choose each detector's threshold for a target false-positive rate on benign data and write
+    a detector file next to the vector."""
+    from rich.table import Table
+
+    from ..data.reference import load_benign
+    from ..vector import load_vector
+    from ..watch.calibrate import calibrate
+    from ..watch.detector import Detector
+
+    vecs = [load_vector(p) for p in vectors]
+    dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
+            for v, p in zip(vecs, vectors)]
+    convs = load_benign(control)
+    loaded = load(model)
+    rows = calibrate(loaded, dets, convs, fpr=fpr, source=str(control or "builtin:benign"), batch_size=batch_size,
+                     progress=True)
+    table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n", "file")
+    for det, row, p in zip(dets, rows, vectors):
+        dest = (out_dir or p.parent) / (p.name[:-3] if p.name.endswith(".sv") else p.stem)
+        dest = dest.with_name(dest.name + ".det.json")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        det.save(dest)
+        table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
+                      f"{row['achieved_fpr']:.4f}", str(row["n"]), str(dest))
+    out.print(table)
+
+
+@app.command("scan")
+@friendly
+def scan_cmd(
+    file: Path = typer.Argument(..., help="JSONL of conversations: messages (OpenAI chat format), optional id, label."),
+    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Per-conversation results (.jsonl or .csv); "
+                                                                        "default FILE.scan.jsonl"),
+    flagged: Optional[Path] = typer.Option(None, help="Write the flagged conversations (original records plus "
+                                                      "scores) here; default FILE.flagged.jsonl"),
+    html: Optional[Path] = typer.Option(None, help="Write a token-tinted HTML view of the flagged (or, if none are "
+                                                   "calibrated, all) conversations here."),
+    aggregate: Optional[str] = typer.Option(None, help="Override the detectors' response aggregate."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(4, help="Conversations per forward pass."),
+) -> None:
+    """Score every conversation in a file with detectors; write results and the flagged ones."""
+    from rich.table import Table
+
+    from ..data.conversations import load_conversations
+    from ..watch.scan import scan
+
+    convs = load_conversations(file)
+    dets = _detectors(detector, aggregate=aggregate)
+    loaded = load(model)
+    rows, scored = scan(loaded, convs, dets, batch_size=batch_size, progress=True)
+    output = output or file.with_suffix(".scan.jsonl")
+    _write_rows(output, rows)
+    flagged = flagged or file.with_suffix(".flagged.jsonl")
+    flagged_ids = {r["id"] for r in rows if r["flagged"]}
+    with flagged.open("w", encoding="utf-8") as fh:
+        for conv, row in zip(convs, rows):
+            if row["flagged"]:
+                fh.write(json.dumps({"id": conv.id, "messages": conv.messages, "label": conv.label,
+                                     "flags": row["flags"], "scores": row["scores"],
+                                     "first_flagged_message": row.get("first_flagged_message", {})}) + "\n")
+    table = Table("detector", "layer", "threshold", "flagged", "mean score", title=f"{file.name}: {len(rows)} "
+                                                                                  "conversations")
+    for det in dets:
+        vals = [r["scores"][det.name] for r in rows if r["scores"][det.name] is not None]
+        n_flag = sum(det.name in r["flags"] for r in rows)
+        table.add_row(det.name, str(det.layer), "-" if det.threshold is None else f"{det.threshold:.3f}",
+                      f"{n_flag} ({n_flag / max(1, len(rows)):.1%})" if det.calibrated else "uncalibrated",
+                      f"{sum(vals) / max(1, len(vals)):.3f}")
+    out.print(table)
+    trunc = sum(r["truncated"] for r in rows)
+    if trunc:
+        console.print(f"[yellow]{trunc} conversation(s) were longer than the token limit and were scored on "
+                      "their first 4096 tokens (marked truncated in the results)[/]")
+    if html:
+        from ..watch.view import render_html
+
+        show = [s for s in scored if s.id in flagged_ids] or ([] if any(d.calibrated for d in dets) else scored)
+        html.write_text(render_html(show, dets, loaded.tokenizer, title=f"steerwatch scan: {file.name}"),
+                        encoding="utf-8")
+        console.print(f"wrote {html} ({len(show)} conversations)")
+    console.print(f"wrote {output}; {len(flagged_ids)} flagged -> {flagged}")
+
+
+@app.command("detect-eval")
+@friendly
+def detect_eval_cmd(
+    data: List[str] = typer.Option(..., "--data", help="Labelled JSONL sets (label 1 = behaviour present), or "
+                                                        "built-in eval sets as eval/NAME. Repeat for a matrix."),
+    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the rows as .jsonl or .csv."),
+    aggregate: Optional[str] = typer.Option(None, help="Override the detectors' response aggregate."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(4, help="Conversations per forward pass."),
+) -> None:
+    """Detection quality per detector and labelled set: AUROC, recall at 1%/5% FPR, confusion at the
+    calibrated threshold; several sets give a generalisation matrix."""
+    from rich.table import Table
+
+    from ..data.conversations import load_conversations
+    from ..data.evalsets import load_eval_set
+    from ..watch.scan import detect_eval
+
+    sets = {}
+    for d in data:
+        sets[d] = load_eval_set(d[5:]) if d.startswith("eval/") and not Path(d).exists() else load_conversations(d)
+    dets = _detectors(detector, aggregate=aggregate)
+    loaded = load(model)
+    rows = detect_eval(loaded, sets, dets, batch_size=batch_size, progress=True)
+    table = Table("detector", "data", "n+/n-", "AUROC", "recall@1%FPR", "recall@5%FPR", "at threshold: TP/FP/FN/TN")
+    for r in rows:
+        conf = f"{r['tp']}/{r['fp']}/{r['fn']}/{r['tn']}" if "tp" in r else "uncalibrated"
+        table.add_row(r["detector"], Path(r["dataset"]).name, f"{r['n_pos']}/{r['n_neg']}", f"{r['auroc']:.3f}",
+                      f"{r['recall@0.01fpr']:.2f}", f"{r['recall@0.05fpr']:.2f}", conf)
+    out.print(table)
+    if len(sets) > 1 and len(dets) > 0:
+        m = Table("AUROC", *[Path(s).name for s in sets], title="generalisation matrix (detector x data set)")
+        for det in dets:
+            m.add_row(det.name, *[f"{r['auroc']:.3f}" for r in rows if r["detector"] == det.name])
+        out.print(m)
+    if output:
+        _write_rows(output, rows)
+        console.print(f"wrote {output}")
+
+
+@app.command("view")
+@friendly
+def view_cmd(
+    file: Path = typer.Argument(..., help="JSONL of conversations."),
+    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    ids: Optional[List[str]] = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML view here."),
+    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Show conversations with every token tinted by each detector's score (terminal and HTML)."""
+    from ..data.conversations import load_conversations
+    from ..errors import SteerwatchError
+    from ..watch.score import score_conversations
+    from ..watch.view import render_html, render_terminal
+
+    convs = load_conversations(file)
+    if ids:
+        known = {c.id for c in convs}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise SteerwatchError(f"no conversation with id {missing[0]!r} in {file}")
+        convs = [c for c in convs if c.id in set(ids)]
+    dets = _detectors(detector)
+    loaded = load(model)
+    scored = score_conversations(loaded, convs, dets)
+    for sc in scored:
+        out.rule(sc.id)
+        out.print(render_terminal(sc, dets, loaded.tokenizer))
+    if html:
+        html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
+                        encoding="utf-8")
+        console.print(f"wrote {html}")

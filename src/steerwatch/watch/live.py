@@ -1,0 +1,253 @@
+"""Watching while generating, and conditional steering.
+
+**Live scores.** Read hooks project every token's residual stream on the detectors during
+``generate()``. A generated token's score is read when the token is fed back in, so every token
+but the last one of a generation that hit ``max_new_tokens`` gets a live score (an end-of-turn
+token ends the answer and is not scored, as in teacher-forced scoring).
+
+**Steered and watched at once.** When steering writes at a layer at or before the layer a
+detector reads, the live reading would mostly see the injection. Those detectors are rescored
+from the generated text with one unsteered teacher-forced pass, so their scores measure what was
+*said*, never the push; detectors reading upstream of every steered layer keep their live scores
+(steering cannot reach them). ``WatchedGeneration.rescored`` lists which were rescored.
+
+**Conditional steering.** :class:`Conditional` switches steering on per row when a calibrated
+trigger detector fires: ``mode="token"`` from the first forward pass after the token whose
+running-mean score (over the last ``window`` tokens) crosses the trigger threshold, and
+``mode="prompt"`` for the whole answer when the prompt's mean score crosses the detector's
+threshold. Tokens before the trigger are never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import SteerwatchError
+from .detector import Detector
+from .score import ProjectionHooks, score_conversations
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+
+MODES = ("token", "prompt")
+
+
+@dataclass
+class Conditional:
+    trigger: Detector
+    specs: "list[SteerSpec]"
+    mode: str = "token"
+    window: int | None = None  # default: the window the trigger was calibrated with
+
+    def __post_init__(self) -> None:
+        if self.window is None:
+            self.window = int(self.trigger.calibration.get("trigger_window", 8))
+        if self.mode not in MODES:
+            raise SteerwatchError(f"unknown conditional mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.window < 1:
+            raise SteerwatchError(f"window must be >= 1, got {self.window}")
+        if self.threshold is None:
+            raise SteerwatchError(f"the trigger detector {self.trigger.name!r} is not calibrated; run "
+                                  "`steerwatch calibrate` on it first")
+
+    @property
+    def threshold(self) -> float | None:
+        key = "prompt_threshold" if self.mode == "prompt" else "trigger_threshold"
+        return self.trigger.calibration.get(key)
+
+
+@dataclass
+class WatchedGeneration:
+    text: str
+    new_ids: list[int]
+    scores: dict[str, list[float]]  # per generated token (see module docstring for the last token)
+    response: dict[str, float | None]  # aggregate per detector
+    flags: list[str]
+    triggered_at: int | None = None  # conditional steering: index of the generated token that fired it
+    rescored: list[str] = field(default_factory=list)
+
+
+class _Gate:
+    def __init__(self, n: int) -> None:
+        import torch
+
+        self.value = torch.zeros(n)
+
+
+class _Observer:
+    """Per-batch context: projection hooks, plus the conditional trigger logic."""
+
+    def __init__(self, loaded: "LoadedModel", detectors: Sequence[Detector], idx: list[int], width: int,
+                 conditional: Conditional | None, prompt_fired: list[bool]) -> None:
+        self.loaded, self.detectors, self.idx, self.width = loaded, list(detectors), idx, width
+        self.conditional = conditional
+        self.all_dets = self.detectors + ([conditional.trigger] if conditional else [])
+        self.hooks: ProjectionHooks | None = None
+        self.cond_handle = None
+        self.gate = _Gate(len(idx)) if conditional else None
+        self.pending = None
+        self.trigger_step: list[int | None] = [None] * len(idx)
+        self.step = 0
+        self.recent: list[Any] = []
+        self._pre = None
+        if conditional and conditional.mode == "prompt":  # decided before generation: the whole answer
+            for r, f in enumerate(prompt_fired):
+                if f:
+                    self.gate.value[r] = 1.0
+                    self.trigger_step[r] = 0
+
+    def __enter__(self) -> "_Observer":
+        from ..steer import attach
+
+        self.hooks = ProjectionHooks(self.loaded, self.all_dets)
+        if self.conditional:
+            self.cond_handle = attach(self.loaded, list(self.conditional.specs), gate=self.gate)
+            # decide after each forward pass, apply from the next one: the trigger token's own pass
+            # is never steered
+            self._pre = self.loaded.model.register_forward_pre_hook(self._before_forward)
+            self._post = self.loaded.model.register_forward_hook(self._after_forward)
+        return self
+
+    def _before_forward(self, *_a) -> None:
+        if self.pending is not None:
+            self.gate.value = self.pending
+            self.pending = None
+
+    def _after_forward(self, *_a) -> None:
+        import torch
+
+        cond = self.conditional
+        chunk = self.hooks.chunks[-1]
+        j = len(self.all_dets) - 1
+        layer = cond.trigger.layer
+        col = self.hooks.by_layer[layer].index(j)
+        s = chunk[layer][:, :, col]  # (batch, seq) scores of this call
+        fired = torch.zeros(len(self.idx), dtype=torch.bool)
+        if self.step > 0 and cond.mode == "token":
+            self.recent.append(s[:, -1])
+            win = torch.stack(self.recent[-cond.window:], dim=1).mean(1)
+            fired = win > cond.threshold
+        for r in range(len(self.idx)):
+            if fired[r] and self.trigger_step[r] is None:
+                self.trigger_step[r] = self.step - 1  # index of the generated token that fired
+        if fired.any():
+            self.pending = torch.maximum(self.gate.value, fired.float())
+        self.step += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self.hooks:
+            self.hooks.remove()
+        if self.cond_handle is not None:
+            self.cond_handle.remove()
+        if self._pre is not None:
+            self._pre.remove()
+            self._post.remove()
+
+
+def _steered_layers(specs: "Sequence[SteerSpec]") -> list[int]:
+    layers: list[int] = []
+    for spec in specs:
+        if spec.op == "add" and spec.strength == 0.0:
+            continue
+        n = spec.vector.n_model_layers or 10 ** 6
+        layers += [(x + n if x < 0 else x) for x in spec.resolved_layers]
+    return layers
+
+
+def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: Sequence[Detector], *,
+                     system: str | None = None, steer: "Sequence[SteerSpec] | None" = None,
+                     conditional: Conditional | None = None, max_new_tokens: int = 64, batch_size: int = 8,
+                     force: bool = False, progress: bool = False) -> list[WatchedGeneration]:
+    """Generate with detectors watching (and optionally conditional steering); see the module
+    docstring for how scores stay meaningful under steering."""
+    import torch
+
+    from ..generation import generate_ids
+
+    names = [d.name for d in detectors]
+    if len(set(names)) != len(names):
+        raise SteerwatchError(f"detector names must be unique, got {names}")
+    for d in list(detectors) + ([conditional.trigger] if conditional else []):
+        d.vector.check_model(loaded, force=force)
+    observers: dict[int, _Observer] = {}
+    fired = [False] * len(prompts)
+    if conditional and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
+        pre = score_conversations(loaded, [_messages(p, system) for p in prompts], [conditional.trigger], force=force)
+        fired = [(sc.prompt_score(conditional.trigger.name) or float("-inf")) > conditional.threshold for sc in pre]
+
+    def on_batch(idx: list[int], width: int) -> _Observer:
+        obs = _Observer(loaded, detectors, idx, width, conditional, [fired[i] for i in idx])
+        observers[len(observers)] = obs
+        return obs
+
+    gens = generate_ids(loaded, prompts, system=system, steer=steer, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, force=force, progress=progress, on_batch=on_batch)
+    steered = _steered_layers(list(steer or []) + (list(conditional.specs) if conditional else []))
+    contaminated = [d for d in detectors if steered and d.layer >= min(steered)]
+    results = []
+    for g, i in zip(gens, range(len(gens))):
+        obs = observers[g.batch_index]
+        proj = None
+        if obs.hooks is not None and obs.hooks.chunks:
+            proj = _join(obs.hooks, obs.hooks.chunks)  # (batch, width + steps, n_all)
+        n_real = len(g.new_ids) - (1 if g.new_ids and g.new_ids[-1] in _eos(loaded) else 0)
+        scores = {}
+        for j, det in enumerate(detectors):
+            col = proj[g.row, obs.width:obs.width + n_real, j] if proj is not None else torch.zeros(0)
+            scores[det.name] = col.tolist()
+        text = loaded.tokenizer.decode(g.new_ids, skip_special_tokens=True).strip()
+        trig = obs.trigger_step[g.row] if conditional else None
+        results.append(WatchedGeneration(text=text, new_ids=g.new_ids, scores=scores, response={}, flags=[],
+                                         triggered_at=trig))
+    if contaminated:
+        convs = [_messages(p, system) + [{"role": "assistant", "content": w.text}] for p, w in zip(prompts, results)]
+        clean = score_conversations(loaded, convs, contaminated, force=force)
+        for w, sc in zip(results, clean):
+            last = len(sc.roles) - 1
+            for det in contaminated:
+                w.scores[det.name] = [v for v, k in zip(sc.scores[det.name], sc.msg_index) if k == last]
+            w.rescored = [d.name for d in contaminated]
+    for w in results:
+        for det in detectors:
+            vals = w.scores[det.name]
+            w.response[det.name] = _aggregate(vals, det.aggregate) if vals else None
+            if det.calibrated and w.response[det.name] is not None and w.response[det.name] > det.threshold:
+                w.flags.append(det.name)
+    return results
+
+
+def _messages(prompt: Any, system: str | None) -> list[dict]:
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system and (not msgs or msgs[0].get("role") != "system"):
+        msgs = [{"role": "system", "content": system}, *msgs]
+    return msgs
+
+
+def _aggregate(vals: list[float], how: str) -> float:
+    if how in ("mean",):
+        return sum(vals) / len(vals)
+    if how in ("max",):
+        return max(vals)
+    if how == "last":
+        return vals[-1]
+    return sum(vals) / len(vals)  # max_turn: a single answer is one turn
+
+
+def _eos(loaded: "LoadedModel") -> set[int]:
+    from ..generation import _eos_ids
+
+    return set(_eos_ids(loaded))
+
+
+def _join(hooks: ProjectionHooks, chunks) -> Any:
+    import torch
+
+    parts = []
+    for chunk in chunks:
+        b, s = next(iter(chunk.values())).shape[:2]
+        full = torch.zeros(b, s, len(hooks.detectors))
+        for layer, idx in hooks.by_layer.items():
+            full[:, :, idx] = chunk[layer]
+        parts.append(full)
+    return torch.cat(parts, dim=1)
