@@ -256,3 +256,20 @@ def greedy(loaded: LoadedModel, ids: torch.Tensor, att: torch.Tensor, *, max_new
 def trim_eos(ids: list[int], eos: int) -> list[int]:
     """Generated ids up to and including the first EOS (a batch keeps padding after it)."""
     return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+# ---------------------------------------------------------------- the embedded model (tests marked embedded)
+@pytest.fixture(scope="session")
+def embedded_qwen():
+    from steerwatch.models import load_model
+
+    return load_model("default", progress=False)
+
+
+@pytest.fixture(scope="session")
+def embedded_honesty(embedded_qwen):
+    """(vector, per-layer rows) of the built-in honesty concept on the embedded model."""
+    from steerwatch.data import load_concept
+    from steerwatch.extract.build import build_vector
+
+    return build_vector(embedded_qwen, load_concept("honesty"), progress=False)

@@ -19,19 +19,13 @@ HONESTY_STRENGTH = 0.02
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    from steerwatch.models import load_model
-
-    return load_model("default", progress=False)
+def qwen(embedded_qwen):
+    return embedded_qwen
 
 
 @pytest.fixture(scope="module")
-def honesty(qwen):
-    from steerwatch.data import load_concept
-    from steerwatch.extract.build import build_vector
-
-    vec, rows = build_vector(qwen, load_concept("honesty"), progress=False)
-    return vec, rows
+def honesty(embedded_honesty):
+    return embedded_honesty
 
 
 def test_embedded_model_identity(qwen):

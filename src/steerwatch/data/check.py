@@ -183,7 +183,10 @@ def check_conversations(name: str, convs, *, min_items: int = 0, labelled: bool 
     if orphans:
         add("tool calls", "warn", f"{len(orphans)} tool message(s) answer no tool call, e.g. in {orphans[0]}")
     firsts = [next((m["content"] for m in c.messages if m["role"] == "user"), "") for c in convs]
-    dups = [d for d in near_duplicates(firsts, threshold=0.9) if firsts[d[0]]]
+    # matched pairs (one prompt answered both ways, different labels) are by design, not duplicates
+    dups = [d for d in near_duplicates(firsts, threshold=0.9) if firsts[d[0]]
+            and not (convs[d[0]].label is not None and convs[d[1]].label is not None
+                     and convs[d[0]].label != convs[d[1]].label)]
     add("duplicates", "warn" if dups else "pass",
         f"{len(dups)} pair(s) of conversations open with (nearly) the same user message"
         + (f", e.g. {convs[dups[0][0]].id} and {convs[dups[0][1]].id}" if dups else ""))
