@@ -124,3 +124,31 @@ def test_cosine_matrix():
     assert got["a", "b"] == pytest.approx(2 ** -0.5)
     assert got["a", "c"] == pytest.approx(-1.0)
     assert len(rows) == 9
+
+
+def test_cli_data_check_and_compare(tmp_path, qwen):
+    from typer.testing import CliRunner
+
+    from conftest import make_vector
+    from steerwatch.cli.main import app
+
+    runner = CliRunner()
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
+                                          "split": p.split}) for p in _good()), encoding="utf-8")
+    res = runner.invoke(app, ["data", "check", str(good), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert all(r["status"] == "pass" for r in json.loads((tmp_path / "r.json").read_text())["checks"])
+    leaky = tmp_path / "leaky.jsonl"
+    rows = [{"prompt": p.prompt, "positive": p.positive, "negative": p.negative, "split": p.split} for p in _good()]
+    rows.append({**rows[0], "split": "val"})
+    leaky.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    res = runner.invoke(app, ["data", "check", str(leaky)])
+    assert res.exit_code == 1 and "split leakage" in res.output
+    res = runner.invoke(app, ["data", "check", "no-such-set"])
+    assert res.exit_code == 2 and "unknown data set" in res.output
+    a, b = tmp_path / "a.sv", tmp_path / "b.sv"
+    make_vector(qwen, seed=1, concept="a").save(a)
+    make_vector(qwen, seed=1, concept="b").save(b)  # same directions, another name
+    res = runner.invoke(app, ["compare", str(a), str(b), "--layers", "1,2"])
+    assert res.exit_code == 0 and "+1.00" in res.output
