@@ -258,3 +258,22 @@ def test_conditional_prompt_mode(qwen_chat):
     assert all(o.triggered_at == 0 for o in on) and all(o.triggered_at is None for o in off)
     with pytest.raises(SteerwatchError, match="not calibrated"):
         Conditional(trigger=Detector(vector=v, layer=1), specs=[push])
+
+
+def test_trigger_calibrated_on_generations_fires_at_the_target_rate(qwen_chat):
+    from steerwatch.watch.calibrate import calibrate_trigger_on_generations
+
+    v = make_vector(qwen_chat, seed=14, concept="t")
+    trig = Detector(vector=v, layer=1)
+    trig.threshold = 0.0
+    trig.calibration = {"trigger_window": 3}
+    control = [Conversation(id=str(i), messages=[{"role": "user", "content": f"Tell me about item {i}{'!' * (i % 4)}"},
+                                                 {"role": "assistant", "content": "ok"}]) for i in range(40)]
+    rows = calibrate_trigger_on_generations(qwen_chat, [trig], control, fpr=0.05, max_new_tokens=8)
+    assert rows[0]["n"] == 40 and trig.calibration["trigger_source"] == "generated"
+    push = SteerSpec(vector=make_vector(qwen_chat, seed=15, concept="push"), strength=8.0, layers=(2, 3))
+    prompts = [[{"role": "user", "content": c.messages[0]["content"]}] for c in control]
+    out = generate_watched(qwen_chat, prompts, [], conditional=Conditional(trigger=trig, specs=[push]),
+                           max_new_tokens=8)
+    # whether a row fires is decided by its unsteered tokens, so the rate is exactly the calibrated one
+    assert sum(o.triggered_at is not None for o in out) == 2 == int(0.05 * 40)

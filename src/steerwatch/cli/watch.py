@@ -62,6 +62,10 @@ def calibrate_cmd(
                                                                           "(default: next to each vector)."),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
+    generate: Optional[int] = typer.Option(None, help="Also calibrate the conditional-steering trigger on the "
+                                                      "model's own answers to the control prompts, generating up "
+                                                      "to this many tokens each (slow on CPU; recommended before "
+                                                      "--steer-if)."),
 ) -> None:
     """Choose each detector's threshold for a target false-positive rate on benign data and write
     a detector file next to the vector."""
@@ -79,14 +83,21 @@ def calibrate_cmd(
     loaded = load(model)
     rows = calibrate(loaded, dets, convs, fpr=fpr, source=str(control or "builtin:benign"), batch_size=batch_size,
                      progress=True)
-    table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n", "file")
+    if generate:
+        from ..watch.calibrate import calibrate_trigger_on_generations
+
+        calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
+    table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n",
+                  "trigger (source)", "file")
     for det, row, p in zip(dets, rows, vectors):
         dest = (out_dir or p.parent) / (p.name[:-3] if p.name.endswith(".sv") else p.stem)
         dest = dest.with_name(dest.name + ".det.json")
         dest.parent.mkdir(parents=True, exist_ok=True)
         det.save(dest)
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
-                      f"{row['achieved_fpr']:.4f}", str(row["n"]), str(dest))
+                      f"{row['achieved_fpr']:.4f}", str(row["n"]),
+                      f"{det.calibration['trigger_threshold']:.3f} ({det.calibration.get('trigger_source', 'reference')})",
+                      str(dest))
     out.print(table)
 
 
