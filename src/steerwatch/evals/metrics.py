@@ -1,0 +1,173 @@
+"""Teacher-forced metrics for evaluating a dose: A/B behaviour probability, next-token KL against
+the unsteered model, perplexity on reference text, multiple-choice accuracy.
+
+Every function takes ``steer`` (a list of :class:`~steerwatch.steer.SteerSpec`, or None for the
+unsteered model) and returns per-item values, so sweeps can aggregate them into tidy rows.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from ..errors import SteerwatchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..data.reference import MCItem
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+
+
+@contextlib.contextmanager
+def _maybe_steer(loaded: "LoadedModel", steer: "Sequence[SteerSpec] | None", force: bool) -> Iterator[None]:
+    if not steer:
+        yield
+        return
+    from ..steer import steering
+
+    with steering(loaded, list(steer), force=force):
+        yield
+
+
+def _batches(seqs: Sequence[list[int]], batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int]) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width))."""
+    import torch
+
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    width = max(len(seqs[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    att = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+        att[r, : len(seqs[i])] = 1
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device),
+                              use_cache=False).logits.float().cpu()
+    return logits, att
+
+
+def _letter_ids(loaded: "LoadedModel", letters: str) -> list[int]:
+    out = []
+    for x in letters:
+        ids = loaded.tokenizer(x, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise SteerwatchError(f"the answer letter {x!r} is not a single token for this tokenizer")
+        out.append(ids[0])
+    return out
+
+
+def _choice_prompt_ids(loaded: "LoadedModel", question: str) -> list[int]:
+    """The question as a user message, then the assistant's answer opened with "(" so that the next
+    token is the answer letter (the convention of the CAA A/B data)."""
+    from ..chat import encode_example
+
+    enc = encode_example(loaded.tokenizer, prompt=question, completion="(")
+    return enc.ids
+
+
+def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Sequence[str], *,
+                 steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+                 force: bool = False) -> "list[list[float]]":
+    """For each question, the probability of each answer letter, normalised over ``letters[i]``
+    (e.g. "AB" or "ABCD")."""
+    import torch
+
+    seqs = [_choice_prompt_ids(loaded, q) for q in questions]
+    out: list[list[float] | None] = [None] * len(seqs)
+    with _maybe_steer(loaded, steer, force):
+        for idx in _batches(seqs, batch_size):
+            logits, _ = _forward(loaded, seqs, idx)
+            for r, i in enumerate(idx):
+                ids = _letter_ids(loaded, letters[i])
+                last = logits[r, len(seqs[i]) - 1, ids]
+                out[i] = torch.softmax(last.double(), -1).tolist()
+    return [o for o in out if o is not None]
+
+
+def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *,
+                       steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+                       force: bool = False) -> list[float]:
+    """CAA A/B items (``question``, ``answer_matching_behavior`` like "(A)"): the probability of the
+    behaviour-matching letter, normalised over A and B."""
+    letters, match = [], []
+    for k, it in enumerate(items):
+        m = str(it.get("answer_matching_behavior", "")).strip().strip("()").strip()
+        n = str(it.get("answer_not_matching_behavior", "")).strip().strip("()").strip()
+        if m not in "AB" or n not in "AB" or len(m) != 1 or m == n:
+            raise SteerwatchError(f"item {k + 1}: answer_matching_behavior/answer_not_matching_behavior must be "
+                                  f"'(A)' and '(B)' in some order, got {it.get('answer_matching_behavior')!r} / "
+                                  f"{it.get('answer_not_matching_behavior')!r}")
+        letters.append("AB")
+        match.append("AB".index(m))
+    probs = letter_probs(loaded, [it["question"] for it in items], letters, steer=steer, batch_size=batch_size,
+                         force=force)
+    return [p[j] for p, j in zip(probs, match)]
+
+
+def mc_correct(loaded: "LoadedModel", items: "Sequence[MCItem]", *, steer: "Sequence[SteerSpec] | None" = None,
+               batch_size: int = 8, force: bool = False) -> list[bool]:
+    """Whether the model's most probable answer letter is the key, per item."""
+    probs = letter_probs(loaded, [it.render() for it in items], [it.letters for it in items], steer=steer,
+                         batch_size=batch_size, force=force)
+    return [max(range(len(p)), key=p.__getitem__) == it.answer for p, it in zip(probs, items)]
+
+
+def next_token_kl(loaded: "LoadedModel", prompts: Sequence[str], *, steer: "Sequence[SteerSpec] | None",
+                  batch_size: int = 8, force: bool = False) -> list[float]:
+    """Mean KL(unsteered || steered) of the next-token distributions over every position of each
+    chat-formatted prompt, in nats per token. Exactly 0 without steering."""
+    import torch
+
+    from ..chat import encode_prompt, render_prompt
+
+    seqs = [encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p)) for p in prompts]
+    out: list[float] = [0.0] * len(seqs)
+    if not steer:
+        return out
+    for idx in _batches(seqs, batch_size):
+        base, att = _forward(loaded, seqs, idx)
+        with _maybe_steer(loaded, steer, force):
+            steered, _ = _forward(loaded, seqs, idx)
+        lp, lq = torch.log_softmax(base, -1), torch.log_softmax(steered, -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # (b, width)
+        for r, i in enumerate(idx):
+            n = len(seqs[i])
+            out[i] = float(kl[r, :n].mean().clamp_min(0.0))
+    return out
+
+
+def text_nll(loaded: "LoadedModel", texts: Sequence[str], *, steer: "Sequence[SteerSpec] | None" = None,
+             batch_size: int = 4, force: bool = False) -> list[tuple[float, int]]:
+    """(total negative log-likelihood in nats, number of predicted tokens) per text, plain text
+    with the tokenizer's own special tokens. Perplexity = exp(sum nll / sum tokens)."""
+    import torch
+
+    seqs = [list(loaded.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+    for t, s in zip(texts, seqs):
+        if len(s) < 2:
+            raise SteerwatchError(f"reference text too short to score: {t[:40]!r}")
+    out: list[tuple[float, int] | None] = [None] * len(seqs)
+    with _maybe_steer(loaded, steer, force):
+        for idx in _batches(seqs, batch_size):
+            logits, _ = _forward(loaded, seqs, idx)
+            lp = torch.log_softmax(logits, -1)
+            for r, i in enumerate(idx):
+                ids = torch.tensor(seqs[i])
+                n = len(ids)
+                nll = -lp[r, torch.arange(n - 1), ids[1:]].double().sum()
+                out[i] = (float(nll), n - 1)
+    return [o for o in out if o is not None]
+
+
+def perplexity(nlls: Sequence[tuple[float, int]]) -> float:
+    import math
+
+    total, count = sum(x for x, _ in nlls), sum(n for _, n in nlls)
+    return math.exp(total / count)

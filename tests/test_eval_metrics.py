@@ -1,0 +1,74 @@
+"""steerwatch.evals.metrics on tiny models: exact zero effects at strength 0, KL 0 against itself
+and positive under steering, A/B probabilities from the right tokens in both answer orders."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import make_vector
+from steerwatch.data.reference import MCItem
+from steerwatch.errors import SteerwatchError
+from steerwatch.evals.metrics import (_choice_prompt_ids, ab_behaviour_probs, letter_probs, mc_correct,
+                                      next_token_kl, perplexity, text_nll)
+from steerwatch.steer import SteerSpec
+
+Q = "Which is it?\n\nChoices:\n (A) yes\n (B) no"
+ITEMS = [{"question": Q, "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"},
+         {"question": Q, "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"},
+         {"question": "Short?\n (A) a\n (B) b", "answer_matching_behavior": " (B)",
+          "answer_not_matching_behavior": "(A)"}]
+
+
+def test_ab_probs_use_the_letter_tokens_in_both_orders(qwen_chat):
+    p = ab_behaviour_probs(qwen_chat, ITEMS, batch_size=2)
+    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-12)  # same question, the two orders
+    ids = _choice_prompt_ids(qwen_chat, Q)
+    with torch.inference_mode():
+        logits = qwen_chat.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+    a, b = (qwen_chat.tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in "AB")
+    assert p[0] == pytest.approx(float(torch.softmax(logits[[a, b]], -1)[0]), abs=1e-6)
+
+
+def test_strength_zero_is_exactly_unsteered(qwen_chat):
+    v = make_vector(qwen_chat, seed=1)
+    zero = [SteerSpec(v, strength=0.0, layers=(1, 2))]
+    assert ab_behaviour_probs(qwen_chat, ITEMS, steer=zero) == ab_behaviour_probs(qwen_chat, ITEMS)
+    texts = ["The river runs to the sea.", "Bread needs flour, water and salt."]
+    assert text_nll(qwen_chat, texts, steer=zero) == text_nll(qwen_chat, texts)
+    assert next_token_kl(qwen_chat, ["hello", "what is 2+2?"], steer=zero) == [0.0, 0.0]
+    assert next_token_kl(qwen_chat, ["hello"], steer=None) == [0.0]
+
+
+def test_kl_positive_and_growing_with_strength(qwen_chat):
+    v = make_vector(qwen_chat, seed=2)
+    prompts = ["hello there", "what is 2+2?", "name a fruit"]
+    small = next_token_kl(qwen_chat, prompts, steer=[SteerSpec(v, strength=0.5, layers=(1,))])
+    big = next_token_kl(qwen_chat, prompts, steer=[SteerSpec(v, strength=3.0, layers=(1,))])
+    assert all(s > 0 for s in small) and all(b > s for b, s in zip(big, small))
+
+
+def test_text_nll_matches_manual(qwen_chat):
+    text = "Tides follow the moon."
+    (nll, n), = text_nll(qwen_chat, [text])
+    ids = qwen_chat.tokenizer(text, add_special_tokens=True)["input_ids"]
+    with torch.inference_mode():
+        lp = torch.log_softmax(qwen_chat.model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    want = -sum(float(lp[i, ids[i + 1]]) for i in range(len(ids) - 1))
+    assert n == len(ids) - 1 and nll == pytest.approx(want, rel=1e-5)
+    assert perplexity([(nll, n)]) == pytest.approx(math.exp(want / n), rel=1e-5)
+
+
+def test_mc_correct_is_the_argmax_letter(qwen_chat):
+    items = [MCItem(id=str(k), question=f"Pick {k}", choices=("w", "x", "y", "z"), answer=k) for k in range(4)]
+    probs = letter_probs(qwen_chat, [it.render() for it in items], ["ABCD"] * 4)
+    got = mc_correct(qwen_chat, items)
+    assert got == [max(range(4), key=p.__getitem__) == k for k, p in enumerate(probs)]
+    assert all(abs(sum(p) - 1) < 1e-9 for p in probs)
+
+
+def test_bad_ab_items():
+    with pytest.raises(SteerwatchError, match="item 1: answer_matching_behavior"):
+        ab_behaviour_probs(None, [{"question": "q", "answer_matching_behavior": "(C)",
+                                   "answer_not_matching_behavior": "(A)"}])
