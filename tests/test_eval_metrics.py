@@ -72,3 +72,67 @@ def test_bad_ab_items():
     with pytest.raises(SteerwatchError, match="item 1: answer_matching_behavior"):
         ab_behaviour_probs(None, [{"question": "q", "answer_matching_behavior": "(C)",
                                    "answer_not_matching_behavior": "(A)"}])
+
+
+# ---------------------------------------------------------------- sweeps and recommendation
+from steerwatch.evals import sweep as sweep_mod  # noqa: E402
+from steerwatch.evals.sweep import SweepData, apply_recommendation, recommend, sweep  # noqa: E402
+
+
+def _data():
+    mc = [MCItem(id=str(k), question=f"Pick {k}", choices=("w", "x", "y", "z"), answer=k % 4) for k in range(6)]
+    return SweepData(ab_items=ITEMS, neutral_prompts=["hello", "name a fruit"],
+                     reference_texts=["The river runs to the sea.", "Bread needs flour."], mc_items=mc)
+
+
+def test_sweep_rows_zero_is_unsteered_and_resumable(qwen_chat, tmp_path, monkeypatch):
+    v = make_vector(qwen_chat, seed=3, default_layers=(1, 2))
+    out = tmp_path / "sweep.jsonl"
+    rows = sweep(qwen_chat, v, _data(), strengths=[0.0, 1.0], system_prompt="Be honest.", out_path=out)
+    assert [(r["setting"], r["strength"]) for r in rows] == [("steer", 0.0), ("steer", 1.0), ("prompt", 0.0),
+                                                            ("prompt+steer", 1.0)]
+    zero = rows[0]
+    assert zero["kl"] == 0.0
+    assert zero["ppl"] == perplexity(text_nll(qwen_chat, _data().reference_texts))
+    assert zero["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS)) / 3
+    assert rows[1]["kl"] > 0 and rows[1]["resolved_layers"] == [1, 2]
+    assert "kl" not in rows[2] and rows[2]["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS,
+                                                                                   system="Be honest.")) / 3
+    assert len(out.read_text().splitlines()) == 4
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed a finished row")
+    monkeypatch.setattr(sweep_mod, "ab_behaviour_probs", boom)
+    again = sweep(qwen_chat, v, _data(), strengths=[0.0, 1.0], system_prompt="Be honest.", out_path=out)
+    assert again == rows
+
+
+def _row(s, behaviour, kl, acc, setting="steer"):
+    return {"setting": setting, "strength": s, "layers": None, "resolved_layers": [3], "behaviour": behaviour,
+            "kl": kl, "mc_acc": acc, "ppl": 10.0}
+
+
+def test_recommend_respects_the_budget():
+    rows = [_row(0.0, 0.30, 0.0, 0.60), _row(0.1, 0.40, 0.02, 0.60), _row(0.2, 0.55, 0.08, 0.59),
+            _row(0.3, 0.70, 0.15, 0.58), _row(0.4, 0.80, 0.05, 0.50),
+            {"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.35,
+             "mc_acc": 0.6}]
+    rec = recommend(rows, direction=1, max_kl=0.1, max_capability_drop=0.02)
+    assert rec["strength"] == 0.2 and rec["shift"] == pytest.approx(0.25) and rec["beats_prompting"]
+    assert {r["strength"] for r in rec["rejected"]} == {0.3, 0.4}
+    down = recommend(rows, direction=-1)
+    assert down["strength"] is None
+    tight = recommend(rows, max_kl=0.01)
+    assert tight["strength"] is None
+    with pytest.raises(SteerwatchError, match="strength-0 row"):
+        recommend(rows[1:])
+
+
+def test_recommendation_is_written_into_the_vector(qwen_chat, tmp_path):
+    from steerwatch.vector import load_vector
+
+    v = make_vector(qwen_chat, seed=4)
+    rec = recommend([_row(0.0, 0.3, 0.0, 0.6), _row(0.1, 0.5, 0.01, 0.6)])
+    apply_recommendation(v, rec).save(tmp_path / "v.sv")
+    back = load_vector(tmp_path / "v.sv")
+    assert back.recommended_strength == 0.1 and back.extra["recommendation"]["shift"] == pytest.approx(0.2)

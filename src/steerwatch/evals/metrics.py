@@ -63,23 +63,23 @@ def _letter_ids(loaded: "LoadedModel", letters: str) -> list[int]:
     return out
 
 
-def _choice_prompt_ids(loaded: "LoadedModel", question: str) -> list[int]:
+def _choice_prompt_ids(loaded: "LoadedModel", question: str, system: str | None = None) -> list[int]:
     """The question as a user message, then the assistant's answer opened with "(" so that the next
     token is the answer letter (the convention of the CAA A/B data)."""
     from ..chat import encode_example
 
-    enc = encode_example(loaded.tokenizer, prompt=question, completion="(")
+    enc = encode_example(loaded.tokenizer, prompt=question, completion="(", system=system)
     return enc.ids
 
 
 def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Sequence[str], *,
                  steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
-                 force: bool = False) -> "list[list[float]]":
+                 force: bool = False, system: str | None = None) -> "list[list[float]]":
     """For each question, the probability of each answer letter, normalised over ``letters[i]``
-    (e.g. "AB" or "ABCD")."""
+    (e.g. "AB" or "ABCD"). ``system``: a system prompt (the prompting baseline)."""
     import torch
 
-    seqs = [_choice_prompt_ids(loaded, q) for q in questions]
+    seqs = [_choice_prompt_ids(loaded, q, system) for q in questions]
     out: list[list[float] | None] = [None] * len(seqs)
     with _maybe_steer(loaded, steer, force):
         for idx in _batches(seqs, batch_size):
@@ -93,7 +93,7 @@ def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Seque
 
 def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *,
                        steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
-                       force: bool = False) -> list[float]:
+                       force: bool = False, system: str | None = None) -> list[float]:
     """CAA A/B items (``question``, ``answer_matching_behavior`` like "(A)"): the probability of the
     behaviour-matching letter, normalised over A and B."""
     letters, match = [], []
@@ -107,15 +107,15 @@ def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *
         letters.append("AB")
         match.append("AB".index(m))
     probs = letter_probs(loaded, [it["question"] for it in items], letters, steer=steer, batch_size=batch_size,
-                         force=force)
+                         force=force, system=system)
     return [p[j] for p, j in zip(probs, match)]
 
 
 def mc_correct(loaded: "LoadedModel", items: "Sequence[MCItem]", *, steer: "Sequence[SteerSpec] | None" = None,
-               batch_size: int = 8, force: bool = False) -> list[bool]:
+               batch_size: int = 8, force: bool = False, system: str | None = None) -> list[bool]:
     """Whether the model's most probable answer letter is the key, per item."""
     probs = letter_probs(loaded, [it.render() for it in items], [it.letters for it in items], steer=steer,
-                         batch_size=batch_size, force=force)
+                         batch_size=batch_size, force=force, system=system)
     return [max(range(len(p)), key=p.__getitem__) == it.answer for p, it in zip(probs, items)]
 
 
