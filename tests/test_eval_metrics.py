@@ -2,6 +2,7 @@
 and positive under steering, A/B probabilities from the right tokens in both answer orders."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -136,3 +137,25 @@ def test_recommendation_is_written_into_the_vector(qwen_chat, tmp_path):
     apply_recommendation(v, rec).save(tmp_path / "v.sv")
     back = load_vector(tmp_path / "v.sv")
     assert back.recommended_strength == 0.1 and back.extra["recommendation"]["shift"] == pytest.approx(0.2)
+
+
+def test_report_html_from_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+    from steerwatch.evals.report import render_report
+
+    rows = [_row(0.0, 0.30, 0.0, 0.60), _row(0.1, 0.40, 0.02, 0.60), _row(0.2, 0.55, 0.08, 0.59),
+            {"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.35,
+             "mc_acc": 0.6}]
+    page = render_report(rows, recommend(rows), samples=[{"strength": 0.1, "prompt": "<q>", "output": "a & b"}])
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 4
+    assert "prompting 0.35" in page and "&lt;q&gt;" in page and "a &amp; b" in page
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.html").read_text().count("<polyline") == 4
+    f.write_text('{"setting": "steer"}\n')
+    res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and "not a sweep row" in res.output

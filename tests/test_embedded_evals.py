@@ -1,0 +1,41 @@
+"""Dose sweeps on the embedded model from the command line (small, to keep CI short)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.embedded
+
+CAA_SYC_TEST = Path("/work/shared/data/CAA/datasets/test/sycophancy/test_dataset_ab.json")
+
+
+@pytest.mark.skipif(not CAA_SYC_TEST.exists(), reason="shared CAA data not present")
+def test_cli_sweep_recommend(tmp_path, embedded_honesty):
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+    from steerwatch.vector import load_vector
+
+    vec, _ = embedded_honesty
+    vp = tmp_path / "honesty.sv"
+    vec.save(vp)
+    out = tmp_path / "rows.jsonl"
+    args = ["sweep", str(vp), "--ab", str(CAA_SYC_TEST), "--strengths", "0.02,0.2", "--limit", "6",
+            "--system", "Always tell the truth, even if the user disagrees.", "-o", str(out), "--direction", "-1",
+            "--write"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["setting"], r["strength"]) for r in rows] == [("steer", 0.0), ("steer", 0.02), ("steer", 0.2),
+                                                            ("prompt", 0.0), ("prompt+steer", 0.02),
+                                                            ("prompt+steer", 0.2)]
+    assert rows[0]["kl"] == 0.0 and rows[2]["kl"] > rows[1]["kl"] > 0
+    back = load_vector(vp)
+    rec = back.extra["recommendation"]
+    assert rec["budget"] == {"max_kl": 0.1, "max_capability_drop": 0.02}
+    assert back.recommended_strength == rec["strength"]
+    if rec["strength"] is not None:
+        chosen = next(r for r in rows if r["setting"] == "steer" and r["strength"] == rec["strength"])
+        assert chosen["kl"] <= 0.1
