@@ -76,10 +76,11 @@ def check_cmd(
         loaded = load(model)
         vectors, quality = build_library(loaded, concepts, method=method, batch_size=batch_size, save_dir=save,
                                          log=lambda m: console.print(f"[dim]{m}[/]"))
-        qt = Table("concept", "train/val", "best layer", "best val AUROC", "default layers",
+        qt = Table("concept", "train/val", "best layer", "best val AUROC", "paired acc", "default layers",
                    title=f"validation AUROC by layer · {method} · {loaded.name}")
         for q in quality:
             qt.add_row(q.concept, f"{q.n_train}/{q.n_val}", str(q.best_layer), f"{q.best_auroc:.3f}",
+                       f"{q.rows[q.best_layer].paired_acc:.3f}",
                        f"{q.default_layers[0]}-{q.default_layers[-1]}")
         out.print(qt)
         if verbose:
