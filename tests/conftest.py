@@ -273,3 +273,11 @@ def embedded_honesty(embedded_qwen):
     from steerwatch.extract.build import build_vector
 
     return build_vector(embedded_qwen, load_concept("honesty"), progress=False)
+
+
+def write_jsonl(path, rows):
+    """Write rows (dicts, or raw strings for malformed lines) as a JSONL file; returns the path."""
+    import json
+
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path

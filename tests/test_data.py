@@ -9,15 +9,13 @@ import pytest
 
 from steerwatch.data import (ContrastSet, concept_card, list_concepts, load_caa, load_concept, load_contrast,
                              load_pairs, load_persona)
+from conftest import write_jsonl as _jsonl
 from steerwatch.errors import DataFormatError
 
 CAA_SYCOPHANCY = Path("/work/shared/data/CAA/datasets/generate/sycophancy/generate_dataset.json")
 PERSONA_SYCOPHANTIC = Path("/work/shared/data/persona_vectors/data_generation/trait_data_extract/sycophantic.json")
 
 
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------------------- JSONL pairs: good files

@@ -10,14 +10,12 @@ import pytest
 from steerwatch.data.conversations import load_conversations
 from steerwatch.data.evalsets import list_eval_sets, load_eval_set
 from steerwatch.data.reference import load_benign, load_mc, load_prompts, load_reference_text
+from conftest import write_jsonl as _jsonl
 from steerwatch.errors import DataFormatError
 
 CAA_MMLU = Path("/work/shared/data/CAA/datasets/test/mmlu/mmlu.json")
 
 
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------- conversations

@@ -38,3 +38,13 @@ def load(spec: str, *, layers_path: str | None = None, dtype: str | None = None,
     if not quiet:
         console.print(f"[dim]loading model {spec!r}…[/]")
     return load_model(spec, layers_path=layers_path, dtype=dtype, progress=not quiet and sys.stderr.isatty(), log=log)
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """Comma-separated numbers from the command line, with an error that names the option."""
+    from ..errors import SteerwatchError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SteerwatchError(f"{what} must be comma-separated numbers like 0,0.01,0.02, got {text!r}") from None

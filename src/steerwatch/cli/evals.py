@@ -5,17 +5,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, friendly, load, out
+from .common import console, friendly, load, out, parse_floats
 from .main import app
-
-
-def _floats(text: str, what: str) -> list[float]:
-    from ..errors import SteerwatchError
-
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SteerwatchError(f"{what} must be comma-separated numbers like 0,0.01,0.02, got {text!r}") from None
 
 
 @app.command("sweep")
@@ -68,7 +59,7 @@ def sweep_cmd(
         raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
     data = SweepData(ab_items=items[:limit], neutral_prompts=load_prompts(neutral)[:limit],
                      reference_texts=load_reference_text(reference)[:limit], mc_items=load_mc(capability)[:limit])
-    grid = _floats(strengths, "--strengths")
+    grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
         grid = [0.0, *grid]
     loaded = load(model)

@@ -190,7 +190,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
         obs = observers[g.batch_index]
         proj = None
         if obs.hooks is not None and obs.hooks.chunks:
-            proj = _join(obs.hooks, obs.hooks.chunks)  # (batch, width + steps, n_all)
+            proj = obs.hooks.joined()  # (batch, width + steps, n_all)
         n_real = len(g.new_ids) - (1 if g.new_ids and g.new_ids[-1] in _eos(loaded) else 0)
         scores = {}
         for j, det in enumerate(detectors):
@@ -238,16 +238,3 @@ def _eos(loaded: "LoadedModel") -> set[int]:
     from ..generation import _eos_ids
 
     return set(_eos_ids(loaded))
-
-
-def _join(hooks: ProjectionHooks, chunks) -> Any:
-    import torch
-
-    parts = []
-    for chunk in chunks:
-        b, s = next(iter(chunk.values())).shape[:2]
-        full = torch.zeros(b, s, len(hooks.detectors))
-        for layer, idx in hooks.by_layer.items():
-            full[:, :, idx] = chunk[layer]
-        parts.append(full)
-    return torch.cat(parts, dim=1)

@@ -117,6 +117,12 @@ class ProjectionHooks:
             self._handles.pop().remove()
 
     def take(self) -> "torch.Tensor":
+        """All recorded calls joined along the sequence, (batch, total_seq, n_detectors); clears them."""
+        out = self.joined()
+        self.chunks = []
+        return out
+
+    def joined(self) -> "torch.Tensor":
         """All recorded calls joined along the sequence: (batch, total_seq, n_detectors)."""
         import torch
 
@@ -127,7 +133,6 @@ class ProjectionHooks:
             for layer, idx in self.by_layer.items():
                 full[:, :, idx] = chunk[layer]
             parts.append(full)
-        self.chunks = []
         return torch.cat(parts, dim=1) if parts else torch.zeros(0, 0, len(self.detectors))
 
 
