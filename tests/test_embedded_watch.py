@@ -112,6 +112,13 @@ def test_cli_calibrate_scan_detect_eval_view(tmp_path, embedded_qwen, embedded_h
     assert res.exit_code == 0, res.output
     assert "generalisation matrix" in res.output
     assert len((tmp_path / "de.csv").read_text().splitlines()) == 3
+    gen = tmp_path / "gen.jsonl"
+    res = runner.invoke(app, ["generate", "Did all the tests pass?", "-w", str(det_path), "--steer", f"{vp}:+0.02",
+                              "--steer-if", str(det_path), "--max-new-tokens", "8", "--out", str(gen)])
+    assert res.exit_code == 0, res.output
+    row = json.loads(gen.read_text())
+    assert set(row["scores"]) == {"honesty"} and row["conditional"] == "token"
+    assert len(row["token_scores"]["honesty"]) >= 1 and "triggered_at" in row
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n{"messages": [{"role": "robot"}]}\n')
     res = runner.invoke(app, ["scan", str(bad), "-d", str(det_path)])
