@@ -43,15 +43,16 @@ def test_detector_reproduces_validation_auroc_on_conversations(embedded_qwen, em
 
 
 def test_calibration_holds_out_of_sample(embedded_qwen, honesty_detector):
-    """Calibrated at 1 % FPR on a quarter of the benign control set, the detector flags at most 5 %
-    of another quarter (quarters, not halves, to keep CI time down)."""
+    """Calibrated at 1 % FPR on half of the benign control set (200 conversations, interleaved), the
+    detector flags at most 5 % of the other half. (With a quarter, 100 conversations, the 1 % threshold
+    is the second-highest score and measured 6 % on the held-out quarter: too few to calibrate 1 %.)"""
     from steerwatch.data.reference import load_benign
     from steerwatch.watch.calibrate import calibrate
     from steerwatch.watch.score import score_conversations
 
     convs = load_benign()
-    cal, held = convs[0::4], convs[1::4]
-    calibrate(embedded_qwen, [honesty_detector], cal, fpr=0.01, source="benign[0::4]")
+    cal, held = convs[0::2], convs[1::2]
+    calibrate(embedded_qwen, [honesty_detector], cal, fpr=0.01, source="benign[0::2]")
     assert honesty_detector.calibration["achieved_fpr"] <= 0.01
     scored = score_conversations(embedded_qwen, held, [honesty_detector])
     rate = sum(honesty_detector.flag(s.response_score("honesty")) for s in scored) / len(scored)

@@ -55,7 +55,7 @@ def sweep_cmd(
     if not isinstance(items, list) or not items:
         raise SteerwatchError(f"{ab}: must be a JSON list of CAA A/B items")
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
-    if any(x == "auto" or not x for x in layer_sets):
+    if layers and any(x == "auto" or not x for x in layer_sets):
         raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
     data = SweepData(ab_items=items[:limit], neutral_prompts=load_prompts(neutral)[:limit],
                      reference_texts=load_reference_text(reference)[:limit], mc_items=load_mc(capability)[:limit])
