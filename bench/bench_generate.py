@@ -28,18 +28,14 @@ def main() -> None:
     from steerwatch.chat import encode_prompt, render_prompt
     from steerwatch.models import load_model
     from steerwatch.steer import SteerSpec, attach
-    from steerwatch.vector import Vector
+    from _common import random_vector
 
     lm = load_model(args.model, progress=False)
     g = torch.Generator().manual_seed(0)
     L = lm.n_layers
 
-    def rand_vec(i: int, layer: int) -> Vector:
-        d = torch.randn(lm.hidden_size, generator=g)
-        return Vector(directions={layer: d / d.norm()}, concept=f"rand{i}", model_name=lm.name,
-                      model_fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, method="random",
-                      read_position="completion_mean", default_layers=[layer],
-                      residual_norm={layer: {"mean": 50.0, "std": 1.0, "n_tokens": 1}}, n_model_layers=L)
+    def rand_vec(i: int, layer: int):
+        return random_vector(lm, i, layer, g)
 
     one = [SteerSpec(rand_vec(0, L // 2), strength=0.05)]
     eight = [SteerSpec(rand_vec(i, 4 + 2 * i), strength=0.02) for i in range(8)]

@@ -27,7 +27,7 @@ def main() -> None:
 
     from steerwatch.generation import generate_ids
     from steerwatch.models import load_model
-    from steerwatch.vector import Vector
+    from _common import random_vector
     from steerwatch.watch.detector import Detector
     from steerwatch.watch.live import generate_watched
 
@@ -39,12 +39,7 @@ def main() -> None:
     dets = []
     for i in range(8):
         layer = 4 + 2 * i if L >= 20 else i % L
-        d = torch.randn(lm.hidden_size, generator=g)
-        vec = Vector(directions={layer: d / d.norm()}, concept=f"rand{i}", model_name=lm.name,
-                     model_fingerprint=lm.fingerprint, hidden_size=lm.hidden_size, method="random",
-                     read_position="completion_mean", default_layers=[layer],
-                     residual_norm={layer: {"mean": 50.0, "std": 1.0, "n_tokens": 1}}, n_model_layers=L)
-        dets.append(Detector(vector=vec, layer=layer))
+        dets.append(Detector(vector=random_vector(lm, i, layer, g), layer=layer))
     prompts = ["Write a short story about a lighthouse keeper."] * args.batch
 
     def run(watch: bool) -> float:

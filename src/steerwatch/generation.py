@@ -12,17 +12,24 @@ if TYPE_CHECKING:  # pragma: no cover
 Prompt = Union[str, Sequence[dict]]
 
 
-def _render(loaded: "LoadedModel", prompt: Prompt, system: str | None) -> str:
-    from .chat import render_messages, render_prompt
-
+def prompt_messages(prompt: Prompt, system: str | None) -> list[dict]:
+    """A prompt (a user message string or a list of chat messages) as chat messages, with the
+    system prompt first when one is given and the messages do not start with their own."""
     if isinstance(prompt, str):
-        return render_prompt(loaded.tokenizer, prompt, system=system)
-    msgs = list(prompt)
-    if not msgs or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-        raise SteerwatchError("a chat prompt must be a non-empty list of {'role': ..., 'content': ...} messages")
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [dict(m) for m in prompt]
+        if not msgs or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            raise SteerwatchError("a chat prompt must be a non-empty list of {'role': ..., 'content': ...} messages")
     if system and msgs[0].get("role") != "system":
         msgs = [{"role": "system", "content": system}, *msgs]
-    return render_messages(loaded.tokenizer, msgs)
+    return msgs
+
+
+def _render(loaded: "LoadedModel", prompt: Prompt, system: str | None) -> str:
+    from .chat import render_messages
+
+    return render_messages(loaded.tokenizer, prompt_messages(prompt, system))
 
 
 def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | None = None,

@@ -17,22 +17,10 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 def _concepts_among(targets: list[str]) -> list[str]:
     from ..data import list_concepts
+    from ..data.check import is_conversations_file
 
     return [t for t in targets if t in list_concepts() or (t.endswith(".jsonl") and Path(t).exists()
-                                                            and not _is_conversations(t))]
-
-
-def _is_conversations(path: str) -> bool:
-    import json
-
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    return "messages" in json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-    return False
+                                                            and not is_conversations_file(t))]
 
 
 @data_app.command("check")

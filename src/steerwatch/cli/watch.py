@@ -147,8 +147,10 @@ def scan_cmd(
     out.print(table)
     trunc = sum(r["truncated"] for r in rows)
     if trunc:
+        from ..watch.score import DEFAULT_MAX_TOKENS
+
         console.print(f"[yellow]{trunc} conversation(s) were longer than the token limit and were scored on "
-                      "their first 4096 tokens (marked truncated in the results)[/]")
+                      f"their first {DEFAULT_MAX_TOKENS} tokens (marked truncated in the results)[/]")
     if html:
         from ..watch.view import render_html
 

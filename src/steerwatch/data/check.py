@@ -261,22 +261,28 @@ def check_builtin(target: str) -> list[CheckRow]:
                           "or pass the path of a .jsonl file")
 
 
+def is_conversations_file(path: str) -> bool:
+    """Whether a JSONL file holds conversations (its first object has ``messages``) rather than pairs."""
+    import json
+
+    from ._io import read_text
+
+    first = next((ln for ln in read_text(path).splitlines() if ln.strip()), "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "messages" in obj
+
+
 def check_file(path: str) -> list[CheckRow]:
     """Check a user's file: contrast pairs, or conversations (detected from the first line)."""
-    import json
     from pathlib import Path
 
     from . import load_pairs
-    from ._io import read_text
     from .conversations import load_conversations
 
-    text = read_text(path)
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    try:
-        is_conv = "messages" in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        is_conv = False
-    if is_conv:
+    if is_conversations_file(path):
         convs = load_conversations(path)
         return check_conversations(Path(path).stem, convs, labelled=any(c.label is not None for c in convs))
     return check_pairs(load_pairs(path))

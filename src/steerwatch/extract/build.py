@@ -43,6 +43,12 @@ def default_window(n_layers: int) -> int:
     return max(1, round(n_layers / 4))
 
 
+def band_layers(n_layers: int, band: tuple[float, float] = AUTO_BAND) -> list[int]:
+    """The layers within ``band`` of relative depth (at least one)."""
+    lo = int(band[0] * n_layers)
+    return list(range(lo, max(lo + 1, int(round(band[1] * n_layers)))))
+
+
 def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
                   band: tuple[float, float] = AUTO_BAND) -> list[int]:
     """The best layer by validation AUROC (ties: larger Cohen's d) within ``band`` of depth, and a
@@ -53,8 +59,8 @@ def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
     spread over 6 layers turned more sycophantic answers into corrections than a larger push at the
     single best layer (which mostly produced hedges), and the window 9-14 (best layer 13) did
     better than 10-15 (docs/results.md)."""
-    lo, hi = int(band[0] * n_layers), max(int(band[0] * n_layers) + 1, int(round(band[1] * n_layers)))
-    cand = [r for r in rows if lo <= r.layer < hi] or list(rows)
+    band_set = set(band_layers(n_layers, band))
+    cand = [r for r in rows if r.layer in band_set] or list(rows)
     best = max(cand, key=lambda r: (round(r.auroc, 3), r.cohens_d)).layer
     k = max(1, min(k, n_layers))
     start = min(max(0, best - max(k - 2, 0)), n_layers - k)

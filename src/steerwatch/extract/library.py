@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import SteerwatchError
-from .build import AUTO_BAND, LayerRow, build_vector
+from .build import LayerRow, band_layers, build_vector
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -58,11 +58,6 @@ def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str 
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             vec.save(Path(save_dir) / f"{data.name}.sv")
     return vectors, quality
-
-
-def band_layers(n_layers: int, band: tuple[float, float] = AUTO_BAND) -> list[int]:
-    lo, hi = int(band[0] * n_layers), max(int(band[0] * n_layers) + 1, int(round(band[1] * n_layers)))
-    return list(range(lo, hi))
 
 
 def cosine_matrix(vectors: "dict[str, Vector]", *, layers: Sequence[int] | None = None) -> list[dict[str, Any]]:

@@ -87,10 +87,10 @@ def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "
         vals = [v for v in vals if v is not None]
         thr, achieved = threshold_for_fpr(vals, fpr)
         det.threshold = thr
+        mean = sum(vals) / len(vals)
         det.calibration = {"fpr_target": fpr, "achieved_fpr": achieved, "n": len(vals), "sha256": sha,
                            "source": source, "aggregate": det.aggregate,
-                           "score_mean": sum(vals) / len(vals),
-                           "score_std": (sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / len(vals)) ** 0.5}
+                           "score_mean": mean, "score_std": (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5}
         prompt_vals = [v for s in scored if (v := s.prompt_score(det.name)) is not None]
         if prompt_vals:
             det.calibration["prompt_threshold"] = threshold_for_fpr(prompt_vals, fpr)[0]

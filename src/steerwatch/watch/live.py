@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SteerwatchError
 from .detector import Detector
-from .score import ProjectionHooks, score_conversations
+from .score import ProjectionHooks, aggregate_scores, score_conversations
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -163,7 +163,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
     docstring for how scores stay meaningful under steering."""
     import torch
 
-    from ..generation import generate_ids
+    from ..generation import generate_ids, prompt_messages
 
     names = [d.name for d in detectors]
     if len(set(names)) != len(names):
@@ -173,7 +173,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
     observers: dict[int, _Observer] = {}
     fired = [False] * len(prompts)
     if conditional and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
-        pre = score_conversations(loaded, [_messages(p, system) for p in prompts], [conditional.trigger], force=force)
+        pre = score_conversations(loaded, [prompt_messages(p, system) for p in prompts], [conditional.trigger], force=force)
         fired = [(sc.prompt_score(conditional.trigger.name) or float("-inf")) > conditional.threshold for sc in pre]
 
     def on_batch(idx: list[int], width: int) -> _Observer:
@@ -186,7 +186,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
     steered = _steered_layers(list(steer or []) + (list(conditional.specs) if conditional else []))
     contaminated = [d for d in detectors if steered and d.layer >= min(steered)]
     results = []
-    for g, i in zip(gens, range(len(gens))):
+    for g in gens:
         obs = observers[g.batch_index]
         proj = None
         if obs.hooks is not None and obs.hooks.chunks:
@@ -201,7 +201,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
         results.append(WatchedGeneration(text=text, new_ids=g.new_ids, scores=scores, response={}, flags=[],
                                          triggered_at=trig))
     if contaminated:
-        convs = [_messages(p, system) + [{"role": "assistant", "content": w.text}] for p, w in zip(prompts, results)]
+        convs = [prompt_messages(p, system) + [{"role": "assistant", "content": w.text}] for p, w in zip(prompts, results)]
         clean = score_conversations(loaded, convs, contaminated, force=force)
         for w, sc in zip(results, clean):
             last = len(sc.roles) - 1
@@ -211,27 +211,10 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
     for w in results:
         for det in detectors:
             vals = w.scores[det.name]
-            w.response[det.name] = _aggregate(vals, det.aggregate) if vals else None
+            w.response[det.name] = aggregate_scores(vals, "mean" if det.aggregate == "max_turn" else det.aggregate) if vals else None
             if det.calibrated and w.response[det.name] is not None and w.response[det.name] > det.threshold:
                 w.flags.append(det.name)
     return results
-
-
-def _messages(prompt: Any, system: str | None) -> list[dict]:
-    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if system and (not msgs or msgs[0].get("role") != "system"):
-        msgs = [{"role": "system", "content": system}, *msgs]
-    return msgs
-
-
-def _aggregate(vals: list[float], how: str) -> float:
-    if how in ("mean",):
-        return sum(vals) / len(vals)
-    if how in ("max",):
-        return max(vals)
-    if how == "last":
-        return vals[-1]
-    return sum(vals) / len(vals)  # max_turn: a single answer is one turn
 
 
 def _eos(loaded: "LoadedModel") -> set[int]:

@@ -94,8 +94,8 @@ def _template_segments(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[s
     return None
 
 
-def _segments_with(tokenizer: Any, msgs: list[dict]) -> list[tuple[str, int]]:
-    messages = msgs
+def _segments_with(tokenizer: Any, messages: list[dict]) -> list[tuple[str, int]]:
+    msgs = messages
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
     # where each message's rendering starts and ends: render growing prefixes
     bounds = [0]

@@ -27,6 +27,15 @@ class _StopForward(Exception):
     pass
 
 
+def aggregate_scores(vals: Sequence[float], how: str) -> float:
+    """``mean``, ``max`` or ``last`` of a non-empty list of token scores."""
+    if how == "max":
+        return max(vals)
+    if how == "last":
+        return vals[-1]
+    return sum(vals) / len(vals)
+
+
 @dataclass
 class ScoredConversation:
     id: str
@@ -64,13 +73,9 @@ class ScoredConversation:
         idx = self._tokens_of(lambda m: self.roles[m] == "assistant")
         if not idx:
             return None
-        if aggregate == "mean":
-            return sum(s[i] for i in idx) / len(idx)
-        if aggregate == "max":
-            return max(s[i] for i in idx)
-        if aggregate == "last":
-            return s[idx[-1]]
-        return max(v for _, v in self.turn_scores(name))
+        if aggregate == "max_turn":
+            return max(v for _, v in self.turn_scores(name))
+        return aggregate_scores([s[i] for i in idx], aggregate)
 
     def prompt_score(self, name: str) -> float | None:
         """Mean score over the non-assistant messages (system, user, tool)."""
