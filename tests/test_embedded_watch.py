@@ -120,7 +120,39 @@ def test_cli_calibrate_scan_detect_eval_view(tmp_path, embedded_qwen, embedded_h
     row = json.loads(gen.read_text())
     assert set(row["scores"]) == {"honesty"} and row["conditional"] == "token"
     assert len(row["token_scores"]["honesty"]) >= 1 and "triggered_at" in row
+    res = runner.invoke(app, ["view", str(transcripts), "-d", str(det_path), "--id", "lie",
+                              "--html", str(tmp_path / "view.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "view.html").read_text()
+    assert "<h2>lie" in page and "<h2>truth" not in page
+    res = runner.invoke(app, ["view", str(transcripts), "-d", str(det_path), "--id", "nope"])
+    assert res.exit_code == 2 and "no conversation with id 'nope'" in res.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n{"messages": [{"role": "robot"}]}\n')
     res = runner.invoke(app, ["scan", str(bad), "-d", str(det_path)])
     assert res.exit_code == 2 and "line 2" in res.output and "role" in res.output
+
+
+def test_cli_data_check_with_model(tmp_path, embedded_qwen):
+    """`data check FILE --model default`: per-layer validation AUROC, saved vector, JSON results."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+    from steerwatch.data import load_concept
+    from steerwatch.vector import load_vector
+
+    pairs = load_concept("sycophancy")
+    rows = [p for p in pairs.train[:24]] + [p for p in pairs.val[:8]]
+    f = tmp_path / "syc_small.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
+                                     "split": p.split}) + "\n" for p in rows))
+    res = CliRunner().invoke(app, ["data", "check", str(f), "--model", "default", "--save", str(tmp_path / "v"),
+                                   "--json", str(tmp_path / "q.json")])
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "q.json").read_text())
+    (row,) = q["quality"]
+    assert row["concept"] == "syc_small" and row["n_train"] == 24 and row["n_val"] == 8
+    assert len(row["layers"]) == 24 and row["best_auroc"] >= 0.9  # sycophancy separates at 1.0 on its full val
+    vec = load_vector(tmp_path / "v" / "syc_small.sv")
+    assert vec.auroc(row["best_layer"]) == row["best_auroc"]
+    assert q["cosine"] == [{"a": "syc_small", "b": "syc_small", "cosine": pytest.approx(1.0), "layers": list(range(4, 18))}]
