@@ -52,7 +52,7 @@ def _write_rows(path: Path, rows) -> None:
 def calibrate_cmd(
     vectors: List[Path] = typer.Argument(..., help="Vector files (.sv) to turn into detectors."),
     control: Optional[Path] = typer.Option(None, help="JSONL of benign conversations (default: the built-in "
-                                                      "benign control set, 340+ chat/coding/agent conversations)."),
+                                                      "benign control set: 400 chat, coding and agent conversations)."),
     fpr: float = typer.Option(0.01, help="Target false-positive rate on the control data."),
     layer: Optional[int] = typer.Option(None, help="Layer to read (default: each vector's best validation layer)."),
     sign: Optional[int] = typer.Option(None, help="+1: high projection is the problem; -1: low is (default: -1 "
