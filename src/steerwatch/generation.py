@@ -61,13 +61,18 @@ class Generated:
 def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | None = None,
                  steer: "Sequence[SteerSpec] | None" = None, rows: "Sequence[Sequence[SteerSpec]] | None" = None,
                  max_new_tokens: int = 64, batch_size: int = 8, do_sample: bool = False,
-                 temperature: float = 1.0, seed: int | None = None, force: bool = False,
-                 progress: bool = False, on_batch: "Callable[[list[int], int], Any] | None" = None
-                 ) -> list[Generated]:
+                 temperature: float = 1.0, top_p: float | None = None, seed: int | None = None,
+                 force: bool = False, progress: bool = False, on_batch: "Callable[[list[int], int], Any] | None" = None,
+                 prompt_ids: "Sequence[list[int]] | None" = None, streamer: Any = None,
+                 stopping_criteria: Any = None) -> list[Generated]:
     """:func:`generate` at the token level. ``on_batch(indices, width)`` is called before each
     batch and may return a context manager that stays open around that batch's ``generate()``
     (the watch uses it to attach read hooks); its ``after(out)`` method, if any, gets the batch
-    output ids."""
+    output ids.
+
+    ``prompt_ids``: already tokenised prompts (then ``prompts`` may be None and ``system`` is
+    ignored): raw-text completions. ``streamer`` and ``stopping_criteria`` go to Hugging Face
+    ``generate()`` unchanged (the server streams and stops rows with them)."""
     import contextlib
 
     import torch
@@ -78,13 +83,21 @@ def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: st
 
     if max_new_tokens < 1:
         raise SteerwatchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_ids is not None:
+        encoded = [list(map(int, p)) for p in prompt_ids]
+        if not encoded or any(not p for p in encoded):
+            raise SteerwatchError("prompt_ids must be a non-empty list of non-empty token id lists")
+        if prompts is not None and len(prompts) != len(encoded):
+            raise SteerwatchError(f"{len(prompts)} prompts but {len(encoded)} prompt_ids; give one or the other")
+        prompts = [None] * len(encoded)
     if rows is not None and len(rows) != len(prompts):
         raise SteerwatchError(f"rows has {len(rows)} entries but there are {len(prompts)} prompts; give one "
                               "list of steering specs per prompt")
     if steer is not None and rows is not None:
         raise SteerwatchError("give steer=... (all prompts) or rows=... (per prompt), not both")
     tok = loaded.tokenizer
-    encoded = [encode_prompt(tok, _render(loaded, p, system)) for p in prompts]
+    if prompt_ids is None:
+        encoded = [encode_prompt(tok, _render(loaded, p, system)) for p in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = set(_eos_ids(loaded))
     device = loaded.device
@@ -92,8 +105,14 @@ def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: st
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad)
     if do_sample:
         gen_kwargs["temperature"] = temperature
+        if top_p is not None:
+            gen_kwargs["top_p"] = top_p
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    if streamer is not None:
+        gen_kwargs["streamer"] = streamer
+    if stopping_criteria is not None:
+        gen_kwargs["stopping_criteria"] = stopping_criteria
     if seed is not None:
         torch.manual_seed(seed)
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")

@@ -155,14 +155,21 @@ def _steered_layers(specs: "Sequence[SteerSpec]") -> list[int]:
     return layers
 
 
-def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: Sequence[Detector], *,
+def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detectors: Sequence[Detector], *,
                      system: str | None = None, steer: "Sequence[SteerSpec] | None" = None,
+                     rows: "Sequence[Sequence[SteerSpec]] | None" = None,
                      conditional: Conditional | None = None, max_new_tokens: int = 64, batch_size: int = 8,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float | None = None,
+                     seed: int | None = None, prompt_ids: "Sequence[list[int]] | None" = None,
+                     streamer: Any = None, stopping_criteria: Any = None,
                      force: bool = False, progress: bool = False) -> list[WatchedGeneration]:
     """Generate with detectors watching (and optionally conditional steering); see the module
-    docstring for how scores stay meaningful under steering."""
-    import torch
+    docstring for how scores stay meaningful under steering.
 
+    ``rows``: per-prompt steering (as in :func:`~steerwatch.generation.generate`); a row's
+    detectors are rescored only when that row was steered at or before their layer.
+    ``prompt_ids``: pre-tokenised prompts (raw completions); the conditional ``prompt`` mode needs
+    chat prompts."""
     from ..generation import generate_ids, prompt_messages
 
     names = [d.name for d in detectors]
@@ -170,9 +177,12 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
         raise SteerwatchError(f"detector names must be unique, got {names}")
     for d in list(detectors) + ([conditional.trigger] if conditional else []):
         d.vector.check_model(loaded, force=force)
+    n = len(prompt_ids) if prompt_ids is not None else len(prompts or [])
     observers: dict[int, _Observer] = {}
-    fired = [False] * len(prompts)
+    fired = [False] * n
     if conditional and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
+        if prompt_ids is not None:
+            raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
         pre = score_conversations(loaded, [prompt_messages(p, system) for p in prompts], [conditional.trigger], force=force)
         fired = [(sc.prompt_score(conditional.trigger.name) or float("-inf")) > conditional.threshold for sc in pre]
 
@@ -181,33 +191,48 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
         observers[len(observers)] = obs
         return obs
 
-    gens = generate_ids(loaded, prompts, system=system, steer=steer, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, force=force, progress=progress, on_batch=on_batch)
-    steered = _steered_layers(list(steer or []) + (list(conditional.specs) if conditional else []))
-    contaminated = [d for d in detectors if steered and d.layer >= min(steered)]
+    gens = generate_ids(loaded, prompts, system=system, steer=steer, rows=rows, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                        seed=seed, force=force, progress=progress, on_batch=on_batch, prompt_ids=prompt_ids,
+                        streamer=streamer, stopping_criteria=stopping_criteria)
+    eos = _eos(loaded)
     results = []
     for g in gens:
         obs = observers[g.batch_index]
         proj = None
         if obs.hooks is not None and obs.hooks.chunks:
             proj = obs.hooks.joined()  # (batch, width + steps, n_all)
-        n_real = len(g.new_ids) - (1 if g.new_ids and g.new_ids[-1] in _eos(loaded) else 0)
+        n_real = _n_scored(g.new_ids, eos)
         scores = {}
         for j, det in enumerate(detectors):
-            col = proj[g.row, obs.width:obs.width + n_real, j] if proj is not None else torch.zeros(0)
-            scores[det.name] = col.tolist()
+            if proj is None:
+                scores[det.name] = []
+            else:
+                scores[det.name] = proj[g.row, obs.width:obs.width + n_real, j].tolist()
         text = loaded.tokenizer.decode(g.new_ids, skip_special_tokens=True).strip()
         trig = obs.trigger_step[g.row] if conditional else None
         results.append(WatchedGeneration(text=text, new_ids=g.new_ids, scores=scores, response={}, flags=[],
                                          triggered_at=trig))
-    if contaminated:
-        convs = [prompt_messages(p, system) + [{"role": "assistant", "content": w.text}] for p, w in zip(prompts, results)]
-        clean = score_conversations(loaded, convs, contaminated, force=force)
-        for w, sc in zip(results, clean):
-            last = len(sc.roles) - 1
-            for det in contaminated:
-                w.scores[det.name] = [v for v, k in zip(sc.scores[det.name], sc.msg_index) if k == last]
-            w.rescored = [d.name for d in contaminated]
+    cond_specs = list(conditional.specs) if conditional else []
+    todo: dict[int, list[Detector]] = {}
+    for i, g in enumerate(gens):
+        row_specs = list(steer or []) + (list(rows[i]) if rows is not None else [])
+        if conditional and results[i].triggered_at is not None:
+            row_specs += cond_specs
+        steered = _steered_layers(row_specs)
+        dets = [d for d in detectors if steered and d.layer >= min(steered)]
+        if dets:
+            todo[i] = dets
+    if todo:  # one unsteered teacher-forced pass over prompt + answer ids, per detector set
+        for dets in {tuple(d.name for d in v): v for v in todo.values()}.values():
+            key = [d.name for d in dets]
+            idx = [i for i, v in todo.items() if [d.name for d in v] == key]
+            seqs = [(gens[i].prompt_ids, gens[i].new_ids[:_n_scored(gens[i].new_ids, eos)]) for i in idx]
+            clean = score_continuations(loaded, seqs, dets, batch_size=batch_size)
+            for i, sc in zip(idx, clean):
+                for det in dets:
+                    results[i].scores[det.name] = sc[det.name]
+                results[i].rescored = key
     for w in results:
         for det in detectors:
             vals = w.scores[det.name]
@@ -215,6 +240,46 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any], detectors: S
             if det.calibrated and w.response[det.name] is not None and w.response[det.name] > det.threshold:
                 w.flags.append(det.name)
     return results
+
+
+def _n_scored(new_ids: list[int], eos: set[int]) -> int:
+    """Generated tokens that get a score: all but a final end-of-turn token."""
+    return len(new_ids) - (1 if new_ids and new_ids[-1] in eos else 0)
+
+
+def score_continuations(loaded: "LoadedModel", seqs: "Sequence[tuple[list[int], list[int]]]",
+                        detectors: Sequence[Detector], *, batch_size: int = 8) -> list[dict[str, list[float]]]:
+    """Teacher-forced (unsteered unless the caller attached steering) scores of the continuation
+    tokens of each ``(prompt_ids, continuation_ids)``: the same positions a live reading scores."""
+    import torch
+
+    from .score import _StopForward
+
+    out: list[dict[str, list[float]]] = [{} for _ in seqs]
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    hooks = ProjectionHooks(loaded, detectors, stop_after_last=True)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(seqs), batch_size):
+                idx = list(range(start, min(start + batch_size, len(seqs))))
+                full = [list(seqs[i][0]) + list(seqs[i][1]) for i in idx]
+                width = max(len(f) for f in full)
+                ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                att = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, f in enumerate(full):
+                    ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+                    att[r, :len(f)] = 1
+                try:
+                    loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device), use_cache=False)
+                except _StopForward:
+                    pass
+                proj = hooks.take()  # (batch, width, n_det)
+                for r, i in enumerate(idx):
+                    p, c = len(seqs[i][0]), len(seqs[i][1])
+                    out[i] = {d.name: proj[r, p:p + c, j].tolist() for j, d in enumerate(detectors)}
+    finally:
+        hooks.remove()
+    return out
 
 
 def _eos(loaded: "LoadedModel") -> set[int]:
