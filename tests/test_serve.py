@@ -262,6 +262,19 @@ def test_degeneration_guard_backs_off_to_unsteered(qwen_chat, tmp_path):
         engine.stop()
 
 
+def test_policy_without_detectors_serves_unwatched(qwen_chat, tmp_path):
+    engine = _engine(qwen_chat, tmp_path, detectors=[])
+    try:
+        with RunningServer(engine) as srv:
+            r = _client(srv, "steerer").chat.completions.create(
+                model="tiny-qwen2", messages=[{"role": "user", "content": "ok"}], max_tokens=6,
+                extra_body={"steering": [{"vector": "other", "strength": 2.0}]})
+        assert r.choices[0].message.content == _alone(qwen_chat, "ok", n=6, strength=2.0, vector=engine.dep.vectors["other"])
+        assert r.model_extra["steerwatch"]["scores"] == {} and r.model_extra["steerwatch"]["flags"] == []
+    finally:
+        engine.stop()
+
+
 def test_repeat_share_exact():
     assert repeat_share("a b c d a b c d") == pytest.approx(1 - 4 / 5)
     assert repeat_share("one two three") == 0.0

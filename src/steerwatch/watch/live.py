@@ -100,7 +100,7 @@ class _Observer:
     def __enter__(self) -> "_Observer":
         from ..steer import attach
 
-        self.hooks = ProjectionHooks(self.loaded, self.all_dets)
+        self.hooks = ProjectionHooks(self.loaded, self.all_dets) if self.all_dets else None
         if self.conditional:
             self.cond_handle = attach(self.loaded, list(self.conditional.specs), gate=self.gate)
             # decide after each forward pass, apply from the next one: the trigger token's own pass
