@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import SteerwatchError
+from .rows import RowState
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..steer import SteerSpec
@@ -105,79 +106,6 @@ def repeat_share(text: str, n: int = 4) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
-
-
-class _Rows:
-    """Per-row stopping state, fed by the streamer; also the stopping criterion for ``generate``."""
-
-    def __init__(self, reqs: list[GenRequest], tokenizer: Any, eos: set[int], live: bool) -> None:
-        self.reqs, self.tok, self.eos, self.live = reqs, tokenizer, eos, live
-        self.tokens: list[list[int]] = [[] for _ in reqs]
-        self.done = [False] * len(reqs)
-        self.reason = ["length"] * len(reqs)
-        self.sent = [0] * len(reqs)  # characters already streamed
-        self.text = [""] * len(reqs)
-        self._prompt_seen = False
-
-    # --- streamer protocol (transformers calls put(prompt ids) once, then put(next tokens) per step)
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        vals = value.reshape(-1).tolist()
-        for r, t in enumerate(vals):
-            if self.done[r]:
-                continue
-            if t in self.eos:
-                self.tokens[r].append(t)
-                self._finish(r, "stop")
-                continue
-            self.tokens[r].append(t)
-            req = self.reqs[r]
-            text = self.tok.decode(self.tokens[r], skip_special_tokens=True)
-            hold = 0
-            if req.stop:
-                hits = [i for i in (text.find(s) for s in req.stop) if i >= 0]
-                if hits:
-                    self.text[r] = text[:min(hits)]
-                    self._finish(r, "stop")
-                    continue
-                hold = max(len(s) for s in req.stop) - 1
-            self.text[r] = text
-            if len(self.tokens[r]) >= req.max_tokens:
-                self._finish(r, "length")
-                continue
-            if self.live:
-                ok = len(text) - hold
-                while ok > self.sent[r] and text[ok - 1] == "\ufffd":  # an incomplete multi-byte character
-                    ok -= 1
-                self._emit(r, ok)
-
-    def end(self) -> None:
-        pass
-
-    def _emit(self, r: int, upto: int) -> None:
-        req = self.reqs[r]
-        if req.stream and req.sink is not None and upto > self.sent[r]:
-            req.sink(("delta", self.text[r][self.sent[r]:upto]))
-            self.sent[r] = upto
-
-    def _finish(self, r: int, reason: str) -> None:
-        self.done[r] = True
-        self.reason[r] = reason
-
-    def flush(self, r: int, text: str) -> None:
-        """Send whatever of the final text has not been streamed yet."""
-        req = self.reqs[r]
-        if req.stream and req.sink is not None and len(text) > self.sent[r]:
-            req.sink(("delta", text[self.sent[r]:]))
-            self.sent[r] = len(text)
-
-    # --- stopping criterion
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 class Engine:
@@ -279,7 +207,7 @@ class Engine:
         from ..watch.live import generate_watched
 
         live = not self.hold_streams
-        state = _Rows(reqs, self.loaded.tokenizer, self.eos, live)
+        state = RowState(reqs, self.loaded.tokenizer, self.eos, live)
         temp = reqs[0].temperature
         gens = generate_watched(
             self.loaded, None, self.detectors, rows=steering if any(steering) else None,
@@ -288,7 +216,7 @@ class Engine:
             prompt_ids=[r.prompt_ids for r in reqs], streamer=state, stopping_criteria=[state])
         return [(gens[i], state.tokens[i], state.reason[i], state.text[i], state) for i in range(len(reqs))]
 
-    def _finish_row(self, req: GenRequest, gen: Any, toks: list[int], reason: str, text: str, state: _Rows,
+    def _finish_row(self, req: GenRequest, gen: Any, toks: list[int], reason: str, text: str, state: RowState,
                     *, batch_size: int) -> GenResult:
         from ..watch.score import aggregate_scores
 
