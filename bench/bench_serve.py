@@ -12,6 +12,9 @@ vectors (random directions cost what real ones cost) and one watching detector. 
 * **in-process**: the same requests, one at a time, with ``generate_ids`` and the same per-request
   steering directly (no HTTP, no engine, no detectors).
 
+The detector reads two layers before (upstream of) the steered one, so its scores are live; with ``--rescored``
+it reads the steered layer and every batch gets one more (unsteered) forward pass to rescore it.
+
 Generations have a fixed length (``min_new_tokens`` = ``--tokens``). Printed: requests/s and
 tokens/s of each, the ratio concurrent / sequential (target >= 2x), and the median per-request
 latency of sequential-through-the-server over in-process (the server's overhead: HTTP, JSON,
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rescored", action="store_true", help="watch at the steered layer (rescoring pass)")
     args = ap.parse_args()
 
     from concurrent.futures import ThreadPoolExecutor
@@ -60,11 +64,17 @@ def main() -> None:
         p = v.save(tmp / f"v{i}.sv")
         vectors.append(v)
         entries.append({"name": f"v{i}", "path": str(p), "sha256": file_sha256(p), "max_abs_strength": 0.3})
-    det = Detector(vector=vectors[0], layer=layer, name="watch", threshold=1e9, vector_path=str(tmp / "v0.sv"))
+    # the detector reads upstream of the steered layer (live scores); --rescored puts it at the steered
+    # layer, which costs one extra unsteered forward pass per batch (scores of what was said, not the push)
+    wl = layer if args.rescored else layer - 2
+    wv = random_vector(lm, 99, wl, g)
+    wv.save(tmp / "w.sv")
+    det = Detector(vector=wv, layer=wl, name="watch", threshold=1e9, vector_path=str(tmp / "w.sv"))
     dp = det.save(tmp / "watch.det.json")
     policy = {"vectors": entries, "detectors": [{"name": "watch", "path": str(dp), "sha256": file_sha256(dp)}],
               "keys": [{"name": "bench", "sha256": hash_key("bench"), "steer": True}],
-              "limits": {"max_batch": args.clients, "batch_wait_ms": 10, "max_tokens": args.tokens},
+              "limits": {"max_batch": args.clients, "batch_wait_ms": 10, "max_tokens": args.tokens,
+                         "default_max_tokens": args.tokens},
               "degeneration": {"enabled": False}, "store": {"url": f"sqlite:///{tmp / 'events.db'}"}}
     (tmp / "policy.yaml").write_text(yaml.safe_dump(policy))
     prompts = ["Explain what a hash map is.", "Write a haiku about rain.", "What is 17 * 23?",
@@ -114,6 +124,7 @@ def main() -> None:
     n, tok = args.requests, args.requests * args.tokens
     c, s_, lo = statistics.median(conc), statistics.median(seq), statistics.median(local)
     print(f"model {lm.name}, {n} requests x {args.tokens} tokens, {args.clients} clients, 8 vectors, "
+          f"detector at layer {wl} ({'rescored' if args.rescored else 'live'}), "
           f"max batch seen {engine.stats['max_batch_seen']}, threads {torch.get_num_threads()}")
     print(f"concurrent : {n / c:6.2f} req/s  {tok / c:7.1f} tok/s")
     print(f"sequential : {n / s_:6.2f} req/s  {tok / s_:7.1f} tok/s")
