@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from steerwatch.generation import generate_ids
-from steerwatch.serve.engine import BLOCKED_TEXT, repeat_share
+from steerwatch.serve.engine import BLOCKED_TEXT
 from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
 from steerwatch.serve.server import RunningServer, build_engine
 from steerwatch.steer import SteerSpec
@@ -275,7 +275,62 @@ def test_policy_without_detectors_serves_unwatched(qwen_chat, tmp_path):
         engine.stop()
 
 
-def test_repeat_share_exact():
-    assert repeat_share("a b c d a b c d") == pytest.approx(1 - 4 / 5)
-    assert repeat_share("one two three") == 0.0
-    assert repeat_share("x x x x x x") == pytest.approx(1 - 1 / 3)
+def test_guard_refuses_distress_steering_at_start_and_per_request(qwen_chat, tmp_path):
+    """The policy guard runs at start-up (a policy whose requests may push the distress direction
+    past the bound does not start) and on every request (per-request layers can add pushes)."""
+    paths = _write_files(qwen_chat, tmp_path / "files")
+    distress = make_vector(qwen_chat, seed=3, concept="distress")  # the same directions as "push"
+    dpath = distress.save(tmp_path / "files" / "distress.sv")
+    pol = _policy(paths, guard={"distress_vector": str(dpath)}, limits={"max_combined_strength": 1.0})
+    pol["vectors"][0]["max_abs_strength"] = 0.4  # up to 0.4 along distress on layer 1: refused
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pol))
+    with pytest.raises(PolicyError, match="distress"):
+        build_engine(tmp_path / "p.yaml", loaded=qwen_chat)
+    pol["vectors"][0]["max_abs_strength"] = 0.02
+    pol["vectors"][1]["max_abs_strength"] = 0.02
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pol))
+    engine = build_engine(tmp_path / "p.yaml", loaded=qwen_chat)
+    try:
+        with RunningServer(engine) as srv:
+            c = _client(srv, "steerer")
+            ok = c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                           extra_body={"steering": [{"vector": "push", "strength": 0.02}]})
+            assert ok.model_extra["steerwatch"]["steering"][0]["strength"] == 0.02
+            with pytest.raises(openai.BadRequestError, match="refused by the policy guard"):
+                c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                          extra_body={"steering": [{"vector": "push", "strength": 0.02,
+                                                                    "layers": [0, 1, 2, 3]}]})
+    finally:
+        engine.stop()
+
+
+def test_degeneration_guard_on_repetition_records_the_measure(qwen_chat, tmp_path, monkeypatch):
+    """The repetition bound: an answer is degenerate when its repeated-4-gram share (as
+    evals.coherence.text_stats measures it) passes max_repeat; the event carries the share."""
+    from steerwatch.evals.coherence import text_stats
+    from steerwatch.serve import engine as eng
+
+    engine = _engine(qwen_chat, tmp_path, degeneration={"enabled": True, "max_repeat": 0.3, "min_tokens": 1,
+                                                        "action": "record"})
+    loop = "go on and on " * 6
+    monkeypatch.setattr(eng.Engine, "_finish_row", _with_text(eng.Engine._finish_row, loop))
+    try:
+        from steerwatch.serve.engine import GenRequest
+
+        steered = engine.dep.spec("push", 1.0)
+        res = engine.run_batch([GenRequest(prompt_ids=[2, 40, 41], prompt_record="x", max_tokens=4, steering=[steered]),
+                                GenRequest(prompt_ids=[2, 40, 41], prompt_record="x", max_tokens=4)])
+    finally:
+        engine.stop()
+    ev = next(e for e in res[0].events if e["type"] == "degeneration")
+    assert ev["repeat_share"] == pytest.approx(text_stats(loop)["repeat_4gram"]) and ev["repeat_share"] > 0.3
+    assert ev["backoff"] == "none: policy action is record"
+    assert not any(e["type"] == "degeneration" for e in res[1].events)  # unsteered answers are not judged
+
+
+def _with_text(fn, text):
+    def wrapped(self, *a, **kw):
+        res = fn(self, *a, **kw)
+        res.text = text
+        return res
+    return wrapped

@@ -28,4 +28,4 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Steer and watch language models through their activations."""
 
 
-from . import concepts, data, evals, extract, generate, quickstart, watch  # noqa: E402,F401  (registers commands)
+from . import concepts, data, evals, extract, generate, interop, policy, quickstart, serve, watch  # noqa: E402,F401  (registers commands)

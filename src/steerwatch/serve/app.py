@@ -123,6 +123,14 @@ def create_app(engine: "Engine") -> "FastAPI":
             total += abs(item.strength) if vp.op == "add" else 0.0
             if not (vp.op == "add" and item.strength == 0.0):
                 specs.append(spec)
+        report = engine.guard_report
+        if report is not None and report.distress is not None and specs:
+            from .guard import check_request
+
+            row = check_request(specs, report.distress, acknowledge=report.acknowledgement)
+            if row is not None and row.level == "error":
+                raise ApiError(400, f"steering refused by the policy guard: {row.message}", param="steering",
+                               code="distress_steering")
         if total > pol.limits.max_combined_strength:
             raise ApiError(400, f"the steering strengths add up to {total:g}, above the policy's "
                                 f"max_combined_strength {pol.limits.max_combined_strength:g}", param="steering",

@@ -99,15 +99,6 @@ def describe_specs(specs: "list[SteerSpec]") -> list[dict[str, Any]]:
              "positions": s.positions} for s in specs]
 
 
-def repeat_share(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier n-gram of the same text (0 = none)."""
-    words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
 class Engine:
     """Owns the model and a worker thread; ``submit`` requests from any thread."""
 
@@ -126,6 +117,7 @@ class Engine:
             if rd.action == "steer":
                 self.conditional = Conditional(trigger=rd.detector, specs=rd.steer, mode=rd.mode)
         self.hold_streams = any(a == "block" for a in self.actions.values())
+        self.guard_report: Any = None  # set by build_engine when the policy guard ran
         self._queue: "queue.Queue[GenRequest | None]" = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -264,7 +256,9 @@ class Engine:
             return None
         if res.completion_tokens < deg.min_tokens:
             return None
-        reasons, rep = [], repeat_share(res.text)
+        from ..evals.coherence import text_stats
+
+        reasons, rep = [], text_stats(res.text)["repeat_4gram"]
         if rep > deg.max_repeat:
             reasons.append(f"repeated 4-gram share {rep:.2f} > {deg.max_repeat:g}")
         ppl = None

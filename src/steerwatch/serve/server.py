@@ -28,16 +28,19 @@ def build_engine(policy: "str | Path | Any", *, loaded: "LoadedModel | None" = N
 
         loaded = load_model(pf.policy.model, log=log)
     dep = resolve_policy(pf, loaded)
+    report = None
     if guard:
         from .guard import check_policy
 
-        report = check_policy(pf, loaded)
+        report = check_policy(pf, loaded, deployment=dep, progress=log is not None, log=log)
         for row in report.rows:
             if log and row.level != "info":
                 log(f"guard {row.level}: {row.message}")
         report.raise_if_refused()
     store = EventStore(pf.policy.store.url, base_dir=pf.path.parent if pf.path else None)
-    return Engine(dep, store=store).start()
+    engine = Engine(dep, store=store)
+    engine.guard_report = report  # per-request steering is checked against the same distress direction
+    return engine.start()
 
 
 class RunningServer:

@@ -1,0 +1,215 @@
+"""steerwatch policy: check a deployment policy with the guard, hash API keys, write a starter policy."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from .common import console, friendly, load, out
+from .main import app
+
+policy_app = typer.Typer(help="Check and write deployment policies (steerwatch serve --policy FILE).",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(policy_app, name="policy")
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def report_table(report: Any):
+    from rich.table import Table
+
+    table = Table(title=f"policy guard · distress direction: {report.distress_source}", show_lines=False)
+    for col in ("level", "check", "subject", "finding"):
+        table.add_column(col, overflow="fold")
+    for r in report.rows:
+        style = _STYLE.get(r.level, "")
+        table.add_row(f"[{style}]{r.level}[/]", r.code, r.subject, r.message)
+    return table
+
+
+@policy_app.command("check")
+@friendly
+def check_cmd(
+    file: Path = typer.Argument(..., help="The policy file (YAML)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec to check against (default: the "
+                                                                    "policy's model:)."),
+    distress: Optional[Path] = typer.Option(None, help="A distress vector file to check against (default: the "
+                                                       "policy's guard.distress_vector, else the built-in one)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+) -> None:
+    """Run the policy guard. Exit 0: accepted; 1: refused; 2: invalid policy or files."""
+    import json
+
+    from ..serve.guard import check_policy
+    from ..serve.policy import load_policy, resolve_policy
+    from ..vector import load_vector
+
+    pf = load_policy(file)  # schema errors fail before the (slow) model load
+    dvec = load_vector(distress) if distress is not None else None
+    loaded = load(model or pf.policy.model)
+    dep = resolve_policy(pf, loaded)
+    report = check_policy(pf, loaded, distress=dvec, deployment=dep, progress=sys.stderr.isatty(),
+                          log=lambda m: console.print(f"[dim]{m}[/]"))
+    out.print(report_table(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n", encoding="utf-8")
+        console.print(f"[dim]wrote {json_out}[/]")
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    if report.ok:
+        console.print(f"[bold green]accepted[/] · {n_warn} warning(s) · policy sha256 {report.policy_sha256[:12]}")
+        return
+    console.print(f"[bold red]refused[/]: {n_err} error(s), {n_warn} warning(s).")
+    if any(r.code == "distress-push" for r in report.errors):
+        console.print("To serve steering that pushes towards distress anyway, add the reason to the policy:\n"
+                      "  guard:\n    acknowledge_distress: \"<why this deployment needs it>\"\n"
+                      "(see docs/serve-guard.md). Other errors must be fixed in the policy.", highlight=False)
+    raise typer.Exit(1)
+
+
+@policy_app.command("hash-key")
+@friendly
+def hash_key_cmd(
+    key: Optional[str] = typer.Argument(None, help="The API key. Omit it to read it from stdin (keeps it out of "
+                                                   "your shell history)."),
+) -> None:
+    """Print the sha256 line to paste into a policy's keys: entry."""
+    from ..serve.policy import PolicyError, hash_key
+
+    if key is None:
+        if sys.stdin.isatty():
+            import getpass
+
+            key = getpass.getpass("API key: ")
+        else:
+            key = sys.stdin.read().rstrip("\r\n")
+    if not key:
+        raise PolicyError("the API key is empty; give it as an argument or on stdin")
+    if key != key.strip():
+        console.print("[yellow]warning:[/] the key has leading or trailing whitespace; it is hashed as given")
+    out.print(f"sha256: {hash_key(key)}", highlight=False)
+
+
+def _split_name(text: str, what: str) -> tuple[str, str]:
+    from ..serve.policy import PolicyError
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise PolicyError(f"{what} {text!r} must look like NAME=PATH")
+    return name, rest
+
+
+def _parse_steer(text: str) -> list[dict[str, Any]]:
+    from ..serve.policy import PolicyError
+
+    refs = []
+    for part in text.split(","):
+        vec, sep, s = part.partition("@")
+        try:
+            refs.append({"vector": vec, "strength": float(s)})
+        except ValueError:
+            raise PolicyError(f"steer list {text!r}: {part!r} must look like VECTOR@STRENGTH, "
+                              "e.g. honesty@0.02") from None
+        if not sep or not vec:
+            raise PolicyError(f"steer list {text!r}: {part!r} must look like VECTOR@STRENGTH")
+    return refs
+
+
+def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model: str = "default") -> dict[str, Any]:
+    """A valid policy mapping from ``NAME=PATH[:STRENGTH]`` vector and ``NAME=PATH:ACTION`` detector
+    arguments (ACTION: log, flag, block or ``steer=VECTOR@STRENGTH[,...]``), with each file's SHA-256
+    and the model fingerprint the files were built on. Paths are written relative to ``output``."""
+    import os
+
+    from ..errors import SteerwatchError
+    from ..serve.policy import ACTIONS, PolicyError, file_sha256, policy_from_dict
+    from ..vector import load_vector
+    from ..watch.detector import load_detector
+
+    base = output.resolve().parent
+    fingerprints: dict[str, str] = {}
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p.resolve(), base)
+
+    vecs = []
+    for i, text in enumerate(vectors):
+        name, rest = _split_name(text, "--vector")
+        path_s, strength = rest, 0.0
+        head, sep, tail = rest.rpartition(":")
+        if sep and head:
+            try:
+                path_s, strength = head, float(tail)
+            except ValueError:
+                pass
+        p = Path(path_s)
+        try:
+            vec = load_vector(p)
+        except SteerwatchError as exc:
+            raise PolicyError(f"--vector {name}: {exc}") from None
+        fingerprints[f"vector {name}"] = vec.model_fingerprint
+        vecs.append({"name": name, "path": rel(p), "sha256": file_sha256(p), "op": "add", "strength": strength,
+                     "max_abs_strength": max(0.05, abs(strength))})
+    dets = []
+    for text in detectors:
+        name, rest = _split_name(text, "--detector")
+        path_s, sep, action = rest.rpartition(":")
+        if not sep:
+            raise PolicyError(f"--detector {text!r} must look like NAME=PATH:ACTION (ACTION: log, flag, block or "
+                              "steer=VECTOR@STRENGTH)")
+        entry: dict[str, Any] = {"name": name}
+        if action.startswith("steer="):
+            entry.update(action="steer", steer=_parse_steer(action[6:]))
+        elif action in ACTIONS and action != "steer":
+            entry["action"] = action
+        else:
+            raise PolicyError(f"--detector {name}: unknown action {action!r}; valid: log, flag, block, "
+                              "steer=VECTOR@STRENGTH")
+        p = Path(path_s)
+        try:
+            det = load_detector(p)
+        except SteerwatchError as exc:
+            raise PolicyError(f"--detector {name}: {exc}") from None
+        if entry["action"] in ("flag", "block") and det.threshold is None:
+            raise PolicyError(f"--detector {name}: action {entry['action']!r} needs a calibrated detector; run "
+                              "steerwatch calibrate first")
+        fingerprints[f"detector {name}"] = det.vector.model_fingerprint
+        dets.append({"name": name, "path": rel(p), "sha256": file_sha256(p), **entry})
+    if len(set(fingerprints.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in fingerprints.items())
+        raise PolicyError(f"the files were built on different models ({listing}); a policy serves one model")
+    data: dict[str, Any] = {"model": model}
+    if fingerprints:
+        data["model_fingerprint"] = next(iter(fingerprints.values()))
+    data.update(vectors=vecs, detectors=dets)
+    policy_from_dict(data, path=output.resolve())  # never write an invalid policy
+    return data
+
+
+@policy_app.command("init")
+@friendly
+def init_cmd(
+    vector: Optional[List[str]] = typer.Option(None, "--vector", help="NAME=PATH[:STRENGTH] (repeatable); strength "
+                                                                       "0 = off unless a request turns it on."),
+    detector: Optional[List[str]] = typer.Option(
+        None, "--detector",
+        help="NAME=PATH:ACTION (repeatable); ACTION: log, flag, block or steer=VECTOR@STRENGTH[,...]."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the policy (YAML)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model spec the policy serves."),
+    force: bool = typer.Option(False, help="Overwrite an existing file."),
+) -> None:
+    """Write a starter policy with the SHA-256 of every file filled in."""
+    import yaml
+
+    from ..serve.policy import PolicyError
+
+    if output.exists() and not force:
+        raise PolicyError(f"{output} exists; pass --force to overwrite it")
+    data = new_policy(vectors=vector or [], detectors=detector or [], output=output, model=model)
+    text = ("# steerwatch deployment policy (docs/serve.md). Check it before serving:\n"
+            f"#   steerwatch policy check {output}\n" + yaml.safe_dump(data, sort_keys=False))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    console.print(f"wrote [bold]{output}[/] · {len(data['vectors'])} vector(s), {len(data['detectors'])} "
+                  f"detector(s) · next: steerwatch policy check {output}")

@@ -1,0 +1,47 @@
+"""steerwatch serve: run the OpenAI-compatible server for a deployment policy."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, friendly
+from .main import app
+
+
+@app.command("serve")
+@friendly
+def serve_cmd(
+    policy: Path = typer.Option(..., "--policy", "-p", help="The deployment policy (YAML); see docs/serve.md."),
+    host: Optional[str] = typer.Option(None, help="Bind address (default: the policy's server.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: the policy's server.port, 8000)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the policy's model spec."),
+) -> None:
+    """Serve a model with its policy's steering dialled in and every response watched.
+
+    Start-up loads the model, checks every vector and detector file against the policy's SHA-256
+    and the model's fingerprint, and runs the policy guard (a policy that amplifies distress is
+    refused unless it carries an acknowledgement). Endpoints: /v1/models, /v1/chat/completions,
+    /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
+    from ..models import load_model
+    from ..serve.policy import load_policy
+    from ..serve.server import build_engine, serve_forever
+
+    pf = load_policy(policy)
+    log = lambda m: console.print(f"[dim]{m}[/]")  # noqa: E731
+    spec = model or pf.policy.model
+    console.print(f"[dim]loading model {spec!r}…[/]")
+    loaded = load_model(spec, log=log)
+    engine = build_engine(pf, loaded=loaded, log=log)
+    h = host or pf.policy.server.host
+    p = pf.policy.server.port if port is None else port
+    dep = engine.dep
+    console.print(f"serving [bold]{dep.served_name}[/] on http://{h}:{p}/v1 — policy {pf.sha256[:12]}, "
+                  f"{len(dep.vectors)} vector(s), {len(dep.detectors)} detector(s), "
+                  f"default steering: {', '.join(s.describe() for s in dep.default_steering()) or 'none'}; "
+                  f"events: {engine.store.url}")
+    try:
+        serve_forever(engine, host=h, port=p)
+    finally:
+        engine.stop()
