@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-wait-ms", type=float, default=50.0, help="the policy's limits.batch_wait_ms")
     ap.add_argument("--rescored", action="store_true", help="watch at the steered layer (rescoring pass)")
     args = ap.parse_args()
 
@@ -73,7 +74,7 @@ def main() -> None:
     dp = det.save(tmp / "watch.det.json")
     policy = {"vectors": entries, "detectors": [{"name": "watch", "path": str(dp), "sha256": file_sha256(dp)}],
               "keys": [{"name": "bench", "sha256": hash_key("bench"), "steer": True}],
-              "limits": {"max_batch": args.clients, "batch_wait_ms": 10, "max_tokens": args.tokens,
+              "limits": {"max_batch": args.clients, "batch_wait_ms": args.batch_wait_ms, "max_tokens": args.tokens,
                          "default_max_tokens": args.tokens},
               "degeneration": {"enabled": False}, "store": {"url": f"sqlite:///{tmp / 'events.db'}"}}
     (tmp / "policy.yaml").write_text(yaml.safe_dump(policy))
@@ -125,7 +126,8 @@ def main() -> None:
     c, s_, lo = statistics.median(conc), statistics.median(seq), statistics.median(local)
     print(f"model {lm.name}, {n} requests x {args.tokens} tokens, {args.clients} clients, 8 vectors, "
           f"detector at layer {wl} ({'rescored' if args.rescored else 'live'}), "
-          f"max batch seen {engine.stats['max_batch_seen']}, threads {torch.get_num_threads()}")
+          f"batch wait {args.batch_wait_ms:g} ms, max batch seen {engine.stats['max_batch_seen']}, "
+          f"{engine.stats['batches']} batches for {engine.stats['requests']} requests, threads {torch.get_num_threads()}")
     print(f"concurrent : {n / c:6.2f} req/s  {tok / c:7.1f} tok/s")
     print(f"sequential : {n / s_:6.2f} req/s  {tok / s_:7.1f} tok/s")
     print(f"in-process : {n / lo:6.2f} req/s  {tok / lo:7.1f} tok/s")
