@@ -9,6 +9,87 @@ from .common import console, friendly, load, out, parse_floats
 from .main import app
 
 
+OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
+             "bait-format JSONL file (id, prompt, truth_markers, optional claim and split; see docs/evals.md), or "
+             "'builtin' for the built-in sycophancy bait set.")
+TABLE_COLS = (("behaviour", "behaviour", ".3f"), ("kl", "KL", ".4f"), ("ppl", "ppl", ".2f"),
+              ("mc_acc", "capability", ".3f"), ("share_corrected", "corrected", ".2f"),
+              ("share_rejected", "rejected", ".2f"), ("share_agreed", "agreed", ".2f"),
+              ("share_evasive", "evasive", ".2f"), ("coherent", "coherent", ".2f"),
+              ("answer_ppl_median", "answer ppl", ".1f"))
+
+
+def load_open(spec: Optional[str], *, split: Optional[str], limit: Optional[int]) -> list:
+    """Open-ended items: a bait-format file, 'builtin', or none."""
+    from ..evals.bait import load_bait
+
+    if spec is None:
+        if split is not None:
+            from ..errors import SteerwatchError
+
+            raise SteerwatchError("--open-split needs --open FILE (or --open builtin)")
+        return []
+    return load_bait(None if spec == "builtin" else Path(spec), split=split)[:limit]
+
+
+def load_detectors(paths: Optional[List[Path]], loaded) -> list:
+    from ..watch.detector import load_detector
+
+    dets = [load_detector(p) for p in paths or []]
+    for d in dets:
+        d.vector.check_model(loaded)
+    return dets
+
+
+def side_effect_sets(*, neutral: Optional[Path], reference: Optional[Path], capability: Optional[Path],
+                     limit: Optional[int]) -> dict:
+    from ..data.reference import load_mc, load_prompts, load_reference_text
+
+    return dict(neutral_prompts=load_prompts(neutral)[:limit], reference_texts=load_reference_text(reference)[:limit],
+                mc_items=load_mc(capability)[:limit])
+
+
+def read_ab(path: Optional[Path], limit: Optional[int]) -> list:
+    from ..data._io import read_json
+    from ..errors import SteerwatchError
+
+    if path is None:
+        return []
+    items = read_json(path)
+    if not isinstance(items, list) or not items or not all(isinstance(x, dict) for x in items):
+        raise SteerwatchError(f"{path}: must be a JSON list of CAA A/B items (objects with question, "
+                              "answer_matching_behavior, answer_not_matching_behavior)")
+    for i, it in enumerate(items, 1):
+        missing = [k for k in ("question", "answer_matching_behavior", "answer_not_matching_behavior") if k not in it]
+        if missing:
+            raise SteerwatchError(f"{path}: item {i} lacks {', '.join(missing)}")
+    return items[:limit]
+
+
+def print_rows(rows: list, title: str) -> None:
+    from rich.table import Table
+
+    cols = [c for c in TABLE_COLS if any(r.get(c[0]) is not None for r in rows)]
+    dets = sorted({k for r in rows for k in r if k.startswith("det_") and r[k] is not None})
+    head = ["setting", "layers", "strength", *(c[1] for c in cols), *dets]
+    body = []
+    for r in rows:
+        cells = [("-" if r.get(k) is None else format(r[k], f)) for k, _, f in cols]
+        cells += [("-" if r.get(k) is None else f"{r[k]:.3f}") for k in dets]
+        body.append([r["setting"], ",".join(map(str, r["resolved_layers"])), f"{r['strength']:+g}", *cells])
+    table = Table(*head, title=title)
+    for cells in body:
+        table.add_row(*cells)
+    # never squeeze numbers into ellipses: a narrow terminal wraps the lines instead
+    need = sum(max(len(x) for x in col) + 3 for col in zip(head, *body)) + 1
+    if need <= out.width:
+        out.print(table)
+    else:
+        from rich.console import Console
+
+        Console(width=need, file=out.file).print(table)
+
+
 @app.command("sweep")
 @friendly
 def sweep_cmd(
@@ -25,6 +106,11 @@ def sweep_cmd(
     reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
     capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in; CAA "
                                                          "two-choice files such as the MMLU sample work too)."),
+    open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
+    open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
+    detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
+                                                             "answers, unsteered; repeatable."),
+    max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set (quick looks)."),
     direction: int = typer.Option(1, help="+1: the wanted behaviour is the A/B behaviour-matching answer; -1: its "
                                           "opposite (e.g. sweeping a sycophancy vector down)."),
@@ -34,47 +120,45 @@ def sweep_cmd(
     sample_prompts: Optional[Path] = typer.Option(None, help="Prompts (JSONL or text) to answer at every steering "
                                                              "strength; written to OUTPUT.samples.jsonl and the report."),
     report: Optional[Path] = typer.Option(None, help="Write the HTML report here."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
+                                                           "into this folder; needs steerwatch[plots]."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Dose-response sweep: behaviour (A/B), KL, perplexity and capability at each strength, the
-    prompting baseline, and the recommended strength under a side-effect budget."""
+    prompting baseline, and the recommended strength under a side-effect budget; with --open, also
+    open-ended answers scored (outcome shares, coherence, detector scores). Open-ended answers go to
+    OUTPUT.answers.jsonl."""
     import json
 
-    from rich.table import Table
-
-    from ..data._io import read_json
-    from ..data.reference import load_mc, load_prompts, load_reference_text
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, apply_recommendation, recommend, sweep
     from .extract import parse_layers
     from ..vector import load_vector
 
     vec = load_vector(vector)
-    items = read_json(ab)
-    if not isinstance(items, list) or not items:
-        raise SteerwatchError(f"{ab}: must be a JSON list of CAA A/B items")
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
     if layers and any(x == "auto" or not x for x in layer_sets):
         raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
-    data = SweepData(ab_items=items[:limit], neutral_prompts=load_prompts(neutral)[:limit],
-                     reference_texts=load_reference_text(reference)[:limit], mc_items=load_mc(capability)[:limit])
+    data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit),
+                     **side_effect_sets(neutral=neutral, reference=reference, capability=capability, limit=limit))
     grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
         grid = [0.0, *grid]
     loaded = load(model)
     vec.check_model(loaded)
+    dets = load_detectors(detector, loaded)
+    answers_path = output.with_suffix(".answers.jsonl")
     rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
-                 batch_size=batch_size, log=lambda m: console.print(f"[dim]{m}[/]"))
-    table = Table("setting", "layers", "strength", "behaviour", "KL", "ppl", "capability",
-                  title=f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
-    for r in rows:
-        table.add_row(r["setting"], ",".join(map(str, r["resolved_layers"])), f"{r['strength']:+g}",
-                      f"{r['behaviour']:.3f}", "-" if "kl" not in r else f"{r['kl']:.4f}",
-                      "-" if "ppl" not in r else f"{r['ppl']:.2f}", f"{r['mc_acc']:.3f}")
-    out.print(table)
+                 answers_path=answers_path if data.open_items else None, batch_size=batch_size,
+                 max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"))
+    print_rows(rows, f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
     rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop)
     out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
+    if png:
+        from ..evals.plots import write_pngs
+
+        console.print(f"{len(write_pngs(rows, png, recommendation=rec))} PNG plots in {png}")
     if write:
         apply_recommendation(vec, rec).save(vector)
         console.print(f"wrote the recommendation into {vector}")
@@ -92,6 +176,9 @@ def sweep_cmd(
         path = output.with_suffix(".samples.jsonl")
         path.write_text("".join(json.dumps(x) + "\n" for x in samples), encoding="utf-8")
         console.print(f"samples in {path}")
+    if data.open_items:
+        console.print(f"open-ended answers in {answers_path}")
+        samples += pick_samples(answers_path)
     if report:
         from ..evals.report import render_report
 
@@ -101,29 +188,112 @@ def sweep_cmd(
     console.print(f"rows in {output}")
 
 
+def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
+    """The first few open-ended answers of every (setting, strength, layers), for a report."""
+    from ..data._io import iter_jsonl_objects, read_text
+
+    seen: dict = {}
+    picked = []
+    for _, a in iter_jsonl_objects(read_text(answers_path).splitlines(), path=str(answers_path)):
+        key = (a.get("setting"), a.get("strength"), tuple(a.get("resolved_layers") or ()))
+        if seen.get(key, 0) < per_setting:
+            seen[key] = seen.get(key, 0) + 1
+            picked.append(a)
+    return picked
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    vector: Path = typer.Argument(..., help="The vector file to evaluate."),
+    strength: List[float] = typer.Option(..., help="A strength to evaluate; repeat for several "
+                                                   "(--strength 0.02 --strength 0.05)."),
+    layers: Optional[str] = typer.Option(None, help="Layers to steer, e.g. 9,10,11 (default: the vector's)."),
+    ab: Optional[Path] = typer.Option(None, help="CAA-format A/B file: the behaviour probability at each strength."),
+    open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
+    open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
+    detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
+                                                             "answers, unsteered; repeatable."),
+    system: Optional[str] = typer.Option(None, help="Prompting baseline: this system prompt alone and with steering."),
+    side_effects: bool = typer.Option(True, help="Measure KL, reference perplexity and capability too."),
+    neutral: Optional[Path] = typer.Option(None, help="Neutral prompts for KL (default: built-in)."),
+    reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
+    capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in)."),
+    baseline: bool = typer.Option(True, help="Add the unsteered row (strength 0) for comparison."),
+    max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
+                                          "in .csv, else JSON Lines; open-ended answers go to OUTPUT.answers.jsonl."),
+    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    batch_size: int = typer.Option(8, help="Items per forward pass."),
+) -> None:
+    """Evaluate a vector at one strength or several: the rows of a sweep (behaviour, side effects,
+    open-ended outcome shares and coherence), without the recommendation step."""
+    from ..errors import SteerwatchError
+    from ..evals.sweep import SweepData, evaluate, write_rows
+    from .extract import parse_layers
+    from ..vector import load_vector
+
+    vec = load_vector(vector)
+    layer_list = parse_layers(layers) if layers else None
+    if layer_list == "auto" or (layers and not layer_list):
+        raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
+    if ab is None and open_ is None and not side_effects:
+        raise SteerwatchError("nothing to measure: give --ab FILE and/or --open FILE, or keep --side-effects")
+    sets = side_effect_sets(neutral=neutral, reference=reference, capability=capability,
+                            limit=limit) if side_effects else {}
+    data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit), **sets)
+    loaded = load(model)
+    vec.check_model(loaded)
+    dets = load_detectors(detector, loaded)
+    answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
+    if answers_path is not None and answers_path.exists():
+        answers_path.unlink()
+    rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system, baseline=baseline,
+                    answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens, detectors=dets,
+                    log=lambda m: console.print(f"[dim]{m}[/]"))
+    print_rows(rows, f"{vec.concept} on {loaded.name}")
+    if output is not None:
+        write_rows(rows, output)
+        console.print(f"rows in {output}" + (f", answers in {answers_path}" if answers_path else ""))
+
+
 @app.command("report")
 @friendly
 def report_cmd(
     rows_file: Path = typer.Argument(..., help="Rows written by `steerwatch sweep`."),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
-    samples: Optional[Path] = typer.Option(None, help="Sample generations (OUTPUT.samples.jsonl of a sweep)."),
+    samples: Optional[Path] = typer.Option(None, help="Sample generations (OUTPUT.samples.jsonl of a sweep) or "
+                                                      "open-ended answers (OUTPUT.answers.jsonl)."),
     direction: int = typer.Option(1, help="+1 or -1, as for sweep."),
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token)."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
+                                                           "into this folder; needs steerwatch[plots]."),
 ) -> None:
-    """Render a sweep's rows as a self-contained HTML report with dose-response plots."""
+    """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
+    plots; the recommendation is included when the rows carry behaviour and capability."""
     from ..data._io import iter_jsonl_objects, read_text
     from ..errors import SteerwatchError
     from ..evals.report import render_report
     from ..evals.sweep import recommend
 
     rows = [o for _, o in iter_jsonl_objects(read_text(rows_file).splitlines(), path=str(rows_file))]
-    need = {"setting", "strength", "resolved_layers", "behaviour", "mc_acc"}
+    need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
         if not need <= set(r):
             raise SteerwatchError(f"{rows_file}, row {i}: not a sweep row (needs {', '.join(sorted(need))})")
     sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(), path=str(samples))] if samples else []
-    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop)
+    if any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
+        sample_rows = pick_samples(samples)
+    has_budget = any(r["setting"] == "steer" and r["strength"] == 0 and "behaviour" in r and "mc_acc" in r
+                     for r in rows)
+    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop) \
+        if has_budget else None
     output.write_text(render_report(rows, rec, samples=sample_rows, title=f"steerwatch sweep: {rows_file.name}"),
                       encoding="utf-8")
     console.print(f"wrote {output}")
+    if png:
+        from ..evals.plots import write_pngs
+
+        console.print(f"{len(write_pngs(rows, png, recommendation=rec))} PNG plots in {png}")

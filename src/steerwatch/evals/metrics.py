@@ -171,3 +171,34 @@ def perplexity(nlls: Sequence[tuple[float, int]]) -> float:
 
     total, count = sum(x for x, _ in nlls), sum(n for _, n in nlls)
     return math.exp(total / count)
+
+
+def completion_nll(loaded: "LoadedModel", prompts: Sequence[str], completions: Sequence[str], *,
+                   system: str | None = None, steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+                   force: bool = False) -> list[tuple[float, int]]:
+    """(total negative log-likelihood in nats, number of tokens) of each completion given its
+    prompt, teacher-forced: the prompt as a chat-templated user message (after ``system`` when
+    given), the completion as the assistant's reply; only the completion's tokens are scored (no
+    end-of-turn token, since a completion may have been cut at a token limit). An empty completion
+    gives ``(0.0, 0)``."""
+    import torch
+
+    from ..chat import encode_example
+
+    if len(prompts) != len(completions):
+        raise SteerwatchError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion "
+                              "per prompt")
+    encs = [encode_example(loaded.tokenizer, prompt=p, completion=c, system=system) if c.strip() else None
+            for p, c in zip(prompts, completions)]
+    keep = [i for i, e in enumerate(encs) if e is not None]
+    seqs = [encs[i].ids for i in keep]  # type: ignore[union-attr]
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encs)
+    with _maybe_steer(loaded, steer, force):
+        for idx in _batches(seqs, batch_size):
+            logits, _ = _forward(loaded, seqs, idx)
+            for r, j in enumerate(idx):
+                start, end = encs[keep[j]].span  # type: ignore[union-attr]
+                lp = torch.log_softmax(logits[r, start - 1:end - 1].double(), -1)  # (n, vocab)
+                target = torch.tensor(seqs[j][start:end])
+                out[keep[j]] = (float(-lp[torch.arange(end - start), target].sum()), end - start)
+    return out

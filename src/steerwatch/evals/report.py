@@ -8,23 +8,39 @@ import json
 from typing import Any, Sequence
 
 PANELS = (("behaviour", "behaviour (P of behaviour-matching answer)"), ("kl", "KL vs. unsteered (nats/token)"),
-          ("ppl", "perplexity of reference text"), ("mc_acc", "capability accuracy"))
+          ("ppl", "perplexity of reference text"), ("mc_acc", "capability accuracy"),
+          (("share_corrected", "share_rejected", "share_agreed", "share_evasive"), "open-ended answers (share)"),
+          ("coherent", "share of coherent answers"), ("repeat_4gram", "repeated 4-grams in answers (mean)"),
+          ("answer_ppl_median", "unsteered perplexity of answers (median)"))
+TABLE = ("setting", "resolved_layers", "strength", "behaviour", "kl", "ppl", "mc_acc", "share_corrected",
+         "share_rejected", "share_agreed", "share_evasive", "coherent", "answer_ppl_median")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _series(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, list[tuple[float, float]]]:
+def _series(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+    """Points per line: one line per (setting, layers), and per metric when several are plotted."""
     out: dict[str, list[tuple[float, float]]] = {}
+    groups = {(r["setting"], tuple(r["resolved_layers"])) for r in rows if r["setting"] != "prompt"}
     for r in rows:
-        if metric not in r or r["setting"] == "prompt":
+        if r["setting"] == "prompt":
             continue
-        name = f"{r['setting']} @ {','.join(map(str, r['resolved_layers']))}"
-        out.setdefault(name, []).append((float(r["strength"]), float(r[metric])))
+        group = f"{r['setting']} @ {','.join(map(str, r['resolved_layers']))}"
+        for m in metrics:
+            if r.get(m) is None:
+                continue
+            name = group if len(metrics) == 1 else (_short(m) if len(groups) == 1 else f"{_short(m)} {group}")
+            out.setdefault(name, []).append((float(r["strength"]), float(r[m])))
     return {k: sorted(v) for k, v in out.items()}
 
 
-def svg_plot(rows: Sequence[dict[str, Any]], metric: str, title: str, *, w: int = 420, h: int = 260,
-             marks: dict[str, float] | None = None, chosen: float | None = None) -> str:
-    series = _series(rows, metric)
+def _short(metric: str) -> str:
+    return metric.removeprefix("share_")
+
+
+def svg_plot(rows: Sequence[dict[str, Any]], metric: str | Sequence[str], title: str, *, w: int = 420,
+             h: int = 260, marks: dict[str, float] | None = None, chosen: float | None = None) -> str:
+    """A line plot of ``metric`` (or several metrics in one panel) against strength."""
+    series = _series(rows, [metric] if isinstance(metric, str) else list(metric))
     pts = [p for s in series.values() for p in s] + [(0.0, v) for v in (marks or {}).values()]
     if not pts:
         return f"<p>no data for {html.escape(title)}</p>"
@@ -73,6 +89,17 @@ def svg_plot(rows: Sequence[dict[str, Any]], metric: str, title: str, *, w: int 
     return "".join(parts)
 
 
+def _panels(rows: Sequence[dict[str, Any]]) -> list[tuple[str | tuple[str, ...], str]]:
+    """The panels whose metrics some row carries (detector columns get one panel each)."""
+    def present(m: str) -> bool:
+        return any(r.get(m) is not None for r in rows)
+
+    out: list[tuple[str | tuple[str, ...], str]] = [
+        (m, label) for m, label in PANELS if any(present(x) for x in ([m] if isinstance(m, str) else m))]
+    dets = sorted({k for r in rows for k in r if k.startswith("det_") and not k.endswith("_flagged")})
+    return out + [(d, f"detector {d[4:]}: mean response score") for d in dets]
+
+
 def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any] | None = None, *,
                   samples: Sequence[dict[str, Any]] = (), title: str = "steerwatch sweep") -> str:
     prompt = next((r for r in rows if r["setting"] == "prompt"), None)
@@ -85,13 +112,16 @@ def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any]
             "<p>Dashed lines: the prompting baseline (system-prompt instruction, no vector). Green dotted line: "
             "the recommended strength. Every point was measured in the same run (see the table).</p>",
             "<div class='grid'>"]
-    for metric, label in PANELS:
-        marks = {"prompting": prompt[metric]} if prompt is not None and metric in prompt else None
+    for metric, label in _panels(rows):
+        names = [metric] if isinstance(metric, str) else list(metric)
+        marks = {("prompting" if len(names) == 1 else f"prompting {_short(m)}"): prompt[m] for m in names
+                 if prompt is not None and prompt.get(m) is not None} or None
         body.append(svg_plot(rows, metric, label, marks=marks, chosen=chosen))
     body.append("</div><h2>Recommendation</h2>")
     if recommendation:
         body.append(f"<pre>{html.escape(json.dumps(recommendation, indent=1))}</pre>")
-    cols = ("setting", "resolved_layers", "strength", "behaviour", "kl", "ppl", "mc_acc")
+    cols = [c for c in TABLE if any(c in r for r in rows)] + sorted({k for r in rows for k in r
+                                                                    if k.startswith("det_")})
     body.append("<h2>All rows</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
     for r in rows:
         cells = []
@@ -101,11 +131,15 @@ def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     if samples:
-        body.append("<h2>Sample generations</h2><table><tr><th>strength</th><th>prompt</th><th>answer</th></tr>")
-        for s in samples:
-            body.append(f"<tr><td>{s.get('strength', '')}</td><td style='text-align:left'>"
-                        f"{html.escape(str(s.get('prompt', '')))}</td><td style='text-align:left'>"
-                        f"{html.escape(str(s.get('output', '')))}</td></tr>")
+        extra = [c for c in ("setting", "outcome", "coherent") if any(c in x for x in samples)]
+        body.append("<h2>Sample generations</h2><table><tr><th>strength</th>" + "".join(f"<th>{c}</th>" for c in extra)
+                    + "<th>prompt</th><th>answer</th></tr>")
+        for x in samples:
+            cells = "".join(f"<td>{html.escape(str(x.get(c, '')))}</td>" for c in extra)
+            answer = x.get("output", x.get("answer", ""))
+            body.append(f"<tr><td>{x.get('strength', '')}</td>{cells}<td style='text-align:left'>"
+                        f"{html.escape(str(x.get('prompt', '')))}</td><td style='text-align:left'>"
+                        f"{html.escape(str(answer))}</td></tr>")
         body.append("</table>")
     body.append("</body></html>")
     return "".join(body)

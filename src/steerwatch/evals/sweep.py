@@ -1,58 +1,143 @@
-"""Dose-response sweeps over strengths (and layer sets), with side effects and a prompting
-baseline, as tidy rows; and the recommendation of a strength under a side-effect budget.
+"""Dose-response sweeps over strengths (and layer sets), with side effects, open-ended behaviour
+and a prompting baseline, as tidy rows; and the recommendation of a strength under a side-effect
+budget.
 
 Rows (one per setting) carry: ``setting`` (``steer``, ``prompt`` or ``prompt+steer``),
-``strength``, ``layers``, ``behaviour`` (mean probability of the behaviour-matching A/B answer),
-``kl`` (nats/token vs. unsteered on neutral prompts; steering rows only), ``ppl`` (perplexity of
-the neutral reference text), ``mc_acc`` (capability accuracy), and the item counts. Rows are
-appended to a JSON Lines file as they are computed, and a rerun skips settings already there
+``strength``, ``layers``, ``resolved_layers`` and, for each part of :class:`SweepData` that is
+not empty: ``behaviour`` (mean probability of the behaviour-matching A/B answer), ``kl``
+(nats/token vs. unsteered on neutral prompts; steering rows only), ``ppl`` (perplexity of the
+neutral reference text; steering rows only), ``mc_acc`` (capability accuracy), the open-ended
+columns of :mod:`steerwatch.evals.openended` (shares corrected/rejected/agreed/evasive,
+coherence, detector scores), and the item counts. Rows are appended to a JSON Lines file as they
+are computed, and a rerun skips settings already there with the same columns and item counts
 (resumable).
 """
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import SteerwatchError
+from .coherence import CoherenceBounds
 from .metrics import ab_behaviour_probs, mc_correct, next_token_kl, perplexity, text_nll
+from .openended import open_columns, open_ended
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.reference import MCItem
     from ..models import LoadedModel
     from ..vector import Vector
+    from ..watch.detector import Detector
+    from .bait import BaitItem
 
 
 @dataclass
 class SweepData:
-    ab_items: list[dict[str, Any]]
-    neutral_prompts: list[str]
-    reference_texts: list[str]
-    mc_items: "list[MCItem]"
+    """What to measure at each setting; an empty list skips that measurement."""
+
+    ab_items: list[dict[str, Any]] = field(default_factory=list)
+    neutral_prompts: list[str] = field(default_factory=list)
+    reference_texts: list[str] = field(default_factory=list)
+    mc_items: "list[MCItem]" = field(default_factory=list)
+    open_items: "list[BaitItem]" = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (self.ab_items or self.neutral_prompts or self.reference_texts or self.mc_items or self.open_items):
+            raise SteerwatchError("nothing to measure: give A/B items, open-ended prompts, or side-effect sets")
 
 
 def _key(row: dict[str, Any]) -> tuple:
     return (row["setting"], float(row["strength"]), tuple(row["layers"]) if row["layers"] else None)
 
 
-def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths: Sequence[float],
-          layer_sets: Sequence[Sequence[int] | None] = (None,), system_prompt: str | None = None,
-          out_path: str | Path | None = None, batch_size: int = 8, force: bool = False,
-          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
-    baseline (the instruction alone, and together with each steering setting)."""
+def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]") -> dict[str, Any]:
+    """Columns (with their item counts) a finished row for ``setting`` must carry to be reused."""
+    want: dict[str, Any] = {}
+    if data.ab_items:
+        want.update(behaviour=None, n_ab=len(data.ab_items))
+    if setting != "prompt":
+        if data.neutral_prompts:
+            want.update(kl=None, n_kl=len(data.neutral_prompts))
+        if data.reference_texts:
+            want.update(ppl=None, n_ppl=len(data.reference_texts))
+    if data.mc_items:
+        want.update(mc_acc=None, n_mc=len(data.mc_items))
+    if data.open_items:
+        want.update({c: None for c in open_columns(detectors)}, n_open=len(data.open_items))
+    return want
+
+
+def _reusable(row: dict[str, Any], want: dict[str, Any], max_new_tokens: int) -> bool:
+    if "n_open" in want and row.get("max_new_tokens") != max_new_tokens:
+        return False
+    return all(k in row and (v is None or row[k] == v) for k, v in want.items())
+
+
+def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting: str, strength: float,
+            layers: Sequence[int] | None = None, system_prompt: str | None = None, max_new_tokens: int = 48,
+            detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
+            batch_size: int = 8, force: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One setting's row, and its open-ended answers (one row each; empty without open items)."""
     from ..steer import SteerSpec
 
+    resolved = list(layers) if layers else list(vector.default_layers)
+    steer = [SteerSpec(vector, strength=strength, layers=tuple(resolved))] if setting != "prompt" and strength else None
+    system = system_prompt if setting in ("prompt", "prompt+steer") else None
+    row: dict[str, Any] = {"concept": vector.concept, "setting": setting, "strength": float(strength),
+                           "layers": list(layers) if layers else None, "resolved_layers": resolved}
+    if data.ab_items:
+        behaviour = ab_behaviour_probs(loaded, data.ab_items, steer=steer, batch_size=batch_size, force=force,
+                                       system=system)
+        row.update(behaviour=sum(behaviour) / len(behaviour), n_ab=len(behaviour))
+    if setting != "prompt":  # side effects of the vector (the instruction changes the input itself)
+        if data.neutral_prompts:
+            kl = next_token_kl(loaded, data.neutral_prompts, steer=steer, batch_size=batch_size, force=force)
+            row.update(kl=sum(kl) / len(kl), n_kl=len(kl))
+        if data.reference_texts:
+            row.update(ppl=perplexity(text_nll(loaded, data.reference_texts, steer=steer, force=force)),
+                       n_ppl=len(data.reference_texts))
+    if data.mc_items:
+        acc = mc_correct(loaded, data.mc_items, steer=steer, batch_size=batch_size, force=force, system=system)
+        row.update(mc_acc=sum(acc) / len(acc), n_mc=len(acc))
+    answers: list[dict[str, Any]] = []
+    if data.open_items:
+        cols, answers = open_ended(loaded, data.open_items, steer=steer, system=system, max_new_tokens=max_new_tokens,
+                                   detectors=detectors, bounds=bounds, batch_size=batch_size, force=force)
+        row.update(cols)
+        tag = {"setting": setting, "strength": float(strength), "resolved_layers": resolved}
+        answers = [{**tag, **a} for a in answers]
+    return row, answers
+
+
+def _append(path: Path | None, rows: Sequence[dict[str, Any]]) -> None:
+    if path is not None and rows:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths: Sequence[float],
+          layer_sets: Sequence[Sequence[int] | None] = (None,), system_prompt: str | None = None,
+          out_path: str | Path | None = None, answers_path: str | Path | None = None, batch_size: int = 8,
+          max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
+          bounds: CoherenceBounds = CoherenceBounds(), force: bool = False,
+          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
+    baseline (the instruction alone, and together with each steering setting). With open-ended
+    items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given."""
     if not strengths:
         raise SteerwatchError("give at least one strength")
+    if max_new_tokens < 1:
+        raise SteerwatchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     done: dict[tuple, dict[str, Any]] = {}
     path = Path(out_path) if out_path else None
+    apath = Path(answers_path) if answers_path else None
     if path and path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[_key(row)] = row
+                done[_key(row)] = row  # a later line (a recomputed setting) wins
     rows: list[dict[str, Any]] = []
     settings: list[tuple[str, float, list[int] | None]] = []
     for layers in layer_sets:
@@ -65,32 +150,54 @@ def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths
                 if s != 0:
                     settings.append(("prompt+steer", float(s), list(layers) if layers else None))
     for i, (setting, s, layers) in enumerate(settings):
-        resolved = layers or list(vector.default_layers)
         row_key = (setting, s, tuple(layers) if layers else None)
-        if row_key in done:
-            rows.append(done[row_key])
+        old = done.get(row_key)
+        if old is not None and _reusable(old, _expected(data, setting, detectors), max_new_tokens):
+            rows.append(old)
             continue
         if log:
-            log(f"[{i + 1}/{len(settings)}] {setting} strength {s:+g} layers {resolved}")
-        steer = [SteerSpec(vector, strength=s, layers=tuple(resolved))] if setting != "prompt" and s != 0 else None
-        system = system_prompt if setting in ("prompt", "prompt+steer") else None
-        behaviour = ab_behaviour_probs(loaded, data.ab_items, steer=steer, batch_size=batch_size, force=force,
-                                       system=system)
-        row: dict[str, Any] = {"concept": vector.concept, "setting": setting, "strength": s, "layers": layers,
-                               "resolved_layers": resolved, "behaviour": sum(behaviour) / len(behaviour),
-                               "n_ab": len(behaviour)}
-        if setting != "prompt":  # side effects of the vector (the instruction changes the input itself)
-            kl = next_token_kl(loaded, data.neutral_prompts, steer=steer, batch_size=batch_size, force=force)
-            row["kl"] = sum(kl) / len(kl)
-            row["ppl"] = perplexity(text_nll(loaded, data.reference_texts, steer=steer, force=force))
-        acc = mc_correct(loaded, data.mc_items, steer=steer, batch_size=batch_size, force=force, system=system)
-        row.update(mc_acc=sum(acc) / len(acc), n_mc=len(acc), n_kl=len(data.neutral_prompts),
-                   n_ppl=len(data.reference_texts))
+            log(f"[{i + 1}/{len(settings)}] {setting} strength {s:+g} layers {layers or list(vector.default_layers)}")
+        row, answers = measure(loaded, vector, data, setting=setting, strength=s, layers=layers,
+                               system_prompt=system_prompt, max_new_tokens=max_new_tokens, detectors=detectors,
+                               bounds=bounds, batch_size=batch_size, force=force)
         rows.append(row)
-        if path:
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+        _append(path, [row])
+        _append(apath, answers)
     return rows
+
+
+def evaluate(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths: Sequence[float],
+             layers: Sequence[int] | None = None, system_prompt: str | None = None, baseline: bool = True,
+             answers_path: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 48,
+             detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
+             force: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """``steerwatch eval``: the rows of :func:`sweep` at the given strengths on one layer set (the
+    vector's default layers when None), with the unsteered row first when ``baseline``; no
+    recommendation, nothing resumed."""
+    grid = [float(s) for s in strengths]
+    if baseline and 0.0 not in grid:
+        grid = [0.0, *grid]
+    return sweep(loaded, vector, data, strengths=grid, layer_sets=[layers], system_prompt=system_prompt,
+                 answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                 detectors=detectors, bounds=bounds, force=force, log=log)
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Rows as CSV when ``path`` ends in .csv (lists joined by commas, None empty), else JSON Lines."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        with p.open("w", encoding="utf-8", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else "" if v is None else v)
+                            for k, v in r.items()})
+    else:
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return p
 
 
 def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: float = 0.1,
@@ -105,6 +212,10 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
     base = next((r for r in steer_rows if r["strength"] == 0), None)
     if base is None:
         raise SteerwatchError("the sweep needs a strength-0 row (the unsteered baseline) to recommend from")
+    missing = [k for k in ("behaviour", "mc_acc") if k not in base]
+    if missing:
+        raise SteerwatchError(f"a recommendation needs {' and '.join(missing)} in the rows: sweep with A/B items "
+                              "(--ab) and a capability set")
     ok, rejected = [], []
     for r in steer_rows:
         if r["strength"] == 0:

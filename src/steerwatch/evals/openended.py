@@ -1,0 +1,97 @@
+"""Open-ended behaviour at one setting: generate answers to a prompt set (steered and/or under a
+system prompt), then score them *unsteered*: the rule scorer (corrected / rejected / agreed /
+evasive, for false-premise prompts with truth markers), the coherence measure, and optionally
+detector scores (teacher-forced, unsteered).
+
+:func:`open_ended` returns the summary columns that a sweep row carries and one row per answer.
+Summary columns (``n_open`` answers):
+
+- ``share_corrected``, ``share_rejected``, ``share_agreed``, ``share_evasive``: shares of the
+  answers (they sum to 1);
+- ``coherent``: share of answers the coherence measure passes; ``repeat_4gram``, ``distinct_2``,
+  ``answer_words``: means over the answers; ``answer_ppl`` / ``answer_ppl_median``: mean / median
+  of the unsteered model's perplexity of each non-empty answer given its prompt;
+- per detector ``NAME``: ``det_NAME``, the mean response score, and, when the detector is
+  calibrated, ``det_NAME_flagged``, the share of answers above its threshold.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import SteerwatchError
+from .coherence import CoherenceBounds, coherence_rows
+from .rules import OUTCOMES, classify_answer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+    from ..watch.detector import Detector
+    from .bait import BaitItem
+
+
+def open_columns(detectors: "Sequence[Detector]" = ()) -> list[str]:
+    """The summary columns a row gets from :func:`open_ended` (calibration-dependent ones aside)."""
+    return (["n_open", *(f"share_{o}" for o in OUTCOMES), "coherent", "repeat_4gram", "distinct_2",
+             "answer_words", "answer_ppl", "answer_ppl_median"] + [f"det_{d.name}" for d in detectors])
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def detector_scores(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequence[str],
+                    detectors: "Sequence[Detector]", *, system: str | None = None, batch_size: int = 4,
+                    force: bool = False) -> dict[str, list[float | None]]:
+    """Each detector's response score (its own aggregate over the answer's tokens) per answer,
+    teacher-forced on the conversation [system], user, assistant; None where the answer is empty.
+    Unsteered, like :func:`~steerwatch.evals.coherence.answer_ppl`: call it outside steering."""
+    from ..watch.score import score_conversations
+
+    convs = [([{"role": "system", "content": system}] if system else [])
+             + [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+             for p, a in zip(prompts, answers)]
+    scored = score_conversations(loaded, convs, detectors, batch_size=batch_size, force=force)
+    return {d.name: [sc.response_score(d.name, d.aggregate) if a.strip() else None
+                     for sc, a in zip(scored, answers)] for d in detectors}
+
+
+def open_ended(loaded: "LoadedModel", items: "Sequence[BaitItem]", *, steer: "Sequence[SteerSpec] | None" = None,
+               system: str | None = None, max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
+               bounds: CoherenceBounds = CoherenceBounds(), batch_size: int = 8,
+               force: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Answer every item (greedy, steered with ``steer``, under ``system``) and score the answers
+    unsteered. Returns (summary columns, one row per answer)."""
+    from ..generation import generate
+
+    if not items:
+        raise SteerwatchError("the open-ended prompt set is empty; give at least one prompt")
+    prompts = [it.prompt for it in items]
+    answers = generate(loaded, prompts, steer=list(steer) if steer else None, system=system,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, force=force)
+    outcomes = [classify_answer(a, it.truth_markers, it.claim) for a, it in zip(answers, items)]
+    coh = coherence_rows(loaded, prompts, answers, bounds=bounds, system=system, batch_size=batch_size)
+    dets = detector_scores(loaded, prompts, answers, detectors, system=system, batch_size=batch_size,
+                           force=force) if detectors else {}
+    n = len(answers)
+    ppls = [c["ppl"] for c in coh if c["ppl"] is not None]
+    cols: dict[str, Any] = {"n_open": n, **{f"share_{o}": outcomes.count(o) / n for o in OUTCOMES},
+                            "coherent": sum(c["coherent"] for c in coh) / n,
+                            "repeat_4gram": _mean([c["repeat_4gram"] for c in coh]),
+                            "distinct_2": _mean([c["distinct_2"] for c in coh]),
+                            "answer_words": _mean([c["n_words"] for c in coh]),
+                            "answer_ppl": _mean(ppls), "answer_ppl_median": statistics.median(ppls) if ppls else None,
+                            "max_new_tokens": max_new_tokens}
+    for d in detectors:
+        vals = [v for v in dets[d.name] if v is not None]
+        cols[f"det_{d.name}"] = _mean(vals)
+        if d.threshold is not None:
+            cols[f"det_{d.name}_flagged"] = sum(v > d.threshold for v in vals) / n
+    rows = []
+    for k, (it, a, o, c) in enumerate(zip(items, answers, outcomes, coh)):
+        row = {"id": it.id, "prompt": it.prompt, "answer": a, "outcome": o, "coherent": c["coherent"],
+               "reasons": c["reasons"], "ppl": c["ppl"], "repeat_4gram": c["repeat_4gram"],
+               "distinct_2": c["distinct_2"]}
+        row.update({f"det_{name}": vals[k] for name, vals in dets.items()})
+        rows.append(row)
+    return cols, rows
