@@ -150,14 +150,6 @@ def weights_fingerprint(model: "nn.Module") -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _clear_gguf_marker(model: "nn.Module") -> None:
     """A dequantised GGUF model refuses save_pretrained until the quantizer marker is cleared.
     The weights are plain fp32 tensors at this point, so clearing it is safe."""

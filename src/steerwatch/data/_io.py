@@ -8,6 +8,17 @@ from typing import Any, Iterator
 from ..errors import DataFormatError
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_text(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():

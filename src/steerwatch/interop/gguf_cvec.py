@@ -27,7 +27,6 @@ JSON) and ``steerwatch.strength`` so that an import restores the strength units.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from ..data._io import file_sha256
 from ..errors import LayerResolutionError, SteerSpecError, VectorFileError, VectorMismatchError
 from ..layers import LAYER_CONVENTION
 
@@ -160,14 +160,6 @@ def export_control_vector(vector: "Vector", path: str | Path, *, strength: float
 
 
 # ---------------------------------------------------------------------------------------- read
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _field(reader: Any, key: str) -> Any:
     """A scalar or string metadata value (None if absent or an array), read from the field's raw
     parts so that it works with old gguf releases too (``ReaderField.contents`` is recent)."""
@@ -262,7 +254,7 @@ def read_control_vector(path: str | Path) -> ControlVectorFile:
         path=path, pushes={k: torch.from_numpy(v) for k, v in sorted(pushes.items())}, n_embd=int(n_embd or 0),
         architecture=arch, model_hint=hint if isinstance(hint, str) else None,
         layer_count=int(count) if isinstance(count, (int, float)) else None,
-        sha256=_sha256(path), steerwatch_meta=meta,
+        sha256=file_sha256(path), steerwatch_meta=meta,
         strength=float(strength) if isinstance(strength, (int, float)) else None, notes=notes,
     )
 

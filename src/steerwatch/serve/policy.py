@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..data._io import file_sha256
 from ..errors import SteerwatchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -222,14 +223,6 @@ def load_policy(path: str | Path) -> PolicyFile:
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path} is not valid YAML: {exc}") from None
     return policy_from_dict(data, path=path.resolve())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checked_file(pf: PolicyFile, field_name: str, rel: str, sha: str) -> Path:
