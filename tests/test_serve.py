@@ -275,6 +275,25 @@ def test_policy_without_detectors_serves_unwatched(qwen_chat, tmp_path):
         engine.stop()
 
 
+def test_client_disconnect_mid_stream_loses_nothing(server):
+    """The stream is dropped after its first chunk; the response is still finished, scored and stored."""
+    import time
+
+    before = server.engine.store.count()
+    body = {"model": "tiny-qwen2", "messages": [{"role": "user", "content": "disconnect me"}], "max_tokens": 24,
+            "stream": True}
+    with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {KEYS['user']}"}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # read one event, then hang up
+    deadline = time.monotonic() + 30
+    while server.engine.store.count() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = server.engine.store.list(after_id=0, limit=1000)[-1]
+    assert row["prompt"] == [{"role": "user", "content": "disconnect me"}] and row["flags"] == ["always"]
+    assert len(row["token_scores"]["always"]) > 0
+
+
 def test_guard_refuses_distress_steering_at_start_and_per_request(qwen_chat, tmp_path):
     """The policy guard runs at start-up (a policy whose requests may push the distress direction
     past the bound does not start) and on every request (per-request layers can add pushes)."""
