@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ..errors import SteerwatchError
+from ..layers import check_layers
 from .engine import GenRequest, GenResult
 from .schemas import ChatRequest, CompletionRequest
 
@@ -115,8 +116,6 @@ def create_app(engine: "Engine") -> "FastAPI":
                                code="strength_out_of_bounds")
             try:
                 spec = dep.spec(item.vector, item.strength, layers=item.layers)
-                from ..layers import check_layers
-
                 check_layers(spec.resolved_layers, dep.loaded.n_layers)
             except SteerwatchError as exc:
                 raise ApiError(400, f"steering.{i}: {exc}", param=f"steering.{i}.layers") from None
@@ -155,7 +154,7 @@ def create_app(engine: "Engine") -> "FastAPI":
                           top_p=req.top_p, seed=req.seed, steering=steering_of(req, key),
                           key_name=key.name if key else None, stream=req.stream)
 
-    async def run(gen: GenRequest) -> tuple[asyncio.Queue, Any]:
+    async def run(gen: GenRequest) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
 
@@ -167,7 +166,7 @@ def create_app(engine: "Engine") -> "FastAPI":
 
         gen.sink = sink
         engine.submit(gen)
-        return q, loop
+        return q
 
     async def result_of(q: asyncio.Queue) -> GenResult:
         while True:
@@ -224,6 +223,19 @@ def create_app(engine: "Engine") -> "FastAPI":
                 break
         yield "data: [DONE]\n\n"
 
+    async def respond(gen: GenRequest, req: Any, *, chat: bool) -> Any:
+        """Submit; stream the answer as SSE, or wait for it and return the OpenAI object."""
+        q = await run(gen)
+        if req.stream:
+            return StreamingResponse(stream(q, req, gen, chat=chat), media_type="text/event-stream")
+        res = await result_of(q)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": res.text}} if chat
+                  else {"index": 0, "text": res.text})
+        choice.update(finish_reason=res.finish_reason, logprobs=None)
+        return {"id": ("chatcmpl-" if chat else "cmpl-") + gen.request_id[4:],
+                "object": "chat.completion" if chat else "text_completion", "created": int(gen.created),
+                "model": dep.served_name, "choices": [choice], "usage": usage(res), "steerwatch": ext(res, req)}
+
     # ------------------------------------------------------------------ endpoints
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -250,15 +262,7 @@ def create_app(engine: "Engine") -> "FastAPI":
         except Exception as exc:  # chat templates raise their own error types (jinja)
             raise ApiError(400, f"messages could not be rendered with the model's chat template: {exc}",
                            param="messages") from None
-        gen = make_request(req, key, prompt_ids, msgs, "chat")
-        q, _ = await run(gen)
-        if req.stream:
-            return StreamingResponse(stream(q, req, gen, chat=True), media_type="text/event-stream")
-        res = await result_of(q)
-        return {"id": "chatcmpl-" + gen.request_id[4:], "object": "chat.completion", "created": int(gen.created),
-                "model": dep.served_name, "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                                                       "finish_reason": res.finish_reason, "logprobs": None}],
-                "usage": usage(res), "steerwatch": ext(res, req)}
+        return await respond(make_request(req, key, prompt_ids, msgs, "chat"), req, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -278,15 +282,7 @@ def create_app(engine: "Engine") -> "FastAPI":
             prompt_ids, record = list(tok(text, add_special_tokens=True)["input_ids"]), text
         if not prompt_ids:
             raise ApiError(400, "prompt must not be empty", param="prompt")
-        gen = make_request(req, key, prompt_ids, record, "completion")
-        q, _ = await run(gen)
-        if req.stream:
-            return StreamingResponse(stream(q, req, gen, chat=False), media_type="text/event-stream")
-        res = await result_of(q)
-        return {"id": "cmpl-" + gen.request_id[4:], "object": "text_completion", "created": int(gen.created),
-                "model": dep.served_name, "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason,
-                                                       "logprobs": None}],
-                "usage": usage(res), "steerwatch": ext(res, req)}
+        return await respond(make_request(req, key, prompt_ids, record, "completion"), req, chat=False)
 
     @app.get("/v1/watch/events")
     async def events(request: Request, flagged: bool = False, limit: int = 100, after: int = 0) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..data._io import file_sha256
 from ..errors import SteerwatchError
+from ..layers import check_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -308,9 +309,7 @@ def resolve_policy(pf: PolicyFile, loaded: "LoadedModel") -> Deployment:
                      base_dir=pf.path.parent if pf.path else None)
     for i, vp in enumerate(pol.vectors):
         try:
-            dep.spec(vp.name, vp.strength)  # layers exist in the vector and the model
-            from ..layers import check_layers
-
+            # the layers exist in the vector (SteerSpec checks) and in the model
             check_layers(dep.spec(vp.name, vp.strength).resolved_layers, loaded.n_layers)
         except SteerwatchError as exc:
             raise PolicyError(f"vectors.{i} ({vp.name}): {exc}") from None
