@@ -24,7 +24,8 @@ ITEMS = [{"question": Q, "answer_matching_behavior": "(A)", "answer_not_matching
 
 def test_ab_probs_use_the_letter_tokens_in_both_orders(qwen_chat):
     p = ab_behaviour_probs(qwen_chat, ITEMS, batch_size=2)
-    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-12)  # same question, the two orders
+    # same question, the two orders (in different batches, so float32 batch-shape noise only)
+    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-6)
     ids = _choice_prompt_ids(qwen_chat, Q)
     with torch.inference_mode():
         logits = qwen_chat.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
@@ -89,6 +90,9 @@ def _data():
 def test_sweep_rows_zero_is_unsteered_and_resumable(qwen_chat, tmp_path, monkeypatch):
     v = make_vector(qwen_chat, seed=3, default_layers=(1, 2))
     out = tmp_path / "sweep.jsonl"
+    kl_calls = []
+    real_kl = sweep_mod.next_token_kl
+    monkeypatch.setattr(sweep_mod, "next_token_kl", lambda *a, **k: kl_calls.append(k["steer"]) or real_kl(*a, **k))
     rows = sweep(qwen_chat, v, _data(), strengths=[0.0, 1.0], system_prompt="Be honest.", out_path=out)
     assert [(r["setting"], r["strength"]) for r in rows] == [("steer", 0.0), ("steer", 1.0), ("prompt", 0.0),
                                                             ("prompt+steer", 1.0)]
@@ -100,6 +104,10 @@ def test_sweep_rows_zero_is_unsteered_and_resumable(qwen_chat, tmp_path, monkeyp
     assert "kl" not in rows[2] and rows[2]["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS,
                                                                                    system="Be honest.")) / 3
     assert len(out.read_text().splitlines()) == 4
+    # the vector's side effects are measured once per dose: prompt+steer takes the steer row's
+    assert (rows[3]["kl"], rows[3]["ppl"]) == (rows[1]["kl"], rows[1]["ppl"]) and len(kl_calls) == 2
+    assert rows[3]["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS, system="Be honest.",
+                                                          steer=[SteerSpec(v, strength=1.0)])) / 3
 
     def boom(*a, **k):
         raise AssertionError("recomputed a finished row")

@@ -15,7 +15,9 @@ OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outc
 TABLE_COLS = (("behaviour", "behaviour", ".3f"), ("kl", "KL", ".4f"), ("ppl", "ppl", ".2f"),
               ("mc_acc", "capability", ".3f"), ("share_corrected", "corrected", ".2f"),
               ("share_rejected", "rejected", ".2f"), ("share_agreed", "agreed", ".2f"),
-              ("share_evasive", "evasive", ".2f"), ("coherent", "coherent", ".2f"),
+              ("share_evasive", "evasive", ".2f"), ("judge_share_corrected", "judge corr.", ".2f"),
+              ("judge_share_agreed", "judge agreed", ".2f"), ("judge_share_evasive", "judge evasive", ".2f"),
+              ("judge_rule_agreement", "judge=rule", ".2f"), ("coherent", "coherent", ".2f"),
               ("answer_ppl_median", "answer ppl", ".1f"))
 
 
@@ -30,6 +32,28 @@ def load_open(spec: Optional[str], *, split: Optional[str], limit: Optional[int]
             raise SteerwatchError("--open-split needs --open FILE (or --open builtin)")
         return []
     return load_bait(None if spec == "builtin" else Path(spec), split=split)[:limit]
+
+
+JUDGE_URL_HELP = ("An OpenAI-compatible endpoint (API root, e.g. http://127.0.0.1:8000/v1) whose model labels "
+                  "every open-ended answer corrected/rejected/agreed/evasive, next to the rule scorer; needs --open "
+                  "and --judge-model.")
+
+
+def make_judge(url: Optional[str], model: Optional[str], key_env: Optional[str], timeout: float, has_open: bool):
+    """The LLM judge from the --judge-* options, or None; checked before the model loads."""
+    from ..errors import SteerwatchError
+
+    if url is None:
+        if model is not None or key_env is not None:
+            raise SteerwatchError("--judge-model/--judge-key-env need --judge-url (the judge's endpoint)")
+        return None
+    if model is None:
+        raise SteerwatchError("--judge-url needs --judge-model: the judge's model name as the endpoint knows it")
+    if not has_open:
+        raise SteerwatchError("the LLM judge labels open-ended answers: give --open FILE (or --open builtin) too")
+    from ..evals.judge import Judge
+
+    return Judge(url, model, api_key_env=key_env, timeout=timeout)
 
 
 def load_detectors(paths: Optional[List[Path]], loaded) -> list:
@@ -110,6 +134,11 @@ def sweep_cmd(
     open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
     detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
                                                              "answers, unsteered; repeatable."),
+    judge_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
+    judge_model: Optional[str] = typer.Option(None, help="The judge's model name at --judge-url."),
+    judge_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge's API key "
+                                                           "(none for a server without keys)."),
+    judge_timeout: float = typer.Option(60.0, help="Seconds per judge request."),
     max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set (quick looks)."),
     direction: int = typer.Option(1, help="+1: the wanted behaviour is the A/B behaviour-matching answer; -1: its "
@@ -145,13 +174,15 @@ def sweep_cmd(
     grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
         grid = [0.0, *grid]
+    judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
     loaded = load(model)
     vec.check_model(loaded)
     dets = load_detectors(detector, loaded)
     answers_path = output.with_suffix(".answers.jsonl")
     rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
                  answers_path=answers_path if data.open_items else None, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"))
+                 max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
+                 judge=judge)
     print_rows(rows, f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
     rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop)
     out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
@@ -220,6 +251,11 @@ def eval_cmd(
     reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
     capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in)."),
     baseline: bool = typer.Option(True, help="Add the unsteered row (strength 0) for comparison."),
+    judge_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
+    judge_model: Optional[str] = typer.Option(None, help="The judge's model name at --judge-url."),
+    judge_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge's API key "
+                                                           "(none for a server without keys)."),
+    judge_timeout: float = typer.Option(60.0, help="Seconds per judge request."),
     max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
@@ -243,6 +279,7 @@ def eval_cmd(
     sets = side_effect_sets(neutral=neutral, reference=reference, capability=capability,
                             limit=limit) if side_effects else {}
     data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit), **sets)
+    judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
     loaded = load(model)
     vec.check_model(loaded)
     dets = load_detectors(detector, loaded)
@@ -251,7 +288,7 @@ def eval_cmd(
         answers_path.unlink()
     rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system, baseline=baseline,
                     answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens, detectors=dets,
-                    log=lambda m: console.print(f"[dim]{m}[/]"))
+                    log=lambda m: console.print(f"[dim]{m}[/]"), judge=judge)
     print_rows(rows, f"{vec.concept} on {loaded.name}")
     if output is not None:
         write_rows(rows, output)

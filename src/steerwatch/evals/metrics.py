@@ -36,8 +36,22 @@ def _batches(seqs: Sequence[list[int]], batch_size: int) -> Iterator[list[int]]:
         yield order[start:start + batch_size]
 
 
-def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int]) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width))."""
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return False
+
+
+def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *,
+             last_only: bool = False) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width)).
+
+    ``last_only``: logits at each row's last real position only, shape (b, 1, vocab): the vocabulary
+    projection (a quarter of a small model's compute, and the largest tensor by far) is then done
+    for one position per row instead of all of them, when the model takes ``logits_to_keep``."""
     import torch
 
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
@@ -47,9 +61,15 @@ def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int]) -
     for r, i in enumerate(idx):
         ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
         att[r, : len(seqs[i])] = 1
+    last = torch.tensor([[len(seqs[i]) - 1] for i in idx], dtype=torch.long)
+    kwargs: dict[str, Any] = {}
+    if last_only and _accepts_logits_to_keep(loaded.model):
+        kwargs["logits_to_keep"] = last.to(loaded.device)
     with torch.inference_mode():
         logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device),
-                              use_cache=False).logits.float().cpu()
+                              use_cache=False, **kwargs).logits.float().cpu()
+    if last_only and "logits_to_keep" not in kwargs:
+        logits = torch.take_along_dim(logits, last[..., None], dim=1)
     return logits, att
 
 
@@ -83,10 +103,10 @@ def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Seque
     out: list[list[float] | None] = [None] * len(seqs)
     with _maybe_steer(loaded, steer, force):
         for idx in _batches(seqs, batch_size):
-            logits, _ = _forward(loaded, seqs, idx)
+            logits, _ = _forward(loaded, seqs, idx, last_only=True)
             for r, i in enumerate(idx):
                 ids = _letter_ids(loaded, letters[i])
-                last = logits[r, len(seqs[i]) - 1, ids]
+                last = logits[r, 0, ids]
                 out[i] = torch.softmax(last.double(), -1).tolist()
     return [o for o in out if o is not None]
 
@@ -157,11 +177,10 @@ def text_nll(loaded: "LoadedModel", texts: Sequence[str], *, steer: "Sequence[St
     with _maybe_steer(loaded, steer, force):
         for idx in _batches(seqs, batch_size):
             logits, _ = _forward(loaded, seqs, idx)
-            lp = torch.log_softmax(logits, -1)
             for r, i in enumerate(idx):
-                ids = torch.tensor(seqs[i])
-                n = len(ids)
-                nll = -lp[r, torch.arange(n - 1), ids[1:]].double().sum()
+                n = len(seqs[i])
+                nll = torch.nn.functional.cross_entropy(logits[r, : n - 1].double(), torch.tensor(seqs[i][1:]),
+                                                        reduction="sum")
                 out[i] = (float(nll), n - 1)
     return [o for o in out if o is not None]
 

@@ -12,7 +12,10 @@ Summary columns (``n_open`` answers):
   ``answer_words``: means over the answers; ``answer_ppl`` / ``answer_ppl_median``: mean / median
   of the unsteered model's perplexity of each non-empty answer given its prompt;
 - per detector ``NAME``: ``det_NAME``, the mean response score, and, when the detector is
-  calibrated, ``det_NAME_flagged``, the share of answers above its threshold.
+  calibrated, ``det_NAME_flagged``, the share of answers above its threshold;
+- with an LLM judge (:class:`~steerwatch.evals.judge.Judge`): ``judge_share_<outcome>`` over the
+  answers it could label, ``judge_unparsed``, ``n_judged``, ``judge_model`` and
+  ``judge_rule_agreement`` (the share of labelled answers where judge and rule scorer agree).
 """
 from __future__ import annotations
 
@@ -28,12 +31,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..steer import SteerSpec
     from ..watch.detector import Detector
     from .bait import BaitItem
+    from .judge import Judge
 
 
-def open_columns(detectors: "Sequence[Detector]" = ()) -> list[str]:
+def open_columns(detectors: "Sequence[Detector]" = (), judge: "Judge | None" = None) -> list[str]:
     """The summary columns a row gets from :func:`open_ended` (calibration-dependent ones aside)."""
-    return (["n_open", *(f"share_{o}" for o in OUTCOMES), "coherent", "repeat_4gram", "distinct_2",
+    cols = (["n_open", *(f"share_{o}" for o in OUTCOMES), "coherent", "repeat_4gram", "distinct_2",
              "answer_words", "answer_ppl", "answer_ppl_median"] + [f"det_{d.name}" for d in detectors])
+    if judge is not None:
+        cols += [*(f"judge_share_{o}" for o in OUTCOMES), "judge_unparsed", "n_judged", "judge_rule_agreement"]
+    return cols
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -58,10 +65,11 @@ def detector_scores(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequ
 
 def open_ended(loaded: "LoadedModel", items: "Sequence[BaitItem]", *, steer: "Sequence[SteerSpec] | None" = None,
                system: str | None = None, max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
-               bounds: CoherenceBounds = CoherenceBounds(), batch_size: int = 8,
-               force: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+               bounds: CoherenceBounds = CoherenceBounds(), batch_size: int = 8, force: bool = False,
+               judge: "Judge | None" = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Answer every item (greedy, steered with ``steer``, under ``system``) and score the answers
-    unsteered. Returns (summary columns, one row per answer)."""
+    unsteered (and by ``judge``, when given, with each item's true fact as a hint). Returns
+    (summary columns, one row per answer)."""
     from ..generation import generate
 
     if not items:
@@ -73,6 +81,8 @@ def open_ended(loaded: "LoadedModel", items: "Sequence[BaitItem]", *, steer: "Se
     coh = coherence_rows(loaded, prompts, answers, bounds=bounds, system=system, batch_size=batch_size)
     dets = detector_scores(loaded, prompts, answers, detectors, system=system, batch_size=batch_size,
                            force=force) if detectors else {}
+    labels = judge.label_many(prompts, answers, truths=[it.truth or None for it in items],
+                              progress=True) if judge is not None else None
     n = len(answers)
     ppls = [c["ppl"] for c in coh if c["ppl"] is not None]
     cols: dict[str, Any] = {"n_open": n, **{f"share_{o}": outcomes.count(o) / n for o in OUTCOMES},
@@ -87,11 +97,18 @@ def open_ended(loaded: "LoadedModel", items: "Sequence[BaitItem]", *, steer: "Se
         cols[f"det_{d.name}"] = _mean(vals)
         if d.threshold is not None:
             cols[f"det_{d.name}_flagged"] = sum(v > d.threshold for v in vals) / n
+    if labels is not None:
+        from .judge import agreement, judge_columns
+
+        cols.update(judge_columns(labels), judge_model=judge.model,  # type: ignore[union-attr]
+                    judge_rule_agreement=agreement(outcomes, labels)["agreement"])
     rows = []
     for k, (it, a, o, c) in enumerate(zip(items, answers, outcomes, coh)):
         row = {"id": it.id, "prompt": it.prompt, "answer": a, "outcome": o, "coherent": c["coherent"],
                "reasons": c["reasons"], "ppl": c["ppl"], "repeat_4gram": c["repeat_4gram"],
                "distinct_2": c["distinct_2"]}
         row.update({f"det_{name}": vals[k] for name, vals in dets.items()})
+        if labels is not None:
+            row["judge"] = labels[k]
         rows.append(row)
     return cols, rows

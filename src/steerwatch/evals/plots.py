@@ -30,10 +30,15 @@ LABELS = {"behaviour": "behaviour (P of behaviour-matching answer)", "kl": "KL v
           "coherent": "open-ended: share of coherent answers", "repeat_4gram": "open-ended: repeated 4-grams",
           "distinct_2": "open-ended: distinct bigrams", "answer_words": "open-ended: words per answer",
           "answer_ppl": "open-ended: unsteered perplexity of the answers",
-          "answer_ppl_median": "open-ended: median unsteered perplexity of the answers"}
+          "answer_ppl_median": "open-ended: median unsteered perplexity of the answers",
+          **{f"judge_share_{o}": f"open-ended, LLM judge: share {o}" for o in ("corrected", "rejected", "agreed",
+                                                                                "evasive")},
+          "judge_unparsed": "open-ended, LLM judge: share unparsed",
+          "judge_rule_agreement": "open-ended: judge-rule agreement"}
 # the sweep's own metrics first, in this order; any other numeric column after them, sorted
 PREFERRED = ("behaviour", "kl", "ppl", "mc_acc", "share_corrected", "share_rejected", "share_agreed",
-             "share_evasive", "coherent", "repeat_4gram", "distinct_2", "answer_words", "answer_ppl",
+             "share_evasive", "judge_share_corrected", "judge_share_rejected", "judge_share_agreed",
+             "judge_share_evasive", "judge_unparsed", "judge_rule_agreement", "coherent", "repeat_4gram", "distinct_2", "answer_words", "answer_ppl",
              "answer_ppl_median")
 # numeric columns that are not metrics: the dose itself, settings, and the item counts (n_*)
 NOT_METRICS = frozenset({"strength", "max_new_tokens"})

@@ -10,10 +10,14 @@ from typing import Any, Sequence
 PANELS = (("behaviour", "behaviour (P of behaviour-matching answer)"), ("kl", "KL vs. unsteered (nats/token)"),
           ("ppl", "perplexity of reference text"), ("mc_acc", "capability accuracy"),
           (("share_corrected", "share_rejected", "share_agreed", "share_evasive"), "open-ended answers (share)"),
+          (("judge_share_corrected", "judge_share_rejected", "judge_share_agreed", "judge_share_evasive"),
+           "open-ended answers, LLM judge (share)"),
           ("coherent", "share of coherent answers"), ("repeat_4gram", "repeated 4-grams in answers (mean)"),
           ("answer_ppl_median", "unsteered perplexity of answers (median)"))
 TABLE = ("setting", "resolved_layers", "strength", "behaviour", "kl", "ppl", "mc_acc", "share_corrected",
-         "share_rejected", "share_agreed", "share_evasive", "coherent", "answer_ppl_median")
+         "share_rejected", "share_agreed", "share_evasive", "judge_share_corrected", "judge_share_rejected",
+         "judge_share_agreed", "judge_share_evasive", "judge_unparsed", "judge_rule_agreement", "coherent",
+         "answer_ppl_median")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -34,7 +38,7 @@ def _series(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str,
 
 
 def _short(metric: str) -> str:
-    return metric.removeprefix("share_")
+    return metric.removeprefix("judge_").removeprefix("share_")
 
 
 def svg_plot(rows: Sequence[dict[str, Any]], metric: str | Sequence[str], title: str, *, w: int = 420,
@@ -131,7 +135,7 @@ def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     if samples:
-        extra = [c for c in ("setting", "outcome", "coherent") if any(c in x for x in samples)]
+        extra = [c for c in ("setting", "outcome", "judge", "coherent") if any(c in x for x in samples)]
         body.append("<h2>Sample generations</h2><table><tr><th>strength</th>" + "".join(f"<th>{c}</th>" for c in extra)
                     + "<th>prompt</th><th>answer</th></tr>")
         for x in samples:

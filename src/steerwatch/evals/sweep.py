@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..vector import Vector
     from ..watch.detector import Detector
     from .bait import BaitItem
+    from .judge import Judge
 
 
 @dataclass
@@ -52,7 +53,8 @@ def _key(row: dict[str, Any]) -> tuple:
     return (row["setting"], float(row["strength"]), tuple(row["layers"]) if row["layers"] else None)
 
 
-def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]") -> dict[str, Any]:
+def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]",
+              judge: "Judge | None" = None) -> dict[str, Any]:
     """Columns (with their item counts) a finished row for ``setting`` must carry to be reused."""
     want: dict[str, Any] = {}
     if data.ab_items:
@@ -65,7 +67,9 @@ def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]") ->
     if data.mc_items:
         want.update(mc_acc=None, n_mc=len(data.mc_items))
     if data.open_items:
-        want.update({c: None for c in open_columns(detectors)}, n_open=len(data.open_items))
+        want.update({c: None for c in open_columns(detectors, judge)}, n_open=len(data.open_items))
+        if judge is not None:
+            want.update(n_judged=len(data.open_items), judge_model=judge.model)
     return want
 
 
@@ -78,8 +82,13 @@ def _reusable(row: dict[str, Any], want: dict[str, Any], max_new_tokens: int) ->
 def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting: str, strength: float,
             layers: Sequence[int] | None = None, system_prompt: str | None = None, max_new_tokens: int = 48,
             detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
-            batch_size: int = 8, force: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One setting's row, and its open-ended answers (one row each; empty without open items)."""
+            batch_size: int = 8, force: bool = False, reuse: dict[str, Any] | None = None,
+            judge: "Judge | None" = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One setting's row, and its open-ended answers (one row each; empty without open items).
+
+    ``reuse``: the ``steer`` row of the same strength and layers, when already measured; a
+    ``prompt+steer`` row then takes its KL and perplexity from it instead of measuring them again
+    (both are measured without the system prompt, so they are the same numbers by definition)."""
     from ..steer import SteerSpec
 
     resolved = list(layers) if layers else list(vector.default_layers)
@@ -92,10 +101,12 @@ def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting
                                        system=system)
         row.update(behaviour=sum(behaviour) / len(behaviour), n_ab=len(behaviour))
     if setting != "prompt":  # side effects of the vector (the instruction changes the input itself)
-        if data.neutral_prompts:
+        if setting == "prompt+steer" and reuse is not None:
+            row.update({k: reuse[k] for k in ("kl", "n_kl", "ppl", "n_ppl") if k in reuse})
+        if data.neutral_prompts and "kl" not in row:
             kl = next_token_kl(loaded, data.neutral_prompts, steer=steer, batch_size=batch_size, force=force)
             row.update(kl=sum(kl) / len(kl), n_kl=len(kl))
-        if data.reference_texts:
+        if data.reference_texts and "ppl" not in row:
             row.update(ppl=perplexity(text_nll(loaded, data.reference_texts, steer=steer, force=force)),
                        n_ppl=len(data.reference_texts))
     if data.mc_items:
@@ -104,7 +115,8 @@ def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting
     answers: list[dict[str, Any]] = []
     if data.open_items:
         cols, answers = open_ended(loaded, data.open_items, steer=steer, system=system, max_new_tokens=max_new_tokens,
-                                   detectors=detectors, bounds=bounds, batch_size=batch_size, force=force)
+                                   detectors=detectors, bounds=bounds, batch_size=batch_size, force=force,
+                                   judge=judge)
         row.update(cols)
         tag = {"setting": setting, "strength": float(strength), "resolved_layers": resolved}
         answers = [{**tag, **a} for a in answers]
@@ -122,10 +134,13 @@ def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths
           out_path: str | Path | None = None, answers_path: str | Path | None = None, batch_size: int = 8,
           max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
           bounds: CoherenceBounds = CoherenceBounds(), force: bool = False,
-          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+          log: Callable[[str], None] | None = None, judge: "Judge | None" = None) -> list[dict[str, Any]]:
     """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
     baseline (the instruction alone, and together with each steering setting). With open-ended
-    items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given."""
+    items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given, and
+    labelled by ``judge`` too when given."""
+    if judge is not None and not data.open_items:
+        raise SteerwatchError("an LLM judge labels open-ended answers: give open-ended items too (--open)")
     if not strengths:
         raise SteerwatchError("give at least one strength")
     if max_new_tokens < 1:
@@ -149,17 +164,24 @@ def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths
             for s in strengths:
                 if s != 0:
                     settings.append(("prompt+steer", float(s), list(layers) if layers else None))
+    steer_rows: dict[tuple, dict[str, Any]] = {}
     for i, (setting, s, layers) in enumerate(settings):
         row_key = (setting, s, tuple(layers) if layers else None)
         old = done.get(row_key)
-        if old is not None and _reusable(old, _expected(data, setting, detectors), max_new_tokens):
+        if old is not None and _reusable(old, _expected(data, setting, detectors, judge), max_new_tokens):
             rows.append(old)
+            if setting == "steer":
+                steer_rows[row_key[1:]] = old
             continue
         if log:
             log(f"[{i + 1}/{len(settings)}] {setting} strength {s:+g} layers {layers or list(vector.default_layers)}")
         row, answers = measure(loaded, vector, data, setting=setting, strength=s, layers=layers,
                                system_prompt=system_prompt, max_new_tokens=max_new_tokens, detectors=detectors,
-                               bounds=bounds, batch_size=batch_size, force=force)
+                               bounds=bounds, batch_size=batch_size, force=force,
+                               reuse=steer_rows.get(row_key[1:]) if setting == "prompt+steer" else None,
+                               judge=judge)
+        if setting == "steer":
+            steer_rows[row_key[1:]] = row
         rows.append(row)
         _append(path, [row])
         _append(apath, answers)
@@ -170,7 +192,8 @@ def evaluate(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, streng
              layers: Sequence[int] | None = None, system_prompt: str | None = None, baseline: bool = True,
              answers_path: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 48,
              detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
-             force: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+             force: bool = False, log: Callable[[str], None] | None = None,
+             judge: "Judge | None" = None) -> list[dict[str, Any]]:
     """``steerwatch eval``: the rows of :func:`sweep` at the given strengths on one layer set (the
     vector's default layers when None), with the unsteered row first when ``baseline``; no
     recommendation, nothing resumed."""
@@ -179,7 +202,7 @@ def evaluate(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, streng
         grid = [0.0, *grid]
     return sweep(loaded, vector, data, strengths=grid, layer_sets=[layers], system_prompt=system_prompt,
                  answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                 detectors=detectors, bounds=bounds, force=force, log=log)
+                 detectors=detectors, bounds=bounds, force=force, log=log, judge=judge)
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
