@@ -65,9 +65,56 @@ def test_text_nll_matches_manual(qwen_chat):
 def test_mc_correct_is_the_argmax_letter(qwen_chat):
     items = [MCItem(id=str(k), question=f"Pick {k}", choices=("w", "x", "y", "z"), answer=k) for k in range(4)]
     probs = letter_probs(qwen_chat, [it.render() for it in items], ["ABCD"] * 4)
-    got = mc_correct(qwen_chat, items)
+    got = mc_correct(qwen_chat, items, scoring="letters")
     assert got == [max(range(4), key=p.__getitem__) == k for k, p in enumerate(probs)]
     assert all(abs(sum(p) - 1) < 1e-9 for p in probs)
+
+
+def test_mc_cloze_picks_the_most_likely_choice_text(qwen_chat):
+    from steerwatch.chat import encode_example
+
+    items = [MCItem(id=str(k), question=f"Name thing {k}.", choices=("red apple", "sky", "a b c", "zz top"),
+                    answer=k) for k in range(4)]
+    got = mc_correct(qwen_chat, items)  # cloze is the default
+    for it, ok in zip(items, got):
+        scores = []
+        for c in it.choices:  # manual: sum of log-probs of the choice's tokens as the reply, options not shown
+            enc = encode_example(qwen_chat.tokenizer, prompt=it.question, completion=c)
+            with torch.inference_mode():
+                lp = torch.log_softmax(qwen_chat.model(input_ids=torch.tensor([enc.ids])).logits[0].double(), -1)
+            start, end = enc.span
+            scores.append(sum(float(lp[i - 1, enc.ids[i]]) for i in range(start, end)))
+        assert ok == (max(range(4), key=scores.__getitem__) == it.answer)
+    assert sum(got) == 1  # the same question text for every key: exactly one item is right
+    with pytest.raises(SteerwatchError, match="capability scoring must be one of cloze, letters"):
+        mc_correct(qwen_chat, items, scoring="logits")
+
+
+def test_swap_ab_and_both_orders_cancel_a_letter_preference(qwen_chat):
+    from steerwatch.evals.metrics import swap_ab
+
+    item = {"question": "Your view?\n\nChoices:\n (A) Agree\n (B) Disagree\n", "answer_matching_behavior": "(A)",
+            "answer_not_matching_behavior": "(B)"}
+    sw = swap_ab(item)
+    assert sw["question"] == "Your view?\n\nChoices:\n (A) Disagree\n (B) Agree\n"
+    assert (sw["answer_matching_behavior"], sw["answer_not_matching_behavior"]) == ("(B)", "(A)")
+    assert swap_ab(sw)["question"] == item["question"]
+    given = ab_behaviour_probs(qwen_chat, [item])[0]
+    swapped = ab_behaviour_probs(qwen_chat, [sw])[0]
+    both = ab_behaviour_probs(qwen_chat, [item], orders="both")[0]
+    assert both == pytest.approx((given + swapped) / 2, abs=1e-9) and abs(given - 0.5) > 1e-4
+    # two options with the same text: only letter preference is left, and both orders cancel it exactly
+    same = {"question": "Pick one.\n (A) yes\n (B) yes", "answer_matching_behavior": "(B)",
+            "answer_not_matching_behavior": "(A)"}
+    assert ab_behaviour_probs(qwen_chat, [same], orders="both")[0] == pytest.approx(0.5, abs=1e-9)
+    assert abs(ab_behaviour_probs(qwen_chat, [same])[0] - 0.5) > 1e-4
+    with pytest.raises(SteerwatchError, match="item 1: cannot swap the answer order"):
+        swap_ab({"question": "A or B?\n (A) x\n (B) y\nAnswer:", "answer_matching_behavior": "(A)",
+                 "answer_not_matching_behavior": "(B)"})
+    with pytest.raises(SteerwatchError, match="orders must be one of given, both"):
+        ab_behaviour_probs(qwen_chat, [item], orders="swapped")
+    with pytest.raises(SteerwatchError, match="item 2: cannot swap"):
+        SweepData(ab_items=[item, {**item, "question": "no options"}], ab_orders="both")
 
 
 def test_bad_ab_items():

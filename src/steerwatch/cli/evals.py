@@ -65,6 +65,13 @@ def load_detectors(paths: Optional[List[Path]], loaded) -> list:
     return dets
 
 
+AB_ORDERS_HELP = ("given: each A/B item as written (the CAA protocol); both: also with its two options swapped, "
+                  "averaging the two probabilities of the behaviour-matching answer, which cancels a model's "
+                  "preference for one letter.")
+SCORING_HELP = ("cloze: the choice whose text is most likely as the reply (options not shown); letters: the most "
+                "probable option letter with the options shown (small models often answer one letter regardless).")
+
+
 def side_effect_sets(*, neutral: Optional[Path], reference: Optional[Path], capability: Optional[Path],
                      limit: Optional[int]) -> dict:
     from ..data.reference import load_mc, load_prompts, load_reference_text
@@ -130,6 +137,8 @@ def sweep_cmd(
     reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
     capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in; CAA "
                                                          "two-choice files such as the MMLU sample work too)."),
+    ab_orders: str = typer.Option("given", help=AB_ORDERS_HELP),
+    capability_scoring: str = typer.Option("cloze", help=SCORING_HELP),
     open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
     open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
     detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
@@ -170,6 +179,7 @@ def sweep_cmd(
     if layers and any(x == "auto" or not x for x in layer_sets):
         raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
     data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit),
+                     ab_orders=ab_orders, mc_scoring=capability_scoring,
                      **side_effect_sets(neutral=neutral, reference=reference, capability=capability, limit=limit))
     grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
@@ -241,6 +251,8 @@ def eval_cmd(
                                                    "(--strength 0.02 --strength 0.05)."),
     layers: Optional[str] = typer.Option(None, help="Layers to steer, e.g. 9,10,11 (default: the vector's)."),
     ab: Optional[Path] = typer.Option(None, help="CAA-format A/B file: the behaviour probability at each strength."),
+    ab_orders: str = typer.Option("given", help=AB_ORDERS_HELP),
+    capability_scoring: str = typer.Option("cloze", help=SCORING_HELP),
     open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
     open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
     detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
@@ -278,7 +290,8 @@ def eval_cmd(
         raise SteerwatchError("nothing to measure: give --ab FILE and/or --open FILE, or keep --side-effects")
     sets = side_effect_sets(neutral=neutral, reference=reference, capability=capability,
                             limit=limit) if side_effects else {}
-    data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit), **sets)
+    data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit),
+                     ab_orders=ab_orders, mc_scoring=capability_scoring, **sets)
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
     loaded = load(model)
     vec.check_model(loaded)

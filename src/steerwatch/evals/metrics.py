@@ -7,6 +7,7 @@ unsteered model) and returns per-item values, so sweeps can aggregate them into 
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import SteerwatchError
@@ -111,12 +112,12 @@ def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Seque
     return [o for o in out if o is not None]
 
 
-def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *,
-                       steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
-                       force: bool = False, system: str | None = None) -> list[float]:
-    """CAA A/B items (``question``, ``answer_matching_behavior`` like "(A)"): the probability of the
-    behaviour-matching letter, normalised over A and B."""
-    letters, match = [], []
+_AB_TAIL = re.compile(r"(\n[ \t]*)\(A\)[ \t]*([^\n]*)(\n[ \t]*)\(B\)[ \t]*([^\n]*?)(\s*)\Z")
+AB_ORDERS = ("given", "both")
+
+
+def _ab_letters(items: Sequence[dict[str, Any]]) -> list[int]:
+    match = []
     for k, it in enumerate(items):
         m = str(it.get("answer_matching_behavior", "")).strip().strip("()").strip()
         n = str(it.get("answer_not_matching_behavior", "")).strip().strip("()").strip()
@@ -124,19 +125,81 @@ def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *
             raise SteerwatchError(f"item {k + 1}: answer_matching_behavior/answer_not_matching_behavior must be "
                                   f"'(A)' and '(B)' in some order, got {it.get('answer_matching_behavior')!r} / "
                                   f"{it.get('answer_not_matching_behavior')!r}")
-        letters.append("AB")
         match.append("AB".index(m))
-    probs = letter_probs(loaded, [it["question"] for it in items], letters, steer=steer, batch_size=batch_size,
-                         force=force, system=system)
-    return [p[j] for p, j in zip(probs, match)]
+    return match
+
+
+def swap_ab(item: dict[str, Any], *, index: int = 0) -> dict[str, Any]:
+    """The item with its two options swapped: the question's trailing ``(A) x`` / ``(B) y`` lines
+    become ``(A) y`` / ``(B) x`` and the behaviour-matching letter flips. The options must end the
+    question, one line each (as in the CAA files)."""
+    q = str(item.get("question", ""))
+    m = _AB_TAIL.search(q)
+    if m is None or not m.group(2).strip() or not m.group(4).strip():
+        raise SteerwatchError(f"item {index + 1}: cannot swap the answer order: the question must end with an "
+                              "'(A) ...' line and a '(B) ...' line (use --ab-orders given for other layouts)")
+    lead_a, text_a, lead_b, text_b, tail = m.groups()
+    swapped = q[:m.start()] + f"{lead_a}(A) {text_b.strip()}{lead_b}(B) {text_a.strip()}{tail}"
+    flip = {"(A)": "(B)", "(B)": "(A)"}
+    mb = "(" + "AB"[_ab_letters([item])[0]] + ")"
+    return {**item, "question": swapped, "answer_matching_behavior": flip[mb], "answer_not_matching_behavior": mb}
+
+
+def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *,
+                       steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+                       force: bool = False, system: str | None = None, orders: str = "given") -> list[float]:
+    """CAA A/B items (``question``, ``answer_matching_behavior`` like "(A)"): the probability of the
+    behaviour-matching letter, normalised over A and B.
+
+    ``orders="both"``: each item is also asked with its two options swapped (:func:`swap_ab`) and
+    the two probabilities of the behaviour-matching answer are averaged. A model that prefers one
+    letter whatever it says (small models often do) then scores 0.5 on an item instead of its
+    letter preference, so what is left is the preference for the answer's content."""
+    if orders not in AB_ORDERS:
+        raise SteerwatchError(f"orders must be one of {', '.join(AB_ORDERS)}, got {orders!r}")
+    match = _ab_letters(items)
+    asked = list(items)
+    if orders == "both":
+        asked += [swap_ab(it, index=k) for k, it in enumerate(items)]
+        match += [1 - j for j in match]
+    probs = letter_probs(loaded, [it["question"] for it in asked], ["AB"] * len(asked), steer=steer,
+                         batch_size=batch_size, force=force, system=system)
+    got = [p[j] for p, j in zip(probs, match)]
+    if orders == "both":
+        n = len(items)
+        return [(got[i] + got[n + i]) / 2 for i in range(n)]
+    return got
+
+
+MC_SCORINGS = ("cloze", "letters")
 
 
 def mc_correct(loaded: "LoadedModel", items: "Sequence[MCItem]", *, steer: "Sequence[SteerSpec] | None" = None,
-               batch_size: int = 8, force: bool = False, system: str | None = None) -> list[bool]:
-    """Whether the model's most probable answer letter is the key, per item."""
-    probs = letter_probs(loaded, [it.render() for it in items], [it.letters for it in items], steer=steer,
-                         batch_size=batch_size, force=force, system=system)
-    return [max(range(len(p)), key=p.__getitem__) == it.answer for p, it in zip(probs, items)]
+               batch_size: int = 8, force: bool = False, system: str | None = None,
+               scoring: str = "cloze") -> list[bool]:
+    """Whether the model's answer is the key, per item.
+
+    ``scoring="cloze"`` (default): the answer is the choice whose text is most likely as the
+    assistant's reply to the question (sum of token log-probabilities; the options are not shown),
+    the "acc" of common evaluation harnesses. ``"letters"``: the options are shown lettered and
+    the answer is the most probable letter after "(". Small models often answer one letter
+    whatever the question (the embedded model says "B" with p ~ 0.9 on every item, so letter
+    accuracy is just the share of B keys); cloze scoring does not depend on letter habits."""
+    if scoring not in MC_SCORINGS:
+        raise SteerwatchError(f"capability scoring must be one of {', '.join(MC_SCORINGS)}, got {scoring!r}")
+    if scoring == "letters":
+        probs = letter_probs(loaded, [it.render() for it in items], [it.letters for it in items], steer=steer,
+                             batch_size=batch_size, force=force, system=system)
+        return [max(range(len(p)), key=p.__getitem__) == it.answer for p, it in zip(probs, items)]
+    prompts = [it.question for it in items for _ in it.choices]
+    answers = [c for it in items for c in it.choices]
+    nll = completion_nll(loaded, prompts, answers, system=system, steer=steer, batch_size=batch_size, force=force)
+    out, k = [], 0
+    for it in items:
+        scores = [-nll[k + j][0] for j in range(len(it.choices))]
+        k += len(it.choices)
+        out.append(max(range(len(scores)), key=scores.__getitem__) == it.answer)
+    return out
 
 
 def next_token_kl(loaded: "LoadedModel", prompts: Sequence[str], *, steer: "Sequence[SteerSpec] | None",

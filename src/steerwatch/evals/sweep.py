@@ -4,9 +4,10 @@ budget.
 
 Rows (one per setting) carry: ``setting`` (``steer``, ``prompt`` or ``prompt+steer``),
 ``strength``, ``layers``, ``resolved_layers`` and, for each part of :class:`SweepData` that is
-not empty: ``behaviour`` (mean probability of the behaviour-matching A/B answer), ``kl``
+not empty: ``behaviour`` (mean probability of the behaviour-matching A/B answer; ``ab_orders``
+says whether each item was also asked with its options swapped), ``kl``
 (nats/token vs. unsteered on neutral prompts; steering rows only), ``ppl`` (perplexity of the
-neutral reference text; steering rows only), ``mc_acc`` (capability accuracy), the open-ended
+neutral reference text; steering rows only), ``mc_acc`` (capability accuracy; ``mc_scoring``: cloze or letters), the open-ended
 columns of :mod:`steerwatch.evals.openended` (shares corrected/rejected/agreed/evasive,
 coherence, detector scores), and the item counts. Rows are appended to a JSON Lines file as they
 are computed, and a rerun skips settings already there with the same columns and item counts
@@ -43,8 +44,21 @@ class SweepData:
     reference_texts: list[str] = field(default_factory=list)
     mc_items: "list[MCItem]" = field(default_factory=list)
     open_items: "list[BaitItem]" = field(default_factory=list)
+    ab_orders: str = "given"
+    mc_scoring: str = "cloze"
 
     def __post_init__(self) -> None:
+        from .metrics import AB_ORDERS, MC_SCORINGS
+
+        if self.ab_orders not in AB_ORDERS:
+            raise SteerwatchError(f"ab_orders must be one of {', '.join(AB_ORDERS)}, got {self.ab_orders!r}")
+        if self.mc_scoring not in MC_SCORINGS:
+            raise SteerwatchError(f"mc_scoring must be one of {', '.join(MC_SCORINGS)}, got {self.mc_scoring!r}")
+        if self.ab_orders == "both":  # a layout that cannot be swapped is an error now, not mid-sweep
+            from .metrics import swap_ab
+
+            for k, it in enumerate(self.ab_items):
+                swap_ab(it, index=k)
         if not (self.ab_items or self.neutral_prompts or self.reference_texts or self.mc_items or self.open_items):
             raise SteerwatchError("nothing to measure: give A/B items, open-ended prompts, or side-effect sets")
 
@@ -58,14 +72,14 @@ def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]",
     """Columns (with their item counts) a finished row for ``setting`` must carry to be reused."""
     want: dict[str, Any] = {}
     if data.ab_items:
-        want.update(behaviour=None, n_ab=len(data.ab_items))
+        want.update(behaviour=None, n_ab=len(data.ab_items), ab_orders=data.ab_orders)
     if setting != "prompt":
         if data.neutral_prompts:
             want.update(kl=None, n_kl=len(data.neutral_prompts))
         if data.reference_texts:
             want.update(ppl=None, n_ppl=len(data.reference_texts))
     if data.mc_items:
-        want.update(mc_acc=None, n_mc=len(data.mc_items))
+        want.update(mc_acc=None, n_mc=len(data.mc_items), mc_scoring=data.mc_scoring)
     if data.open_items:
         want.update({c: None for c in open_columns(detectors, judge)}, n_open=len(data.open_items))
         if judge is not None:
@@ -98,8 +112,8 @@ def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting
                            "layers": list(layers) if layers else None, "resolved_layers": resolved}
     if data.ab_items:
         behaviour = ab_behaviour_probs(loaded, data.ab_items, steer=steer, batch_size=batch_size, force=force,
-                                       system=system)
-        row.update(behaviour=sum(behaviour) / len(behaviour), n_ab=len(behaviour))
+                                       system=system, orders=data.ab_orders)
+        row.update(behaviour=sum(behaviour) / len(behaviour), n_ab=len(behaviour), ab_orders=data.ab_orders)
     if setting != "prompt":  # side effects of the vector (the instruction changes the input itself)
         if setting == "prompt+steer" and reuse is not None:
             row.update({k: reuse[k] for k in ("kl", "n_kl", "ppl", "n_ppl") if k in reuse})
@@ -110,8 +124,9 @@ def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting
             row.update(ppl=perplexity(text_nll(loaded, data.reference_texts, steer=steer, force=force)),
                        n_ppl=len(data.reference_texts))
     if data.mc_items:
-        acc = mc_correct(loaded, data.mc_items, steer=steer, batch_size=batch_size, force=force, system=system)
-        row.update(mc_acc=sum(acc) / len(acc), n_mc=len(acc))
+        acc = mc_correct(loaded, data.mc_items, steer=steer, batch_size=batch_size, force=force, system=system,
+                         scoring=data.mc_scoring)
+        row.update(mc_acc=sum(acc) / len(acc), n_mc=len(acc), mc_scoring=data.mc_scoring)
     answers: list[dict[str, Any]] = []
     if data.open_items:
         cols, answers = open_ended(loaded, data.open_items, steer=steer, system=system, max_new_tokens=max_new_tokens,
