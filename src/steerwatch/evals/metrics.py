@@ -46,13 +46,16 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *,
-             last_only: bool = False) -> "tuple[torch.Tensor, torch.Tensor]":
+def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *, last_only: bool = False,
+             positions: "Sequence[Sequence[int]] | None" = None) -> "tuple[torch.Tensor, torch.Tensor]":
     """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width)).
 
-    ``last_only``: logits at each row's last real position only, shape (b, 1, vocab): the vocabulary
-    projection (a quarter of a small model's compute, and the largest tensor by far) is then done
-    for one position per row instead of all of them, when the model takes ``logits_to_keep``."""
+    ``last_only``: logits at each row's last real position only, shape (b, 1, vocab).
+    ``positions``: logits at these positions of each row (one non-empty list per row, in ``idx``
+    order), shape (b, k, vocab) with k the longest list; shorter lists are padded by repeating
+    their last position. Either way the vocabulary projection (a quarter of a small model's
+    compute, and by far the largest tensor) is done only where it is needed, when the model takes
+    ``logits_to_keep``."""
     import torch
 
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
@@ -62,15 +65,20 @@ def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *
     for r, i in enumerate(idx):
         ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
         att[r, : len(seqs[i])] = 1
-    last = torch.tensor([[len(seqs[i]) - 1] for i in idx], dtype=torch.long)
+    keep = None
+    if last_only:
+        positions = [[len(seqs[i]) - 1] for i in idx]
+    if positions is not None:
+        k = max(len(p) for p in positions)
+        keep = torch.tensor([list(p) + [p[-1]] * (k - len(p)) for p in positions], dtype=torch.long)
     kwargs: dict[str, Any] = {}
-    if last_only and _accepts_logits_to_keep(loaded.model):
-        kwargs["logits_to_keep"] = last.to(loaded.device)
+    if keep is not None and _accepts_logits_to_keep(loaded.model):
+        kwargs["logits_to_keep"] = keep.to(loaded.device)
     with torch.inference_mode():
         logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device),
                               use_cache=False, **kwargs).logits.float().cpu()
-    if last_only and "logits_to_keep" not in kwargs:
-        logits = torch.take_along_dim(logits, last[..., None], dim=1)
+    if keep is not None and "logits_to_keep" not in kwargs:
+        logits = torch.take_along_dim(logits, keep[..., None], dim=1)
     return logits, att
 
 
@@ -272,15 +280,16 @@ def completion_nll(loaded: "LoadedModel", prompts: Sequence[str], completions: S
                               "per prompt")
     encs = [encode_example(loaded.tokenizer, prompt=p, completion=c, system=system) if c.strip() else None
             for p, c in zip(prompts, completions)]
-    keep = [i for i, e in enumerate(encs) if e is not None]
+    keep = [i for i, e in enumerate(encs) if e is not None and e.span[1] > e.span[0]]
     seqs = [encs[i].ids for i in keep]  # type: ignore[union-attr]
     out: list[tuple[float, int]] = [(0.0, 0)] * len(encs)
     with _maybe_steer(loaded, steer, force):
         for idx in _batches(seqs, batch_size):
-            logits, _ = _forward(loaded, seqs, idx)
+            spans = [encs[keep[j]].span for j in idx]  # type: ignore[union-attr]
+            logits, _ = _forward(loaded, seqs, idx, positions=[list(range(a - 1, b - 1)) for a, b in spans])
             for r, j in enumerate(idx):
-                start, end = encs[keep[j]].span  # type: ignore[union-attr]
-                lp = torch.log_softmax(logits[r, start - 1:end - 1].double(), -1)  # (n, vocab)
+                start, end = spans[r]
+                lp = torch.log_softmax(logits[r, : end - start].double(), -1)  # (n, vocab)
                 target = torch.tensor(seqs[j][start:end])
                 out[keep[j]] = (float(-lp[torch.arange(end - start), target].sum()), end - start)
     return out
