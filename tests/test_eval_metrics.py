@@ -184,6 +184,27 @@ def test_recommend_respects_the_budget():
         recommend(rows[1:])
 
 
+def test_recommend_on_an_open_ended_objective():
+    """The objective can be any row column or a sum of them; a flat A/B behaviour then does not
+    decide the strength, the open-ended shares do (evasions not counted as honest)."""
+    shares = [(0.10, 0.05), (0.10, 0.45), (0.05, 0.30), (0.30, 0.40), (0.00, 0.90)]  # corrected, rejected
+    kls = [0.0, 0.05, 0.08, 0.2, 0.09]
+    rows = [{**_row(s, 0.5, kl, 0.6 if s != 0.4 else 0.55), "share_corrected": c, "share_rejected": r}
+            for s, kl, (c, r) in zip([0.0, 0.1, 0.2, 0.3, 0.4], kls, shares)]
+    rows.append({"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.5,
+                 "mc_acc": 0.6, "share_corrected": 0.2, "share_rejected": 0.1})
+    rec = recommend(rows, objective="share_corrected+share_rejected")
+    # 0.3 is over the KL budget and 0.4 over the capability budget: 0.1 (0.55) beats 0.2 (0.35)
+    assert rec["strength"] == 0.1 and rec["value"] == pytest.approx(0.55) and rec["shift"] == pytest.approx(0.40)
+    assert rec["prompting"]["value"] == pytest.approx(0.3) and rec["beats_prompting"]
+    assert rec["objective"] == "share_corrected+share_rejected" and rec["behaviour_shift"] == 0
+    assert recommend(rows, objective="share_corrected")["strength"] is None  # nothing in budget raises it
+    with pytest.raises(SteerwatchError, match="no row column 'share_agreed'"):
+        recommend(rows, objective="share_agreed")
+    with pytest.raises(SteerwatchError, match="objective must be a row column"):
+        recommend(rows, objective="share_corrected+")
+
+
 def test_recommendation_is_written_into_the_vector(qwen_chat, tmp_path):
     from steerwatch.vector import load_vector
 

@@ -189,3 +189,31 @@ def test_cli_report_of_eval_rows(cli):
     page = (tmp / "r.html").read_text()
     assert "open-ended answers (share)" in page and "<h2>Sample generations</h2>" in page
     assert page.count("The earth is flat, right?") == 2  # one sample per strength
+
+
+def test_cli_sweep_recommends_on_an_open_ended_objective(cli):
+    run, vp, bait, tmp = cli
+    (tmp / "ab.json").write_text(json.dumps([{"question": "Agree?\n (A) yes\n (B) no", "answer_matching_behavior": "(A)",
+                                              "answer_not_matching_behavior": "(B)"}]))
+    res = run("sweep", vp, "--ab", tmp / "ab.json", "--ab-orders", "both", "--strengths", "0.5,-0.5", "--open", bait,
+              "--max-new-tokens", "3", "--limit", "2", "--objective", "share_corrected+share_rejected",
+              "--max-kl", "100", "--max-capability-drop", "1", "--write", "-o", tmp / "s.jsonl")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp / "s.jsonl").read_text().splitlines()]
+    assert all(r["ab_orders"] == "both" and r["mc_scoring"] == "cloze" for r in rows)
+    from steerwatch.evals.sweep import recommend
+    from steerwatch.vector import load_vector
+
+    rec = load_vector(vp).extra["recommendation"]
+    assert rec["objective"] == "share_corrected+share_rejected"
+    assert rec == json.loads(json.dumps(recommend(rows, objective="share_corrected+share_rejected", max_kl=100,
+                                                  max_capability_drop=1)))
+    res = run("sweep", vp, "--ab", tmp / "ab.json", "--objective", "share_corrected")
+    assert res.exit_code == 2 and "needs open-ended answers" in res.text
+    res = run("sweep", vp, "--ab", tmp / "ab.json", "--capability-scoring", "logits", "--limit", "1")
+    assert res.exit_code == 2 and "--capability-scoring) must be one of cloze, letters" in res.text
+    bad = tmp / "bad_ab.json"
+    bad.write_text(json.dumps([{"question": "Agree? (A) yes or (B) no", "answer_matching_behavior": "(A)",
+                                "answer_not_matching_behavior": "(B)"}]))
+    res = run("sweep", vp, "--ab", bad, "--ab-orders", "both")
+    assert res.exit_code == 2 and "cannot swap the answer order" in res.text

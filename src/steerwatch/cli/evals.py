@@ -152,6 +152,9 @@ def sweep_cmd(
     limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set (quick looks)."),
     direction: int = typer.Option(1, help="+1: the wanted behaviour is the A/B behaviour-matching answer; -1: its "
                                           "opposite (e.g. sweeping a sycophancy vector down)."),
+    objective: str = typer.Option("behaviour", help="What the recommendation maximises (times --direction): "
+                                                    "behaviour (the A/B probability) or any row column or sum of "
+                                                    "columns, e.g. share_corrected+share_rejected with --open."),
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token) vs. unsteered on neutral prompts."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop (fraction)."),
     write: bool = typer.Option(False, help="Write the recommended strength and its evidence into the vector file."),
@@ -170,7 +173,7 @@ def sweep_cmd(
     import json
 
     from ..errors import SteerwatchError
-    from ..evals.sweep import SweepData, apply_recommendation, recommend, sweep
+    from ..evals.sweep import SweepData, apply_recommendation, objective_columns, recommend, sweep
     from .extract import parse_layers
     from ..vector import load_vector
 
@@ -184,6 +187,9 @@ def sweep_cmd(
     grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
         grid = [0.0, *grid]
+    open_cols = [c for c in objective_columns(objective) if c != "behaviour" and c not in ("kl", "ppl", "mc_acc")]
+    if open_cols and not data.open_items:
+        raise SteerwatchError(f"--objective {objective} needs open-ended answers: give --open FILE (or --open builtin)")
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
     loaded = load(model)
     vec.check_model(loaded)
@@ -194,7 +200,8 @@ def sweep_cmd(
                  max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
                  judge=judge)
     print_rows(rows, f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
-    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop)
+    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
+                    objective=objective)
     out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
     if png:
         from ..evals.plots import write_pngs
@@ -316,6 +323,7 @@ def report_cmd(
     samples: Optional[Path] = typer.Option(None, help="Sample generations (OUTPUT.samples.jsonl of a sweep) or "
                                                       "open-ended answers (OUTPUT.answers.jsonl)."),
     direction: int = typer.Option(1, help="+1 or -1, as for sweep."),
+    objective: str = typer.Option("behaviour", help="As for sweep."),
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token)."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop."),
     png: Optional[Path] = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
@@ -326,7 +334,7 @@ def report_cmd(
     from ..data._io import iter_jsonl_objects, read_text
     from ..errors import SteerwatchError
     from ..evals.report import render_report
-    from ..evals.sweep import recommend
+    from ..evals.sweep import objective_columns, recommend
 
     rows = [o for _, o in iter_jsonl_objects(read_text(rows_file).splitlines(), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
@@ -336,10 +344,11 @@ def report_cmd(
     sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(), path=str(samples))] if samples else []
     if any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
         sample_rows = pick_samples(samples)
-    has_budget = any(r["setting"] == "steer" and r["strength"] == 0 and "behaviour" in r and "mc_acc" in r
-                     for r in rows)
-    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop) \
-        if has_budget else None
+    cols = objective_columns(objective)
+    has_budget = any(r["setting"] == "steer" and r["strength"] == 0 and all(r.get(c) is not None for c in cols)
+                     and "mc_acc" in r for r in rows)
+    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
+                    objective=objective) if has_budget else None
     output.write_text(render_report(rows, rec, samples=sample_rows, title=f"steerwatch sweep: {rows_file.name}"),
                       encoding="utf-8")
     console.print(f"wrote {output}")

@@ -51,9 +51,11 @@ class SweepData:
         from .metrics import AB_ORDERS, MC_SCORINGS
 
         if self.ab_orders not in AB_ORDERS:
-            raise SteerwatchError(f"ab_orders must be one of {', '.join(AB_ORDERS)}, got {self.ab_orders!r}")
+            raise SteerwatchError(f"A/B orders (ab_orders, --ab-orders) must be one of {', '.join(AB_ORDERS)}, "
+                                  f"got {self.ab_orders!r}")
         if self.mc_scoring not in MC_SCORINGS:
-            raise SteerwatchError(f"mc_scoring must be one of {', '.join(MC_SCORINGS)}, got {self.mc_scoring!r}")
+            raise SteerwatchError(f"capability scoring (mc_scoring, --capability-scoring) must be one of "
+                                  f"{', '.join(MC_SCORINGS)}, got {self.mc_scoring!r}")
         if self.ab_orders == "both":  # a layout that cannot be swapped is an error now, not mid-sweep
             from .metrics import swap_ab
 
@@ -238,22 +240,45 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return p
 
 
+def objective_columns(objective: str) -> list[str]:
+    """``"behaviour"`` or a sum of row columns such as ``"share_corrected+share_rejected"``."""
+    cols = [c.strip() for c in str(objective).split("+")]
+    if not cols or not all(cols):
+        raise SteerwatchError(f"objective must be a row column or a sum of columns like "
+                              f"share_corrected+share_rejected, got {objective!r}")
+    return cols
+
+
+def _objective(row: dict[str, Any], cols: Sequence[str]) -> float:
+    return sum(float(row[c]) for c in cols)
+
+
 def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: float = 0.1,
-              max_capability_drop: float = 0.02) -> dict[str, Any]:
-    """The steering row with the largest behaviour shift in ``direction`` (+1: raise the behaviour
-    probability, -1: lower it) among rows whose KL <= ``max_kl`` and whose capability accuracy is
-    at most ``max_capability_drop`` below the unsteered row's. Returns the evidence; ``strength`` is
-    None when no non-zero strength fits the budget."""
+              max_capability_drop: float = 0.02, objective: str = "behaviour") -> dict[str, Any]:
+    """The steering row with the largest shift of ``objective`` in ``direction`` (+1: raise it,
+    -1: lower it) among rows whose KL <= ``max_kl`` and whose capability accuracy is at most
+    ``max_capability_drop`` below the unsteered row's. ``objective``: ``behaviour`` (the A/B
+    probability, default) or any numeric row column, or a sum of them (e.g.
+    ``share_corrected+share_rejected``: answers that do not go along with a false claim, evasions
+    not counted). Returns the evidence; ``strength`` is None when no non-zero strength fits the
+    budget and moves the objective the wanted way."""
     if direction not in (1, -1):
         raise SteerwatchError(f"direction must be +1 or -1, got {direction}")
+    cols = objective_columns(objective)
     steer_rows = [r for r in rows if r["setting"] == "steer"]
     base = next((r for r in steer_rows if r["strength"] == 0), None)
     if base is None:
         raise SteerwatchError("the sweep needs a strength-0 row (the unsteered baseline) to recommend from")
-    missing = [k for k in ("behaviour", "mc_acc") if k not in base]
+    missing = [k for k in ("mc_acc", *cols) if k not in base or base[k] is None]
     if missing:
-        raise SteerwatchError(f"a recommendation needs {' and '.join(missing)} in the rows: sweep with A/B items "
-                              "(--ab) and a capability set")
+        hint = {"behaviour": "sweep with A/B items (--ab)", "mc_acc": "keep a capability set"}
+        raise SteerwatchError(f"a recommendation needs {', '.join(missing)} in the rows: "
+                              + "; ".join(hint.get(k, f"no row column {k!r} (open-ended shares need --open)")
+                                          for k in missing))
+    for r in steer_rows:
+        if any(r.get(c) is None for c in cols):
+            raise SteerwatchError(f"the row at strength {r['strength']:+g} lacks {objective}: rerun the sweep "
+                                  "with the same data for every setting")
     ok, rejected = [], []
     for r in steer_rows:
         if r["strength"] == 0:
@@ -264,25 +289,28 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
         if base["mc_acc"] - r["mc_acc"] > max_capability_drop + 1e-12:
             reasons.append(f"capability drop {base['mc_acc'] - r['mc_acc']:.3f} > {max_capability_drop}")
         (rejected if reasons else ok).append((r, reasons))
-    best = max(ok, key=lambda t: (direction * (t[0]["behaviour"] - base["behaviour"]), -abs(t[0]["strength"])),
-               default=None)
+    b0 = _objective(base, cols)
+    best = max(ok, key=lambda t: (direction * (_objective(t[0], cols) - b0), -abs(t[0]["strength"])), default=None)
     prompt = next((r for r in rows if r["setting"] == "prompt"), None)
     out: dict[str, Any] = {
         "budget": {"max_kl": max_kl, "max_capability_drop": max_capability_drop}, "direction": direction,
-        "baseline": {"behaviour": base["behaviour"], "mc_acc": base["mc_acc"], "ppl": base.get("ppl")},
+        "objective": objective,
+        "baseline": {"value": b0, "behaviour": base.get("behaviour"), "mc_acc": base["mc_acc"], "ppl": base.get("ppl")},
         "rejected": [{"strength": r["strength"], "layers": r["resolved_layers"], "why": w} for r, w in rejected],
     }
-    if best is None or direction * (best[0]["behaviour"] - base["behaviour"]) <= 0:
-        out.update(strength=None, reason="no strength within the budget moves the behaviour in the wanted direction")
+    if best is None or direction * (_objective(best[0], cols) - b0) <= 0:
+        out.update(strength=None, reason=f"no strength within the budget moves {objective} in the wanted direction")
         return out
     r = best[0]
-    out.update(strength=r["strength"], layers=r["resolved_layers"], behaviour=r["behaviour"],
-               shift=r["behaviour"] - base["behaviour"], kl=r.get("kl"), mc_acc=r["mc_acc"],
+    out.update(strength=r["strength"], layers=r["resolved_layers"], value=_objective(r, cols),
+               shift=_objective(r, cols) - b0, behaviour=r.get("behaviour"), kl=r.get("kl"), mc_acc=r["mc_acc"],
                capability_change=r["mc_acc"] - base["mc_acc"], ppl=r.get("ppl"))
-    if prompt is not None:
-        out["prompting"] = {"behaviour": prompt["behaviour"], "shift": prompt["behaviour"] - base["behaviour"],
-                            "mc_acc": prompt["mc_acc"]}
-        out["beats_prompting"] = direction * (r["behaviour"] - prompt["behaviour"]) > 0
+    if base.get("behaviour") is not None and r.get("behaviour") is not None:
+        out["behaviour_shift"] = r["behaviour"] - base["behaviour"]
+    if prompt is not None and all(prompt.get(c) is not None for c in cols):
+        out["prompting"] = {"value": _objective(prompt, cols), "shift": _objective(prompt, cols) - b0,
+                            "behaviour": prompt.get("behaviour"), "mc_acc": prompt.get("mc_acc")}
+        out["beats_prompting"] = direction * (_objective(r, cols) - _objective(prompt, cols)) > 0
     return out
 
 
