@@ -40,7 +40,7 @@ def _planted(seed: int, *, a: float = 3.0, noise: float = 1.5, topic: float = 10
 # mean): it ignores the pairing and finds the concept only when the concept dominates the
 # variance. logistic is an unpaired probe too, but its covariance-aware fit discounts a large
 # topic that is orthogonal to the concept.
-TOPIC_ROBUST = ["mean_diff", "pca_diff", "logistic"]
+TOPIC_ROBUST = ["mean_diff", "pca_diff", "logistic", "lda"]
 
 
 def _check_recovery(method, pos, neg, v):
@@ -96,6 +96,25 @@ def test_logistic_is_fit_on_standardised_features_and_mapped_back():
     want = d1 / c
     assert float(d2 @ (want / want.norm())) > 0.9999
     assert float(d2 @ d1) < 0.9  # the rescaling really changes the raw direction
+
+
+def test_lda_discounts_shared_nuisance_for_unpaired_separation():
+    """A concept that is a small, consistent shift along v, with a large between-pair 'topic'
+    that overlaps v: mean_diff points along v, so the topic leaks into every unpaired score; lda
+    whitens it out and separates held-out examples far better. shrinkage=1 is mean_diff exactly."""
+    from steerwatch.extract.methods import lda
+
+    pos, neg, v, basis = _planted(5, a=1.0, noise=0.5, topic=6.0, topic_orthogonal=False, n=400)
+    assert (basis @ v).norm() > 0.2
+    tr, va = slice(0, 200), slice(200, 400)
+    aucs = {}
+    for method in ("mean_diff", "lda"):
+        d = extract_direction(method, pos[tr], neg[tr])
+        aucs[method] = auroc(pos[va] @ d, neg[va] @ d)
+    assert aucs["lda"] > 0.98 and aucs["lda"] - aucs["mean_diff"] > 0.1, aucs
+    torch.testing.assert_close(lda(pos, neg, shrinkage=1.0), extract_direction("mean_diff", pos, neg))
+    with pytest.raises(ExtractionError, match="shrinkage must be in"):
+        lda(pos, neg, shrinkage=0.0)
 
 
 def test_mean_diff_exact():

@@ -39,7 +39,7 @@ def extract_cmd(
                                            "a CAA A/B .json file, or a persona .json file with --persona."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
-    method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_center or logistic."),
+    method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_center, logistic or lda."),
     read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
     layers: str = typer.Option("auto", help="'auto' (a window centred on the best validation AUROC in the middle "
                                             "of the network) or e.g. 10,12."),
