@@ -228,6 +228,33 @@ def test_unknown_concept_lists_builtins():
 
 
 # ---------------------------------------------------------------------------- built-in concepts
+def test_card_settings_block(monkeypatch, tmp_path):
+    import steerwatch.data as data_mod
+    from steerwatch.errors import ExtractionError
+    from steerwatch.extract.build import resolve_method
+
+    (tmp_path / "demo.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": f"q{i}", "positive": f"good {i}", "negative": f"bad {i}",
+                              "split": "val" if i % 4 == 0 else "train"}) for i in range(8)) + "\n")
+    (tmp_path / "demo.md").write_text("---\nmethod: lda\n---\n# Concept card: demo\nText.\n")
+    monkeypatch.setattr(data_mod, "_concept_dir", lambda: tmp_path)
+    assert data_mod.concept_settings("demo") == {"method": "lda"}
+    assert data_mod.concept_card("demo") == "# Concept card: demo\nText.\n"   # settings are not card text
+    cs = load_concept("demo")
+    assert cs.default_method == "lda"
+    assert resolve_method(None, cs) == "lda" and resolve_method("pca_diff", cs) == "pca_diff"
+    assert resolve_method(None, ContrastSet(name="file", pairs=cs.pairs)) == "mean_diff"
+    (tmp_path / "demo.md").write_text("---\nmethod: ldaa\n---\ncard\n")
+    with pytest.raises(ExtractionError, match="unknown method 'ldaa'; valid: mean_diff"):
+        load_concept("demo")
+    (tmp_path / "demo.md").write_text("---\nmethd: lda\n---\ncard\n")
+    with pytest.raises(DataFormatError, match=r"demo.md.*line 2.*must be one of method"):
+        load_concept("demo")
+    (tmp_path / "demo.md").write_text("---\nmethod: lda\n")
+    with pytest.raises(DataFormatError, match="never closed"):
+        data_mod.concept_card("demo")
+
+
 def test_there_are_builtin_concepts():
     assert len(list_concepts()) >= 1
 

@@ -12,7 +12,7 @@ from steerwatch.chat import encode_example, render_prompt
 from steerwatch.data import ContrastPair, ContrastSet
 from steerwatch.errors import ExtractionError, LayerResolutionError
 from steerwatch.extract import METHODS, check_method, extract_direction
-from steerwatch.extract.build import AUTO_BAND, build_vector, resolve_read
+from steerwatch.extract.build import AUTO_BAND, build_vector, resolve_read, resolve_read_method
 from steerwatch.extract.metrics import auroc, separation
 from steerwatch.record import NormStats, record
 
@@ -371,6 +371,37 @@ def test_build_vector_end_to_end(method, which, request):
     # the tiny model does separate vowels from digits (pooled PCA, which ignores the pairing,
     # picks up other variation too: only require it to beat chance clearly)
     assert vec.validation[chosen]["auroc"] >= (0.7 if method == "pca_center" else 0.95)
+
+
+def test_build_vector_with_read_directions(qwen):
+    data = _contrast()
+    plain, _ = build_vector(qwen, data, progress=False, batch_size=4)
+    vec, rows = build_vector(qwen, data, read_method="lda", progress=False, batch_size=4)
+    assert plain.read_directions == {} and plain.read_method is None
+    assert vec.method == "mean_diff" and vec.read_method == "lda" and set(vec.read_directions) == set(vec.layers)
+    ordered = data.train + data.val
+    pos_ex = [encode_example(qwen.tokenizer, prompt=p.prompt, completion=p.positive) for p in ordered]
+    neg_ex = [encode_example(qwen.tokenizer, prompt=p.prompt, completion=p.negative) for p in ordered]
+    layers = list(range(qwen.n_layers))
+    fp = record(qwen, pos_ex, layers=layers, read="completion_mean")
+    fn = record(qwen, neg_ex, layers=layers, read="completion_mean")
+    for layer in layers:
+        # the steering directions are untouched by the read method, and the defaults are theirs
+        assert torch.equal(vec.directions[layer], plain.directions[layer])
+        r = vec.read_directions[layer]
+        assert float(r @ extract_direction("lda", fp[:14, layer], fn[:14, layer])) > 0.9999
+        sep = separation(fp[14:, layer] @ r, fn[14:, layer] @ r)
+        assert rows[layer].read_auroc == pytest.approx(sep["auroc"], abs=1e-6) == vec.read_auroc(layer)
+        assert rows[layer].auroc == vec.auroc(layer) == plain.auroc(layer)
+    assert vec.default_layers == plain.default_layers
+    # same method for both: no separate read directions; "none" turns a concept default off
+    assert resolve_read_method("mean_diff", data, "mean_diff") is None
+    assert resolve_read_method("none", ContrastSet(name="c", pairs=data.pairs, default_read_method="lda"),
+                               "mean_diff") is None
+    assert resolve_read_method(None, ContrastSet(name="c", pairs=data.pairs, default_read_method="lda"),
+                               "mean_diff") == "lda"
+    with pytest.raises(ExtractionError, match="unknown method 'ldaa'"):
+        build_vector(qwen, data, read_method="ldaa", progress=False)
 
 
 def test_build_vector_explicit_layers_and_errors(qwen):

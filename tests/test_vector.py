@@ -246,3 +246,44 @@ def test_check_model(qwen):
     deep = make_vector(qwen, layers=[0, 7], default_layers=[7])
     with pytest.raises(VectorMismatchError, match="layers up to 7"):
         deep.check_model(qwen, force=True)
+
+
+def _with_read(vec, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    reads = {}
+    for layer in vec.layers:
+        r = torch.randn(vec.hidden_size, generator=g)
+        reads[layer] = r / r.norm()
+    return dataclasses.replace(vec, read_directions=reads, read_method="lda",
+                               read_validation={layer: {"auroc": 0.9 - layer / 100, "paired_acc": 1.0, "cohens_d": 2.0}
+                                                for layer in vec.layers})
+
+
+def test_read_directions_round_trip_and_access(vec, tmp_path):
+    assert vec.read_direction(2) is vec.directions[2] and vec.read_auroc(2) == vec.auroc(2)  # none: steering ones
+    rv = _with_read(vec)
+    back = load_vector(rv.save(tmp_path / "r.sv"))
+    assert back.read_method == "lda" and back.read_validation == rv.read_validation
+    for layer in vec.layers:
+        assert torch.equal(back.read_directions[layer], rv.read_directions[layer])
+        assert torch.equal(back.directions[layer], vec.directions[layer])
+        assert torch.equal(back.read_direction(layer), rv.read_directions[layer])
+        assert back.read_auroc(layer) == pytest.approx(0.9 - layer / 100)
+        assert back.auroc(layer) == vec.auroc(layer)  # the steering directions keep their own validation
+    # arithmetic makes a new direction; the read directions of its terms do not describe it
+    assert (-back).read_directions == {} and (-back).read_method is None
+
+
+def test_read_directions_must_cover_the_same_layers(vec, tmp_path):
+    rv = _with_read(vec)
+    rv.read_directions.pop(3)
+    with pytest.raises(VectorFileError, match=r"read directions for layers \[0, 1, 2\] but directions for \[0, 1, 2, 3\]"):
+        rv.save(tmp_path / "bad.sv")
+    tensors, meta = _valid(vec)
+    tensors["read.1"] = vec.directions[1].clone()
+    _expect(_write(tmp_path / "partial.sv", tensors, meta), "read directions for layers [1]", "same layers")
+    tensors["read.1"] = vec.directions[1] * 3
+    _expect(_write(tmp_path / "nonunit.sv", tensors, meta), "read.1", "unit vectors")
+    tensors.pop("read.1")
+    tensors["reader.1"] = vec.directions[1].clone()
+    _expect(_write(tmp_path / "name.sv", tensors, meta), "unexpected tensor 'reader.1'", "read.<layer>")

@@ -80,6 +80,34 @@ def test_scores_equal_manual_dot_product_in_batches(fixture, request):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_detector_reads_the_read_directions(qwen, tmp_path):
+    import dataclasses
+
+    from steerwatch.watch.detector import best_layer
+
+    v = make_vector(qwen, seed=1, concept="cheating")
+    v.validation = {layer: {"auroc": 0.6 + layer / 100} for layer in v.layers}  # steering: best at the last layer
+    reads = make_vector(qwen, seed=9).directions
+    rv = dataclasses.replace(v, read_directions=reads, read_method="lda",
+                             read_validation={layer: {"auroc": 0.99 if layer == 1 else 0.7} for layer in v.layers})
+    assert best_layer(v) == qwen.n_layers - 1 and best_layer(rv) == 1   # chosen by the read AUROC
+    det = Detector.from_vector(rv)
+    assert det.layer == 1 and torch.equal(det.unit(), reads[1])
+    conv = _convs()[:2]
+    got = score_conversations(qwen, conv, [det])
+    # exactly what a detector on a vector whose directions *are* the read directions scores
+    want = score_conversations(qwen, conv, [Detector(vector=dataclasses.replace(v, directions=reads), layer=1)])
+    for g, w in zip(got, want):
+        assert g.scores["cheating"] == w.scores["cheating"]
+    # a detector file notices a change of the read directions alone
+    vp = tmp_path / "c.sv"
+    rv.save(vp)
+    path = Detector.from_vector(rv, vector_path=str(vp)).save(tmp_path / "c.det.json")
+    dataclasses.replace(rv, read_directions=make_vector(qwen, seed=10).directions).save(vp)
+    with pytest.raises(VectorFileError, match="changed since"):
+        load_detector(path)
+
+
 def test_aggregates(qwen):
     v = make_vector(qwen, seed=3, concept="c")
     sc = score_conversations(qwen, [Conversation(id="c", messages=AGENT)], [Detector(vector=v, layer=1)])[0]

@@ -3,6 +3,10 @@
 File layout (extension ``.sv`` by convention, any name works):
   tensors  ``direction.<layer>``: float32, shape (hidden_size,), unit norm; the positive
            direction points towards the concept's *positive* side (e.g. honest, sycophantic).
+           Optionally ``read.<layer>`` for the same layers: a second set of unit directions,
+           extracted with ``read_method`` from the same activations, that detectors read instead
+           of ``direction`` (a direction that separates well is not always one that steers well:
+           the mean difference steers best, a covariance-whitened one reads best).
   header   ``__metadata__["steerwatch"]``: JSON with the fields of :class:`Vector` below.
 
 Layer numbers follow :data:`steerwatch.layers.LAYER_CONVENTION` (output of decoder block i).
@@ -50,6 +54,10 @@ class Vector:
     dataset: dict[str, Any] = field(default_factory=dict)  # name, sha256, n_train, n_val
     validation: dict[int, dict[str, float]] = field(default_factory=dict)  # layer -> {"auroc", ...}
     recommended_strength: float | None = None
+    # directions for reading (detectors), when they differ from the steering ones; same layers
+    read_directions: "dict[int, torch.Tensor]" = field(default_factory=dict)
+    read_method: str | None = None
+    read_validation: dict[int, dict[str, float]] = field(default_factory=dict)
     library_version: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +92,23 @@ class Vector:
 
     def auroc(self, layer: int) -> float | None:
         row = self.validation.get(layer)
+        return None if row is None else row.get("auroc")
+
+    def read_direction(self, layer: int) -> "torch.Tensor":
+        """The direction a detector reads at ``layer``: the read direction when the vector has
+        them, else the steering direction."""
+        if not self.read_directions:
+            return self.direction(layer)
+        if layer not in self.read_directions:
+            raise VectorFileError(f"vector {self.concept!r} has no read direction for layer {layer}; "
+                                  f"it has layers {sorted(self.read_directions)}")
+        return self.read_directions[layer]
+
+    def read_auroc(self, layer: int) -> float | None:
+        """Validation AUROC of :meth:`read_direction` at ``layer``."""
+        if not self.read_directions:
+            return self.auroc(layer)
+        row = self.read_validation.get(layer)
         return None if row is None else row.get("auroc")
 
     # ------------------------------------------------------------------ checks
@@ -158,9 +183,11 @@ class Vector:
     def metadata(self) -> dict[str, Any]:
         meta = asdict(self)
         meta.pop("directions")
+        meta.pop("read_directions")
         meta["format_version"] = FORMAT_VERSION
         meta["residual_norm"] = {str(k): v for k, v in self.residual_norm.items()}
         meta["validation"] = {str(k): v for k, v in self.validation.items()}
+        meta["read_validation"] = {str(k): v for k, v in self.read_validation.items()}
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -168,13 +195,17 @@ class Vector:
         from safetensors.torch import save_file
 
         path = Path(path)
+        if self.read_directions and set(self.read_directions) != set(self.directions):
+            raise VectorFileError(f"refusing to save: read directions for layers {sorted(self.read_directions)} "
+                                  f"but directions for {self.layers}; they must cover the same layers")
         tensors = {}
-        for layer, d in self.directions.items():
-            t = d.detach().to("cpu", torch.float32).contiguous()
-            if t.shape != (self.hidden_size,) or not torch.isfinite(t).all():
-                raise VectorFileError(f"refusing to save: direction for layer {layer} has shape "
-                                      f"{tuple(t.shape)} or non-finite values")
-            tensors[f"direction.{layer}"] = t
+        for prefix, dirs in (("direction", self.directions), ("read", self.read_directions)):
+            for layer, d in dirs.items():
+                t = d.detach().to("cpu", torch.float32).contiguous()
+                if t.shape != (self.hidden_size,) or not torch.isfinite(t).all():
+                    raise VectorFileError(f"refusing to save: {prefix} for layer {layer} has shape "
+                                          f"{tuple(t.shape)} or non-finite values")
+                tensors[f"{prefix}.{layer}"] = t
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"steerwatch": json.dumps(self.metadata())})
         return path
@@ -237,10 +268,12 @@ def load_vector(path: str | Path) -> Vector:
         raise VectorFileError(f"{path}: could not read tensors ({exc})") from None
     hidden = int(meta["hidden_size"])
     directions: dict[int, torch.Tensor] = {}
+    read_dirs: dict[int, torch.Tensor] = {}
     for key, t in raw.items():
-        if not key.startswith("direction.") or not key[10:].isdigit():
-            raise VectorFileError(f"{path}: unexpected tensor {key!r}; expected direction.<layer>")
-        layer = int(key[10:])
+        prefix, _, num = key.partition(".")
+        if prefix not in ("direction", "read") or not num.isdigit():
+            raise VectorFileError(f"{path}: unexpected tensor {key!r}; expected direction.<layer> or read.<layer>")
+        layer = int(num)
         if t.shape != (hidden,):
             raise VectorFileError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected ({hidden},) "
                                   "from the metadata's hidden_size")
@@ -249,9 +282,12 @@ def load_vector(path: str | Path) -> Vector:
         n = float(t.norm())
         if not math.isclose(n, 1.0, rel_tol=1e-3):
             raise VectorFileError(f"{path}: tensor {key} has norm {n:.4g}; directions must be unit vectors")
-        directions[layer] = t.to(torch.float32)
+        (directions if prefix == "direction" else read_dirs)[layer] = t.to(torch.float32)
     if not directions:
         raise VectorFileError(f"{path} holds no directions")
+    if read_dirs and set(read_dirs) != set(directions):
+        raise VectorFileError(f"{path}: read directions for layers {sorted(read_dirs)} but directions for "
+                              f"{sorted(directions)}; they must cover the same layers")
     norms = {int(k): v for k, v in meta["residual_norm"].items()}
     for layer in directions:
         st = norms.get(layer)
@@ -268,6 +304,9 @@ def load_vector(path: str | Path) -> Vector:
         read_position=meta["read_position"], default_layers=defaults, residual_norm=norms,
         n_model_layers=meta.get("n_model_layers"), layer_convention=meta["layer_convention"],
         dataset=meta.get("dataset", {}), validation={int(k): v for k, v in meta.get("validation", {}).items()},
-        recommended_strength=meta.get("recommended_strength"), library_version=meta.get("library_version", ""),
+        recommended_strength=meta.get("recommended_strength"), read_directions=read_dirs,
+        read_method=meta.get("read_method"),
+        read_validation={int(k): v for k, v in (meta.get("read_validation") or {}).items()},
+        library_version=meta.get("library_version", ""),
         created_at=meta.get("created_at", ""), extra=meta.get("extra", {}),
     )

@@ -33,7 +33,8 @@ def check_cmd(
                                         help="Also build each concept's vector on this model and report its "
                                              "validation AUROC by layer, and the cosine matrix between concepts."),
     save: Optional[Path] = typer.Option(None, help="With --model: write each concept's vector to DIR/<name>.sv."),
-    method: str = typer.Option("mean_diff", help="Extraction method for --model."),
+    method: Optional[str] = typer.Option(None, help="Extraction method for --model (default: each concept's own, "
+                                                    "see `steerwatch concepts`; mean_diff for files)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass (--model)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON to this file."),
     verbose: bool = typer.Option(False, "-v", help="Print every layer's AUROC, not only the best."),
@@ -49,7 +50,8 @@ def check_cmd(
     from ..extract.methods import check_method
 
     targets = list(targets or builtin_targets())
-    check_method(method)
+    if method is not None:
+        check_method(method)
     rows = run_checks(targets)
     table = Table("set", "check", "status", "detail", title="data checks")
     for r in rows:
@@ -64,12 +66,15 @@ def check_cmd(
         loaded = load(model)
         vectors, quality = build_library(loaded, concepts, method=method, batch_size=batch_size, save_dir=save,
                                          log=lambda m: console.print(f"[dim]{m}[/]"))
-        qt = Table("concept", "train/val", "best layer", "best val AUROC", "paired acc", "default layers",
-                   title=f"validation AUROC by layer · {method} · {loaded.name}")
+        qt = Table("concept", "method", "train/val", "best layer", "best val AUROC", "paired acc", "default layers",
+                   "read directions (detectors)",
+                   title=f"validation AUROC by layer · {loaded.name}")
         for q in quality:
-            qt.add_row(q.concept, f"{q.n_train}/{q.n_val}", str(q.best_layer), f"{q.best_auroc:.3f}",
+            qt.add_row(q.concept, q.method, f"{q.n_train}/{q.n_val}", str(q.best_layer), f"{q.best_auroc:.3f}",
                        f"{q.rows[q.best_layer].paired_acc:.3f}",
-                       f"{q.default_layers[0]}-{q.default_layers[-1]}")
+                       f"{q.default_layers[0]}-{q.default_layers[-1]}",
+                       f"{q.read_method}: {q.best_read_auroc:.3f} at layer {q.best_read_layer}" if q.read_method
+                       else "= steering directions")
         out.print(qt)
         if verbose:
             lt = Table("layer", *[q.concept for q in quality], title="validation AUROC per layer")

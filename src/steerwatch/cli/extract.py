@@ -13,11 +13,15 @@ def layer_table(rows, title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("layer", "val AUROC", "paired acc", "Cohen's d", "residual norm", ""):
+    has_read = any(r.read_auroc is not None for r in rows)
+    cols = ("layer", "val AUROC", "paired acc", "Cohen's d") + (("read AUROC", "read paired") if has_read else ()) \
+        + ("residual norm", "")
+    for col in cols:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", f"{r.norm:.1f}",
-                      "[bold green]◀ default[/]" if r.selected else "")
+        read = (f"{r.read_auroc:.3f}", f"{r.read_paired_acc:.3f}") if has_read else ()
+        table.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", *read,
+                      f"{r.norm:.1f}", "[bold green]◀ default[/]" if r.selected else "")
     return table
 
 
@@ -39,7 +43,11 @@ def extract_cmd(
                                            "a CAA A/B .json file, or a persona .json file with --persona."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
-    method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_center, logistic or lda."),
+    method: Optional[str] = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
+                                                    "the concept's own, see `steerwatch concepts`; else mean_diff)."),
+    read_method: Optional[str] = typer.Option(
+        None, help="Also store read directions from this method, which detectors use instead of the steering "
+                   "directions (default: the concept's own, e.g. lda for cheating; 'none' for no read directions)."),
     read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
     layers: str = typer.Option("auto", help="'auto' (a window centred on the best validation AUROC in the middle "
                                             "of the network) or e.g. 10,12."),
@@ -60,7 +68,10 @@ def extract_cmd(
     from ..extract.methods import check_method
     from ..record import check_read
 
-    check_method(method)
+    if method is not None:
+        check_method(method)
+    if read_method not in (None, "none"):
+        check_method(read_method)
     if read != "auto":
         check_read(read)
     layer_sel = parse_layers(layers)
@@ -73,16 +84,21 @@ def extract_cmd(
 
         data = build_persona_pairs(loaded, spec, progress=True)
     console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
-    vec, rows = build_vector(loaded, data, method=method, read=read, layers=layer_sel, n_auto=n_auto,
+    vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
+                             n_auto=n_auto,
                              batch_size=batch_size, concept=concept, progress=True)
     path = vec.save(output)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))
     else:
-        out.print(layer_table(rows, f"{vec.concept} · {method} · read {vec.read_position} · {loaded.name}"))
+        out.print(layer_table(rows, f"{vec.concept} · {vec.method} · read {vec.read_position} · {loaded.name}"))
     best = max(rows, key=lambda r: r.auroc)
+    read_note = ""
+    if vec.read_method:
+        rbest = max(rows, key=lambda r: r.read_auroc or 0.0)
+        read_note = f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} at layer {rbest.layer}"
     console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "
-                  f"{best.auroc:.3f} at layer {best.layer}")
+                  f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
 
 
 @app.command("info")
@@ -96,13 +112,18 @@ def info_cmd(path: Path = typer.Argument(..., help="A vector file.")) -> None:
     vec = load_vector(path)
     meta = vec.metadata()
     meta.pop("validation")
+    meta.pop("read_validation")
     meta.pop("residual_norm")
     out.print_json(json.dumps(meta))
     from rich.table import Table
 
-    table = Table("layer", "val AUROC", "residual norm")
+    def fmt(au):
+        return "-" if au is None else f"{au:.3f}"
+
+    table = Table("layer", f"val AUROC ({vec.method})",
+                  *([f"read AUROC ({vec.read_method})"] if vec.read_directions else []), "residual norm")
     for layer in vec.layers:
-        au = vec.auroc(layer)
-        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""),
-                      "-" if au is None else f"{au:.3f}", f"{vec.norm(layer):.1f}")
+        read = [fmt(vec.read_auroc(layer))] if vec.read_directions else []
+        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""), fmt(vec.auroc(layer)), *read,
+                      f"{vec.norm(layer):.1f}")
     out.print(table)

@@ -2,7 +2,10 @@
 and the built-in concept sets (package data under ``data/concepts``).
 
 Adding a built-in concept is adding ``concepts/<name>.jsonl`` (and optionally a card
-``concepts/<name>.md``): nothing else needs to change.
+``concepts/<name>.md``): nothing else needs to change. A card may open with settings between two
+``---`` lines (``method: ...``, ``read_method: lda``): the extraction methods used for that
+concept's steering and read directions when none is given, chosen on the concept's own
+validation split and explained in the card.
 """
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ class ContrastSet:
     name: str
     pairs: list[ContrastPair]
     source: str = ""
+    # the extraction methods used when none is asked for (a built-in concept's card may set them):
+    # the steering directions' and the read directions' (detectors) method
+    default_method: str | None = None
+    default_read_method: str | None = None
 
     @property
     def train(self) -> list[ContrastPair]:
@@ -129,9 +136,49 @@ def list_concepts() -> list[str]:
     return sorted(e.name[:-6] for e in _concept_dir().iterdir() if e.name.endswith(".jsonl"))
 
 
-def concept_card(name: str) -> str | None:
+CARD_SETTINGS = ("method", "read_method")
+
+
+def _split_card(text: str, *, where: str) -> tuple[dict[str, str], str]:
+    """A card's settings block (``---`` / ``key: value`` lines / ``---``) and the card text after it."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return {}, text
+    settings: dict[str, str] = {}
+    for i, line in enumerate(lines[1:], start=2):
+        if line.strip() == "---":
+            return settings, "".join(lines[i:])
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep or key not in CARD_SETTINGS:
+            raise DataFormatError(f"card setting must be one of {', '.join(CARD_SETTINGS)} as 'key: value', "
+                                  f"got {line.strip()!r}", path=where, line=i)
+        settings[key] = value.strip()
+    raise DataFormatError("the card's settings block opened with '---' is never closed by a second '---'",
+                          path=where, line=1)
+
+
+def _card_text(name: str) -> str | None:
     card = _concept_dir().joinpath(f"{name}.md")
     return card.read_text(encoding="utf-8") if card.is_file() else None
+
+
+def concept_card(name: str) -> str | None:
+    """The card of a built-in concept (its settings block left out), or None."""
+    text = _card_text(name)
+    return None if text is None else _split_card(text, where=f"<builtin>/{name}.md")[1]
+
+
+def concept_settings(name: str) -> dict[str, str]:
+    """The settings a built-in concept's card declares (e.g. ``{"method": "lda"}``), checked."""
+    from ..extract.methods import check_method
+
+    text = _card_text(name)
+    settings = {} if text is None else _split_card(text, where=f"<builtin>/{name}.md")[0]
+    for key in CARD_SETTINGS:
+        if key in settings:
+            check_method(settings[key])
+    return settings
 
 
 def load_concept(name: str) -> ContrastSet:
@@ -141,8 +188,10 @@ def load_concept(name: str) -> ContrastSet:
         raise DataFormatError(f"unknown built-in concept {name!r}; built-in concepts: {', '.join(list_concepts())}. "
                               "To use your own data, pass the path of a .jsonl file")
     lines = res.read_text(encoding="utf-8").splitlines()
+    settings = concept_settings(name)
     return ContrastSet(name=name, pairs=parse_pairs_lines(lines, path=f"<builtin>/{name}.jsonl"),
-                       source=f"steerwatch built-in concept {name}")
+                       source=f"steerwatch built-in concept {name}",
+                       default_method=settings.get("method"), default_read_method=settings.get("read_method"))
 
 
 def load_contrast(source: str | Path) -> ContrastSet:
@@ -171,4 +220,5 @@ from .caa import load_caa  # noqa: E402
 from .persona import PersonaSpec, load_persona  # noqa: E402
 
 __all__ = ["ContrastPair", "ContrastSet", "load_pairs", "load_concept", "list_concepts", "concept_card",
+           "concept_settings",
            "load_contrast", "load_caa", "load_persona", "PersonaSpec"]

@@ -33,6 +33,9 @@ class LayerRow:
     cohens_d: float
     norm: float
     selected: bool = False
+    # validation of the read direction (only when the vector has one, see ``read_method``)
+    read_auroc: float | None = None
+    read_paired_acc: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,12 +84,38 @@ def resolve_read(read: str, data: "ContrastSet") -> str:
     return read
 
 
-def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "mean_diff", read: str = "auto",
+DEFAULT_METHOD = "mean_diff"
+
+
+def resolve_method(method: str | None, data: "ContrastSet") -> str:
+    """``method`` if given, else the data set's own default (a built-in concept's card may name one),
+    else :data:`DEFAULT_METHOD`."""
+    return check_method(method or data.default_method or DEFAULT_METHOD)
+
+
+def resolve_read_method(read_method: str | None, data: "ContrastSet", method: str) -> str | None:
+    """The method of the vector's separate read directions: ``read_method`` if given (``"none"``:
+    no separate read directions), else the data set's default; None when it would equal ``method``
+    (then detectors read the steering directions)."""
+    chosen = read_method or data.default_read_method
+    if chosen is None or chosen == "none":
+        return None
+    check_method(chosen)
+    return None if chosen == method else chosen
+
+
+def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str | None = None,
+                 read_method: str | None = None, read: str = "auto",
                  layers: str | Sequence[int] = "auto", n_auto: int | None = None, batch_size: int = 8,
                  concept: str | None = None, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> "tuple[Vector, list[LayerRow]]":
     """Build a vector from a contrast set. Returns the vector and the per-layer validation table.
 
+    method: an extraction method (see :mod:`steerwatch.extract.methods`); None uses the data set's
+    default (:func:`resolve_method`).
+    read_method: a second method whose directions detectors read instead (stored as the vector's
+    read directions, validated per layer in ``read_auroc``); None uses the data set's default
+    (cheating and conscientiousness: ``lda``), ``"none"`` stores none (:func:`resolve_read_method`).
     layers: ``"auto"`` (a window of ``n_auto`` layers centred on the best validation AUROC within
     :data:`AUTO_BAND`; ``n_auto`` defaults to :func:`default_window`) or a list of layer indices to
     use as the default steering layers. Directions are stored for all layers.
@@ -97,7 +126,8 @@ def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "m
     from ..record import NormStats, record
     from ..vector import Vector
 
-    check_method(method)
+    method = resolve_method(method, data)
+    read_method = resolve_read_method(read_method, data, method)
     read = resolve_read(read, data)
     train, val = data.train, data.val
     if len(train) < 2:
@@ -125,13 +155,23 @@ def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "m
     nt = len(train)
     stats = norms.summary()
     directions: dict[int, torch.Tensor] = {}
+    read_dirs: dict[int, torch.Tensor] = {}
+    read_validation: dict[int, dict[str, float]] = {}
     rows: list[LayerRow] = []
     for layer in all_layers:
         d = extract_direction(method, pos[:nt, layer], neg[:nt, layer])
         directions[layer] = d
         sep = separation(pos[nt:, layer] @ d, neg[nt:, layer] @ d)
-        rows.append(LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
-                             cohens_d=sep["cohens_d"], norm=stats[layer]["mean"]))
+        row = LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
+                       cohens_d=sep["cohens_d"], norm=stats[layer]["mean"])
+        if read_method is not None:
+            r = extract_direction(read_method, pos[:nt, layer], neg[:nt, layer])
+            read_dirs[layer] = r
+            rsep = separation(pos[nt:, layer] @ r, neg[nt:, layer] @ r)
+            read_validation[layer] = {"auroc": rsep["auroc"], "paired_acc": rsep["paired_acc"],
+                                      "cohens_d": rsep["cohens_d"]}
+            row.read_auroc, row.read_paired_acc = rsep["auroc"], rsep["paired_acc"]
+        rows.append(row)
     k = default_window(total) if n_auto is None else n_auto
     chosen = choose_layers(rows, total, k=k) if layers == "auto" else list(layers)
     for r in rows:
@@ -142,5 +182,6 @@ def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str = "m
         read_position=read, default_layers=chosen, residual_norm=stats, n_model_layers=total,
         dataset=data.describe(),
         validation={r.layer: {"auroc": r.auroc, "paired_acc": r.paired_acc, "cohens_d": r.cohens_d} for r in rows},
+        read_directions=read_dirs, read_method=read_method, read_validation=read_validation,
     )
     return vec, rows

@@ -24,18 +24,23 @@ class ConceptQuality:
     rows: list[LayerRow]
     n_train: int
     n_val: int
+    method: str = ""
+    read_method: str | None = None
+    best_read_layer: int | None = None
+    best_read_auroc: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"concept": self.concept, "best_layer": self.best_layer, "best_auroc": self.best_auroc,
+        return {"concept": self.concept, "method": self.method, "read_method": self.read_method,
+                "best_read_layer": self.best_read_layer, "best_read_auroc": self.best_read_auroc, "best_layer": self.best_layer, "best_auroc": self.best_auroc,
                 "default_layers": self.default_layers, "n_train": self.n_train, "n_val": self.n_val,
                 "layers": [r.as_dict() for r in self.rows]}
 
 
-def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str = "mean_diff",
+def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str | None = None,
                   batch_size: int = 8, save_dir: str | Path | None = None, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> "tuple[dict[str, Vector], list[ConceptQuality]]":
     """Build one vector per source (built-in concept name or pair file) with the default settings
-    and report each one's per-layer validation. With ``save_dir`` the vectors are written there as
+    (``method`` None: each concept's own default method) and report each one's per-layer validation. With ``save_dir`` the vectors are written there as
     ``<concept>.sv``."""
     from ..data import load_contrast
 
@@ -50,10 +55,13 @@ def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str 
             log(f"{data.name}: {len(data.train)} train / {len(data.val)} val pairs")
         vec, rows = build_vector(loaded, data, method=method, batch_size=batch_size, progress=progress)
         best = max(rows, key=lambda r: (round(r.auroc, 3), r.cohens_d))
+        rbest = max(rows, key=lambda r: (round(r.read_auroc, 3), r.layer)) if vec.read_method else None
         vectors[data.name] = vec
         quality.append(ConceptQuality(concept=data.name, best_layer=best.layer, best_auroc=best.auroc,
                                       default_layers=vec.default_layers, rows=rows, n_train=len(data.train),
-                                      n_val=len(data.val)))
+                                      n_val=len(data.val), method=vec.method, read_method=vec.read_method,
+                                      best_read_layer=rbest.layer if rbest else None,
+                                      best_read_auroc=rbest.read_auroc if rbest else None))
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             vec.save(Path(save_dir) / f"{data.name}.sv")

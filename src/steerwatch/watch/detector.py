@@ -2,7 +2,8 @@
 problem), an aggregation rule for whole responses, and (once calibrated) a threshold.
 
 Score of a token = ``sign * (h_L . u_L)``: the projection of the token's residual stream at layer
-``L`` (block-output convention) on the vector's unit direction, signed so that *high means the
+``L`` (block-output convention) on the vector's unit read direction (its ``read.<layer>``
+directions when the file has them, e.g. ``lda`` for cheating; else the steering direction), signed so that *high means the
 problem is present*. For vectors whose positive side is the problem (sycophancy, cheating,
 manipulation, concealment, distress) ``sign = +1``; for vectors whose positive side is the good
 behaviour (honesty, conscientiousness) ``sign = -1``, so that the honesty vector becomes a
@@ -40,9 +41,9 @@ def default_sign(concept: str) -> int:
 
 
 def best_layer(vector: "Vector") -> int:
-    """The vector's layer with the highest validation AUROC (ties: the deeper), else its first
-    default layer."""
-    scored = [(au, layer) for layer in vector.layers if (au := vector.auroc(layer)) is not None]
+    """The vector's layer whose read direction has the highest validation AUROC (ties: the
+    deeper), else its first default layer."""
+    scored = [(au, layer) for layer in vector.layers if (au := vector.read_auroc(layer)) is not None]
     if not scored:
         return vector.default_layers[0]
     return max(scored)[1]
@@ -78,7 +79,7 @@ class Detector:
                    name=name or vector.concept, vector_path=vector_path)
 
     def unit(self) -> "Any":
-        return self.vector.direction(self.layer) * self.sign  # (d,)
+        return self.vector.read_direction(self.layer) * self.sign  # (d,)
 
     @property
     def calibrated(self) -> bool:
@@ -114,6 +115,9 @@ def _vector_hash(vector: "Vector") -> str:
     h = hashlib.sha256()
     for layer in vector.layers:
         h.update(vector.direction(layer).float().numpy().tobytes())
+    for layer in sorted(vector.read_directions):
+        h.update(b"read")
+        h.update(vector.read_directions[layer].float().numpy().tobytes())
     return h.hexdigest()
 
 
