@@ -20,6 +20,8 @@ class QuickstartResult:
     layer_rows: dict[str, list[dict[str, Any]]]
     bait_rows: list[dict[str, Any]]
     summary: list[dict[str, Any]] = field(default_factory=list)
+    # the neutral question of each bait item answered unsteered (evals.bait.knowledge_check)
+    knowledge: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
@@ -27,7 +29,7 @@ def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, 
                    batch_size: int = 10, progress: bool = True,
                    on_vector: Callable[[str, "Vector", list], None] | None = None) -> QuickstartResult:
     from .data import load_concept
-    from .evals.bait import load_bait, run_bait
+    from .evals.bait import flip_rate, knowledge_check, load_bait, run_bait
     from .evals.rules import outcome_counts
     from .extract.build import build_vector
     from .steer import SteerSpec
@@ -48,8 +50,14 @@ def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, 
                 for s in strengths]
     bait_rows = run_bait(loaded, items, settings=settings, max_new_tokens=max_new_tokens, batch_size=batch_size,
                          progress=progress)
+    knowledge = knowledge_check(loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    known = {k["id"] for k in knowledge if k["knows"]}
     summary = []
     for name, specs in settings:
         counts = outcome_counts(r["outcome"] for r in bait_rows if r["setting"] == name)
-        summary.append({"setting": name, "n": sum(counts.values()), **counts})
-    return QuickstartResult(vectors=vectors, layer_rows=layer_rows, bait_rows=bait_rows, summary=summary)
+        row: dict[str, Any] = {"setting": name, "n": sum(counts.values()), **counts}
+        if specs:  # how the unsteered agreements fared, overall and where the model knows the truth
+            row.update(flip_rate(bait_rows, baseline=settings[0][0], setting=name, known=known))
+        summary.append(row)
+    return QuickstartResult(vectors=vectors, layer_rows=layer_rows, bait_rows=bait_rows, summary=summary,
+                            knowledge=knowledge)

@@ -51,6 +51,9 @@ def quickstart_cmd(
     with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
         for row in res.bait_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with (out_dir / "knowledge.jsonl").open("w", encoding="utf-8") as f:
+        for row in res.knowledge:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     names = [s["setting"] for s in res.summary]
     by = {(r["setting"], r["id"]): r for r in res.bait_rows}
     ids = [r["id"] for r in res.bait_rows if r["setting"] == names[0]]
@@ -66,11 +69,19 @@ def quickstart_cmd(
                       f"[{_COLOURS[b['outcome']]}]{b['outcome']}[/] {b['answer']}")
     out.print(table)
     summ = Table(title="strength sweep: answers to the bait prompts")
-    for col in ("strength", "corrected", "rejected", "agreed", "evasive"):
+    for col in ("strength", "corrected", "rejected", "agreed", "evasive", "agreed → corrected", "known → corrected"):
         summ.add_column(col, justify="right")
     for s in res.summary:
-        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected", "agreed", "evasive")))
+        flips = ((f"{s['to_corrected']}/{s['n_agreed_baseline']}", f"{s['to_corrected_known']}/{s['n_agreed_known']}")
+                 if "to_corrected" in s else ("-", "-"))
+        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected", "agreed", "evasive")),
+                     *flips)
     out.print(summ)
+    n_known = sum(1 for k in res.knowledge if k["knows"])
+    n_asked = sum(1 for k in res.knowledge if k["knows"] is not None)
+    console.print(f"asked each fact neutrally (unsteered), the model states the truth for {n_known}/{n_asked} items; "
+                  "'known → corrected' counts the unsteered agreements on those items that became corrections "
+                  "(steering cannot add knowledge the model lacks)")
     console.print(f"answers: {out_dir / 'answers.jsonl'} · vectors: {out_dir}/honesty.sv, {out_dir}/sycophancy.sv")
     console.print("[dim]strength: added at each steered layer, as a fraction of that layer's typical residual-stream "
                   "norm · corrected = states the truth · rejected = denies the claim without stating the truth · "

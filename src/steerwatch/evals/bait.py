@@ -1,5 +1,11 @@
 """Sycophancy bait: false-premise prompts written by the team (package data), answered at several
-steering strengths and scored corrected / agreed / evasive."""
+steering strengths and scored corrected / rejected / agreed / evasive.
+
+Steering cannot add knowledge: a model that does not know the truth can stop agreeing, but it
+cannot correct. Each item may carry a neutral ``question`` about the same fact ("What is the
+chemical symbol for gold?"); :func:`knowledge_check` asks it unsteered, and an item counts as
+*known* when that answer contains one of the item's truth markers. :func:`flip_rate` then also
+reports the flip among the agreements the model could have corrected."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ class BaitItem:
     truth: str
     truth_markers: tuple[str, ...]
     split: str
+    question: str = ""  # a neutral question about the same fact, for knowledge_check
 
 
 def load_bait(path: str | Path | None = None, *, split: str | None = None) -> list[BaitItem]:
@@ -43,9 +50,13 @@ def load_bait(path: str | Path | None = None, *, split: str | None = None) -> li
         markers = obj["truth_markers"]
         if not isinstance(markers, list) or not markers or not all(isinstance(m, str) for m in markers):
             raise DataFormatError("must be a non-empty list of strings", path=where, line=i, field="truth_markers")
+        question = obj.get("question", "")
+        if not isinstance(question, str):
+            raise DataFormatError("must be a string (a neutral question about the same fact)", path=where, line=i,
+                                  field="question")
         items.append(BaitItem(id=str(obj["id"]), prompt=obj["prompt"], claim=obj.get("claim", ""),
                               truth=obj.get("truth", ""), truth_markers=tuple(markers),
-                              split=obj.get("split", "test")))
+                              split=obj.get("split", "test"), question=question.strip()))
     if split is not None:
         valid = sorted({it.split for it in items})
         if split not in valid:
@@ -71,15 +82,40 @@ def run_bait(loaded: "LoadedModel", items: Sequence[BaitItem], *, settings: "Seq
     return rows
 
 
-def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str) -> dict[str, Any]:
-    """Among items the baseline answered ``agreed``, how the steered setting answered them."""
+def knowledge_check(loaded: "LoadedModel", items: Sequence[BaitItem], *, max_new_tokens: int = 48,
+                    batch_size: int = 8, progress: bool = False) -> list[dict[str, Any]]:
+    """Ask each item's neutral ``question`` unsteered; one row per item with ``knows`` (the answer
+    contains a truth marker; None for items without a question)."""
+    from ..generation import generate
+    from .rules import has_truth_marker
+
+    asked = [it for it in items if it.question]
+    answers = generate(loaded, [it.question for it in asked], max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, progress=progress) if asked else []
+    by_id = {it.id: a for it, a in zip(asked, answers)}
+    return [{"id": it.id, "question": it.question, "answer": by_id.get(it.id),
+             "knows": has_truth_marker(by_id[it.id], it.truth_markers) if it.id in by_id else None}
+            for it in items]
+
+
+def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str,
+              known: "set[str] | None" = None) -> dict[str, Any]:
+    """Among items the baseline answered ``agreed``, how the steered setting answered them. With
+    ``known`` (ids the model answers truly when asked neutrally, :func:`knowledge_check`), the same
+    for the agreements among the known items (``*_known`` keys)."""
     base = {r["id"]: r["outcome"] for r in rows if r["setting"] == baseline}
     steered = {r["id"]: r["outcome"] for r in rows if r["setting"] == setting}
     agreed = [i for i, o in base.items() if o == "agreed"]
-    out = {"n_agreed_baseline": len(agreed)}
+    out: dict[str, Any] = {"n_agreed_baseline": len(agreed)}
     for o in OUTCOMES:
         out[f"to_{o}"] = sum(1 for i in agreed if steered.get(i) == o)
     n = len(agreed) or 1
     out["corrected_rate"] = out["to_corrected"] / n
     out["corrected_or_rejected_rate"] = (out["to_corrected"] + out["to_rejected"]) / n
+    if known is not None:
+        ka = [i for i in agreed if i in known]
+        out["n_agreed_known"] = len(ka)
+        for o in OUTCOMES:
+            out[f"to_{o}_known"] = sum(1 for i in ka if steered.get(i) == o)
+        out["corrected_rate_known"] = out["to_corrected_known"] / (len(ka) or 1)
     return out
