@@ -484,3 +484,33 @@ def test_persona_pairs_keep_the_answers_and_drop_the_instruction(qwen_chat):
         assert (p.positive, p.negative) == (want_pos, want_neg)
     # every question made a pair unless the two instructions gave the same answer
     assert 1 <= len(data.pairs) <= 3
+
+
+def test_cli_extract_read_method_and_info(qwen_chat, monkeypatch, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import steerwatch.cli.extract as cli_extract
+    from steerwatch.cli.main import app
+    from steerwatch.vector import load_vector
+
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen_chat)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
+                                        "split": p.split}) + "\n" for p in _contrast().pairs))
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--read-method", "lda"])
+    assert res.exit_code == 0, res.output
+    vec = load_vector(tmp_path / "v.sv")
+    assert vec.method == "mean_diff" and vec.read_method == "lda" and set(vec.read_directions) == set(vec.layers)
+    flat = " ".join(res.output.split())
+    assert "read directions (lda, for detectors)" in flat
+    info = runner.invoke(app, ["info", str(tmp_path / "v.sv")])
+    assert info.exit_code == 0 and '"read_method": "lda"' in info.output, info.output
+    # a file's default is no read directions; a bad read method fails before the model loads
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "w.sv")])
+    assert res.exit_code == 0 and load_vector(tmp_path / "w.sv").read_directions == {}
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: pytest.fail("model loaded"))
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "x.sv"), "--read-method", "ldaa"])
+    assert res.exit_code == 2 and "unknown method 'ldaa'" in res.output
