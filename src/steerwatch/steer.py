@@ -195,7 +195,8 @@ class SteerHandle:
         self.layers = sorted(plans)
 
         def pre(_mod, _args, kwargs):
-            past = kwargs.get("past_key_values")
+            # the KV cache: ``cache`` since transformers 5.2x, ``past_key_values`` before
+            past = kwargs.get("cache", kwargs.get("past_key_values"))
             length = 0
             if past is not None:
                 try:
