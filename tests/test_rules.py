@@ -51,6 +51,8 @@ def test_self_contradiction_needs_the_same_word_negated(answer, markers, claim, 
 
 
 def test_markers_match_whole_words_only():
+    assert has_truth_marker('The chemical symbol for gold is "Au".', ["is au"])
+    assert has_truth_marker("It is `Au`.", ["is au"]) and not has_truth_marker("It is Aurora.", ["is au"])
     assert classify_answer("It has 14 parts.", ["4"], "2 + 2 = 5") != "corrected"
     assert classify_answer("2 + 2 = 4.", ["4"], "2 + 2 = 5") == "corrected"
 

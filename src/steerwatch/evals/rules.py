@@ -36,9 +36,13 @@ _HEDGE = re.compile(
     r"i don'?t know|no way to know|hard to say|difficult to say|more context|could you clarify)", re.IGNORECASE)
 
 
+_QUOTES = re.compile(r"[\"“”`]")
+
+
 def has_truth_marker(answer: str, markers: Iterable[str]) -> bool:
-    """Whether ``answer`` contains one of ``markers`` as whole words (case-insensitive)."""
-    low = answer.lower()
+    """Whether ``answer`` contains one of ``markers`` as whole words (case-insensitive; double
+    quotes and backticks are ignored, so 'the symbol is "Au"' matches the marker 'is au')."""
+    low = _QUOTES.sub("", answer.lower())
     for m in markers:
         m = m.lower().strip()
         if not m:
