@@ -30,8 +30,9 @@ class ConceptQuality:
     best_read_auroc: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"concept": self.concept, "method": self.method, "read_method": self.read_method,
-                "best_read_layer": self.best_read_layer, "best_read_auroc": self.best_read_auroc, "best_layer": self.best_layer, "best_auroc": self.best_auroc,
+        return {"concept": self.concept, "method": self.method, "best_layer": self.best_layer,
+                "best_auroc": self.best_auroc, "read_method": self.read_method,
+                "best_read_layer": self.best_read_layer, "best_read_auroc": self.best_read_auroc,
                 "default_layers": self.default_layers, "n_train": self.n_train, "n_val": self.n_val,
                 "layers": [r.as_dict() for r in self.rows]}
 
@@ -40,8 +41,8 @@ def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str 
                   batch_size: int = 8, save_dir: str | Path | None = None, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> "tuple[dict[str, Vector], list[ConceptQuality]]":
     """Build one vector per source (built-in concept name or pair file) with the default settings
-    (``method`` None: each concept's own default method) and report each one's per-layer validation. With ``save_dir`` the vectors are written there as
-    ``<concept>.sv``."""
+    (``method`` None: each concept's own methods, read directions included) and report each one's
+    per-layer validation. With ``save_dir`` the vectors are written there as ``<concept>.sv``."""
     from ..data import load_contrast
 
     sets = [load_contrast(s) for s in sources]  # all data is validated before any forward pass
