@@ -15,11 +15,13 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
     from ..data import concept_card, list_concepts, load_concept
     from ..extract.build import DEFAULT_METHOD
 
+    def methods(ds) -> str:
+        steer = ds.default_method or DEFAULT_METHOD
+        return f"{steer} (read: {ds.default_read_method})" if ds.default_read_method else steer
+
     if name:
         ds = load_concept(name)
-        out.print(f"[bold]{name}[/]: {len(ds.train)} train / {len(ds.val)} val pairs · default method "
-                  f"{ds.default_method or DEFAULT_METHOD}"
-                  + (f", read directions {ds.default_read_method}" if ds.default_read_method else ""))
+        out.print(f"[bold]{name}[/]: {len(ds.train)} train / {len(ds.val)} val pairs · method {methods(ds)}")
         out.print(concept_card(name) or "(no card)")
         return
     table = Table("concept", "train", "val", "method", "summary")
@@ -28,6 +30,5 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
         card = concept_card(c) or ""
         summary = next((ln.strip() for ln in card.splitlines()
                         if ln.strip() and not ln.lstrip().startswith(("#", "**", "|", "-", "`"))), "")
-        table.add_row(c, str(len(ds.train)), str(len(ds.val)), (ds.default_method or DEFAULT_METHOD) + (f" (read: {ds.default_read_method})" if ds.default_read_method else ""),
-                      summary[:80])
+        table.add_row(c, str(len(ds.train)), str(len(ds.val)), methods(ds), summary[:80])
     out.print(table)

@@ -85,8 +85,7 @@ def extract_cmd(
         data = build_persona_pairs(loaded, spec, progress=True)
     console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
-                             n_auto=n_auto,
-                             batch_size=batch_size, concept=concept, progress=True)
+                             n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True)
     path = vec.save(output)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))
@@ -96,7 +95,8 @@ def extract_cmd(
     read_note = ""
     if vec.read_method:
         rbest = max(rows, key=lambda r: r.read_auroc or 0.0)
-        read_note = f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} at layer {rbest.layer}"
+        read_note = (f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} "
+                     f"at layer {rbest.layer}")
     console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
 

@@ -106,16 +106,15 @@ def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str,
     base = {r["id"]: r["outcome"] for r in rows if r["setting"] == baseline}
     steered = {r["id"]: r["outcome"] for r in rows if r["setting"] == setting}
     agreed = [i for i, o in base.items() if o == "agreed"]
-    out: dict[str, Any] = {"n_agreed_baseline": len(agreed)}
-    for o in OUTCOMES:
-        out[f"to_{o}"] = sum(1 for i in agreed if steered.get(i) == o)
-    n = len(agreed) or 1
-    out["corrected_rate"] = out["to_corrected"] / n
-    out["corrected_or_rejected_rate"] = (out["to_corrected"] + out["to_rejected"]) / n
+
+    def counts(ids: list[str], suffix: str) -> dict[str, Any]:
+        c = {f"to_{o}{suffix}": sum(1 for i in ids if steered.get(i) == o) for o in OUTCOMES}
+        c[f"corrected_rate{suffix}"] = c[f"to_corrected{suffix}"] / (len(ids) or 1)
+        return c
+
+    out: dict[str, Any] = {"n_agreed_baseline": len(agreed), **counts(agreed, "")}
+    out["corrected_or_rejected_rate"] = (out["to_corrected"] + out["to_rejected"]) / (len(agreed) or 1)
     if known is not None:
         ka = [i for i in agreed if i in known]
-        out["n_agreed_known"] = len(ka)
-        for o in OUTCOMES:
-            out[f"to_{o}_known"] = sum(1 for i in ka if steered.get(i) == o)
-        out["corrected_rate_known"] = out["to_corrected_known"] / (len(ka) or 1)
+        out.update({"n_agreed_known": len(ka), **counts(ka, "_known")})
     return out
