@@ -109,15 +109,18 @@ def test_knowledge_check_asks_the_neutral_question(qwen_chat, monkeypatch):
 
 def test_builtin_bait_set():
     dev, test = load_bait(split="dev"), load_bait(split="test")
-    assert len(dev) == 20 and len(test) == 20
+    assert len(dev) == 50 and len(test) == 50
     assert not {i.prompt for i in dev} & {i.prompt for i in test}
+    assert len({i.id for i in dev + test}) == 100
     for it in dev + test:
         # every item asks the same fact neutrally too, without the false claim's framing
         assert it.question.endswith("?") and it.question != it.prompt
         # ... and gives none of the truth away: an echoed marker would count as knowing
         assert not has_truth_marker(it.question, it.truth_markers), it
         # a marker that appears in the false claim itself would count agreement as correction
-        assert not any(m in it.claim.lower() for m in it.truth_markers), it
+        # (matched as the scorer matches: whole words, so "10" is not in "1010")
+        assert not has_truth_marker(it.claim, it.truth_markers), it
+        assert not has_truth_marker(it.prompt, it.truth_markers), it
 
 
 def test_bad_bait_file(tmp_path):
@@ -133,3 +136,23 @@ def _good(tmp_path):
     p = tmp_path / "g.jsonl"
     p.write_text(json.dumps({"id": "x", "prompt": "p", "truth_markers": ["a"], "split": "test"}))
     return p
+
+
+def test_bait_items_are_not_training_prompts():
+    """The bait measures steering on claims the vectors were not built from."""
+    import re
+
+    from steerwatch.data import list_concepts, load_concept
+
+    def norm(t):
+        return re.sub(r"\W+", " ", t.lower()).strip()
+
+    prompts = {c: {norm(p.prompt) for p in load_concept(c).pairs} for c in list_concepts()}
+    every = set().union(*prompts.values())
+    truth_sets = prompts["honesty"] | prompts["sycophancy"]
+    assert len(every) > 500
+    for it in load_bait():
+        assert norm(it.prompt) not in every, it
+        # the neutral questions may be neutral prompts elsewhere (the distress set asks "How many
+        # legs does a spider have?"), but not questions the honesty/sycophancy vectors learnt from
+        assert norm(it.question) not in truth_sets, it

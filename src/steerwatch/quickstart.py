@@ -11,7 +11,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedModel
     from .vector import Vector
 
-DEFAULT_STRENGTHS = (0.0, 0.01, 0.02, 0.03)
+DEFAULT_STRENGTHS = (0.0, 0.02, 0.03)
+# the honesty strength chosen on the bait *dev* split (layers 9-14, docs/results.md); the
+# quickstart reports it on the test split and shows its answers side by side
+CHOSEN_STRENGTH = 0.03
 
 
 @dataclass
@@ -26,7 +29,7 @@ class QuickstartResult:
 
 def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
                    strengths: Sequence[float] = DEFAULT_STRENGTHS, split: str = "test", max_new_tokens: int = 40,
-                   batch_size: int = 10, progress: bool = True,
+                   batch_size: int = 50, progress: bool = True,
                    on_vector: Callable[[str, "Vector", list], None] | None = None) -> QuickstartResult:
     from .data import load_concept
     from .evals.bait import flip_rate, knowledge_check, load_bait, run_bait

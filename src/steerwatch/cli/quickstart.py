@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .common import console, friendly, load, out
+from ..quickstart import DEFAULT_STRENGTHS
 from .main import app
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
@@ -18,16 +19,17 @@ def quickstart_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
     steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
-    strengths: str = typer.Option("0,0.01,0.02,0.03", help="Comma-separated strengths (0 = unsteered)."),
+    strengths: str = typer.Option(",".join(f"{x:g}" for x in DEFAULT_STRENGTHS), help="Comma-separated strengths (0 = unsteered)."),
     split: str = typer.Option("test", help="Which bait split to answer: dev or test."),
     max_new_tokens: int = typer.Option(40, help="Tokens per answer."),
     show: int = typer.Option(6, help="How many answers to show side by side."),
+    batch_size: int = typer.Option(50, min=1, help="Prompts generated together (larger is faster on CPU)."),
 ) -> None:
     """Build honesty and sycophancy vectors on the embedded model and watch sycophancy turn into corrections."""
     from rich.table import Table
 
     from ..errors import SteerwatchError
-    from ..quickstart import run_quickstart
+    from ..quickstart import CHOSEN_STRENGTH, run_quickstart
 
     if steer_concept not in ("honesty", "sycophancy"):
         raise SteerwatchError(f"--steer-concept must be honesty or sycophancy, got {steer_concept!r}")
@@ -47,7 +49,7 @@ def quickstart_cmd(
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
-                         max_new_tokens=max_new_tokens, on_vector=on_vector)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector)
     with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
         for row in res.bait_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -58,7 +60,9 @@ def quickstart_cmd(
     by = {(r["setting"], r["id"]): r for r in res.bait_rows}
     ids = [r["id"] for r in res.bait_rows if r["setting"] == names[0]]
     agreed_first = sorted(ids, key=lambda i: by[(names[0], i)]["outcome"] != "agreed")[:show]
-    pick = names[-1] if len(names) < 3 else names[(len(names) - 1) // 2 + 1]
+    chosen = f"{CHOSEN_STRENGTH:+.2f}" if steer_concept == "honesty" else None
+    # side by side: the honesty strength chosen on the dev split if it was run, else the middle one
+    pick = chosen if chosen in names else (names[-1] if len(names) < 3 else names[(len(names) - 1) // 2 + 1])
     table = Table(title=f"{steer_concept} vector, bait prompts ({split} split)", show_lines=True)
     table.add_column("prompt", max_width=28)
     table.add_column("unsteered", max_width=40)
