@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from .common import console, friendly, load, out
 from ..quickstart import DEFAULT_STRENGTHS
+from .common import console, friendly, load, out
 from .main import app
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
@@ -19,7 +19,8 @@ def quickstart_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
     steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
-    strengths: str = typer.Option(",".join(f"{x:g}" for x in DEFAULT_STRENGTHS), help="Comma-separated strengths (0 = unsteered)."),
+    strengths: str = typer.Option(",".join(f"{x:g}" for x in DEFAULT_STRENGTHS),
+                                  help="Comma-separated strengths (0 = unsteered)."),
     split: str = typer.Option("test", help="Which bait split to answer: dev or test."),
     max_new_tokens: int = typer.Option(40, help="Tokens per answer."),
     show: int = typer.Option(6, help="How many answers to show side by side."),
