@@ -11,11 +11,12 @@ import json
 import pytest
 import torch
 
+from steerwatch.quickstart import CHOSEN_STRENGTH as HONESTY_STRENGTH
+
 pytestmark = pytest.mark.embedded
 
-# chosen on the bait dev split (docs/results.md): +0.03 at each of the vector's 6 default layers
-# (the quickstart's CHOSEN_STRENGTH). An input, not an expected result.
-from steerwatch.quickstart import CHOSEN_STRENGTH as HONESTY_STRENGTH  # noqa: E402
+# HONESTY_STRENGTH: chosen on the bait dev split (docs/results.md), +0.03 at each of the vector's
+# 6 default layers (the quickstart's CHOSEN_STRENGTH). An input, not an expected result.
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 flip_rate's, and its knowledge rows are the neutral questions answered unsteered."""
 from __future__ import annotations
 
+import pytest
+
 from steerwatch.evals.bait import flip_rate, load_bait
 from steerwatch.evals.rules import has_truth_marker, outcome_counts
 from steerwatch.generation import generate
@@ -57,7 +59,7 @@ def test_quickstart_cli_writes_answers_and_matches_python(qwen_chat, tmp_path, m
     assert cells == ["+0.50", *(f"{steered[o]}/{n}" for o in ("corrected", "rejected", "agreed", "evasive")),
                      f"{steered['to_corrected']}/{steered['n_agreed_baseline']}",
                      f"{steered['to_corrected_known']}/{steered['n_agreed_known']}"]
-    monkeypatch.setattr(cli_qs, "load", lambda spec, **kw: (_ for _ in ()).throw(AssertionError("model loaded")))
+    monkeypatch.setattr(cli_qs, "load", lambda spec, **kw: pytest.fail("model loaded"))
     bad = runner.invoke(app, ["quickstart", "--out-dir", str(out), "--strengths", "0,abc"])
     assert bad.exit_code == 2 and "--strengths must be comma-separated numbers" in bad.output, bad.output
     bad = runner.invoke(app, ["quickstart", "--out-dir", str(out), "--steer-concept", "cheating"])
