@@ -25,10 +25,10 @@ def main() -> None:
 
     import torch
 
+    from _common import random_vector
     from steerwatch.chat import encode_prompt, render_prompt
     from steerwatch.models import load_model
     from steerwatch.steer import SteerSpec, attach
-    from _common import random_vector
 
     lm = load_model(args.model, progress=False)
     g = torch.Generator().manual_seed(0)
@@ -39,7 +39,8 @@ def main() -> None:
 
     one = [SteerSpec(rand_vec(0, L // 2), strength=0.05)]
     eight = [SteerSpec(rand_vec(i, 4 + 2 * i), strength=0.02) for i in range(8)]
-    ids = torch.tensor([encode_prompt(lm.tokenizer, render_prompt(lm.tokenizer, "Write a short story about a lighthouse keeper."))] * args.batch)
+    story = render_prompt(lm.tokenizer, "Write a short story about a lighthouse keeper.")
+    ids = torch.tensor([encode_prompt(lm.tokenizer, story)] * args.batch)
     att = torch.ones_like(ids)
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
               pad_token_id=lm.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)

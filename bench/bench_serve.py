@@ -127,7 +127,8 @@ def main() -> None:
     print(f"model {lm.name}, {n} requests x {args.tokens} tokens, {args.clients} clients, 8 vectors, "
           f"detector at layer {wl} ({'rescored' if args.rescored else 'live'}), "
           f"batch wait {args.batch_wait_ms:g} ms, max batch seen {engine.stats['max_batch_seen']}, "
-          f"{engine.stats['batches']} batches for {engine.stats['requests']} requests, threads {torch.get_num_threads()}")
+          f"{engine.stats['batches']} batches for {engine.stats['requests']} requests, "
+          f"threads {torch.get_num_threads()}")
     print(f"concurrent : {n / c:6.2f} req/s  {tok / c:7.1f} tok/s")
     print(f"sequential : {n / s_:6.2f} req/s  {tok / s_:7.1f} tok/s")
     print(f"in-process : {n / lo:6.2f} req/s  {tok / lo:7.1f} tok/s")

@@ -25,9 +25,9 @@ def main() -> None:
 
     import torch
 
+    from _common import random_vector
     from steerwatch.generation import generate_ids
     from steerwatch.models import load_model
-    from _common import random_vector
     from steerwatch.watch.detector import Detector
     from steerwatch.watch.live import generate_watched
 

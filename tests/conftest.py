@@ -2,7 +2,9 @@
 character-level tokenizer, wrapped as :class:`steerwatch.models.LoadedModel`."""
 from __future__ import annotations
 
+import os
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,7 +212,7 @@ class BlockCapture:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "BlockCapture":
+    def __enter__(self) -> BlockCapture:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -258,6 +260,21 @@ def trim_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
+# ---------------------------------------------------------------- the public data sets (../shared/data)
+def shared_file(relpath: str) -> Path:
+    """A file of the public data sets: under $STEERWATCH_SHARED_DATA, else under ``../shared/data``
+    beside this repository. A missing file fails the test (it never skips: a test that vanishes on
+    another checkout is not a test); .ci/run points the variable at the data when CI's clone lives
+    elsewhere."""
+    env = os.environ.get("STEERWATCH_SHARED_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = root / relpath
+    if not path.is_file():
+        pytest.fail(f"public data file {path} not found; set STEERWATCH_SHARED_DATA to the folder that holds "
+                    "CAA/, persona_vectors/ and representation-engineering/ (../shared/data on this machine)")
+    return path
+
+
 # ---------------------------------------------------------------- the embedded model (tests marked embedded)
 @pytest.fixture(scope="session")
 def embedded_qwen():
@@ -267,12 +284,37 @@ def embedded_qwen():
 
 
 @pytest.fixture(scope="session")
-def embedded_honesty(embedded_qwen):
-    """(vector, per-layer rows) of the built-in honesty concept on the embedded model."""
-    from steerwatch.data import load_concept
-    from steerwatch.extract.build import build_vector
+def vector_cache(tmp_path_factory) -> Path:
+    """The cache root the built-in vectors of this test session live under: a fresh folder per
+    session (built once per CI run, never stale), or $STEERWATCH_TEST_CACHE to keep them between
+    runs of a developer loop (keyed by data, methods, steerwatch version and model fingerprint;
+    clear it after changing the extraction code)."""
+    env = os.environ.get("STEERWATCH_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("steerwatch-cache")
 
-    return build_vector(embedded_qwen, load_concept("honesty"), progress=False)
+
+@pytest.fixture(scope="session")
+def builtin_vector(embedded_qwen, vector_cache):
+    """``builtin_vector(concept) -> (vector, per-layer rows)``: a built-in concept's vector on the
+    embedded model, built once per session through the product's own cache
+    (:func:`steerwatch.extract.library.builtin_vector`). Treat the vectors as read-only."""
+    from steerwatch.extract.library import builtin_vector as build
+
+    memo: dict[str, tuple] = {}
+
+    def get(concept: str):
+        if concept not in memo:
+            vec, rows, _ = build(embedded_qwen, concept, cache_root=vector_cache)
+            memo[concept] = (vec, rows)
+        return memo[concept]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embedded_honesty(builtin_vector):
+    """(vector, per-layer rows) of the built-in honesty concept on the embedded model."""
+    return builtin_vector("honesty")
 
 
 def write_jsonl(path, rows):

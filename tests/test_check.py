@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +10,12 @@ from steerwatch.data import ContrastPair, ContrastSet
 from steerwatch.data.check import builtin_targets, check_builtin, check_pairs, near_duplicates, run_checks
 from steerwatch.extract.library import cosine_matrix
 from steerwatch.vector import Vector
+from tolerances import FP32_STORED
 
-WORDS = ("volcano tax sourdough chess bike tide opera join bee rent jet compost rebase marathon violin solar sleep "
-         "toast ant kayak river ledger quilt piano orbit lemon cactus harbor saddle glacier pepper lantern meadow "
-         "falcon thimble walnut anchor cobalt velvet prism ember tundra").split()
+WORDS = ["volcano", "tax", "sourdough", "chess", "bike", "tide", "opera", "join", "bee", "rent", "jet", "compost",
+         "rebase", "marathon", "violin", "solar", "sleep", "toast", "ant", "kayak", "river", "ledger", "quilt",
+         "piano", "orbit", "lemon", "cactus", "harbor", "saddle", "glacier", "pepper", "lantern", "meadow", "falcon",
+         "thimble", "walnut", "anchor", "cobalt", "velvet", "prism", "ember", "tundra"]
 
 
 def _set(pairs, name="t") -> ContrastSet:
@@ -108,8 +109,10 @@ def test_every_builtin_set_passes(target):
 
 def test_cosine_matrix():
     d = 8
-    a = torch.zeros(d); a[0] = 1
-    b = torch.zeros(d); b[0] = 1; b[1] = 1
+    a = torch.zeros(d)
+    a[0] = 1
+    b = torch.zeros(d)
+    b[0] = b[1] = 1
     c = -a
 
     def vec(direction, name):
@@ -120,9 +123,9 @@ def test_cosine_matrix():
 
     rows = cosine_matrix({"a": vec(a, "a"), "b": vec(b, "b"), "c": vec(c, "c")}, layers=[1, 2])
     got = {(r["a"], r["b"]): r["cosine"] for r in rows}
-    assert got["a", "a"] == pytest.approx(1.0)
-    assert got["a", "b"] == pytest.approx(2 ** -0.5)
-    assert got["a", "c"] == pytest.approx(-1.0)
+    assert got["a", "a"] == FP32_STORED.approx(1.0)
+    assert got["a", "b"] == FP32_STORED.approx(2 ** -0.5)
+    assert got["a", "c"] == FP32_STORED.approx(-1.0)
     assert len(rows) == 9
 
 

@@ -11,9 +11,9 @@ import torch
 
 from steerwatch.chat import encode_example
 from steerwatch.errors import SteerwatchError
-from steerwatch.evals.coherence import (CoherenceBounds, answer_ppl, coherence_rows, is_degenerate, text_stats,
-                                        words)
+from steerwatch.evals.coherence import CoherenceBounds, answer_ppl, coherence_rows, is_degenerate, text_stats, words
 from steerwatch.evals.metrics import completion_nll
+from tolerances import DOUBLE, FP32_BATCH, FP32_ROUTE
 
 NORMAL = [
     "The Earth is not flat. It is an oblate spheroid, slightly flattened at the poles, as satellite images and "
@@ -36,13 +36,13 @@ def test_stats_of_a_plain_sentence():
 def test_stats_of_repeated_words_and_loops():
     s = text_stats("the the the the")
     # 3 bigrams, all (the, the): 1 distinct; 2 identical 3-grams: one repeats; a single 4-gram
-    assert s["distinct_1"] == 0.25 and s["distinct_2"] == pytest.approx(1 / 3)
+    assert s["distinct_1"] == 0.25 and s["distinct_2"] == DOUBLE.approx(1 / 3)
     assert s["repeat_3gram"] == 0.5 and s["repeat_4gram"] == 0.0 and s["max_word_run"] == 4.0
     assert s["max_loop_chars"] == 12.0  # "the " three times back to back (the last "the" lacks its space)
     loop = text_stats("I am here. I am here. I am here.")
     # 9 words, 3 distinct; 8 bigrams, 3 distinct; 7 trigrams, 3 distinct; 6 4-grams, 3 distinct
-    assert loop["distinct_1"] == pytest.approx(3 / 9) and loop["distinct_2"] == pytest.approx(3 / 8)
-    assert loop["repeat_3gram"] == pytest.approx(4 / 7) and loop["repeat_4gram"] == pytest.approx(0.5)
+    assert loop["distinct_1"] == DOUBLE.approx(3 / 9) and loop["distinct_2"] == DOUBLE.approx(3 / 8)
+    assert loop["repeat_3gram"] == DOUBLE.approx(4 / 7) and loop["repeat_4gram"] == DOUBLE.approx(0.5)
     assert loop["max_word_run"] == 1.0 and loop["max_char_run"] == 1.0
     assert loop["max_loop_chars"] == 0.0  # "I am here. " appears twice with its space, not three times
 
@@ -106,11 +106,11 @@ def test_answer_ppl_is_teacher_forced_on_the_answer_tokens(qwen_chat):
     start, end = enc.span
     assert end - start == len(answers[0])  # character tokenizer: one token per character
     want = -sum(float(lp[i - 1, enc.ids[i]]) for i in range(start, end))
-    assert ppl[0] == pytest.approx(math.exp(want / (end - start)), rel=1e-5)
+    assert ppl[0] == FP32_ROUTE.approx(math.exp(want / (end - start)))
     assert math.isnan(ppl[2]) and completion_nll(qwen_chat, prompts[2:], [""]) == [(0.0, 0)]
-    assert answer_ppl(qwen_chat, prompts[:2], answers[:2], batch_size=1) == pytest.approx(ppl[:2], rel=1e-5)
+    assert answer_ppl(qwen_chat, prompts[:2], answers[:2], batch_size=1) == FP32_BATCH.approx(ppl[:2])
     with_system = answer_ppl(qwen_chat, prompts[:1], answers[:1], system="Be brief.")
-    assert with_system[0] != pytest.approx(ppl[0], rel=1e-6)  # the system prompt is part of the context
+    assert with_system[0] != FP32_ROUTE.approx(ppl[0])  # the system prompt is part of the context
 
 
 def test_coherence_rows(qwen_chat):

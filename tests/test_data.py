@@ -3,17 +3,25 @@ built-in concept sets (whatever list_concepts() holds at the time)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from steerwatch.data import (ContrastSet, concept_card, list_concepts, load_caa, load_concept, load_contrast,
-                             load_pairs, load_persona)
+from conftest import shared_file
 from conftest import write_jsonl as _jsonl
+from steerwatch.data import (
+    ContrastSet,
+    concept_card,
+    list_concepts,
+    load_caa,
+    load_concept,
+    load_contrast,
+    load_pairs,
+    load_persona,
+)
 from steerwatch.errors import DataFormatError
 
-CAA_SYCOPHANCY = Path("/work/shared/data/CAA/datasets/generate/sycophancy/generate_dataset.json")
-PERSONA_SYCOPHANTIC = Path("/work/shared/data/persona_vectors/data_generation/trait_data_extract/sycophantic.json")
+CAA_SYCOPHANCY = "CAA/datasets/generate/sycophancy/generate_dataset.json"
+PERSONA_SYCOPHANTIC = "persona_vectors/data_generation/trait_data_extract/sycophantic.json"
 
 
 
@@ -86,7 +94,7 @@ GOOD = {"prompt": "p", "positive": "a", "negative": "b"}
 ])
 def test_malformed_pairs(tmp_path, bad_line, line, field, words):
     rows = [GOOD, GOOD] if line == 3 else [GOOD]
-    rows = rows + [bad_line] + [GOOD]
+    rows = [*rows, bad_line, GOOD]
     path = _jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataFormatError) as exc:
         load_pairs(path)
@@ -160,8 +168,9 @@ def test_load_caa_not_a_list(tmp_path):
 
 
 def test_load_caa_real_sycophancy():
-    items = json.loads(CAA_SYCOPHANCY.read_text(encoding="utf-8"))
-    cs = load_caa(CAA_SYCOPHANCY)
+    path = shared_file(CAA_SYCOPHANCY)
+    items = json.loads(path.read_text(encoding="utf-8"))
+    cs = load_caa(path)
     assert len(cs.pairs) == len(items) and cs.name == "sycophancy"
     for item, pair in zip(items, cs.pairs):
         assert pair.prompt == item["question"]
@@ -174,9 +183,10 @@ def test_load_caa_real_sycophancy():
 
 # ---------------------------------------------------------------------------- persona
 def test_load_persona_real():
-    data = json.loads(PERSONA_SYCOPHANTIC.read_text(encoding="utf-8"))
-    spec = load_persona(PERSONA_SYCOPHANTIC)
-    assert spec.name == "sycophantic" and spec.source == str(PERSONA_SYCOPHANTIC)
+    path = shared_file(PERSONA_SYCOPHANTIC)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    spec = load_persona(path)
+    assert spec.name == "sycophantic" and spec.source == str(path)
     assert len(spec.instructions) == 5 and len(spec.questions) == 20
     assert spec.instructions == [(i["pos"], i["neg"]) for i in data["instruction"]]
     assert spec.questions == data["questions"]
@@ -208,7 +218,7 @@ def test_load_contrast_dispatch(tmp_path):
     caa.write_text(json.dumps([_caa_item()]), encoding="utf-8")
     assert load_contrast(str(caa)).pairs[0].positive == "(A"
     with pytest.raises(DataFormatError, match="persona"):
-        load_contrast(PERSONA_SYCOPHANTIC)
+        load_contrast(shared_file(PERSONA_SYCOPHANTIC))
     other = tmp_path / "x.txt"
     other.write_text("hi", encoding="utf-8")
     with pytest.raises(DataFormatError, match="unknown data file type"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from steerwatch.quickstart import CHOSEN_STRENGTH as HONESTY_STRENGTH
+from tolerances import DOUBLE
 
 pytestmark = pytest.mark.embedded
 
@@ -50,7 +51,7 @@ def test_honesty_vector_separates_validation_pairs(honesty):
     assert best_layer in vec.default_layers
     # the validation table stored in the vector is the one returned
     for r in rows:
-        assert vec.validation[r.layer]["auroc"] == pytest.approx(r.auroc)
+        assert vec.validation[r.layer]["auroc"] == DOUBLE.approx(r.auroc)
 
 
 def test_strength_zero_reproduces_unsteered_exactly(qwen, honesty):

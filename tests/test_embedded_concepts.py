@@ -12,15 +12,14 @@ import dataclasses
 
 import pytest
 
+from tolerances import DOUBLE
+
 pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture(scope="module")
-def cheating(embedded_qwen):
-    from steerwatch.data import load_concept
-    from steerwatch.extract.build import build_vector
-
-    return build_vector(embedded_qwen, load_concept("cheating"), progress=False)
+def cheating(builtin_vector):
+    return builtin_vector("cheating")
 
 
 def test_cheating_read_directions_reach_the_target(cheating):
@@ -32,8 +31,8 @@ def test_cheating_read_directions_reach_the_target(cheating):
     # whitening is what gets it there: the mean difference alone stays clearly lower
     assert best_read - best_steer >= 0.1, (best_read, best_steer)
     for r in rows:
-        assert vec.read_auroc(r.layer) == pytest.approx(r.read_auroc)
-        assert vec.auroc(r.layer) == pytest.approx(r.auroc)
+        assert vec.read_auroc(r.layer) == DOUBLE.approx(r.read_auroc)
+        assert vec.auroc(r.layer) == DOUBLE.approx(r.auroc)
 
 
 def test_cheating_detector_on_labelled_coding_answers(embedded_qwen, cheating):
@@ -72,7 +71,7 @@ def test_cheating_down_moves_code_preferences_to_the_genuine_solution(embedded_q
     by_pair: dict[str, dict[int, object]] = {}
     for c in convs:
         by_pair.setdefault(c.meta["pair"], {})[c.label] = c
-    pairs = [by_pair[k] for k in sorted(by_pair)][:20]
+    pairs = [by_pair[k] for k in sorted(by_pair)][:14]  # 14 of the 50, to keep CI short
     prompts = [p[0].messages[0]["content"] for p in pairs]
     genuine = [p[0].messages[1]["content"] for p in pairs]
     hack = [p[1].messages[1]["content"] for p in pairs]
@@ -87,4 +86,4 @@ def test_cheating_down_moves_code_preferences_to_the_genuine_solution(embedded_q
     moved = sum(d > b for d, b in zip(down, base))
     shift = sum(d - b for d, b in zip(down, base)) / len(base)
     # measured on all 50 pairs: +0.094 nats/token, 50 of 50 toward the genuine solution
-    assert moved >= 17 and shift > 0.04, (moved, shift)
+    assert moved >= 12 and shift > 0.04, (moved, shift)

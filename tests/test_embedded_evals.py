@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import shared_file
+
 pytestmark = pytest.mark.embedded
 
-CAA_SYC_TEST = Path("/work/shared/data/CAA/datasets/test/sycophancy/test_dataset_ab.json")
+CAA_SYC_TEST = "CAA/datasets/test/sycophancy/test_dataset_ab.json"
 
 
-@pytest.mark.skipif(not CAA_SYC_TEST.exists(), reason="shared CAA data not present")
 def test_cli_sweep_recommend(tmp_path, embedded_honesty):
     from typer.testing import CliRunner
 
@@ -22,7 +22,7 @@ def test_cli_sweep_recommend(tmp_path, embedded_honesty):
     vp = tmp_path / "honesty.sv"
     vec.save(vp)
     out = tmp_path / "rows.jsonl"
-    args = ["sweep", str(vp), "--ab", str(CAA_SYC_TEST), "--strengths", "0.02,0.2", "--limit", "6",
+    args = ["sweep", str(vp), "--ab", str(shared_file(CAA_SYC_TEST)), "--strengths", "0.02,0.2", "--limit", "3",
             "--system", "Always tell the truth, even if the user disagrees.", "-o", str(out), "--direction", "-1",
             "--write"]
     res = CliRunner().invoke(app, args)

@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from tolerances import FP32_DEEP, FP32_STORED
+
 pytestmark = pytest.mark.embedded
 
 
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.embedded
 def honesty_detector(embedded_honesty):
     from steerwatch.watch.detector import Detector
 
-    vec, rows = embedded_honesty
+    vec, _rows = embedded_honesty
     return Detector.from_vector(vec)
 
 
@@ -42,21 +44,29 @@ def test_detector_reproduces_validation_auroc_on_conversations(embedded_qwen, em
     assert abs(row["auroc"] - vec.auroc(det.layer)) <= 0.02
 
 
-def test_calibration_holds_out_of_sample(embedded_qwen, honesty_detector):
-    """Calibrated at 1 % FPR on half of the benign control set (200 conversations, interleaved), the
-    detector flags at most 5 % of the other half. (With a quarter, 100 conversations, the 1 % threshold
-    is the second-highest score and measured 6 % on the held-out quarter: too few to calibrate 1 %.)"""
+def test_calibration_holds_out_of_sample(embedded_qwen, embedded_honesty):
+    """The mechanism: a threshold calibrated at 5 % FPR on 80 benign conversations flags at most 12.5 %
+    (10) of 80 others from the same distribution (binomial sd at n = 80 is 2.4 points, plus the
+    threshold's own estimation error). To keep CI short these are the 160 shortest conversations of
+    the benign control set (<= 142 tokens; every other one by length to each half); the full-set
+    figure, 1 % on 200 and held out on the other 200, is `python scripts/calibration_holdout.py`
+    (docs/results.md)."""
     from steerwatch.data.reference import load_benign
     from steerwatch.watch.calibrate import calibrate
+    from steerwatch.watch.detector import Detector
+    from steerwatch.watch.render import render_conversation
     from steerwatch.watch.score import score_conversations
 
+    det = Detector.from_vector(embedded_honesty[0])  # its own: calibrate() sets the threshold in place
     convs = load_benign()
-    cal, held = convs[0::2], convs[1::2]
-    calibrate(embedded_qwen, [honesty_detector], cal, fpr=0.01, source="benign[0::2]")
-    assert honesty_detector.calibration["achieved_fpr"] <= 0.01
-    scored = score_conversations(embedded_qwen, held, [honesty_detector])
-    rate = sum(honesty_detector.flag(s.response_score("honesty")) for s in scored) / len(scored)
-    assert rate <= 0.05, rate
+    size = {c.id: len(render_conversation(embedded_qwen.tokenizer, c.messages).ids) for c in convs}
+    short = sorted(convs, key=lambda c: (size[c.id], c.id))[:160]
+    scored = score_conversations(embedded_qwen, short, [det])
+    cal, held = scored[0::2], scored[1::2]
+    calibrate(embedded_qwen, [det], short[0::2], fpr=0.05, source="160 shortest benign, even ranks", scored=cal)
+    assert det.calibration["n"] == 80 and det.calibration["achieved_fpr"] <= 0.05
+    rate = sum(det.flag(s.response_score("honesty")) for s in held) / len(held)
+    assert rate <= 0.125, rate
 
 
 def test_watch_under_steering_does_not_read_back_the_push(embedded_qwen, embedded_honesty, honesty_detector):
@@ -74,7 +84,7 @@ def test_watch_under_steering_does_not_read_back_the_push(embedded_qwen, embedde
         clean = score_conversations(embedded_qwen, [conv], [honesty_detector])[0].response_score("honesty")
         with steering(embedded_qwen, [spec]):
             naive = score_conversations(embedded_qwen, [conv], [honesty_detector])[0].response_score("honesty")
-        assert w.response["honesty"] == pytest.approx(clean, abs=1e-4)
+        assert w.response["honesty"] == FP32_DEEP.approx(clean)
         # sign -1: pushing toward honesty lowers the naive "dishonesty" reading; the clean score does not move
         assert clean - naive > 0.5 * 0.05 * vec.norm(honesty_detector.layer)
 
@@ -108,7 +118,9 @@ def test_cli_calibrate_scan_detect_eval_view(tmp_path, embedded_qwen, embedded_h
     scan = [json.loads(x) for x in (tmp_path / "t.scan.jsonl").read_text().splitlines()]
     assert [r["id"] for r in scan] == ["lie", "truth"] and all("honesty" in r["scores"] for r in scan)
     assert (tmp_path / "v.html").read_text().startswith("<!doctype html>")
-    res = runner.invoke(app, ["detect-eval", "--data", str(transcripts), "--data", "eval/cheating_code",
+    other = tmp_path / "t2.jsonl"  # a second set (built-in eval/NAME sets: tests/test_watch.py, tiny model)
+    other.write_text("".join(json.dumps({**r, "label": 1 - r["label"]}) + "\n" for r in rows))
+    res = runner.invoke(app, ["detect-eval", "--data", str(transcripts), "--data", str(other),
                               "-d", str(det_path), "-o", str(tmp_path / "de.csv")])
     assert res.exit_code == 0, res.output
     assert "generalisation matrix" in res.output
@@ -142,7 +154,7 @@ def test_cli_data_check_with_model(tmp_path, embedded_qwen):
     from steerwatch.vector import load_vector
 
     pairs = load_concept("sycophancy")
-    rows = [p for p in pairs.train[:24]] + [p for p in pairs.val[:8]]
+    rows = list(pairs.train[:24]) + list(pairs.val[:8])
     f = tmp_path / "syc_small.jsonl"
     f.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
                                      "split": p.split}) + "\n" for p in rows))
@@ -155,4 +167,5 @@ def test_cli_data_check_with_model(tmp_path, embedded_qwen):
     assert len(row["layers"]) == 24 and row["best_auroc"] >= 0.9  # sycophancy separates at 1.0 on its full val
     vec = load_vector(tmp_path / "v" / "syc_small.sv")
     assert vec.auroc(row["best_layer"]) == row["best_auroc"]
-    assert q["cosine"] == [{"a": "syc_small", "b": "syc_small", "cosine": pytest.approx(1.0), "layers": list(range(4, 18))}]
+    assert q["cosine"] == [{"a": "syc_small", "b": "syc_small", "cosine": FP32_STORED.approx(1.0),
+                            "layers": list(range(4, 18))}]

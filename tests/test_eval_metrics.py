@@ -11,9 +11,17 @@ import torch
 from conftest import make_vector
 from steerwatch.data.reference import MCItem
 from steerwatch.errors import SteerwatchError
-from steerwatch.evals.metrics import (_choice_prompt_ids, ab_behaviour_probs, letter_probs, mc_correct,
-                                      next_token_kl, perplexity, text_nll)
+from steerwatch.evals.metrics import (
+    _choice_prompt_ids,
+    ab_behaviour_probs,
+    letter_probs,
+    mc_correct,
+    next_token_kl,
+    perplexity,
+    text_nll,
+)
 from steerwatch.steer import SteerSpec
+from tolerances import DOUBLE, FP32_BATCH, FP32_ROUTE
 
 Q = "Which is it?\n\nChoices:\n (A) yes\n (B) no"
 ITEMS = [{"question": Q, "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"},
@@ -25,12 +33,12 @@ ITEMS = [{"question": Q, "answer_matching_behavior": "(A)", "answer_not_matching
 def test_ab_probs_use_the_letter_tokens_in_both_orders(qwen_chat):
     p = ab_behaviour_probs(qwen_chat, ITEMS, batch_size=2)
     # same question, the two orders (in different batches, so float32 batch-shape noise only)
-    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-6)
+    assert p[0] + p[1] == FP32_BATCH.approx(1.0)
     ids = _choice_prompt_ids(qwen_chat, Q)
     with torch.inference_mode():
         logits = qwen_chat.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
     a, b = (qwen_chat.tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in "AB")
-    assert p[0] == pytest.approx(float(torch.softmax(logits[[a, b]], -1)[0]), abs=1e-6)
+    assert p[0] == FP32_BATCH.approx(float(torch.softmax(logits[[a, b]], -1)[0]))
 
 
 def test_strength_zero_is_exactly_unsteered(qwen_chat):
@@ -58,8 +66,8 @@ def test_text_nll_matches_manual(qwen_chat):
     with torch.inference_mode():
         lp = torch.log_softmax(qwen_chat.model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
     want = -sum(float(lp[i, ids[i + 1]]) for i in range(len(ids) - 1))
-    assert n == len(ids) - 1 and nll == pytest.approx(want, rel=1e-5)
-    assert perplexity([(nll, n)]) == pytest.approx(math.exp(want / n), rel=1e-5)
+    assert n == len(ids) - 1 and nll == FP32_ROUTE.approx(want)
+    assert perplexity([(nll, n)]) == FP32_ROUTE.approx(math.exp(want / n))
 
 
 def test_mc_correct_is_the_argmax_letter(qwen_chat):
@@ -67,7 +75,7 @@ def test_mc_correct_is_the_argmax_letter(qwen_chat):
     probs = letter_probs(qwen_chat, [it.render() for it in items], ["ABCD"] * 4)
     got = mc_correct(qwen_chat, items, scoring="letters")
     assert got == [max(range(4), key=p.__getitem__) == k for k, p in enumerate(probs)]
-    assert all(abs(sum(p) - 1) < 1e-9 for p in probs)
+    assert all(sum(p) == DOUBLE.approx(1.0) for p in probs)  # a softmax taken in float64
 
 
 def test_mc_cloze_picks_the_most_likely_choice_text(qwen_chat):
@@ -102,11 +110,12 @@ def test_swap_ab_and_both_orders_cancel_a_letter_preference(qwen_chat):
     given = ab_behaviour_probs(qwen_chat, [item])[0]
     swapped = ab_behaviour_probs(qwen_chat, [sw])[0]
     both = ab_behaviour_probs(qwen_chat, [item], orders="both")[0]
-    assert both == pytest.approx((given + swapped) / 2, abs=1e-9) and abs(given - 0.5) > 1e-4
+    # "both" batches the two orders; given and swapped ran alone: batch-shape rounding only
+    assert both == FP32_BATCH.approx((given + swapped) / 2) and abs(given - 0.5) > 1e-4
     # two options with the same text: only letter preference is left, and both orders cancel it exactly
     same = {"question": "Pick one.\n (A) yes\n (B) yes", "answer_matching_behavior": "(B)",
             "answer_not_matching_behavior": "(A)"}
-    assert ab_behaviour_probs(qwen_chat, [same], orders="both")[0] == pytest.approx(0.5, abs=1e-9)
+    assert ab_behaviour_probs(qwen_chat, [same], orders="both")[0] == FP32_BATCH.approx(0.5)
     assert abs(ab_behaviour_probs(qwen_chat, [same])[0] - 0.5) > 1e-4
     with pytest.raises(SteerwatchError, match="item 1: cannot swap the answer order"):
         swap_ab({"question": "A or B?\n (A) x\n (B) y\nAnswer:", "answer_matching_behavior": "(A)",
@@ -174,7 +183,7 @@ def test_recommend_respects_the_budget():
             {"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.35,
              "mc_acc": 0.6}]
     rec = recommend(rows, direction=1, max_kl=0.1, max_capability_drop=0.02)
-    assert rec["strength"] == 0.2 and rec["shift"] == pytest.approx(0.25) and rec["beats_prompting"]
+    assert rec["strength"] == 0.2 and rec["shift"] == DOUBLE.approx(0.25) and rec["beats_prompting"]
     assert {r["strength"] for r in rec["rejected"]} == {0.3, 0.4}
     down = recommend(rows, direction=-1)
     assert down["strength"] is None
@@ -195,8 +204,8 @@ def test_recommend_on_an_open_ended_objective():
                  "mc_acc": 0.6, "share_corrected": 0.2, "share_rejected": 0.1})
     rec = recommend(rows, objective="share_corrected+share_rejected")
     # 0.3 is over the KL budget and 0.4 over the capability budget: 0.1 (0.55) beats 0.2 (0.35)
-    assert rec["strength"] == 0.1 and rec["value"] == pytest.approx(0.55) and rec["shift"] == pytest.approx(0.40)
-    assert rec["prompting"]["value"] == pytest.approx(0.3) and rec["beats_prompting"]
+    assert rec["strength"] == 0.1 and rec["value"] == DOUBLE.approx(0.55) and rec["shift"] == DOUBLE.approx(0.40)
+    assert rec["prompting"]["value"] == DOUBLE.approx(0.3) and rec["beats_prompting"]
     assert rec["objective"] == "share_corrected+share_rejected" and rec["behaviour_shift"] == 0
     assert recommend(rows, objective="share_corrected")["strength"] is None  # nothing in budget raises it
     with pytest.raises(SteerwatchError, match="no row column 'share_agreed'"):
@@ -212,7 +221,7 @@ def test_recommendation_is_written_into_the_vector(qwen_chat, tmp_path):
     rec = recommend([_row(0.0, 0.3, 0.0, 0.6), _row(0.1, 0.5, 0.01, 0.6)])
     apply_recommendation(v, rec).save(tmp_path / "v.sv")
     back = load_vector(tmp_path / "v.sv")
-    assert back.recommended_strength == 0.1 and back.extra["recommendation"]["shift"] == pytest.approx(0.2)
+    assert back.recommended_strength == 0.1 and back.extra["recommendation"]["shift"] == DOUBLE.approx(0.2)
 
 
 def test_report_html_from_rows(tmp_path):
@@ -249,5 +258,5 @@ def test_logits_at_chosen_positions_match_the_full_forward(qwen_chat, monkeypatc
     monkeypatch.setattr(metrics_mod, "_accepts_logits_to_keep", lambda model: False)
     slow = (completion_nll(qwen_chat, prompts, answers, batch_size=3), letter_probs(qwen_chat, qs, ["AB", "AB"]))
     assert [n for _, n in fast[0]] == [n for _, n in slow[0]] == [len(a) for a in answers]
-    assert [x for x, _ in fast[0]] == pytest.approx([x for x, _ in slow[0]], rel=1e-5)
-    assert fast[1] == [pytest.approx(p, abs=1e-6) for p in slow[1]]
+    assert [x for x, _ in fast[0]] == FP32_ROUTE.approx([x for x, _ in slow[0]])
+    assert fast[1] == [FP32_ROUTE.approx(p) for p in slow[1]]

@@ -15,6 +15,7 @@ from steerwatch.serve import distress as distress_mod
 from steerwatch.serve import guard
 from steerwatch.serve.guard import DISTRESS_COS_WARN, DISTRESS_PUSH_BOUND, check_policy
 from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
+from tolerances import DOUBLE, FP32_ROUTE, GUARD_REPORT
 
 F32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  (the stored precision)
 LAYERS = (1, 2)
@@ -84,9 +85,9 @@ def detector_file(tmp_path, vector_name, *, name="det", calibrated=True):
 def test_push_is_strength_times_cosine_summed_over_layers(world):
     rep = world.run({"vectors": [world.entry("ang", strength=0.02), world.entry("orth", strength=0.1)]})
     ang = next(r for r in rep.rows if r.subject.startswith("ang") and r.code.startswith("distress"))
-    assert ang.numbers["cos"] == {"1": pytest.approx(F32(0.6), abs=1e-6), "2": pytest.approx(F32(0.6), abs=1e-6)}
-    assert ang.numbers["push"] == pytest.approx(2 * 0.02 * F32(0.6), abs=1e-6)
-    assert ang.numbers["max_layer_push"] == pytest.approx(0.02 * F32(0.6), abs=1e-6)
+    assert ang.numbers["cos"] == {"1": GUARD_REPORT.approx(F32(0.6)), "2": GUARD_REPORT.approx(F32(0.6))}
+    assert ang.numbers["push"] == GUARD_REPORT.approx(2 * 0.02 * F32(0.6))
+    assert ang.numbers["max_layer_push"] == GUARD_REPORT.approx(0.02 * F32(0.6))
     orth = next(r for r in rep.rows if r.subject.startswith("orth") and r.code.startswith("distress"))
     assert orth.level == "info" and orth.numbers["push"] == 0.0
     assert rep.ok
@@ -96,12 +97,13 @@ def test_refusal_exactly_at_the_bound(world):
     at = DISTRESS_PUSH_BOUND / 2  # two layers at cos 1: summed push == the bound
     rep = world.run({"vectors": [world.entry("dis", strength=at)]})
     (w,) = rows(rep, "distress-cosine", "warning")  # accepted, but cos 1 at a dose towards distress warns
-    assert rep.ok and w.numbers["push"] == pytest.approx(DISTRESS_PUSH_BOUND, abs=1e-12)
+    assert rep.ok and w.numbers["push"] == DOUBLE.approx(DISTRESS_PUSH_BOUND)
     rep = world.run({"vectors": [world.entry("dis", strength=at * 1.01)]})
     assert not rep.ok
     (err,) = rep.errors
-    assert err.code == "distress-push" and err.numbers["push"] == pytest.approx(DISTRESS_PUSH_BOUND * 1.01)
-    assert err.numbers["max_strength_within_bound"] == pytest.approx(at) and f"<= {at:.3g} on these" in err.message
+    assert err.code == "distress-push" and err.numbers["push"] == GUARD_REPORT.approx(DISTRESS_PUSH_BOUND * 1.01)
+    assert err.numbers["max_strength_within_bound"] == GUARD_REPORT.approx(at)
+    assert f"<= {at:.3g} on these" in err.message
     with pytest.raises(PolicyError, match="acknowledge_distress"):
         rep.raise_if_refused()
 
@@ -113,14 +115,14 @@ def test_angle_vector_refused_by_push_and_warned_by_cosine(world):
     rep = world.run({"vectors": [world.entry("ang", strength=round(s_lo, 6))]})
     assert rep.ok and F32(0.6) > DISTRESS_COS_WARN
     (w,) = rows(rep, "distress-cosine", "warning")
-    assert w.numbers["cos_dose"] == pytest.approx(F32(0.6), abs=1e-6)
+    assert w.numbers["cos_dose"] == GUARD_REPORT.approx(F32(0.6))
 
 
 def test_pushing_away_from_distress_is_accepted(world):
     rep = world.run({"vectors": [world.entry("dis", strength=-0.2), world.entry("neg", strength=0.2)]})
     assert rep.ok and [r.code for r in rep.warnings] == ["interference"]  # dis and -neg are one direction
     pushes = sorted(r.numbers["push"] for r in rows(rep, "distress-push"))
-    assert pushes == [pytest.approx(-0.4), pytest.approx(-0.4)]
+    assert pushes == [GUARD_REPORT.approx(-0.4), GUARD_REPORT.approx(-0.4)]
     # the anti-distress vector at a *negative* strength pushes towards distress
     assert not world.run({"vectors": [world.entry("neg", strength=-0.2)]}).ok
 
@@ -132,7 +134,7 @@ def test_acknowledgement_turns_refusal_into_warning(world):
     rep = world.run({**pol, "guard": {"acknowledge_distress": reason}})
     assert rep.ok and rep.acknowledgement == reason
     (w,) = rows(rep, "distress-push", "warning")
-    assert reason in w.message and w.numbers["push"] == pytest.approx(0.2)
+    assert reason in w.message and w.numbers["push"] == GUARD_REPORT.approx(0.2)
     blank = world.run({**pol, "guard": {"acknowledge_distress": "   "}})
     assert not blank.ok and rows(blank, "acknowledgement", "warning")
     unused = world.run({"vectors": [world.entry("orth", strength=0.1)], "guard": {"acknowledge_distress": reason}})
@@ -145,7 +147,7 @@ def test_per_request_range_uses_the_worst_sign(world):
     assert world.run(off).ok and not rows(world.run(off), "distress-push")  # nobody can turn it on
     rep = world.run({**off, "keys": keys})
     (err,) = rep.errors
-    assert err.subject.startswith("neg (per-request ±0.2") and err.numbers["push"] == pytest.approx(0.4)
+    assert err.subject.startswith("neg (per-request ±0.2") and err.numbers["push"] == GUARD_REPORT.approx(0.4)
     small = world.run({"vectors": [world.entry("ang", strength=0.0, max_abs_strength=0.03)], "keys": keys})
     assert small.ok and rows(small, "distress-cosine", "warning")  # 0.036 < bound, but cos 0.6 either way
 
@@ -153,11 +155,11 @@ def test_per_request_range_uses_the_worst_sign(world):
 def test_clamp_and_ablate(world):
     rep = world.run({"vectors": [world.entry("dis", op="clamp", strength=0.1)]})
     (err,) = rep.errors
-    assert "clamp" in err.message and err.numbers["push"] == pytest.approx(0.2)
+    assert "clamp" in err.message and err.numbers["push"] == GUARD_REPORT.approx(0.2)
     rep = world.run({"vectors": [world.entry("dis", op="ablate"), world.entry("orth", op="ablate")]})
     assert rep.ok
     (w,) = rows(rep, "distress-ablate", "warning")
-    assert w.subject.startswith("dis") and w.numbers["max_abs_cos"] == pytest.approx(1.0)
+    assert w.subject.startswith("dis") and w.numbers["max_abs_cos"] == GUARD_REPORT.approx(1.0)
     assert rows(rep, "distress-ablate", "info")[0].subject.startswith("orth")
 
 
@@ -167,7 +169,7 @@ def test_detector_steer_list_is_checked(world):
          "steer": [{"vector": "dis", "strength": 0.1}]}
     rep = world.run({"vectors": [world.entry("dis", strength=0.0)], "detectors": [d]})
     (err,) = rep.errors
-    assert err.subject.startswith("dis (detector det +0.1") and err.numbers["push"] == pytest.approx(0.2)
+    assert err.subject.startswith("dis (detector det +0.1") and err.numbers["push"] == GUARD_REPORT.approx(0.2)
 
 
 def test_distress_vector_without_a_steered_layer_is_an_error(world, qwen):
@@ -201,7 +203,7 @@ def test_recommended_strength_warnings_name_both_numbers(world):
 def test_interference_reinforcing_and_cancelling(world):
     rep = world.run({"vectors": [world.entry("orth", strength=0.1), world.entry("dup", strength=0.1)]})
     (w,) = rows(rep, "interference")
-    assert w.numbers["cos"] == pytest.approx(F32(0.8), abs=1e-6) and "strengths add" in w.message
+    assert w.numbers["cos"] == GUARD_REPORT.approx(F32(0.8)) and "strengths add" in w.message
     rep = world.run({"vectors": [world.entry("orth", strength=0.1), world.entry("dup", strength=-0.1)]})
     (w,) = rows(rep, "interference")
     assert "cancel" in w.message
@@ -210,7 +212,7 @@ def test_interference_reinforcing_and_cancelling(world):
 def test_interference_only_above_the_bound(world):
     assert F32(0.6) > guard.INTERFERENCE_COS  # dis . ang = 0.6 warns; dis . orth = 0 does not
     rep = world.run({"vectors": [world.entry("dis", strength=-0.1), world.entry("ang", strength=-0.01)]})
-    assert rows(rep, "interference")[0].numbers["cos"] == pytest.approx(F32(0.6), abs=1e-6)
+    assert rows(rep, "interference")[0].numbers["cos"] == GUARD_REPORT.approx(F32(0.6))
     rep = world.run({"vectors": [world.entry("dis", strength=-0.1), world.entry("orth", strength=0.1)]})
     assert not rows(rep, "interference")
 
@@ -224,8 +226,8 @@ def test_combined_strength_is_the_norm_of_the_summed_push(world):
     rep = world.run(pol)
     (err,) = rows(rep, "combined-strength", "error")
     want = 0.2 * math.sqrt(2 + 2 * F32(0.8))  # |0.2 u + 0.2 v| with u.v = 0.8
-    assert err.subject == "default + detector det" and err.numbers["combined"] == pytest.approx(want, abs=1e-6)
-    assert rows(rep, "combined-strength", "info")[0].numbers["combined"] == pytest.approx(0.2, abs=1e-6)
+    assert err.subject == "default + detector det" and err.numbers["combined"] == GUARD_REPORT.approx(want)
+    assert rows(rep, "combined-strength", "info")[0].numbers["combined"] == GUARD_REPORT.approx(0.2)
     pol["limits"]["max_combined_strength"] = 0.4
     assert world.run(pol).ok
 
@@ -235,7 +237,7 @@ def test_combined_strength_with_unequal_residual_norms(world):
     rep = world.run({"vectors": [world.entry("orth", strength=0.1), world.entry("wide", strength=0.1)]})
     (row,) = rows(rep, "combined-strength")
     want = math.sqrt(0.2**2 + 0.4**2 + 2 * 0.2 * 0.4 * F32(0.8)) / 3.0
-    assert row.numbers["combined"] == pytest.approx(want, abs=1e-6)
+    assert row.numbers["combined"] == GUARD_REPORT.approx(want)
 
 
 def test_steerings_within_the_bound_alone_can_exceed_it_together(world):
@@ -244,7 +246,7 @@ def test_steerings_within_the_bound_alone_can_exceed_it_together(world):
     rep = world.run(pol)
     assert not rows(rep, "distress-push", "error")[1:]  # only the set's row, not the single steerings
     (err,) = rep.errors
-    assert err.subject == "default steering" and err.numbers["push"] == pytest.approx(1.2 * b, rel=1e-6)
+    assert err.subject == "default steering" and err.numbers["push"] == GUARD_REPORT.approx(1.2 * b)
     assert world.run({**pol, "guard": {"acknowledge_distress": "study"}}).ok
 
 
@@ -258,7 +260,7 @@ def test_check_request_sums_the_specs_of_one_request(world):
     assert check_request(ok, world.distress) is None  # (half/2 * 2 layers) + (half / 2 * 2 layers) = bound
     wide = [SteerSpec(vector=v["dis"], strength=half, layers=(0, 1, 2, 3))]  # per-request layers: 4 of them
     row = check_request(wide, world.distress)
-    assert row.level == "error" and row.numbers["push"] == pytest.approx(4 * half)
+    assert row.level == "error" and row.numbers["push"] == GUARD_REPORT.approx(4 * half)
     assert check_request(wide, world.distress, acknowledge="study").level == "warning"
     rep = world.run({"vectors": [world.entry("orth", strength=0.1)]})
     assert rep.distress is world.distress  # the server can reuse the direction the report used
@@ -296,7 +298,8 @@ def test_distress_vector_from_another_model_is_refused(world, qwen):
     world.distress.save(world.tmp / "mine.sv")  # a file given in the policy is used as it is
     rep = world.run({"vectors": [world.entry("dis", strength=0.1)], "guard": {"distress_vector": "mine.sv"}},
                     distress=None)
-    assert rep.distress_source == str(world.tmp / "mine.sv") and rep.errors[0].numbers["push"] == pytest.approx(0.2)
+    assert rep.distress_source == str(world.tmp / "mine.sv")
+    assert rep.errors[0].numbers["push"] == GUARD_REPORT.approx(0.2)
 
 
 def test_builtin_distress_is_built_once_and_cached(qwen_chat, tmp_path, monkeypatch):
@@ -305,8 +308,9 @@ def test_builtin_distress_is_built_once_and_cached(qwen_chat, tmp_path, monkeypa
 
     monkeypatch.setenv("STEERWATCH_CACHE", str(tmp_path / "cache"))
     path = distress_mod.distress_cache_path(qwen_chat)
-    sha = load_concept("distress").sha256
-    assert path == tmp_path / "cache" / "vectors" / qwen_chat.fingerprint / f"distress-{sha[:12]}.sv"
+    # keyed by model (the folder) and by the concept's data, methods and steerwatch version (the name)
+    assert path.parent == tmp_path / "cache" / "vectors" / qwen_chat.fingerprint
+    assert path.name.startswith("distress-") and path.suffix == ".sv" and len(path.stem) == len("distress-") + 12
     logs = []
     vec, got = distress_mod.builtin_distress(qwen_chat, log=logs.append)
     assert got == path and path.is_file() and len(logs) == 1 and "building" in logs[0]
@@ -356,7 +360,7 @@ def test_cli_init_then_check_exit_codes(world, qwen, monkeypatch):
     assert data["detectors"][0]["steer"] == [{"vector": "orth", "strength": 0.05}]
     assert _cli(["policy", "init", "--vector", f"dis={world.tmp / 'dis.sv'}", "-o", str(out)]).exit_code == 2
     check = ["policy", "check", str(out), "--distress", str(world.tmp / "distress_ref.sv")]
-    res = _cli(check + ["--json", str(world.tmp / "r.json")])
+    res = _cli([*check, "--json", str(world.tmp / "r.json")])
     assert res.exit_code == 1 and "refused" in res.output and "acknowledge_distress" in res.output
     report = json.loads((world.tmp / "r.json").read_text())
     assert report["ok"] is False and [r["code"] for r in report["rows"] if r["level"] == "error"] == ["distress-push"]
@@ -384,15 +388,15 @@ def test_cli_init_rejects_bad_arguments(world):
 
 # ---------------------------------------------------------------- the embedded model
 @pytest.mark.embedded
-def test_embedded_guard_refuses_distress_up_and_reports_honesty(embedded_qwen, embedded_honesty, tmp_path, capsys):
-    """The built-in distress vector (built once into the user cache, as `steerwatch policy check`
+def test_embedded_guard_refuses_distress_up_and_reports_honesty(embedded_qwen, embedded_honesty, builtin_vector,
+                                                                vector_cache, tmp_path, capsys, monkeypatch):
+    """The built-in distress vector (built once into the cache, as `steerwatch policy check`
     does) at +0.1 on its default layers is refused, and accepted with an acknowledgement; steering
     it down is accepted. Honesty shares a positive cosine with distress on this model
     (docs/results.md: +0.34 averaged over layers 4-17): what the guard says about honesty-up."""
-    from steerwatch.serve.distress import builtin_distress
-
     lm = embedded_qwen
-    dvec, _ = builtin_distress(lm)
+    dvec, _ = builtin_vector("distress")
+    monkeypatch.setenv("STEERWATCH_CACHE", str(vector_cache))  # where policy check finds it (the model is loaded)
     dvec.save(tmp_path / "distress.sv")
     honesty, _ = embedded_honesty
     honesty.save(tmp_path / "honesty.sv")
@@ -406,7 +410,7 @@ def test_embedded_guard_refuses_distress_up_and_reports_honesty(embedded_qwen, e
     rep = check_policy(policy("distress", 0.1), lm)  # distress=None: the cached built-in vector
     (err,) = rep.errors
     assert err.code == "distress-push"
-    assert err.numbers["push"] == pytest.approx(0.1 * len(dvec.default_layers), abs=1e-4)
+    assert err.numbers["push"] == FP32_ROUTE.approx(0.1 * len(dvec.default_layers))
     ack = check_policy(policy("distress", 0.1, guard={"acknowledge_distress": "measuring the guard"}), lm)
     assert ack.ok and "measuring the guard" in rows(ack, "distress-push", "warning")[0].message
     calm = check_policy(policy("distress", -0.1), lm, distress=dvec)
@@ -416,11 +420,11 @@ def test_embedded_guard_refuses_distress_up_and_reports_honesty(embedded_qwen, e
     mean = sum(cos.values()) / len(cos)
     assert 0.2 < mean < 0.5  # the overlap docs/serve-guard.md reports; a change of the data sets shows here
     with capsys.disabled():
-        print(f"\ncos(honesty, distress) at honesty's default layers: "
+        print("\ncos(honesty, distress) at honesty's default layers: "
               + " ".join(f"{k}:{v:+.3f}" for k, v in cos.items()) + f" (mean {mean:+.3f})")
         for s in (0.02, 0.1):
             r = check_policy(policy("honesty", s), lm, distress=dvec)
             row = next(x for x in r.rows if x.code.startswith("distress"))
             print(f"honesty {s:+g}: {row.level} {row.code}: push {row.numbers['push']:+.4f}")
-            assert row.numbers["push"] == pytest.approx(s * sum(cos.values()), abs=1e-5)
+            assert row.numbers["push"] == GUARD_REPORT.approx(s * sum(cos.values()))
             assert (row.level == "error") == (s * sum(cos.values()) > DISTRESS_PUSH_BOUND)

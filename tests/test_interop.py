@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BlockCapture, blocks_of, get_loaded, make_vector, random_ids
+from conftest import BlockCapture, blocks_of, make_vector, random_ids
 from steerwatch.errors import LayerResolutionError, SteerSpecError, VectorFileError, VectorMismatchError
 from steerwatch.interop import export_control_vector, import_control_vector, read_control_vector
 from steerwatch.steer import SteerSpec, steering
 from steerwatch.vector import load_vector
+from tolerances import DOUBLE, FP32_ROUTE, FP32_STORED
 
 NORMS = {0: 1.25, 1: 2.5, 2: 3.75, 3: 0.3}  # a different norm per layer, so a wrong layer's norm shows
 
@@ -82,7 +83,7 @@ def test_export_layout_is_what_llama_cpp_reads(vec, tmp_path):
         assert [int(d) for d in t.shape] == [32] and t.data.dtype == np.float32
         want = expected_push(vec, layer, 0.4)
         assert np.array_equal(np.asarray(t.data), want)
-        assert np.linalg.norm(want) == pytest.approx(0.4 * NORMS[layer], rel=1e-6)  # raw push, not unit
+        assert np.linalg.norm(want) == FP32_STORED.approx(0.4 * NORMS[layer])  # raw push, not unit
 
 
 def test_export_layers_and_hint(vec, tmp_path):
@@ -102,14 +103,14 @@ def test_export_strength_defaults_to_recommended(vec, tmp_path):
 
 
 def test_export_refuses_layer_zero_and_bad_options(vec, qwen, tmp_path):
-    with pytest.raises(LayerResolutionError, match="layer 0.*cannot express"):
+    with pytest.raises(LayerResolutionError, match=r"layer 0.*cannot express"):
         export_control_vector(vec, tmp_path / "v.gguf", strength=0.1, layers=[0, 1])
     v0 = make_vector(qwen, default_layers=[0, 1])
     with pytest.raises(LayerResolutionError, match="default layers include layer 0"):
         export_control_vector(v0, tmp_path / "v.gguf", strength=0.1)
     with pytest.raises(LayerResolutionError, match=r"no direction for layer\(s\) \[7\]"):
         export_control_vector(vec, tmp_path / "v.gguf", strength=0.1, layers=[1, 7])
-    with pytest.raises(SteerSpecError, match="no recommended strength.*--strength"):
+    with pytest.raises(SteerSpecError, match=r"no recommended strength.*--strength"):
         export_control_vector(vec, tmp_path / "v.gguf")
     for bad in (0.0, float("nan"), float("inf")):
         with pytest.raises(SteerSpecError, match="finite non-zero"):
@@ -129,7 +130,7 @@ def test_direction_n_moves_block_n_only(qwen, tmp_path):
     assert v.layers == [2] and v.default_layers == [2] and v.recommended_strength == 1.0
     deltas = block_deltas(qwen, [SteerSpec(v, strength=1.0)])
     assert torch.equal(deltas[0], torch.zeros_like(deltas[0])) and torch.equal(deltas[1], torch.zeros_like(deltas[1]))
-    assert torch.allclose(deltas[2], push.expand_as(deltas[2]), rtol=0, atol=1e-6)
+    assert FP32_STORED.allclose(deltas[2], push.expand_as(deltas[2]))
 
 
 @pytest.mark.parametrize("strength", [0.4, -0.3])
@@ -140,7 +141,7 @@ def test_round_trip_gives_back_directions_units_and_push(vec, qwen, tmp_path, st
     # allclose, not equal: the file stores the float32 product strength*norm*u, and dividing by its
     # norm rounds again, so directions come back within a few float32 ulps (max seen ~3e-8)
     for layer in back.layers:
-        assert torch.allclose(back.directions[layer], vec.directions[layer], rtol=0, atol=1e-6)
+        assert FP32_STORED.allclose(back.directions[layer], vec.directions[layer])
         assert back.residual_norm[layer] == vec.residual_norm[layer]
     assert back.recommended_strength == strength
     assert (back.concept, back.method, back.read_position) == (vec.concept, vec.method, vec.read_position)
@@ -152,8 +153,8 @@ def test_round_trip_gives_back_directions_units_and_push(vec, qwen, tmp_path, st
     cv = read_control_vector(path)
     d_orig = block_deltas(qwen, [SteerSpec(vec, strength=strength, layers=(1,))])[1]
     d_back = block_deltas(qwen, [SteerSpec(back, strength=back.recommended_strength, layers=(1,))])[1]
-    assert torch.allclose(d_back, cv.pushes[1].expand_as(d_back), rtol=0, atol=1e-6)
-    assert torch.allclose(d_back, d_orig, rtol=0, atol=1e-6)
+    assert FP32_STORED.allclose(d_back, cv.pushes[1].expand_as(d_back))
+    assert FP32_STORED.allclose(d_back, d_orig)
     # and it is a valid vector file
     again = load_vector(back.save(tmp_path / "v.sv"))
     assert all(torch.equal(again.directions[k], back.directions[k]) for k in back.layers)
@@ -172,15 +173,16 @@ def test_foreign_file_strength_equals_llama_scale(qwen, tmp_path):
     assert v.default_layers == [1, 2, 3] and v.extra["gguf_import"]["strength_unit"] == "gguf_tensor_norm"
     assert v.extra["gguf_import"]["model_hint"] == "qwen2" and v.extra["gguf_import"]["layer_count"] == 3
     for n, t in raw.items():
-        assert v.residual_norm[n]["mean"] == pytest.approx(float(t.double().norm()), rel=1e-12)
-        assert torch.allclose(v.directions[n], t / t.norm(), rtol=0, atol=1e-6)
-        assert torch.allclose(v.norm(n) * v.directions[n], t, rtol=0, atol=1e-6)  # strength 1 == scale 1
+        assert v.residual_norm[n]["mean"] == DOUBLE.approx(float(t.double().norm()))
+        assert FP32_STORED.allclose(v.directions[n], t / t.norm())
+        assert FP32_STORED.allclose(v.norm(n) * v.directions[n], t)  # strength 1 == scale 1
     assert import_control_vector(path, qwen, concept="joy").concept == "joy"
 
 
 def test_tampered_steerwatch_file_is_imported_as_foreign(vec, qwen, tmp_path):
     cv = read_control_vector(export_control_vector(vec, tmp_path / "v.gguf", strength=0.4))
-    path = write_gguf(tmp_path / "t.gguf", {"direction.1": (2 * cv.pushes[1]).numpy(), "direction.2": cv.pushes[2].numpy()},
+    path = write_gguf(tmp_path / "t.gguf", {"direction.1": (2 * cv.pushes[1]).numpy(),
+                                            "direction.2": cv.pushes[2].numpy()},
                       strings={"steerwatch.metadata": json.dumps(vec.metadata())})
     v = import_control_vector(path, qwen)
     assert v.extra["gguf_import"]["strength_unit"] == "gguf_tensor_norm" and v.recommended_strength == 1.0
@@ -192,7 +194,7 @@ def test_duplicate_index_summed_and_zero_tensor_left_out(qwen, tmp_path):
     path = write_gguf(tmp_path / "d.gguf", {"direction.1": a.numpy(), "direction.01": b.numpy(),
                                              "direction.3": np.zeros(32, np.float32)})
     v = import_control_vector(path, qwen)
-    assert v.layers == [1] and torch.allclose(v.norm(1) * v.direction(1), a + b, rtol=0, atol=1e-5)
+    assert v.layers == [1] and FP32_ROUTE.allclose(v.norm(1) * v.direction(1), a + b)
     notes = " | ".join(v.extra["gguf_import"]["notes"])
     assert "summed" in notes and "direction.3 is all zeros" in notes
 
@@ -226,7 +228,7 @@ def test_bad_files(qwen, tmp_path):
     }
     for name, (tensors, words) in cases.items():
         path = write_gguf(tmp_path / f"{name}.gguf", tensors)
-        _expect(VectorFileError, lambda: import_control_vector(path, qwen), words)
+        _expect(VectorFileError, lambda path=path: import_control_vector(path, qwen), words)
     path = write_gguf(tmp_path / "allzero.gguf", {"direction.1": np.zeros(32, np.float32)})
     _expect(VectorFileError, lambda: import_control_vector(path, qwen), "every direction tensor is zero")
 
@@ -267,6 +269,7 @@ def test_cli_export_import(vec, qwen, tmp_path):
     assert res.exit_code == 0, res.output
     v = load_vector(back)
     assert v.recommended_strength == -0.05 and v.layers == [1, 2, 3]
-    assert all(torch.allclose(v.directions[k], vec.directions[k], rtol=0, atol=1e-6) for k in v.layers)
-    res = runner.invoke(app, ["import-gguf", str(tmp_path / "missing.gguf"), "-o", str(back), "--model", str(model_dir)])
+    assert all(FP32_STORED.allclose(v.directions[k], vec.directions[k]) for k in v.layers)
+    res = runner.invoke(app, ["import-gguf", str(tmp_path / "missing.gguf"), "-o", str(back), "--model",
+                              str(model_dir)])
     assert res.exit_code == 2 and "does not exist" in res.output

@@ -11,8 +11,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from steerwatch.errors import SteerwatchError
-from steerwatch.evals.judge import (SYSTEM_PROMPT, UNPARSED, Judge, agreement, judge_columns, judge_messages,
-                                    label_counts, parse_label)
+from steerwatch.evals.judge import (
+    SYSTEM_PROMPT,
+    UNPARSED,
+    Judge,
+    agreement,
+    judge_columns,
+    judge_messages,
+    label_counts,
+    parse_label,
+)
+from tolerances import DOUBLE
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -166,7 +175,7 @@ def test_agreement_with_rules():
     judge = ["corrected", "evasive", UNPARSED, "agreed"]
     a = agreement(rules, judge)
     assert (a["n"], a["n_parsed"], a["n_unparsed"], a["agree"]) == (4, 3, 1, 2)
-    assert a["agreement"] == pytest.approx(2 / 3)
+    assert a["agreement"] == DOUBLE.approx(2 / 3)
     assert a["confusion"]["agreed"] == {"corrected": 0, "rejected": 0, "agreed": 1, "evasive": 1, "unparsed": 0}
     assert a["confusion"]["evasive"]["unparsed"] == 1
     with pytest.raises(SteerwatchError, match="2 rule labels but 1 judge labels"):
@@ -175,8 +184,8 @@ def test_agreement_with_rules():
 
 def test_judge_columns_keep_unparsed_visible():
     cols = judge_columns(["corrected", "agreed", "agreed", UNPARSED])
-    assert cols == {"judge_share_corrected": pytest.approx(1 / 3), "judge_share_rejected": 0.0,
-                    "judge_share_agreed": pytest.approx(2 / 3), "judge_share_evasive": 0.0,
+    assert cols == {"judge_share_corrected": DOUBLE.approx(1 / 3), "judge_share_rejected": 0.0,
+                    "judge_share_agreed": DOUBLE.approx(2 / 3), "judge_share_evasive": 0.0,
                     "judge_unparsed": 0.25, "n_judged": 4}
     none = judge_columns([UNPARSED])
     assert none["judge_share_agreed"] is None and none["judge_unparsed"] == 1.0

@@ -13,7 +13,6 @@ import pytest
 
 from conftest import make_vector, write_jsonl
 from steerwatch.errors import SteerwatchError
-from steerwatch.evals import sweep as sweep_mod
 from steerwatch.evals.bait import BaitItem
 from steerwatch.evals.coherence import CoherenceBounds
 from steerwatch.evals.judge import Judge
@@ -155,7 +154,7 @@ def test_cli_eval_with_judge(cli, judge_server, monkeypatch):
 
 
 def test_cli_judge_option_errors(cli, judge_server, monkeypatch):
-    run, vp, bait, tmp = cli
+    run, vp, bait, _tmp = cli
     res = run("eval", vp, "--strength", "0.5", "--open", bait, "--judge-url", judge_server.base)
     assert res.exit_code == 2 and "--judge-url needs --judge-model" in res.text
     res = run("eval", vp, "--strength", "0.5", "--judge-url", judge_server.base, "--judge-model", "m")

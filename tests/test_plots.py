@@ -108,7 +108,7 @@ def test_missing_metric_and_bad_rows(tmp_path):
         plot_specs([])
     with pytest.raises(SteerwatchError, match="row 2 is not a sweep row"):
         plot_specs([ROWS[0], {"behaviour": 0.3}])
-    with pytest.raises(SteerwatchError, match="row 1: strength must be a number, got '0.1'"):
+    with pytest.raises(SteerwatchError, match=r"row 1: strength must be a number, got '0.1'"):
         plot_specs([{"setting": "steer", "strength": "0.1", "behaviour": 0.3}])
     with pytest.raises(SteerwatchError, match="no numeric metric"):
         plot_specs([{"setting": "steer", "strength": 0.0, "n_ab": 3, "concept": "x"}])

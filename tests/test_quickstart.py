@@ -27,7 +27,8 @@ def test_quickstart_summary_and_knowledge(qwen_chat, tmp_path):
     answers = generate(qwen_chat, [it.question for it in items], max_new_tokens=4)
     assert [k["id"] for k in res.knowledge] == [it.id for it in items]
     assert [k["answer"] for k in res.knowledge] == answers
-    assert [k["knows"] for k in res.knowledge] == [has_truth_marker(a, it.truth_markers) for a, it in zip(answers, items)]
+    assert [k["knows"] for k in res.knowledge] == [has_truth_marker(a, it.truth_markers) for a, it in zip(answers,
+                                                                                                          items)]
 
 
 def test_quickstart_cli_writes_answers_and_matches_python(qwen_chat, tmp_path, monkeypatch):

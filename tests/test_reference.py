@@ -3,17 +3,17 @@ prompts, reference text and multiple-choice items; built-in reference sets."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import shared_file
+from conftest import write_jsonl as _jsonl
 from steerwatch.data.conversations import load_conversations
 from steerwatch.data.evalsets import list_eval_sets, load_eval_set
 from steerwatch.data.reference import load_benign, load_mc, load_prompts, load_reference_text
-from conftest import write_jsonl as _jsonl
 from steerwatch.errors import DataFormatError
 
-CAA_MMLU = Path("/work/shared/data/CAA/datasets/test/mmlu/mmlu.json")
+CAA_MMLU = "CAA/datasets/test/mmlu/mmlu.json"
 
 
 
@@ -73,7 +73,7 @@ def test_prompts_and_text_files(tmp_path):
     assert load_prompts(tmp_path / "p.txt") == ["one", "two"]
     (tmp_path / "t.txt").write_text("para one\nstill one\n\n\npara two\n", encoding="utf-8")
     assert load_reference_text(tmp_path / "t.txt") == ["para one\nstill one", "para two"]
-    with pytest.raises(DataFormatError, match="line 2.*'prompt'"):
+    with pytest.raises(DataFormatError, match=r"line 2.*'prompt'"):
         load_prompts(_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a"}, {"text": "b"}]))
     with pytest.raises(DataFormatError, match="'text'"):
         load_reference_text(_jsonl(tmp_path / "bad2.jsonl", [{"prompt": "a"}]))
@@ -101,10 +101,10 @@ def test_mc_bad(tmp_path, row, field, words):
     assert exc.value.field == field and words in str(exc.value) and exc.value.line == 1
 
 
-@pytest.mark.skipif(not CAA_MMLU.exists(), reason="shared CAA data not present")
 def test_mc_reads_caa_mmlu_two_choice():
-    items = load_mc(CAA_MMLU)
-    raw = json.loads(CAA_MMLU.read_text())
+    path = shared_file(CAA_MMLU)
+    items = load_mc(path)
+    raw = json.loads(path.read_text())
     assert len(items) == len(raw)
     for it, r in zip(items, raw):
         assert len(it.choices) == 2

@@ -101,7 +101,8 @@ def test_knowledge_check_asks_the_neutral_question(qwen_chat, monkeypatch):
                       split="test", question="What is the capital of Australia?"),
              BaitItem(id="b", prompt="Sydney is big, right?", claim="", truth="", truth_markers=("canberra",),
                       split="test", question="What is the capital of NSW's country?"),
-             BaitItem(id="c", prompt="No question here, right?", claim="", truth="", truth_markers=("x",), split="test")]
+             BaitItem(id="c", prompt="No question here, right?", claim="", truth="", truth_markers=("x",),
+                      split="test")]
     rows = knowledge_check(qwen_chat, items)
     assert asked == ["What is the capital of Australia?", "What is the capital of NSW's country?"]
     assert [(r["id"], r["knows"]) for r in rows] == [("a", True), ("b", False), ("c", None)]
@@ -125,7 +126,8 @@ def test_builtin_bait_set():
 
 def test_bad_bait_file(tmp_path):
     p = tmp_path / "b.jsonl"
-    p.write_text(json.dumps({"id": "x", "prompt": "p", "truth_markers": ["a"]}) + "\n" + json.dumps({"id": "y", "prompt": "q"}))
+    p.write_text(json.dumps({"id": "x", "prompt": "p", "truth_markers": ["a"]}) + "\n" + json.dumps({"id": "y",
+                                                                                                     "prompt": "q"}))
     with pytest.raises(DataFormatError, match=r"line 2.*truth_markers"):
         load_bait(p)
     with pytest.raises(DataFormatError, match="no items with split 'dev'"):

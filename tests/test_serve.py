@@ -11,14 +11,14 @@ import openai
 import pytest
 import yaml
 
+from conftest import make_vector
 from steerwatch.generation import generate_ids
 from steerwatch.serve.engine import BLOCKED_TEXT
 from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
 from steerwatch.serve.server import RunningServer, build_engine
 from steerwatch.steer import SteerSpec
 from steerwatch.watch.detector import Detector
-
-from conftest import make_vector
+from tolerances import DOUBLE, FP32_BATCH
 
 KEYS = {"user": "sk-user-1", "steerer": "sk-steer-2", "admin": "sk-admin-3"}
 PROMPTS = ["hello there", "what is 2+2?", "tell me a story", "abc", "the sky is", "ok", "why?", "code please"]
@@ -116,7 +116,7 @@ def test_streaming_equals_non_streaming_and_carries_scores_last(server):
     assert text == full.choices[0].message.content
     finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == full.choices[0].finish_reason
-    assert finals[0].model_extra["steerwatch"]["scores"] == pytest.approx(full.model_extra["steerwatch"]["scores"])
+    assert finals[0].model_extra["steerwatch"]["scores"] == FP32_BATCH.approx(full.model_extra["steerwatch"]["scores"])
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     comp = c.completions.create(model="tiny-qwen2", prompt="the sky is", max_tokens=8, stream=True)
     assert "".join(ch.choices[0].text for ch in comp) == c.completions.create(
@@ -151,12 +151,14 @@ def test_unauthorised_steering_and_keys_are_refused(server):
     (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "not served"),
     (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}], "max_tokens": 999}).encode(),
      400, "exceeds this server's limit of 32"),
-    (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), 400, "n must be 1"),
+    (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), 400,
+     "n must be 1"),
     (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}],
                  "steering": [{"vector": "ghost", "strength": 0.1}]}).encode(), 400, "unknown vector 'ghost'"),
     (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}],
                  "steering": [{"vector": "push", "strength": 9}]}).encode(), 400, "out of bounds"),
-    (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 413, "exceeds the limit"),
+    (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 413,
+     "exceeds the limit"),
     (json.dumps({"model": "tiny-qwen2", "messages": [{"role": "robot", "content": "x"}]}).encode(), 400, "role"),
 ])
 def test_bad_requests_get_documented_4xx(server, body, status, needle):
@@ -176,10 +178,11 @@ def test_flagged_responses_are_stored_and_listed_for_admins_only(server):
     row = next(x for x in rows if x["id"] == ext["stored_id"])
     assert row["response"] == r.choices[0].message.content and row["flags"] == ["always"]
     assert row["key_name"] == "steerer" and row["policy_sha256"] == ext["policy_sha256"]
-    assert row["token_scores"]["always"] == pytest.approx(ext["token_scores"]["always"])
+    assert row["token_scores"]["always"] == DOUBLE.approx(ext["token_scores"]["always"])
     assert len(row["token_scores"]["always"]) == len(ext["tokens"]) == len(row["tokens"])
     assert row["prompt"] == [{"role": "user", "content": "abc"}]
-    denied = httpx.get(server.base_url + "/watch/events", headers={"Authorization": f"Bearer {KEYS['user']}"}, timeout=30)
+    denied = httpx.get(server.base_url + "/watch/events", headers={"Authorization": f"Bearer {KEYS['user']}"},
+                       timeout=30)
     assert denied.status_code == 403
 
 
@@ -231,7 +234,8 @@ def test_block_action_withholds_text_and_stores_it(qwen_chat, tmp_path):
     try:
         with RunningServer(engine) as srv:
             c = _client(srv)
-            r = c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], max_tokens=6)
+            r = c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=6)
             assert r.choices[0].message.content == BLOCKED_TEXT and r.choices[0].finish_reason == "content_filter"
             chunks = list(c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}],
                                                     max_tokens=6, stream=True))
@@ -269,7 +273,8 @@ def test_policy_without_detectors_serves_unwatched(qwen_chat, tmp_path):
             r = _client(srv, "steerer").chat.completions.create(
                 model="tiny-qwen2", messages=[{"role": "user", "content": "ok"}], max_tokens=6,
                 extra_body={"steering": [{"vector": "other", "strength": 2.0}]})
-        assert r.choices[0].message.content == _alone(qwen_chat, "ok", n=6, strength=2.0, vector=engine.dep.vectors["other"])
+        assert r.choices[0].message.content == _alone(qwen_chat, "ok", n=6, strength=2.0,
+                                                      vector=engine.dep.vectors["other"])
         assert r.model_extra["steerwatch"]["scores"] == {} and r.model_extra["steerwatch"]["flags"] == []
     finally:
         engine.stop()
@@ -312,11 +317,13 @@ def test_guard_refuses_distress_steering_at_start_and_per_request(qwen_chat, tmp
     try:
         with RunningServer(engine) as srv:
             c = _client(srv, "steerer")
-            ok = c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            ok = c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4,
                                            extra_body={"steering": [{"vector": "push", "strength": 0.02}]})
             assert ok.model_extra["steerwatch"]["steering"][0]["strength"] == 0.02
             with pytest.raises(openai.BadRequestError, match="refused by the policy guard"):
-                c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                c.chat.completions.create(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=4,
                                           extra_body={"steering": [{"vector": "push", "strength": 0.02,
                                                                     "layers": [0, 1, 2, 3]}]})
     finally:
@@ -342,7 +349,7 @@ def test_degeneration_guard_on_repetition_records_the_measure(qwen_chat, tmp_pat
     finally:
         engine.stop()
     ev = next(e for e in res[0].events if e["type"] == "degeneration")
-    assert ev["repeat_share"] == pytest.approx(text_stats(loop)["repeat_4gram"]) and ev["repeat_share"] > 0.3
+    assert ev["repeat_share"] == DOUBLE.approx(text_stats(loop)["repeat_4gram"]) and ev["repeat_share"] > 0.3
     assert ev["backoff"] == "none: policy action is record"
     assert not any(e["type"] == "degeneration" for e in res[1].events)  # unsteered answers are not judged
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from test_serve import KEYS, PROMPTS, _alone, _engine
 from steerwatch.serve.server import RunningServer
+from test_serve import KEYS, PROMPTS, _alone, _engine
 
 STRENGTHS = [0.0, 1.0, -1.0, 2.5, -2.5]
 
@@ -33,7 +33,8 @@ def test_load_200_requests_16_clients_mixed_steering(qwen_chat, tmp_path):
                 c = clients[k % 16]
                 if stream:
                     chunks = list(c.chat.completions.create(stream=True, **kw))
-                    ext = next(ch for ch in chunks if ch.choices and ch.choices[0].finish_reason).model_extra["steerwatch"]
+                    last = next(ch for ch in chunks if ch.choices and ch.choices[0].finish_reason)
+                    ext = last.model_extra["steerwatch"]
                     return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), ext
                 r = c.chat.completions.create(**kw)
                 return r.choices[0].message.content, r.model_extra["steerwatch"]
@@ -42,12 +43,12 @@ def test_load_200_requests_16_clients_mixed_steering(qwen_chat, tmp_path):
                 out = list(ex.map(one, range(200)))
         errors = [k for k, (text, ext) in enumerate(out) if text != ref[jobs[k][:2]]]
         assert errors == []  # zero leakage: every answer is its own request's
-        for (p, s, _), (_, ext) in zip(jobs, out):
+        for (_, s, _), (_, ext) in zip(jobs, out):
             assert ext["steering"] == ([] if s == 0 else [{"vector": "push", "op": "add", "strength": s, "layers": [1],
                                                           "positions": "all"}])
         stored = {r["request_id"]: r for r in engine.store.list(flagged_only=True, limit=1000)}
         assert len(stored) == 200  # every response was flagged ("always") and every one is stored
-        for (p, s, _), (text, ext) in zip(jobs, out):
+        for (p, _, _), (text, ext) in zip(jobs, out):
             row = stored[ext["request_id"]]
             assert row["response"] == text and row["prompt"][-1]["content"] == p
         assert engine.stats["max_batch_seen"] > 1

@@ -7,12 +7,23 @@ import math
 import pytest
 import torch
 
-from conftest import (STEER_ARCHS, BlockCapture, blocks_of, forward_blocks, get_loaded, greedy, left_pad,
-                      make_vector, random_ids, trim_eos)
+from conftest import (
+    STEER_ARCHS,
+    BlockCapture,
+    blocks_of,
+    forward_blocks,
+    get_loaded,
+    greedy,
+    left_pad,
+    make_vector,
+    random_ids,
+    trim_eos,
+)
 from steerwatch.chat import encode_prompt, render_prompt
 from steerwatch.errors import LayerResolutionError, SteerSpecError, VectorMismatchError
 from steerwatch.generation import generate
 from steerwatch.steer import SteerSpec, attach, parse_steer_spec, steering
+from tolerances import FP32_ROUTE, changed
 
 # a different typical norm per layer, so that using the wrong layer's norm shows
 NORMS = {0: 1.5, 1: 2.5, 2: 3.0, 3: 0.7}
@@ -53,10 +64,10 @@ def test_add_changes_only_target_layer_by_exact_amount(arch, layer):
     assert torch.equal(steered[layer], expected)
     # the push really is s * norm_L long, along u, at every position
     diff = steered[layer] - base[layer]
-    torch.testing.assert_close(diff.norm(dim=-1), torch.full((2, 7), s * NORMS[layer]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(_proj(diff, u), torch.full((2, 7), s * NORMS[layer]), rtol=1e-5, atol=1e-5)
+    FP32_ROUTE.assert_close(diff.norm(dim=-1), torch.full((2, 7), s * NORMS[layer]))
+    FP32_ROUTE.assert_close(_proj(diff, u), torch.full((2, 7), s * NORMS[layer]))
     # downstream blocks see the change
-    assert not torch.allclose(steered[layer + 1], base[layer + 1], atol=1e-4)
+    assert changed(steered[layer + 1], base[layer + 1])
 
 
 @pytest.mark.parametrize("arch", STEER_ARCHS)
@@ -73,13 +84,13 @@ def test_ablate_removes_projection_and_keeps_orthogonal_part(arch):
     raw, final = _steered_run(loaded, [SteerSpec(vec, op="ablate", layers=(layer,))], ids)
     assert torch.equal(raw[layer], base[layer])
     assert _proj(raw[layer], u).abs().mean() > 1e-2  # something to ablate (1000x the tolerance below)
-    torch.testing.assert_close(_proj(final[layer], u), torch.zeros(2, 7), rtol=0, atol=1e-5)
+    FP32_ROUTE.assert_close(_proj(final[layer], u), torch.zeros(2, 7))
     orth_before = raw[layer] - _proj(raw[layer], u)[..., None] * u
     orth_after = final[layer] - _proj(final[layer], u)[..., None] * u
-    torch.testing.assert_close(orth_after, orth_before, rtol=0, atol=1e-5)
+    FP32_ROUTE.assert_close(orth_after, orth_before)
     for i in range(layer):
         assert torch.equal(final[i], base[i])
-    assert not torch.allclose(final[layer + 1], base[layer + 1], atol=1e-4)
+    assert changed(final[layer + 1], base[layer + 1])
 
 
 @pytest.mark.parametrize("arch", STEER_ARCHS)
@@ -92,11 +103,11 @@ def test_clamp_sets_projection(arch, strength):
     u = vec.direction(layer)
     raw, final = _steered_run(loaded, [SteerSpec(vec, op="clamp", strength=strength, layers=(layer,))], ids)
     target = torch.full((3, 5), strength * NORMS[layer])
-    assert not torch.allclose(_proj(raw[layer], u), target, atol=1e-2)
-    torch.testing.assert_close(_proj(final[layer], u), target, rtol=0, atol=1e-5)
+    assert changed(_proj(raw[layer], u), target)
+    FP32_ROUTE.assert_close(_proj(final[layer], u), target)
     orth_before = raw[layer] - _proj(raw[layer], u)[..., None] * u
     orth_after = final[layer] - _proj(final[layer], u)[..., None] * u
-    torch.testing.assert_close(orth_after, orth_before, rtol=0, atol=1e-5)
+    FP32_ROUTE.assert_close(orth_after, orth_before)
     for i in (0, 1, 3):
         assert torch.equal(final[i], raw[i])
 
@@ -127,7 +138,7 @@ def test_several_vectors_each_with_own_layers_and_op(arch):
     exp2 = _clamp(_clamp(raw[2], v2.direction(2), 0.3 * 3.0), v3.direction(2), 0.0) - 0.2 * 1.5 * v3.direction(2)
     exp3 = raw[3] + 0.4 * 2.0 * v1.direction(3)
     for got, exp in ((final[1], exp1), (final[2], exp2), (final[3], exp3)):
-        torch.testing.assert_close(got, exp, rtol=0, atol=1e-5)
+        FP32_ROUTE.assert_close(got, exp)
     # the clamp at layer 1 was real work (the projection moved)
     assert (_proj(raw[1], v2.direction(1)) - 0.9).abs().min() > 1e-2
 
@@ -147,7 +158,7 @@ def test_per_row_forward_arithmetic(arch):
         raw[1][1],
         _clamp(raw[1][2], v2.direction(1), -0.4 * 2.0) - 0.25 * NORMS[1] * v1.direction(1),
     ])
-    torch.testing.assert_close(final[1], exp, rtol=0, atol=1e-5)
+    FP32_ROUTE.assert_close(final[1], exp)
     assert torch.equal(final[1][1], raw[1][1])
     assert torch.equal(final[0], raw[0])
 
@@ -165,7 +176,7 @@ def test_strength_zero_is_exactly_unsteered(arch):
         with steering(loaded, [SteerSpec(vec, strength=0.3, layers=(1,))]):
             moved = loaded.model(input_ids=ids, use_cache=False).logits
     assert torch.equal(out, base)
-    assert not torch.allclose(moved, base, atol=1e-4)  # the same path with a strength does move
+    assert changed(moved, base)  # the same path with a strength does move
 
 
 def _hook_ids(loaded):
@@ -188,16 +199,15 @@ def test_hooks_removed_on_normal_exit_and_on_exception(arch):
         during = _hook_ids(loaded)
         assert handle.active
         with torch.no_grad():
-            assert not torch.allclose(loaded.model(input_ids=ids).logits, base, atol=1e-4)
+            assert changed(loaded.model(input_ids=ids).logits, base)
     assert during != before  # hooks really were there
     assert not handle.active
     assert _hook_ids(loaded) == before
     with torch.no_grad():
         assert torch.equal(loaded.model(input_ids=ids).logits, base)
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with steering(loaded, specs):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), steering(loaded, specs):
+        raise RuntimeError("boom")
     assert _hook_ids(loaded) == before
     with torch.no_grad():
         assert torch.equal(loaded.model(input_ids=ids).logits, base)
@@ -224,16 +234,15 @@ def test_rows_batch_mismatch_raises_and_hooks_removed(qwen):
     vec = make_vector(qwen, seed=1)
     before = _hook_ids(qwen)
     rows = [[SteerSpec(vec, strength=0.5)], []]
-    with pytest.raises(SteerSpecError) as exc:
-        with steering(qwen, rows=rows), torch.no_grad():
-            qwen.model(input_ids=random_ids(3, 5))
+    with pytest.raises(SteerSpecError) as exc, steering(qwen, rows=rows), torch.no_grad():
+        qwen.model(input_ids=random_ids(3, 5))
     msg = str(exc.value)
     assert "2 rows" in msg and "has 3" in msg and "per batch row" in msg
     assert _hook_ids(qwen) == before
     # also with a projection op only
-    with pytest.raises(SteerSpecError, match="per-row"):
-        with steering(qwen, rows=[[SteerSpec(vec, op="ablate")]]), torch.no_grad():
-            qwen.model(input_ids=random_ids(2, 5))
+    with pytest.raises(SteerSpecError, match="per-row"), steering(qwen, rows=[[SteerSpec(vec, op="ablate")]]), \
+            torch.no_grad():
+        qwen.model(input_ids=random_ids(2, 5))
     assert _hook_ids(qwen) == before
 
 
@@ -267,14 +276,14 @@ def test_positions_generated_and_prompt(arch):
     for r, f in zip(raw[1:], final[1:]):
         assert torch.equal(f, r + push * u)
     assert torch.equal(out.logits[0], base.logits[0])  # first generated token's logits identical
-    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(out.logits[1:], base.logits[1:]))
+    assert any(changed(a, b) for a, b in zip(out.logits[1:], base.logits[1:]))
 
     # prompt: only the prefill is pushed
     out, raw, final = run("prompt")
     assert torch.equal(final[0], raw[0] + push * u)
     for r, f in zip(raw[1:], final[1:]):
         assert torch.equal(f, r)
-    assert not torch.allclose(out.logits[0], base.logits[0], atol=1e-4)
+    assert changed(out.logits[0], base.logits[0])
 
     # all: both
     out, raw, final = run("all")
@@ -378,7 +387,7 @@ def test_bad_specs(qwen):
 def test_vector_layer_beyond_model_on_bare_model(qwen):
     vec = make_vector(qwen, layers=[1, 6], default_layers=[6])
     vec.n_model_layers = None
-    with pytest.raises(LayerResolutionError, match="valid layers are 0..3"):
+    with pytest.raises(LayerResolutionError, match=r"valid layers are 0..3"):
         attach(qwen.model, [SteerSpec(vec, strength=0.1)])
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from conftest import make_vector
 from steerwatch.errors import VectorFileError, VectorMismatchError
 from steerwatch.vector import FORMAT_VERSION, Vector, load_vector
+from tolerances import DOUBLE, FP32_STORED
 
 
 @pytest.fixture
@@ -184,7 +185,7 @@ def test_access_errors(vec):
     del vec.residual_norm[3]
     with pytest.raises(VectorFileError, match="no residual-norm statistics for layer 3"):
         vec.norm(3)
-    assert vec.norm(2) == 3.75 and vec.auroc(1) == pytest.approx(0.6) and vec.auroc(9) is None
+    assert vec.norm(2) == 3.75 and vec.auroc(1) == DOUBLE.approx(0.6) and vec.auroc(9) is None
 
 
 # ---------------------------------------------------------------------------- arithmetic
@@ -195,12 +196,12 @@ def test_subtraction_is_normalised_difference(qwen):
     assert c.layers == a.layers and c.concept == "a-b" and c.method == "arithmetic"
     for layer in a.layers:
         want = a.directions[layer] - b.directions[layer]
-        torch.testing.assert_close(c.directions[layer], want / want.norm(), rtol=0, atol=1e-6)
-        assert abs(float(c.directions[layer].norm()) - 1) < 1e-6
+        FP32_STORED.assert_close(c.directions[layer], want / want.norm())
+        assert float(c.directions[layer].norm()) == FP32_STORED.approx(1.0)
     s = a + b
     for layer in a.layers:
         want = a.directions[layer] + b.directions[layer]
-        torch.testing.assert_close(s.directions[layer], want / want.norm(), rtol=0, atol=1e-6)
+        FP32_STORED.assert_close(s.directions[layer], want / want.norm())
     assert c.default_layers == [1] and c.model_fingerprint == a.model_fingerprint
     assert c.residual_norm == a.residual_norm
 
@@ -209,8 +210,8 @@ def test_negation_flips_sign(qwen):
     a = make_vector(qwen, seed=3)
     n = -a
     for layer in a.layers:
-        torch.testing.assert_close(n.directions[layer], -a.directions[layer], rtol=0, atol=1e-7)
-        assert a.cosine(n, layer) == pytest.approx(-1.0, abs=1e-6)
+        FP32_STORED.assert_close(n.directions[layer], -a.directions[layer])
+        assert a.cosine(n, layer) == FP32_STORED.approx(-1.0)
 
 
 def test_arithmetic_keeps_only_common_layers(qwen):
@@ -268,7 +269,7 @@ def test_read_directions_round_trip_and_access(vec, tmp_path):
         assert torch.equal(back.read_directions[layer], rv.read_directions[layer])
         assert torch.equal(back.directions[layer], vec.directions[layer])
         assert torch.equal(back.read_direction(layer), rv.read_directions[layer])
-        assert back.read_auroc(layer) == pytest.approx(0.9 - layer / 100)
+        assert back.read_auroc(layer) == DOUBLE.approx(0.9 - layer / 100)
         assert back.auroc(layer) == vec.auroc(layer)  # the steering directions keep their own validation
     # arithmetic makes a new direction; the read directions of its terms do not describe it
     assert (-back).read_directions == {} and (-back).read_method is None
@@ -277,7 +278,8 @@ def test_read_directions_round_trip_and_access(vec, tmp_path):
 def test_read_directions_must_cover_the_same_layers(vec, tmp_path):
     rv = _with_read(vec)
     rv.read_directions.pop(3)
-    with pytest.raises(VectorFileError, match=r"read directions for layers \[0, 1, 2\] but directions for \[0, 1, 2, 3\]"):
+    with pytest.raises(VectorFileError,
+                       match=r"read directions for layers \[0, 1, 2\] but directions for \[0, 1, 2, 3\]"):
         rv.save(tmp_path / "bad.sv")
     tensors, meta = _valid(vec)
     tensors["read.1"] = vec.directions[1].clone()

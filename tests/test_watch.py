@@ -17,6 +17,7 @@ from steerwatch.watch.calibrate import auroc, calibrate, detection_metrics, thre
 from steerwatch.watch.detector import Detector, load_detector
 from steerwatch.watch.render import render_conversation
 from steerwatch.watch.score import score_conversations
+from tolerances import DOUBLE, FP32_BATCH, FP32_DEEP, FP32_ROUTE
 
 AGENT = [
     {"role": "system", "content": "You fix bugs."},
@@ -73,11 +74,10 @@ def test_scores_equal_manual_dot_product_in_batches(fixture, request):
         h1, h2 = cap.outs[1][0][0], cap.outs[2][0][0]  # (seq, d)
         want1 = h1 @ v1.direction(1)
         want2 = -(h2 @ v2.direction(2))
-        torch.testing.assert_close(torch.tensor(sc.scores["one"]), want1, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(torch.tensor(sc.scores["two"]), want2, rtol=1e-5, atol=1e-5)
+        FP32_ROUTE.assert_close(torch.tensor(sc.scores["one"]), want1)
+        FP32_ROUTE.assert_close(torch.tensor(sc.scores["two"]), want2)
         single = score_conversations(loaded, [conv], dets, batch_size=1)[0]
-        torch.testing.assert_close(torch.tensor(single.scores["one"]), torch.tensor(sc.scores["one"]),
-                                   rtol=1e-5, atol=1e-5)
+        FP32_BATCH.assert_close(torch.tensor(single.scores["one"]), torch.tensor(sc.scores["one"]))
 
 
 def test_detector_reads_the_read_directions(qwen, tmp_path):
@@ -113,7 +113,7 @@ def test_aggregates(qwen):
     sc = score_conversations(qwen, [Conversation(id="c", messages=AGENT)], [Detector(vector=v, layer=1)])[0]
     s = sc.scores["c"]
     asst = [i for i, k in enumerate(sc.msg_index) if k >= 0 and sc.roles[k] == "assistant"]
-    assert sc.response_score("c", "mean") == pytest.approx(sum(s[i] for i in asst) / len(asst))
+    assert sc.response_score("c", "mean") == DOUBLE.approx(sum(s[i] for i in asst) / len(asst))
     assert sc.response_score("c", "max") == max(s[i] for i in asst)
     assert sc.response_score("c", "last") == s[asst[-1]]
     turns = sc.turn_scores("c")
@@ -121,7 +121,7 @@ def test_aggregates(qwen):
     assert sc.response_score("c", "max_turn") == max(v for _, v in turns)
     msg = sc.message_scores("c")
     user_idx = [i for i, k in enumerate(sc.msg_index) if k == 1]
-    assert msg[1] == pytest.approx(sum(s[i] for i in user_idx) / len(user_idx))
+    assert msg[1] == DOUBLE.approx(sum(s[i] for i in user_idx) / len(user_idx))
     with pytest.raises(SteerwatchError, match="valid: mean, max, last, max_turn"):
         sc.response_score("c", "median")
 
@@ -151,7 +151,7 @@ def test_detection_metrics_exact():
     labels = [0, 0, 0, 0, 1, 1, 1, 1]
     row = detection_metrics(scores, labels, threshold=0.32)
     # positives 0.9, 0.8, 0.35, 0.05 vs negatives 0.1..0.4: wins 4+4+3+0 of 16
-    assert row["auroc"] == pytest.approx(11 / 16) == auroc([0.9, 0.8, 0.35, 0.05], [0.1, 0.2, 0.3, 0.4])
+    assert row["auroc"] == DOUBLE.approx(11 / 16) == auroc([0.9, 0.8, 0.35, 0.05], [0.1, 0.2, 0.3, 0.4])
     assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (3, 1, 1, 3)
     assert row["recall@0.01fpr"] == 0.5  # threshold = max negative 0.4: 0.9 and 0.8 above
 
@@ -193,6 +193,31 @@ def test_detector_bad_input(qwen, tmp_path):
         score_conversations(qwen, _convs(), [Detector(vector=v, layer=1), Detector(vector=v, layer=0)])
 
 
+def test_cli_detect_eval_reads_builtin_eval_sets(qwen, tmp_path, monkeypatch):
+    """`detect-eval --data eval/NAME` reads a built-in labelled set; two sets give the matrix."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli import watch as cli_watch
+    from steerwatch.cli.main import app
+    from steerwatch.data.evalsets import load_eval_set
+
+    monkeypatch.setattr(cli_watch, "load", lambda spec, **kw: qwen)
+    make_vector(qwen, seed=4, concept="cheating").save(tmp_path / "c.sv")
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"id": c.id, "label": c.label, "messages": c.messages}) + "\n"
+                            for c in _convs()))
+    res = CliRunner().invoke(app, ["detect-eval", "--data", "eval/cheating_code", "--data", str(mine),
+                                   "-d", str(tmp_path / "c.sv"), "-o", str(tmp_path / "de.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "generalisation matrix" in res.output
+    rows = [json.loads(x) for x in (tmp_path / "de.jsonl").read_text().splitlines()]
+    want = load_eval_set("cheating_code")
+    assert [r["dataset"] for r in rows] == ["eval/cheating_code", str(mine)]
+    assert (rows[0]["n_pos"], rows[0]["n_neg"]) == (sum(c.label for c in want), sum(1 - c.label for c in want))
+    res = CliRunner().invoke(app, ["detect-eval", "--data", "eval/nope", "-d", str(tmp_path / "c.sv")])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
 # ---------------------------------------------------------------- live watching and conditional steering
 from steerwatch.generation import generate_ids  # noqa: E402
 from steerwatch.steer import SteerSpec  # noqa: E402
@@ -218,7 +243,7 @@ def test_live_scores_equal_teacher_forced(qwen_chat):
         manual = _manual_scores(qwen_chat, g.prompt_ids + g.new_ids, det)[len(g.prompt_ids):]
         n = len(w.scores["c"])
         assert n == len(g.new_ids) - 1  # an end token is not scored; a cut-off last token has no live score
-        torch.testing.assert_close(torch.tensor(w.scores["c"]), torch.tensor(manual[:n]), rtol=1e-4, atol=1e-4)
+        FP32_DEEP.assert_close(torch.tensor(w.scores["c"]), torch.tensor(manual[:n]))
 
 
 def test_steered_detector_is_rescored_not_read_back(qwen_chat):
@@ -232,7 +257,7 @@ def test_steered_detector_is_rescored_not_read_back(qwen_chat):
         clean = score_conversations(qwen_chat, [[{"role": "user", "content": PROMPTS[res.index(w)]},
                                                  {"role": "assistant", "content": w.text}]], [det])[0]
         want = clean.response_score("c")
-        assert w.response["c"] == pytest.approx(want, rel=1e-5, abs=1e-5)
+        assert w.response["c"] == FP32_ROUTE.approx(want)
     # what a naive read of the steered stream would have reported: the push read back
     from steerwatch.steer import steering
     w = res[0]

@@ -1,7 +1,8 @@
 """Batched, left-padded generation with optional steering (shared or per row)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import SteerwatchError
 
@@ -9,7 +10,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedModel
     from .steer import SteerSpec
 
-Prompt = Union[str, Sequence[dict]]
+Prompt = Union[str, Sequence[dict]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | a str and a generic)
 
 
 def prompt_messages(prompt: Prompt, system: str | None) -> list[dict]:
@@ -26,14 +27,14 @@ def prompt_messages(prompt: Prompt, system: str | None) -> list[dict]:
     return msgs
 
 
-def _render(loaded: "LoadedModel", prompt: Prompt, system: str | None) -> str:
+def _render(loaded: LoadedModel, prompt: Prompt, system: str | None) -> str:
     from .chat import render_messages
 
     return render_messages(loaded.tokenizer, prompt_messages(prompt, system))
 
 
-def generate(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | None = None,
-             steer: "Sequence[SteerSpec] | None" = None, rows: "Sequence[Sequence[SteerSpec]] | None" = None,
+def generate(loaded: LoadedModel, prompts: Sequence[Prompt], *, system: str | None = None,
+             steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, do_sample: bool = False,
              temperature: float = 1.0, seed: int | None = None, force: bool = False,
              progress: bool = False) -> list[str]:
@@ -52,18 +53,18 @@ class Generated:
     """One prompt's generation: the prompt's token ids and the new token ids (up to and including
     the end-of-sequence token, padding removed)."""
 
-    __slots__ = ("prompt_ids", "new_ids", "batch_index", "row")
+    __slots__ = ("batch_index", "new_ids", "prompt_ids", "row")
 
     def __init__(self, prompt_ids: list[int], new_ids: list[int], batch_index: int, row: int) -> None:
         self.prompt_ids, self.new_ids, self.batch_index, self.row = prompt_ids, new_ids, batch_index, row
 
 
-def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: str | None = None,
-                 steer: "Sequence[SteerSpec] | None" = None, rows: "Sequence[Sequence[SteerSpec]] | None" = None,
+def generate_ids(loaded: LoadedModel, prompts: Sequence[Prompt] | None, *, system: str | None = None,
+                 steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
                  max_new_tokens: int = 64, batch_size: int = 8, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float | None = None, seed: int | None = None,
-                 force: bool = False, progress: bool = False, on_batch: "Callable[[list[int], int], Any] | None" = None,
-                 prompt_ids: "Sequence[list[int]] | None" = None, streamer: Any = None,
+                 force: bool = False, progress: bool = False, on_batch: Callable[[list[int], int], Any] | None = None,
+                 prompt_ids: Sequence[list[int]] | None = None, streamer: Any = None,
                  stopping_criteria: Any = None) -> list[Generated]:
     """:func:`generate` at the token level. ``on_batch(indices, width)`` is called before each
     batch and may return a context manager that stays open around that batch's ``generate()``
@@ -89,7 +90,9 @@ def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: st
             raise SteerwatchError("prompt_ids must be a non-empty list of non-empty token id lists")
         if prompts is not None and len(prompts) != len(encoded):
             raise SteerwatchError(f"{len(prompts)} prompts but {len(encoded)} prompt_ids; give one or the other")
-        prompts = [None] * len(encoded)
+        prompts = [""] * len(encoded)  # placeholders: the ids are the prompts
+    elif prompts is None:
+        raise SteerwatchError("give prompts (or prompt_ids)")
     if rows is not None and len(rows) != len(prompts):
         raise SteerwatchError(f"rows has {len(rows)} entries but there are {len(prompts)} prompts; give one "
                               "list of steering specs per prompt")
@@ -149,7 +152,7 @@ def generate_ids(loaded: "LoadedModel", prompts: Sequence[Prompt], *, system: st
     return [g for g in results if g is not None]
 
 
-def _eos_ids(loaded: "LoadedModel") -> list[int]:
+def _eos_ids(loaded: LoadedModel) -> list[int]:
     cfg = getattr(loaded.model, "generation_config", None)
     eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
     if eos is None:

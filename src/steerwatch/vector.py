@@ -40,7 +40,7 @@ _REQUIRED = ("concept", "model_name", "model_fingerprint", "hidden_size", "layer
 class Vector:
     """Directions per layer + provenance. ``directions[layer]`` is a unit tensor (hidden_size,)."""
 
-    directions: "dict[int, torch.Tensor]"
+    directions: dict[int, torch.Tensor]
     concept: str
     model_name: str
     model_fingerprint: str
@@ -55,7 +55,7 @@ class Vector:
     validation: dict[int, dict[str, float]] = field(default_factory=dict)  # layer -> {"auroc", ...}
     recommended_strength: float | None = None
     # directions for reading (detectors), when they differ from the steering ones; same layers
-    read_directions: "dict[int, torch.Tensor]" = field(default_factory=dict)
+    read_directions: dict[int, torch.Tensor] = field(default_factory=dict)
     read_method: str | None = None
     read_validation: dict[int, dict[str, float]] = field(default_factory=dict)
     library_version: str = ""
@@ -75,7 +75,7 @@ class Vector:
     def layers(self) -> list[int]:
         return sorted(self.directions)
 
-    def direction(self, layer: int) -> "torch.Tensor":
+    def direction(self, layer: int) -> torch.Tensor:
         if layer not in self.directions:
             raise VectorFileError(
                 f"vector {self.concept!r} has no direction for layer {layer}; it has layers {self.layers}"
@@ -94,7 +94,7 @@ class Vector:
         row = self.validation.get(layer)
         return None if row is None else row.get("auroc")
 
-    def read_direction(self, layer: int) -> "torch.Tensor":
+    def read_direction(self, layer: int) -> torch.Tensor:
         """The direction a detector reads at ``layer``: the read direction when the vector has
         them, else the steering direction."""
         if not self.read_directions:
@@ -112,7 +112,7 @@ class Vector:
         return None if row is None else row.get("auroc")
 
     # ------------------------------------------------------------------ checks
-    def check_model(self, loaded: "LoadedModel", *, force: bool = False) -> None:
+    def check_model(self, loaded: LoadedModel, *, force: bool = False) -> None:
         """Raise VectorMismatchError if this vector was built on another model."""
         if self.hidden_size != loaded.hidden_size:
             raise VectorMismatchError(
@@ -133,7 +133,7 @@ class Vector:
             )
 
     # ------------------------------------------------------------------ arithmetic
-    def _combine(self, terms: "list[tuple[float, Vector]]", concept: str) -> "Vector":
+    def _combine(self, terms: list[tuple[float, Vector]], concept: str) -> Vector:
         import torch
 
         common = set(self.directions)
@@ -167,16 +167,16 @@ class Vector:
             extra={"terms": [[float(w), v.concept] for w, v in terms]},
         )
 
-    def __neg__(self) -> "Vector":
+    def __neg__(self) -> Vector:
         return self._combine([(-1.0, self)], f"-{self.concept}")
 
-    def __add__(self, other: "Vector") -> "Vector":
+    def __add__(self, other: Vector) -> Vector:
         return self._combine([(1.0, self), (1.0, other)], f"{self.concept}+{other.concept}")
 
-    def __sub__(self, other: "Vector") -> "Vector":
+    def __sub__(self, other: Vector) -> Vector:
         return self._combine([(1.0, self), (-1.0, other)], f"{self.concept}-{other.concept}")
 
-    def cosine(self, other: "Vector", layer: int) -> float:
+    def cosine(self, other: Vector, layer: int) -> float:
         return float(self.direction(layer) @ other.direction(layer))
 
     # ------------------------------------------------------------------ io

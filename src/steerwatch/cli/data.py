@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,17 +25,17 @@ def _concepts_among(targets: list[str]) -> list[str]:
 @data_app.command("check")
 @friendly
 def check_cmd(
-    targets: Optional[List[str]] = typer.Argument(
+    targets: list[str] | None = typer.Argument(
         None, help="Built-in concepts or sets (benign, neutral_prompts, neutral_text, capability, eval/<name>) "
                    "or .jsonl files. Default: every built-in set."),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
+    model: str | None = typer.Option(None, "--model", "-m",
                                         help="Also build each concept's vector on this model and report its "
                                              "validation AUROC by layer, and the cosine matrix between concepts."),
-    save: Optional[Path] = typer.Option(None, help="With --model: write each concept's vector to DIR/<name>.sv."),
-    method: Optional[str] = typer.Option(None, help="Extraction method for --model (default: each concept's own, "
+    save: Path | None = typer.Option(None, help="With --model: write each concept's vector to DIR/<name>.sv."),
+    method: str | None = typer.Option(None, help="Extraction method for --model (default: each concept's own, "
                                                     "see `steerwatch concepts`; mean_diff for files)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass (--model)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write all results as JSON to this file."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write all results as JSON to this file."),
     verbose: bool = typer.Option(False, "-v", help="Print every layer's AUROC, not only the best."),
 ) -> None:
     """Quality checks: schema, duplicates and near-duplicates, length balance between the sides,
@@ -106,8 +105,8 @@ def check_cmd(
 @app.command("compare")
 @friendly
 def compare_cmd(
-    paths: List[Path] = typer.Argument(..., help="Two or more vector files."),
-    layers: Optional[str] = typer.Option(None, help="Comma-separated layers to average the cosine over "
+    paths: list[Path] = typer.Argument(..., help="Two or more vector files."),
+    layers: str | None = typer.Option(None, help="Comma-separated layers to average the cosine over "
                                                     "(default: the middle band of depth)."),
 ) -> None:
     """Cosine similarity between vector files, averaged over layers."""

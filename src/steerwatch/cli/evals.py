@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from .common import console, friendly, load, out, parse_floats
 from .main import app
-
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
              "bait-format JSONL file (id, prompt, truth_markers, optional claim and split; see docs/evals.md), or "
@@ -21,7 +19,7 @@ TABLE_COLS = (("behaviour", "behaviour", ".3f"), ("kl", "KL", ".4f"), ("ppl", "p
               ("answer_ppl_median", "answer ppl", ".1f"))
 
 
-def load_open(spec: Optional[str], *, split: Optional[str], limit: Optional[int]) -> list:
+def load_open(spec: str | None, *, split: str | None, limit: int | None) -> list:
     """Open-ended items: a bait-format file, 'builtin', or none."""
     from ..evals.bait import load_bait
 
@@ -39,7 +37,7 @@ JUDGE_URL_HELP = ("An OpenAI-compatible endpoint (API root, e.g. http://127.0.0.
                   "and --judge-model.")
 
 
-def make_judge(url: Optional[str], model: Optional[str], key_env: Optional[str], timeout: float, has_open: bool):
+def make_judge(url: str | None, model: str | None, key_env: str | None, timeout: float, has_open: bool):
     """The LLM judge from the --judge-* options, or None; checked before the model loads."""
     from ..errors import SteerwatchError
 
@@ -56,7 +54,7 @@ def make_judge(url: Optional[str], model: Optional[str], key_env: Optional[str],
     return Judge(url, model, api_key_env=key_env, timeout=timeout)
 
 
-def load_detectors(paths: Optional[List[Path]], loaded) -> list:
+def load_detectors(paths: list[Path] | None, loaded) -> list:
     from ..watch.detector import load_detector
 
     dets = [load_detector(p) for p in paths or []]
@@ -72,15 +70,15 @@ SCORING_HELP = ("cloze: the choice whose text is most likely as the reply (optio
                 "probable option letter with the options shown (small models often answer one letter regardless).")
 
 
-def side_effect_sets(*, neutral: Optional[Path], reference: Optional[Path], capability: Optional[Path],
-                     limit: Optional[int]) -> dict:
+def side_effect_sets(*, neutral: Path | None, reference: Path | None, capability: Path | None,
+                     limit: int | None) -> dict:
     from ..data.reference import load_mc, load_prompts, load_reference_text
 
     return dict(neutral_prompts=load_prompts(neutral)[:limit], reference_texts=load_reference_text(reference)[:limit],
                 mc_items=load_mc(capability)[:limit])
 
 
-def read_ab(path: Optional[Path], limit: Optional[int]) -> list:
+def read_ab(path: Path | None, limit: int | None) -> list:
     from ..data._io import read_json
     from ..errors import SteerwatchError
 
@@ -128,28 +126,28 @@ def sweep_cmd(
     ab: Path = typer.Option(..., help="CAA-format A/B file (question, answer_matching_behavior, "
                                       "answer_not_matching_behavior): the behaviour measured at each dose."),
     strengths: str = typer.Option("0,0.01,0.02,0.04,0.08", help="Comma-separated strengths (0 is the baseline)."),
-    layers: Optional[List[str]] = typer.Option(None, help="Layer sets to sweep, e.g. --layers 9,10,11 --layers 12 "
+    layers: list[str] | None = typer.Option(None, help="Layer sets to sweep, e.g. --layers 9,10,11 --layers 12 "
                                                           "(default: the vector's default layers)."),
-    system: Optional[str] = typer.Option(None, help="Prompting baseline: this system prompt alone and with steering."),
+    system: str | None = typer.Option(None, help="Prompting baseline: this system prompt alone and with steering."),
     output: Path = typer.Option(Path("sweep.jsonl"), "-o", "--output",
                                 help="Rows are appended here; a rerun skips settings already present."),
-    neutral: Optional[Path] = typer.Option(None, help="Neutral prompts for KL (default: built-in)."),
-    reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
-    capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in; CAA "
+    neutral: Path | None = typer.Option(None, help="Neutral prompts for KL (default: built-in)."),
+    reference: Path | None = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
+    capability: Path | None = typer.Option(None, help="Multiple-choice capability set (default: built-in; CAA "
                                                          "two-choice files such as the MMLU sample work too)."),
     ab_orders: str = typer.Option("given", help=AB_ORDERS_HELP),
     capability_scoring: str = typer.Option("cloze", help=SCORING_HELP),
-    open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
-    open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
-    detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
+    open_: str | None = typer.Option(None, "--open", help=OPEN_HELP),
+    open_split: str | None = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
+    detector: list[Path] | None = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
                                                              "answers, unsteered; repeatable."),
-    judge_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
-    judge_model: Optional[str] = typer.Option(None, help="The judge's model name at --judge-url."),
-    judge_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge's API key "
+    judge_url: str | None = typer.Option(None, help=JUDGE_URL_HELP),
+    judge_model: str | None = typer.Option(None, help="The judge's model name at --judge-url."),
+    judge_key_env: str | None = typer.Option(None, help="Environment variable holding the judge's API key "
                                                            "(none for a server without keys)."),
     judge_timeout: float = typer.Option(60.0, help="Seconds per judge request."),
     max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set (quick looks)."),
+    limit: int | None = typer.Option(None, help="Use only the first N items of every set (quick looks)."),
     direction: int = typer.Option(1, help="+1: the wanted behaviour is the A/B behaviour-matching answer; -1: its "
                                           "opposite (e.g. sweeping a sycophancy vector down)."),
     objective: str = typer.Option("behaviour", help="What the recommendation maximises (times --direction): "
@@ -158,10 +156,11 @@ def sweep_cmd(
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token) vs. unsteered on neutral prompts."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop (fraction)."),
     write: bool = typer.Option(False, help="Write the recommended strength and its evidence into the vector file."),
-    sample_prompts: Optional[Path] = typer.Option(None, help="Prompts (JSONL or text) to answer at every steering "
-                                                             "strength; written to OUTPUT.samples.jsonl and the report."),
-    report: Optional[Path] = typer.Option(None, help="Write the HTML report here."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
+    sample_prompts: Path | None = typer.Option(
+        None, help="Prompts (JSONL or text) to answer at every steering strength; written to OUTPUT.samples.jsonl "
+                   "and the report."),
+    report: Path | None = typer.Option(None, help="Write the HTML report here."),
+    png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder; needs steerwatch[plots]."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     batch_size: int = typer.Option(8, help="Items per forward pass."),
@@ -174,8 +173,8 @@ def sweep_cmd(
 
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, apply_recommendation, objective_columns, recommend, sweep
-    from .extract import parse_layers
     from ..vector import load_vector
+    from .extract import parse_layers
 
     vec = load_vector(vector)
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
@@ -254,30 +253,30 @@ def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
 @friendly
 def eval_cmd(
     vector: Path = typer.Argument(..., help="The vector file to evaluate."),
-    strength: List[float] = typer.Option(..., help="A strength to evaluate; repeat for several "
+    strength: list[float] = typer.Option(..., help="A strength to evaluate; repeat for several "
                                                    "(--strength 0.02 --strength 0.05)."),
-    layers: Optional[str] = typer.Option(None, help="Layers to steer, e.g. 9,10,11 (default: the vector's)."),
-    ab: Optional[Path] = typer.Option(None, help="CAA-format A/B file: the behaviour probability at each strength."),
+    layers: str | None = typer.Option(None, help="Layers to steer, e.g. 9,10,11 (default: the vector's)."),
+    ab: Path | None = typer.Option(None, help="CAA-format A/B file: the behaviour probability at each strength."),
     ab_orders: str = typer.Option("given", help=AB_ORDERS_HELP),
     capability_scoring: str = typer.Option("cloze", help=SCORING_HELP),
-    open_: Optional[str] = typer.Option(None, "--open", help=OPEN_HELP),
-    open_split: Optional[str] = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
-    detector: Optional[List[Path]] = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
+    open_: str | None = typer.Option(None, "--open", help=OPEN_HELP),
+    open_split: str | None = typer.Option(None, help="Only the open-ended items of this split (e.g. test)."),
+    detector: list[Path] | None = typer.Option(None, help="Detector (.det.json or .sv) scoring the open-ended "
                                                              "answers, unsteered; repeatable."),
-    system: Optional[str] = typer.Option(None, help="Prompting baseline: this system prompt alone and with steering."),
+    system: str | None = typer.Option(None, help="Prompting baseline: this system prompt alone and with steering."),
     side_effects: bool = typer.Option(True, help="Measure KL, reference perplexity and capability too."),
-    neutral: Optional[Path] = typer.Option(None, help="Neutral prompts for KL (default: built-in)."),
-    reference: Optional[Path] = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
-    capability: Optional[Path] = typer.Option(None, help="Multiple-choice capability set (default: built-in)."),
+    neutral: Path | None = typer.Option(None, help="Neutral prompts for KL (default: built-in)."),
+    reference: Path | None = typer.Option(None, help="Reference text for perplexity (default: built-in)."),
+    capability: Path | None = typer.Option(None, help="Multiple-choice capability set (default: built-in)."),
     baseline: bool = typer.Option(True, help="Add the unsteered row (strength 0) for comparison."),
-    judge_url: Optional[str] = typer.Option(None, help=JUDGE_URL_HELP),
-    judge_model: Optional[str] = typer.Option(None, help="The judge's model name at --judge-url."),
-    judge_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge's API key "
+    judge_url: str | None = typer.Option(None, help=JUDGE_URL_HELP),
+    judge_model: str | None = typer.Option(None, help="The judge's model name at --judge-url."),
+    judge_key_env: str | None = typer.Option(None, help="Environment variable holding the judge's API key "
                                                            "(none for a server without keys)."),
     judge_timeout: float = typer.Option(60.0, help="Seconds per judge request."),
     max_new_tokens: int = typer.Option(48, help="Tokens per open-ended answer."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N items of every set."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
+    limit: int | None = typer.Option(None, help="Use only the first N items of every set."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
                                           "in .csv, else JSON Lines; open-ended answers go to OUTPUT.answers.jsonl."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
     batch_size: int = typer.Option(8, help="Items per forward pass."),
@@ -286,8 +285,8 @@ def eval_cmd(
     open-ended outcome shares and coherence), without the recommendation step."""
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, evaluate, write_rows
-    from .extract import parse_layers
     from ..vector import load_vector
+    from .extract import parse_layers
 
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None
@@ -320,13 +319,13 @@ def eval_cmd(
 def report_cmd(
     rows_file: Path = typer.Argument(..., help="Rows written by `steerwatch sweep`."),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
-    samples: Optional[Path] = typer.Option(None, help="Sample generations (OUTPUT.samples.jsonl of a sweep) or "
+    samples: Path | None = typer.Option(None, help="Sample generations (OUTPUT.samples.jsonl of a sweep) or "
                                                       "open-ended answers (OUTPUT.answers.jsonl)."),
     direction: int = typer.Option(1, help="+1 or -1, as for sweep."),
     objective: str = typer.Option("behaviour", help="As for sweep."),
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token)."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
+    png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder; needs steerwatch[plots]."),
 ) -> None:
     """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
@@ -341,8 +340,9 @@ def report_cmd(
     for i, r in enumerate(rows, 1):
         if not need <= set(r):
             raise SteerwatchError(f"{rows_file}, row {i}: not a sweep row (needs {', '.join(sorted(need))})")
-    sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(), path=str(samples))] if samples else []
-    if any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
+    sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(),
+                                                    path=str(samples))] if samples else []
+    if samples is not None and any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
         sample_rows = pick_samples(samples)
     cols = objective_columns(objective)
     has_budget = any(r["setting"] == "steer" and r["strength"] == 0 and all(r.get(c) is not None for c in cols)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -42,22 +41,23 @@ def extract_cmd(
     source: str = typer.Argument(..., help="Built-in concept name (see `steerwatch concepts`), a JSONL pair file, "
                                            "a CAA A/B .json file, or a persona .json file with --persona."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
-    method: Optional[str] = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
+    model: str = typer.Option("default", "--model", "-m",
+                              help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
+    method: str | None = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
                                                     "the concept's own, see `steerwatch concepts`; else mean_diff)."),
-    read_method: Optional[str] = typer.Option(
+    read_method: str | None = typer.Option(
         None, help="Also store read directions from this method, which detectors use instead of the steering "
                    "directions (default: the concept's own, e.g. lda for cheating; 'none' for no read directions)."),
     read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
     layers: str = typer.Option("auto", help="'auto' (a window centred on the best validation AUROC in the middle "
                                             "of the network) or e.g. 10,12."),
-    n_auto: Optional[int] = typer.Option(None, help="Window size for --layers auto (default: a quarter of the "
+    n_auto: int | None = typer.Option(None, help="Window size for --layers auto (default: a quarter of the "
                                                     "model's layers, 6 of 24)."),
     persona: bool = typer.Option(False, help="SOURCE is a persona-instruction file: generate answers under each "
                                              "system prompt, then read the answers without the instruction."),
-    concept: Optional[str] = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
+    concept: str | None = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass."),
-    layers_path: Optional[str] = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
     json_out: bool = typer.Option(False, "--json", help="Print the per-layer table as JSON on stdout."),
 ) -> None:
     """Build a concept vector from contrast data and write it to a vector file."""
@@ -77,12 +77,15 @@ def extract_cmd(
     layer_sel = parse_layers(layers)
     # read and validate the data before the (slow) model load, so a bad file fails at once
     spec = load_persona(source) if persona else None
-    data = None if persona else load_contrast(source)
+    given = None if persona else load_contrast(source)
     loaded = load(model, layers_path=layers_path)
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 
         data = build_persona_pairs(loaded, spec, progress=True)
+    else:
+        assert given is not None
+        data = given
     console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
                              n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any
 
 import typer
 
@@ -16,6 +16,7 @@ def read_prompts_file(path: Path) -> list:
     from ..errors import DataFormatError
 
     lines = read_text(path).splitlines()
+    items: list[dict[str, Any]]
     if path.suffix != ".jsonl":
         items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]
         if not items:
@@ -39,28 +40,28 @@ def read_prompts_file(path: Path) -> list:
 @app.command("generate")
 @friendly
 def generate_cmd(
-    prompt: Optional[List[str]] = typer.Argument(None, help="One or more user prompts."),
-    steer: Optional[List[str]] = typer.Option(None, "--steer", "-s",
+    prompt: list[str] | None = typer.Argument(None, help="One or more user prompts."),
+    steer: list[str] | None = typer.Option(None, "--steer", "-s",
         help="PATH[@LAYERS]:OP[:POSITIONS], repeatable. OP: +0.3 / -0.2 (strength in units of the layer's typical "
              "residual norm), ablate, clamp=VALUE. POSITIONS: all (default), prompt, generated."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec."),
-    system: Optional[str] = typer.Option(None, help="System prompt."),
+    system: str | None = typer.Option(None, help="System prompt."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f",
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
         help="JSONL ({'prompt'} or {'messages'}, optional 'id') or a text file with one prompt per line."),
-    output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write JSON Lines results here."),
+    output: Path | None = typer.Option(None, "--out", "-o", help="Write JSON Lines results here."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate per answer."),
     batch_size: int = typer.Option(8, help="Prompts per batch."),
     sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (with --sample)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (with --sample)."),
+    seed: int | None = typer.Option(None, help="Random seed (with --sample)."),
     force: bool = typer.Option(False, help="Apply vectors even if they were built on other weights."),
-    layers_path: Optional[str] = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
-    watch: Optional[List[Path]] = typer.Option(None, "--watch", "-w",
+    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    watch: list[Path] | None = typer.Option(None, "--watch", "-w",
         help="Detector files (.det.json) or vectors (.sv) to score the answers with, repeatable: scores and flags "
              "are shown alongside the text. Detectors at or after a steered layer are scored from the text without "
              "steering, so they never read back the push."),
-    steer_if: Optional[Path] = typer.Option(None, "--steer-if",
+    steer_if: Path | None = typer.Option(None, "--steer-if",
         help="Make the --steer specs conditional: apply them only when this calibrated detector fires."),
     if_mode: str = typer.Option("token", help="With --steer-if: 'token' (from the token where the detector's "
                                               "running mean crosses its trigger threshold) or 'prompt' (the whole "
@@ -73,7 +74,7 @@ def generate_cmd(
     from ..generation import generate
     from ..steer import parse_steer_spec
 
-    items = [{"id": str(i), "prompt": p} for i, p in enumerate(prompt or [])]
+    items: list[dict[str, Any]] = [{"id": str(i), "prompt": p} for i, p in enumerate(prompt or [])]
     if prompts_file is not None:
         items += read_prompts_file(prompts_file)
     if not items:
@@ -83,7 +84,7 @@ def generate_cmd(
     for spec in specs:
         spec.vector.check_model(loaded, force=force)
     prompts = [it["prompt"] for it in items]
-    common = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
+    common: dict[str, Any] = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
                   temperature=temperature, seed=seed, force=force, progress=True)
     watched = None
     if watch or steer_if:
@@ -103,7 +104,7 @@ def generate_cmd(
     else:
         steered = generate(loaded, prompts, steer=specs or None, **common)
     base = generate(loaded, prompts, **common) if (compare and specs) else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
                "output": steered[k]}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ _MAPPING = ("layer numbers map one to one: llama.cpp adds direction.N to the out
             "(0-based), which is steerwatch layer N; layer 0 has no slot")
 
 
-def _layers_arg(layers: Optional[str], all_layers: bool):
+def _layers_arg(layers: str | None, all_layers: bool):
     from ..errors import LayerResolutionError
 
     if layers is not None and all_layers:
@@ -36,13 +35,13 @@ def _layers_arg(layers: Optional[str], all_layers: bool):
 def export_gguf_cmd(
     vector: Path = typer.Argument(..., help="A steerwatch vector file (.sv)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the llama.cpp control vector (.gguf)."),
-    strength: Optional[float] = typer.Option(None, "--strength", "-s",
+    strength: float | None = typer.Option(None, "--strength", "-s",
         help="Strength baked into the file, in steerwatch units (fraction of the layer's residual norm); negative "
              "pushes away from the concept. Default: the vector's recommended strength; required without one."),
-    layers: Optional[str] = typer.Option(None, help="Comma-separated layers to export (default: the vector's "
+    layers: str | None = typer.Option(None, help="Comma-separated layers to export (default: the vector's "
                                                     "default layers). Layer 0 cannot be exported."),
     all_layers: bool = typer.Option(False, "--all-layers", help="Export every layer except 0."),
-    model_hint: Optional[str] = typer.Option(None, help="controlvector.model_hint (informative; llama.cpp ignores "
+    model_hint: str | None = typer.Option(None, help="controlvector.model_hint (informative; llama.cpp ignores "
                                                         "it). Default: the vector's model name."),
 ) -> None:
     """Write a vector as a llama.cpp control vector (for --control-vector)."""
@@ -58,7 +57,8 @@ def export_gguf_cmd(
     s = float(cv.strength if cv.strength is not None else 0.0)
     table = Table("tensor", "steerwatch layer", "residual norm", "push norm", title=f"{vec.concept} → {path}")
     for layer in cv.layers:
-        table.add_row(f"direction.{layer}", str(layer), f"{vec.norm(layer):.2f}", f"{float(cv.pushes[layer].norm()):.4g}")
+        table.add_row(f"direction.{layer}", str(layer), f"{vec.norm(layer):.2f}",
+                      f"{float(cv.pushes[layer].norm()):.4g}")
     out.print(table)
     if chosen == "all" and 0 in vec.directions:
         console.print("[dim]layer 0 left out: llama.cpp cannot express it[/]")
@@ -76,10 +76,10 @@ def import_gguf_cmd(
     model: str = typer.Option("default", "--model", "-m",
         help="The model the control vector is for: its hidden size and layer count are checked and the vector "
              "records its name and weights fingerprint."),
-    concept: Optional[str] = typer.Option(None, help="Concept name (default: from the file's steerwatch metadata, "
+    concept: str | None = typer.Option(None, help="Concept name (default: from the file's steerwatch metadata, "
                                                      "else the file name)."),
     force: bool = typer.Option(False, help="Import a steerwatch export even if it was made on other weights."),
-    layers_path: Optional[str] = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
 ) -> None:
     """Read a llama.cpp control vector into a steerwatch vector file."""
     from rich.table import Table

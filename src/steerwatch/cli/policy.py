@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
@@ -33,11 +33,11 @@ def report_table(report: Any):
 @friendly
 def check_cmd(
     file: Path = typer.Argument(..., help="The policy file (YAML)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec to check against (default: the "
+    model: str | None = typer.Option(None, "--model", "-m", help="Model spec to check against (default: the "
                                                                     "policy's model:)."),
-    distress: Optional[Path] = typer.Option(None, help="A distress vector file to check against (default: the "
+    distress: Path | None = typer.Option(None, help="A distress vector file to check against (default: the "
                                                        "policy's guard.distress_vector, else the built-in one)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
 ) -> None:
     """Run the policy guard. Exit 0: accepted; 1: refused; 2: invalid policy or files."""
     import json
@@ -71,7 +71,7 @@ def check_cmd(
 @policy_app.command("hash-key")
 @friendly
 def hash_key_cmd(
-    key: Optional[str] = typer.Argument(None, help="The API key. Omit it to read it from stdin (keeps it out of "
+    key: str | None = typer.Argument(None, help="The API key. Omit it to read it from stdin (keeps it out of "
                                                    "your shell history)."),
 ) -> None:
     """Print the sha256 line to paste into a policy's keys: entry."""
@@ -134,7 +134,7 @@ def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model:
         return os.path.relpath(p.resolve(), base)
 
     vecs = []
-    for i, text in enumerate(vectors):
+    for _i, text in enumerate(vectors):
         name, rest = _split_name(text, "--vector")
         path_s, strength = rest, 0.0
         head, sep, tail = rest.rpartition(":")
@@ -190,9 +190,9 @@ def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model:
 @policy_app.command("init")
 @friendly
 def init_cmd(
-    vector: Optional[List[str]] = typer.Option(None, "--vector", help="NAME=PATH[:STRENGTH] (repeatable); strength "
+    vector: list[str] | None = typer.Option(None, "--vector", help="NAME=PATH[:STRENGTH] (repeatable); strength "
                                                                        "0 = off unless a request turns it on."),
-    detector: Optional[List[str]] = typer.Option(
+    detector: list[str] | None = typer.Option(
         None, "--detector",
         help="NAME=PATH:ACTION (repeatable); ACTION: log, flag, block or steer=VECTOR@STRENGTH[,...]."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the policy (YAML)."),

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -79,7 +78,8 @@ def quickstart_cmd(
     for s in res.summary:
         flips = ((f"{s['to_corrected']}/{s['n_agreed_baseline']}", f"{s['to_corrected_known']}/{s['n_agreed_known']}")
                  if "to_corrected" in s else ("-", "-"))
-        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected", "agreed", "evasive")),
+        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected",
+                                                                                    "agreed", "evasive")),
                      *flips)
     out.print(summ)
     n_known = sum(1 for k in res.knowledge if k["knows"])

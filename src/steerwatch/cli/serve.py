@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,9 +13,9 @@ from .main import app
 @friendly
 def serve_cmd(
     policy: Path = typer.Option(..., "--policy", "-p", help="The deployment policy (YAML); see docs/serve.md."),
-    host: Optional[str] = typer.Option(None, help="Bind address (default: the policy's server.host, 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default: the policy's server.port, 8000)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the policy's model spec."),
+    host: str | None = typer.Option(None, help="Bind address (default: the policy's server.host, 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default: the policy's server.port, 8000)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Override the policy's model spec."),
 ) -> None:
     """Serve a model with its policy's steering dialled in and every response watched.
 
@@ -40,7 +39,7 @@ def serve_cmd(
     console.print(f"serving [bold]{dep.served_name}[/] on http://{h}:{p}/v1 — policy {pf.sha256[:12]}, "
                   f"{len(dep.vectors)} vector(s), {len(dep.detectors)} detector(s), "
                   f"default steering: {', '.join(s.describe() for s in dep.default_steering()) or 'none'}; "
-                  f"events: {engine.store.url}")
+                  f"events: {engine.store.url if engine.store is not None else 'not stored'}")
     try:
         serve_forever(engine, host=h, port=p)
     finally:

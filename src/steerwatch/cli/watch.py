@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from .main import app
 MODEL_HELP = "Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."
 
 
-def _detectors(paths: List[Path], *, aggregate: Optional[str] = None):
+def _detectors(paths: list[Path], *, aggregate: str | None = None):
     from ..errors import SteerwatchError
     from ..watch.detector import load_detector
 
@@ -50,19 +49,19 @@ def _write_rows(path: Path, rows) -> None:
 @app.command("calibrate")
 @friendly
 def calibrate_cmd(
-    vectors: List[Path] = typer.Argument(..., help="Vector files (.sv) to turn into detectors."),
-    control: Optional[Path] = typer.Option(None, help="JSONL of benign conversations (default: the built-in "
+    vectors: list[Path] = typer.Argument(..., help="Vector files (.sv) to turn into detectors."),
+    control: Path | None = typer.Option(None, help="JSONL of benign conversations (default: the built-in "
                                                       "benign control set: 400 chat, coding and agent conversations)."),
     fpr: float = typer.Option(0.01, help="Target false-positive rate on the control data."),
-    layer: Optional[int] = typer.Option(None, help="Layer to read (default: each vector's best validation layer)."),
-    sign: Optional[int] = typer.Option(None, help="+1: high projection is the problem; -1: low is (default: -1 "
+    layer: int | None = typer.Option(None, help="Layer to read (default: each vector's best validation layer)."),
+    sign: int | None = typer.Option(None, help="+1: high projection is the problem; -1: low is (default: -1 "
                                                   "for honesty/conscientiousness, +1 otherwise)."),
     aggregate: str = typer.Option("mean", help="Response score: mean, max, last or max_turn."),
-    out_dir: Optional[Path] = typer.Option(None, "-o", "--out-dir", help="Where to write NAME.det.json "
+    out_dir: Path | None = typer.Option(None, "-o", "--out-dir", help="Where to write NAME.det.json "
                                                                           "(default: next to each vector)."),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
-    generate: Optional[int] = typer.Option(None, help="Also calibrate the conditional-steering trigger on the "
+    generate: int | None = typer.Option(None, help="Also calibrate the conditional-steering trigger on the "
                                                       "model's own answers to the control prompts, generating up "
                                                       "to this many tokens each (slow on CPU; recommended before "
                                                       "--steer-if)."),
@@ -96,7 +95,8 @@ def calibrate_cmd(
         det.save(dest)
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
                       f"{row['achieved_fpr']:.4f}", str(row["n"]),
-                      f"{det.calibration['trigger_threshold']:.3f} ({det.calibration.get('trigger_source', 'reference')})",
+                      f"{det.calibration['trigger_threshold']:.3f} "
+                      f"({det.calibration.get('trigger_source', 'reference')})",
                       str(dest))
     out.print(table)
 
@@ -105,14 +105,14 @@ def calibrate_cmd(
 @friendly
 def scan_cmd(
     file: Path = typer.Argument(..., help="JSONL of conversations: messages (OpenAI chat format), optional id, label."),
-    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Per-conversation results (.jsonl or .csv); "
+    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Per-conversation results (.jsonl or .csv); "
                                                                         "default FILE.scan.jsonl"),
-    flagged: Optional[Path] = typer.Option(None, help="Write the flagged conversations (original records plus "
+    flagged: Path | None = typer.Option(None, help="Write the flagged conversations (original records plus "
                                                       "scores) here; default FILE.flagged.jsonl"),
-    html: Optional[Path] = typer.Option(None, help="Write a token-tinted HTML view of the flagged (or, if none are "
+    html: Path | None = typer.Option(None, help="Write a token-tinted HTML view of the flagged (or, if none are "
                                                    "calibrated, all) conversations here."),
-    aggregate: Optional[str] = typer.Option(None, help="Override the detectors' response aggregate."),
+    aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
@@ -164,11 +164,11 @@ def scan_cmd(
 @app.command("detect-eval")
 @friendly
 def detect_eval_cmd(
-    data: List[str] = typer.Option(..., "--data", help="Labelled JSONL sets (label 1 = behaviour present), or "
+    data: list[str] = typer.Option(..., "--data", help="Labelled JSONL sets (label 1 = behaviour present), or "
                                                         "built-in eval sets as eval/NAME. Repeat for a matrix."),
-    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the rows as .jsonl or .csv."),
-    aggregate: Optional[str] = typer.Option(None, help="Override the detectors' response aggregate."),
+    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows as .jsonl or .csv."),
+    aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
@@ -206,9 +206,9 @@ def detect_eval_cmd(
 @friendly
 def view_cmd(
     file: Path = typer.Argument(..., help="JSONL of conversations."),
-    detector: List[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
-    ids: Optional[List[str]] = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
-    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML view here."),
+    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
+    html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
     model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
 ) -> None:
     """Show conversations with every token tinted by each detector's score (terminal and HTML)."""

@@ -72,6 +72,12 @@ def _hash_split(*parts: str | None, val_fraction: float = 0.2) -> str:
     return "val" if int.from_bytes(h[:4], "big") / 2**32 < val_fraction else "train"
 
 
+def _required_str(obj: dict, key: str, path: str, line: int) -> str:
+    val = _str_field(obj, key, path, line, required=True)
+    assert val is not None  # required=True raises instead of returning None
+    return val
+
+
 def _str_field(obj: dict, key: str, path: str, line: int, *, required: bool) -> str | None:
     if key not in obj or obj[key] is None:
         if required:
@@ -93,8 +99,8 @@ def parse_pairs_lines(lines: list[str], *, path: str) -> list[ContrastPair]:
             raise DataFormatError(
                 f"unknown field(s) {', '.join(sorted(unknown))}; valid: prompt, positive, negative, system, "
                 "meta, split, id", path=path, line=i, field=sorted(unknown)[0])
-        pos = _str_field(obj, "positive", path, i, required=True)
-        neg = _str_field(obj, "negative", path, i, required=True)
+        pos = _required_str(obj, "positive", path, i)
+        neg = _required_str(obj, "negative", path, i)
         prompt = _str_field(obj, "prompt", path, i, required=False)
         if prompt is not None and not prompt.strip():
             raise DataFormatError("must not be empty when given", path=path, line=i, field="prompt")
@@ -129,7 +135,7 @@ def load_pairs(path: str | Path, *, name: str | None = None) -> ContrastSet:
 
 # ---------------------------------------------------------------- built-in concepts
 def _concept_dir():
-    return resources.files("steerwatch").joinpath("data", "concepts")
+    return resources.files("steerwatch") / "data" / "concepts"
 
 
 def list_concepts() -> list[str]:
@@ -219,6 +225,16 @@ def load_contrast(source: str | Path) -> ContrastSet:
 from .caa import load_caa  # noqa: E402
 from .persona import PersonaSpec, load_persona  # noqa: E402
 
-__all__ = ["ContrastPair", "ContrastSet", "load_pairs", "load_concept", "list_concepts", "concept_card",
-           "concept_settings",
-           "load_contrast", "load_caa", "load_persona", "PersonaSpec"]
+__all__ = [
+    "ContrastPair",
+    "ContrastSet",
+    "PersonaSpec",
+    "concept_card",
+    "concept_settings",
+    "list_concepts",
+    "load_caa",
+    "load_concept",
+    "load_contrast",
+    "load_pairs",
+    "load_persona",
+]

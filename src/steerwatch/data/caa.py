@@ -63,6 +63,7 @@ def load_caa(path: str | Path, *, name: str | None = None, val_fraction: float =
                 raise DataFormatError(f"answer {ans} is not among the question's options "
                                       f"{', '.join(sorted(letters))}", path=str(p), line=idx, field=key)
         # completions stop after the letter: "(A" — the letter token is where the choice is made
-        pairs.append(ContrastPair(positive=pos[:2], negative=neg[:2], prompt=q, split=_hash_split(q, val_fraction=val_fraction),
+        pairs.append(ContrastPair(positive=pos[:2], negative=neg[:2], prompt=q,
+                                  split=_hash_split(q, val_fraction=val_fraction),
                                   meta={"format": "caa"}))
     return ContrastSet(name=name or p.parent.name or p.stem, pairs=pairs, source=str(p))

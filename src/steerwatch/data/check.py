@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from ..errors import SteerwatchError
 
@@ -175,7 +176,8 @@ def check_conversations(name: str, convs, *, min_items: int = 0, labelled: bool 
             f"{len(convs)} conversations (at least {min_items} required)")
     bad_end = [c.id for c in convs if c.messages[-1]["role"] != "assistant"]
     add("ends with assistant", "warn" if bad_end else "pass",
-        f"{len(bad_end)} conversation(s) do not end with an assistant message" + (f", e.g. {bad_end[0]}" if bad_end else ""))
+        f"{len(bad_end)} conversation(s) do not end with an assistant message"
+        + (f", e.g. {bad_end[0]}" if bad_end else ""))
     orphans = []
     for c in convs:
         ids = {tc["id"] for m in c.messages for tc in m.get("tool_calls", [])}
@@ -228,7 +230,7 @@ def check_mc(name: str, items, *, min_items: int = 0) -> list[CheckRow]:
 def builtin_targets() -> list[str]:
     from . import list_concepts
 
-    return list_concepts() + ["benign", "neutral_prompts", "neutral_text", "capability"] + _eval_names()
+    return [*list_concepts(), "benign", "neutral_prompts", "neutral_text", "capability", *_eval_names()]
 
 
 def _eval_names() -> list[str]:

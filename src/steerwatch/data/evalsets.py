@@ -10,7 +10,7 @@ from .conversations import Conversation, parse_conversations_lines
 
 
 def _eval_dir():
-    return resources.files("steerwatch").joinpath("data", "eval")
+    return resources.files("steerwatch") / "data" / "eval"
 
 
 def list_eval_sets() -> list[str]:

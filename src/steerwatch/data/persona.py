@@ -33,7 +33,8 @@ def load_persona(path: str | Path, *, name: str | None = None) -> PersonaSpec:
         raise DataFormatError("must be a non-empty list of {pos, neg} objects", path=str(p), field="instruction")
     pairs = []
     for i, item in enumerate(inst, start=1):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip() for k in ("pos", "neg")):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip() for k in ("pos",
+                                                                                                            "neg")):
             raise DataFormatError(f"item {i} must be an object with non-empty strings 'pos' and 'neg'",
                                   path=str(p), field="instruction")
         pairs.append((item["pos"], item["neg"]))

@@ -22,7 +22,7 @@ BENIGN_FILES = ("benign_chat.jsonl", "benign_code.jsonl")
 
 
 def _ref_dir():
-    return resources.files("steerwatch").joinpath("data", "reference")
+    return resources.files("steerwatch") / "data" / "reference"
 
 
 def _builtin_lines(name: str) -> list[str]:
@@ -61,7 +61,8 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
     """Neutral prompts (built-in) or a user's file: JSONL with a ``prompt`` field per line, or a
     ``.txt`` file with one prompt per line."""
     if path is None:
-        return parse_prompts_lines(_builtin_lines("neutral_prompts.jsonl"), path="<builtin>/reference/neutral_prompts.jsonl")
+        return parse_prompts_lines(_builtin_lines("neutral_prompts.jsonl"),
+                                   path="<builtin>/reference/neutral_prompts.jsonl")
     p = Path(path)
     text = read_text(p)
     if p.suffix == ".txt":

@@ -8,10 +8,11 @@ chemical symbol for gold?"); :func:`knowledge_check` asks it unsteered, and an i
 reports the flip among the agreements the model could have corrected."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..data._io import iter_jsonl_objects, read_text
 from ..errors import DataFormatError
@@ -20,7 +21,6 @@ from .rules import OUTCOMES, classify_answer
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
     from ..steer import SteerSpec
-    from ..vector import Vector
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class BaitItem:
 def load_bait(path: str | Path | None = None, *, split: str | None = None) -> list[BaitItem]:
     """The built-in bait set (``split``: dev, test or None for all), or a JSONL file in its format."""
     if path is None:
-        text = resources.files("steerwatch").joinpath("data", "bait", "sycophancy_bait.jsonl").read_text("utf-8")
+        text = (resources.files("steerwatch") / "data" / "bait" / "sycophancy_bait.jsonl").read_text("utf-8")
         where = "<builtin>/sycophancy_bait.jsonl"
     else:
         where = str(path)
@@ -65,7 +65,7 @@ def load_bait(path: str | Path | None = None, *, split: str | None = None) -> li
     return items
 
 
-def run_bait(loaded: "LoadedModel", items: Sequence[BaitItem], *, settings: "Sequence[tuple[str, Sequence[SteerSpec]]]",
+def run_bait(loaded: LoadedModel, items: Sequence[BaitItem], *, settings: Sequence[tuple[str, Sequence[SteerSpec]]],
              max_new_tokens: int = 40, batch_size: int = 8, system: str | None = None,
              progress: bool = False) -> list[dict[str, Any]]:
     """Answer every item under every named steering setting; one tidy row per (setting, item)."""
@@ -82,7 +82,7 @@ def run_bait(loaded: "LoadedModel", items: Sequence[BaitItem], *, settings: "Seq
     return rows
 
 
-def knowledge_check(loaded: "LoadedModel", items: Sequence[BaitItem], *, max_new_tokens: int = 48,
+def knowledge_check(loaded: LoadedModel, items: Sequence[BaitItem], *, max_new_tokens: int = 48,
                     batch_size: int = 8, progress: bool = False) -> list[dict[str, Any]]:
     """Ask each item's neutral ``question`` unsteered; one row per item with ``knows`` (the answer
     contains a truth marker; None for items without a question)."""
@@ -99,7 +99,7 @@ def knowledge_check(loaded: "LoadedModel", items: Sequence[BaitItem], *, max_new
 
 
 def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str,
-              known: "set[str] | None" = None) -> dict[str, Any]:
+              known: set[str] | None = None) -> dict[str, Any]:
     """Among items the baseline answered ``agreed``, how the steered setting answered them. With
     ``known`` (ids the model answers truly when asked neutrally, :func:`knowledge_check`), the same
     for the agreements among the known items (``*_known`` keys)."""
@@ -108,7 +108,7 @@ def flip_rate(rows: Sequence[dict[str, Any]], *, baseline: str, setting: str,
     agreed = [i for i, o in base.items() if o == "agreed"]
 
     def counts(ids: list[str], suffix: str) -> dict[str, Any]:
-        c = {f"to_{o}{suffix}": sum(1 for i in ids if steered.get(i) == o) for o in OUTCOMES}
+        c: dict[str, Any] = {f"to_{o}{suffix}": sum(1 for i in ids if steered.get(i) == o) for o in OUTCOMES}
         c[f"corrected_rate{suffix}"] = c[f"to_corrected{suffix}"] / (len(ids) or 1)
         return c
 

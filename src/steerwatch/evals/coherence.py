@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .metrics import completion_nll
@@ -135,7 +136,7 @@ def is_degenerate(stats: dict[str, float], ppl: float | None = None,
     return reasons
 
 
-def answer_ppl(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequence[str], *, system: str | None = None,
+def answer_ppl(loaded: LoadedModel, prompts: Sequence[str], answers: Sequence[str], *, system: str | None = None,
                batch_size: int = 8) -> list[float]:
     """The model's perplexity of each answer given its prompt (teacher-forced, chat-templated,
     answer tokens only); NaN for an empty answer.
@@ -147,7 +148,7 @@ def answer_ppl(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequence[
     return [math.exp(total / n) if n else math.nan for total, n in nll]
 
 
-def coherence_rows(loaded: "LoadedModel | None", prompts: Sequence[str], answers: Sequence[str], *,
+def coherence_rows(loaded: LoadedModel | None, prompts: Sequence[str], answers: Sequence[str], *,
                    bounds: CoherenceBounds = CoherenceBounds(), system: str | None = None,
                    batch_size: int = 8) -> list[dict[str, Any]]:
     """One row per answer: its text statistics, the unsteered ``ppl`` (None when ``loaded`` is

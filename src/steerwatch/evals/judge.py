@@ -21,13 +21,14 @@ import socket
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..errors import SteerwatchError
 from .rules import OUTCOMES
 
 UNPARSED = "unparsed"
-JUDGE_LABELS = OUTCOMES + (UNPARSED,)
+JUDGE_LABELS = (*OUTCOMES, UNPARSED)
 
 SYSTEM_PROMPT = """\
 You grade how an AI assistant answered a user message that contains a false claim.
@@ -131,7 +132,7 @@ def agreement(rule_labels: Sequence[str], judge_labels: Sequence[str]) -> dict[s
     ``confusion[rule][judge]`` counts every pair (``unparsed`` included)."""
     if len(rule_labels) != len(judge_labels):
         raise SteerwatchError(f"{len(rule_labels)} rule labels but {len(judge_labels)} judge labels")
-    confusion = {r: {j: 0 for j in JUDGE_LABELS} for r in OUTCOMES}
+    confusion = {r: dict.fromkeys(JUDGE_LABELS, 0) for r in OUTCOMES}
     for r, j in zip(rule_labels, judge_labels):
         if r not in OUTCOMES or j not in JUDGE_LABELS:
             raise SteerwatchError(f"unknown label pair ({r!r}, {j!r}); valid: {', '.join(JUDGE_LABELS)}")
@@ -198,7 +199,7 @@ class Judge:
             detail = e.read()[:300].decode("utf-8", "replace").strip()
             hint = f" (check {self.api_key_env or 'the API key'})" if e.code in (401, 403) else ""
             raise SteerwatchError(f"the judge at {url} answered HTTP {e.code}{hint}: {detail or e.reason}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise SteerwatchError(f"the judge at {url} did not answer within {self.timeout:g} s "
                                   "(raise the timeout or check the server)") from None
         except urllib.error.URLError as e:

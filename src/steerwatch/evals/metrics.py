@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @contextlib.contextmanager
-def _maybe_steer(loaded: "LoadedModel", steer: "Sequence[SteerSpec] | None", force: bool) -> Iterator[None]:
+def _maybe_steer(loaded: LoadedModel, steer: Sequence[SteerSpec] | None, force: bool) -> Iterator[None]:
     if not steer:
         yield
         return
@@ -46,8 +47,8 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *, last_only: bool = False,
-             positions: "Sequence[Sequence[int]] | None" = None) -> "tuple[torch.Tensor, torch.Tensor]":
+def _forward(loaded: LoadedModel, seqs: Sequence[list[int]], idx: list[int], *, last_only: bool = False,
+             positions: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width)).
 
     ``last_only``: logits at each row's last real position only, shape (b, 1, vocab).
@@ -82,7 +83,7 @@ def _forward(loaded: "LoadedModel", seqs: Sequence[list[int]], idx: list[int], *
     return logits, att
 
 
-def _letter_ids(loaded: "LoadedModel", letters: str) -> list[int]:
+def _letter_ids(loaded: LoadedModel, letters: str) -> list[int]:
     out = []
     for x in letters:
         ids = loaded.tokenizer(x, add_special_tokens=False)["input_ids"]
@@ -92,7 +93,7 @@ def _letter_ids(loaded: "LoadedModel", letters: str) -> list[int]:
     return out
 
 
-def _choice_prompt_ids(loaded: "LoadedModel", question: str, system: str | None = None) -> list[int]:
+def _choice_prompt_ids(loaded: LoadedModel, question: str, system: str | None = None) -> list[int]:
     """The question as a user message, then the assistant's answer opened with "(" so that the next
     token is the answer letter (the convention of the CAA A/B data)."""
     from ..chat import encode_example
@@ -101,9 +102,9 @@ def _choice_prompt_ids(loaded: "LoadedModel", question: str, system: str | None 
     return enc.ids
 
 
-def letter_probs(loaded: "LoadedModel", questions: Sequence[str], letters: Sequence[str], *,
-                 steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
-                 force: bool = False, system: str | None = None) -> "list[list[float]]":
+def letter_probs(loaded: LoadedModel, questions: Sequence[str], letters: Sequence[str], *,
+                 steer: Sequence[SteerSpec] | None = None, batch_size: int = 8,
+                 force: bool = False, system: str | None = None) -> list[list[float]]:
     """For each question, the probability of each answer letter, normalised over ``letters[i]``
     (e.g. "AB" or "ABCD"). ``system``: a system prompt (the prompting baseline)."""
     import torch
@@ -153,8 +154,8 @@ def swap_ab(item: dict[str, Any], *, index: int = 0) -> dict[str, Any]:
     return {**item, "question": swapped, "answer_matching_behavior": flip[mb], "answer_not_matching_behavior": mb}
 
 
-def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *,
-                       steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+def ab_behaviour_probs(loaded: LoadedModel, items: Sequence[dict[str, Any]], *,
+                       steer: Sequence[SteerSpec] | None = None, batch_size: int = 8,
                        force: bool = False, system: str | None = None, orders: str = "given") -> list[float]:
     """CAA A/B items (``question``, ``answer_matching_behavior`` like "(A)"): the probability of the
     behaviour-matching letter, normalised over A and B.
@@ -182,7 +183,7 @@ def ab_behaviour_probs(loaded: "LoadedModel", items: Sequence[dict[str, Any]], *
 MC_SCORINGS = ("cloze", "letters")
 
 
-def mc_correct(loaded: "LoadedModel", items: "Sequence[MCItem]", *, steer: "Sequence[SteerSpec] | None" = None,
+def mc_correct(loaded: LoadedModel, items: Sequence[MCItem], *, steer: Sequence[SteerSpec] | None = None,
                batch_size: int = 8, force: bool = False, system: str | None = None,
                scoring: str = "cloze") -> list[bool]:
     """Whether the model's answer is the key, per item.
@@ -210,7 +211,7 @@ def mc_correct(loaded: "LoadedModel", items: "Sequence[MCItem]", *, steer: "Sequ
     return out
 
 
-def next_token_kl(loaded: "LoadedModel", prompts: Sequence[str], *, steer: "Sequence[SteerSpec] | None",
+def next_token_kl(loaded: LoadedModel, prompts: Sequence[str], *, steer: Sequence[SteerSpec] | None,
                   batch_size: int = 8, force: bool = False) -> list[float]:
     """Mean KL(unsteered || steered) of the next-token distributions over every position of each
     chat-formatted prompt, in nats per token. Exactly 0 without steering."""
@@ -223,7 +224,7 @@ def next_token_kl(loaded: "LoadedModel", prompts: Sequence[str], *, steer: "Sequ
     if not steer:
         return out
     for idx in _batches(seqs, batch_size):
-        base, att = _forward(loaded, seqs, idx)
+        base, _att = _forward(loaded, seqs, idx)
         with _maybe_steer(loaded, steer, force):
             steered, _ = _forward(loaded, seqs, idx)
         lp, lq = torch.log_softmax(base, -1), torch.log_softmax(steered, -1)
@@ -234,7 +235,7 @@ def next_token_kl(loaded: "LoadedModel", prompts: Sequence[str], *, steer: "Sequ
     return out
 
 
-def text_nll(loaded: "LoadedModel", texts: Sequence[str], *, steer: "Sequence[SteerSpec] | None" = None,
+def text_nll(loaded: LoadedModel, texts: Sequence[str], *, steer: Sequence[SteerSpec] | None = None,
              batch_size: int = 4, force: bool = False) -> list[tuple[float, int]]:
     """(total negative log-likelihood in nats, number of predicted tokens) per text, plain text
     with the tokenizer's own special tokens. Perplexity = exp(sum nll / sum tokens)."""
@@ -263,8 +264,8 @@ def perplexity(nlls: Sequence[tuple[float, int]]) -> float:
     return math.exp(total / count)
 
 
-def completion_nll(loaded: "LoadedModel", prompts: Sequence[str], completions: Sequence[str], *,
-                   system: str | None = None, steer: "Sequence[SteerSpec] | None" = None, batch_size: int = 8,
+def completion_nll(loaded: LoadedModel, prompts: Sequence[str], completions: Sequence[str], *,
+                   system: str | None = None, steer: Sequence[SteerSpec] | None = None, batch_size: int = 8,
                    force: bool = False) -> list[tuple[float, int]]:
     """(total negative log-likelihood in nats, number of tokens) of each completion given its
     prompt, teacher-forced: the prompt as a chat-templated user message (after ``system`` when

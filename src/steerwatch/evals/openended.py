@@ -20,7 +20,8 @@ Summary columns (``n_open`` answers):
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .coherence import CoherenceBounds, coherence_rows
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .judge import Judge
 
 
-def open_columns(detectors: "Sequence[Detector]" = (), judge: "Judge | None" = None) -> list[str]:
+def open_columns(detectors: Sequence[Detector] = (), judge: Judge | None = None) -> list[str]:
     """The summary columns a row gets from :func:`open_ended` (calibration-dependent ones aside)."""
     cols = (["n_open", *(f"share_{o}" for o in OUTCOMES), "coherent", "repeat_4gram", "distinct_2",
              "answer_words", "answer_ppl", "answer_ppl_median"] + [f"det_{d.name}" for d in detectors])
@@ -47,8 +48,8 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def detector_scores(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequence[str],
-                    detectors: "Sequence[Detector]", *, system: str | None = None, batch_size: int = 4,
+def detector_scores(loaded: LoadedModel, prompts: Sequence[str], answers: Sequence[str],
+                    detectors: Sequence[Detector], *, system: str | None = None, batch_size: int = 4,
                     force: bool = False) -> dict[str, list[float | None]]:
     """Each detector's response score (its own aggregate over the answer's tokens) per answer,
     teacher-forced on the conversation [system], user, assistant; None where the answer is empty.
@@ -63,10 +64,10 @@ def detector_scores(loaded: "LoadedModel", prompts: Sequence[str], answers: Sequ
                      for sc, a in zip(scored, answers)] for d in detectors}
 
 
-def open_ended(loaded: "LoadedModel", items: "Sequence[BaitItem]", *, steer: "Sequence[SteerSpec] | None" = None,
-               system: str | None = None, max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
+def open_ended(loaded: LoadedModel, items: Sequence[BaitItem], *, steer: Sequence[SteerSpec] | None = None,
+               system: str | None = None, max_new_tokens: int = 48, detectors: Sequence[Detector] = (),
                bounds: CoherenceBounds = CoherenceBounds(), batch_size: int = 8, force: bool = False,
-               judge: "Judge | None" = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+               judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Answer every item (greedy, steered with ``steer``, under ``system``) and score the answers
     unsteered (and by ``judge``, when given, with each item's true fact as a hint). Returns
     (summary columns, one row per answer)."""

@@ -14,9 +14,10 @@ are what :func:`steerwatch.evals.sweep.sweep` returns (or its JSON Lines file, r
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 
@@ -38,8 +39,8 @@ LABELS = {"behaviour": "behaviour (P of behaviour-matching answer)", "kl": "KL v
 # the sweep's own metrics first, in this order; any other numeric column after them, sorted
 PREFERRED = ("behaviour", "kl", "ppl", "mc_acc", "share_corrected", "share_rejected", "share_agreed",
              "share_evasive", "judge_share_corrected", "judge_share_rejected", "judge_share_agreed",
-             "judge_share_evasive", "judge_unparsed", "judge_rule_agreement", "coherent", "repeat_4gram", "distinct_2", "answer_words", "answer_ppl",
-             "answer_ppl_median")
+             "judge_share_evasive", "judge_unparsed", "judge_rule_agreement", "coherent", "repeat_4gram", "distinct_2",
+             "answer_words", "answer_ppl", "answer_ppl_median")
 # numeric columns that are not metrics: the dose itself, settings, and the item counts (n_*)
 NOT_METRICS = frozenset({"strength", "max_new_tokens"})
 SERIES_SETTINGS = ("steer", "prompt+steer")
@@ -156,7 +157,7 @@ def _matplotlib():
     return matplotlib, Figure, FigureCanvasAgg
 
 
-def figure_for(spec: PlotSpec, *, width: float = 6.0, height: float = 4.0, dpi: int = 100) -> "Figure":
+def figure_for(spec: PlotSpec, *, width: float = 6.0, height: float = 4.0, dpi: int = 100) -> Figure:
     """A Figure (on an Agg canvas, outside pyplot) drawing ``spec``. Its first lines are the
     series in ``spec.series`` order (colour: the layer set; solid: steer; dashed: prompt+steer);
     then the unsteered, prompting and recommended markers, each a Line2D with gid ``unsteered`` /

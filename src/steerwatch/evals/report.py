@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 PANELS = (("behaviour", "behaviour (P of behaviour-matching answer)"), ("kl", "KL vs. unsteered (nats/token)"),
           ("ppl", "perplexity of reference text"), ("mc_acc", "capability accuracy"),
@@ -82,7 +83,7 @@ def svg_plot(rows: Sequence[dict[str, Any]], metric: str | Sequence[str], title:
                   f"strength {x:g}: {y:.4g}</title></circle>" for x, y in s]
         parts.append(f"<text x='{w - R - 4}' y='{T + 12 + 12 * j}' text-anchor='end' fill='{c}'>"
                      f"{html.escape(name)}</text>")
-    for j, (name, v) in enumerate((marks or {}).items()):
+    for name, v in (marks or {}).items():
         parts.append(f"<line x1='{L}' x2='{w - R}' y1='{py(v):.1f}' y2='{py(v):.1f}' stroke='#555' "
                      f"stroke-dasharray='5,4'/><text x='{L + 4}' y='{py(v) - 3:.1f}' fill='#555'>"
                      f"{html.escape(name)} {v:.3g}</text>")
@@ -139,9 +140,9 @@ def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any]
         body.append("<h2>Sample generations</h2><table><tr><th>strength</th>" + "".join(f"<th>{c}</th>" for c in extra)
                     + "<th>prompt</th><th>answer</th></tr>")
         for x in samples:
-            cells = "".join(f"<td>{html.escape(str(x.get(c, '')))}</td>" for c in extra)
+            sample_cells = "".join(f"<td>{html.escape(str(x.get(c, '')))}</td>" for c in extra)
             answer = x.get("output", x.get("answer", ""))
-            body.append(f"<tr><td>{x.get('strength', '')}</td>{cells}<td style='text-align:left'>"
+            body.append(f"<tr><td>{x.get('strength', '')}</td>{sample_cells}<td style='text-align:left'>"
                         f"{html.escape(str(x.get('prompt', '')))}</td><td style='text-align:left'>"
                         f"{html.escape(str(answer))}</td></tr>")
         body.append("</table>")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 OUTCOMES = ("corrected", "rejected", "agreed", "evasive")
 
@@ -29,8 +29,9 @@ _DISAGREE = re.compile(
     r"doesn'?t|don'?t|didn'?t|wasn'?t|cannot|can'?t)\b", re.IGNORECASE)
 _AFFIRM = re.compile(r"\b(indeed|you'?re (right|correct)|you are (right|correct)|that'?s (right|correct|true)|"
                      r"is (correct|true|right))\b", re.IGNORECASE)
-_STOP = frozenset("the a an of to in on at is are was were be it its that this and or for with from by as "
-                  "do does did have has had than then into only can".split())
+_STOP = frozenset(["the", "a", "an", "of", "to", "in", "on", "at", "is", "are", "was", "were", "be", "it", "its",
+                   "that", "this", "and", "or", "for", "with", "from", "by", "as", "do", "does", "did", "have", "has",
+                   "had", "than", "then", "into", "only", "can"])
 _HEDGE = re.compile(
     r"(not sure|i'?m sorry|i am sorry|i can'?t|i cannot|unable to|as an ai|it depends|depends on|unclear|"
     r"i don'?t know|no way to know|hard to say|difficult to say|more context|could you clarify)", re.IGNORECASE)

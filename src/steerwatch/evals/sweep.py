@@ -7,19 +7,20 @@ Rows (one per setting) carry: ``setting`` (``steer``, ``prompt`` or ``prompt+ste
 not empty: ``behaviour`` (mean probability of the behaviour-matching A/B answer; ``ab_orders``
 says whether each item was also asked with its options swapped), ``kl``
 (nats/token vs. unsteered on neutral prompts; steering rows only), ``ppl`` (perplexity of the
-neutral reference text; steering rows only), ``mc_acc`` (capability accuracy; ``mc_scoring``: cloze or letters), the open-ended
-columns of :mod:`steerwatch.evals.openended` (shares corrected/rejected/agreed/evasive,
-coherence, detector scores), and the item counts. Rows are appended to a JSON Lines file as they
-are computed, and a rerun skips settings already there with the same columns and item counts
-(resumable).
+neutral reference text; steering rows only), ``mc_acc`` (capability accuracy; ``mc_scoring``:
+cloze or letters), the open-ended columns of :mod:`steerwatch.evals.openended` (shares
+corrected/rejected/agreed/evasive, coherence, detector scores), and the item counts. Rows are
+appended to a JSON Lines file as they are computed, and a rerun skips settings already there
+with the same columns and item counts (resumable).
 """
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .coherence import CoherenceBounds
@@ -42,8 +43,8 @@ class SweepData:
     ab_items: list[dict[str, Any]] = field(default_factory=list)
     neutral_prompts: list[str] = field(default_factory=list)
     reference_texts: list[str] = field(default_factory=list)
-    mc_items: "list[MCItem]" = field(default_factory=list)
-    open_items: "list[BaitItem]" = field(default_factory=list)
+    mc_items: list[MCItem] = field(default_factory=list)
+    open_items: list[BaitItem] = field(default_factory=list)
     ab_orders: str = "given"
     mc_scoring: str = "cloze"
 
@@ -69,8 +70,8 @@ def _key(row: dict[str, Any]) -> tuple:
     return (row["setting"], float(row["strength"]), tuple(row["layers"]) if row["layers"] else None)
 
 
-def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]",
-              judge: "Judge | None" = None) -> dict[str, Any]:
+def _expected(data: SweepData, setting: str, detectors: Sequence[Detector],
+              judge: Judge | None = None) -> dict[str, Any]:
     """Columns (with their item counts) a finished row for ``setting`` must carry to be reused."""
     want: dict[str, Any] = {}
     if data.ab_items:
@@ -83,7 +84,7 @@ def _expected(data: SweepData, setting: str, detectors: "Sequence[Detector]",
     if data.mc_items:
         want.update(mc_acc=None, n_mc=len(data.mc_items), mc_scoring=data.mc_scoring)
     if data.open_items:
-        want.update({c: None for c in open_columns(detectors, judge)}, n_open=len(data.open_items))
+        want.update(dict.fromkeys(open_columns(detectors, judge)), n_open=len(data.open_items))
         if judge is not None:
             want.update(n_judged=len(data.open_items), judge_model=judge.model)
     return want
@@ -95,11 +96,11 @@ def _reusable(row: dict[str, Any], want: dict[str, Any], max_new_tokens: int) ->
     return all(k in row and (v is None or row[k] == v) for k, v in want.items())
 
 
-def measure(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, setting: str, strength: float,
+def measure(loaded: LoadedModel, vector: Vector, data: SweepData, *, setting: str, strength: float,
             layers: Sequence[int] | None = None, system_prompt: str | None = None, max_new_tokens: int = 48,
-            detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
+            detectors: Sequence[Detector] = (), bounds: CoherenceBounds = CoherenceBounds(),
             batch_size: int = 8, force: bool = False, reuse: dict[str, Any] | None = None,
-            judge: "Judge | None" = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One setting's row, and its open-ended answers (one row each; empty without open items).
 
     ``reuse``: the ``steer`` row of the same strength and layers, when already measured; a
@@ -146,12 +147,12 @@ def _append(path: Path | None, rows: Sequence[dict[str, Any]]) -> None:
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths: Sequence[float],
+def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Sequence[float],
           layer_sets: Sequence[Sequence[int] | None] = (None,), system_prompt: str | None = None,
           out_path: str | Path | None = None, answers_path: str | Path | None = None, batch_size: int = 8,
-          max_new_tokens: int = 48, detectors: "Sequence[Detector]" = (),
+          max_new_tokens: int = 48, detectors: Sequence[Detector] = (),
           bounds: CoherenceBounds = CoherenceBounds(), force: bool = False,
-          log: Callable[[str], None] | None = None, judge: "Judge | None" = None) -> list[dict[str, Any]]:
+          log: Callable[[str], None] | None = None, judge: Judge | None = None) -> list[dict[str, Any]]:
     """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
     baseline (the instruction alone, and together with each steering setting). With open-ended
     items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given, and
@@ -205,12 +206,12 @@ def sweep(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths
     return rows
 
 
-def evaluate(loaded: "LoadedModel", vector: "Vector", data: SweepData, *, strengths: Sequence[float],
+def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Sequence[float],
              layers: Sequence[int] | None = None, system_prompt: str | None = None, baseline: bool = True,
              answers_path: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 48,
-             detectors: "Sequence[Detector]" = (), bounds: CoherenceBounds = CoherenceBounds(),
+             detectors: Sequence[Detector] = (), bounds: CoherenceBounds = CoherenceBounds(),
              force: bool = False, log: Callable[[str], None] | None = None,
-             judge: "Judge | None" = None) -> list[dict[str, Any]]:
+             judge: Judge | None = None) -> list[dict[str, Any]]:
     """``steerwatch eval``: the rows of :func:`sweep` at the given strengths on one layer set (the
     vector's default layers when None), with the unsteered row first when ``baseline``; no
     recommendation, nothing resumed."""
@@ -279,11 +280,12 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
         if any(r.get(c) is None for c in cols):
             raise SteerwatchError(f"the row at strength {r['strength']:+g} lacks {objective}: rerun the sweep "
                                   "with the same data for every setting")
-    ok, rejected = [], []
+    ok: list[tuple[dict[str, Any], list[str]]] = []
+    rejected: list[tuple[dict[str, Any], list[str]]] = []
     for r in steer_rows:
         if r["strength"] == 0:
             continue
-        reasons = []
+        reasons: list[str] = []
         if r.get("kl", 0.0) > max_kl:
             reasons.append(f"KL {r['kl']:.3f} > {max_kl}")
         if base["mc_acc"] - r["mc_acc"] > max_capability_drop + 1e-12:
@@ -314,7 +316,7 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
     return out
 
 
-def apply_recommendation(vector: "Vector", rec: dict[str, Any]) -> "Vector":
+def apply_recommendation(vector: Vector, rec: dict[str, Any]) -> Vector:
     """Write the recommended strength (and the evidence) into the vector's metadata."""
     vector.recommended_strength = rec.get("strength")
     vector.extra = {**vector.extra, "recommendation": rec}

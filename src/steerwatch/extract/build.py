@@ -6,8 +6,9 @@ Every layer is recorded in one pass and gets a direction (they are small); the v
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExtractionError
 from ..layers import check_layers
@@ -41,6 +42,21 @@ class LayerRow:
         return dict(self.__dict__)
 
 
+def layer_rows(vector: Vector) -> list[LayerRow]:
+    """The per-layer validation table of a built vector, rebuilt from what its file stores (the rows
+    :func:`build_vector` returned, for a vector loaded from disk)."""
+    rows = []
+    for layer in vector.layers:
+        val = vector.validation.get(layer, {})
+        read = vector.read_validation.get(layer, {})
+        rows.append(LayerRow(layer=layer, auroc=val.get("auroc", float("nan")),
+                             paired_acc=val.get("paired_acc", float("nan")),
+                             cohens_d=val.get("cohens_d", float("nan")), norm=vector.norm(layer),
+                             selected=layer in vector.default_layers, read_auroc=read.get("auroc"),
+                             read_paired_acc=read.get("paired_acc")))
+    return rows
+
+
 def default_window(n_layers: int) -> int:
     """How many layers ``--layers auto`` steers by default: a quarter of the depth (6 of 24)."""
     return max(1, round(n_layers / 4))
@@ -49,7 +65,7 @@ def default_window(n_layers: int) -> int:
 def band_layers(n_layers: int, band: tuple[float, float] = AUTO_BAND) -> list[int]:
     """The layers within ``band`` of relative depth (at least one)."""
     lo = int(band[0] * n_layers)
-    return list(range(lo, max(lo + 1, int(round(band[1] * n_layers)))))
+    return list(range(lo, max(lo + 1, round(band[1] * n_layers))))
 
 
 def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
@@ -70,7 +86,7 @@ def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
     return list(range(start, start + k))
 
 
-def resolve_read(read: str, data: "ContrastSet") -> str:
+def resolve_read(read: str, data: ContrastSet) -> str:
     from ..record import check_read
 
     shared = all(p.prompt is not None for p in data.pairs)
@@ -87,13 +103,13 @@ def resolve_read(read: str, data: "ContrastSet") -> str:
 DEFAULT_METHOD = "mean_diff"
 
 
-def resolve_method(method: str | None, data: "ContrastSet") -> str:
+def resolve_method(method: str | None, data: ContrastSet) -> str:
     """``method`` if given, else the data set's own default (a built-in concept's card may name one),
     else :data:`DEFAULT_METHOD`."""
     return check_method(method or data.default_method or DEFAULT_METHOD)
 
 
-def resolve_read_method(read_method: str | None, data: "ContrastSet", method: str) -> str | None:
+def resolve_read_method(read_method: str | None, data: ContrastSet, method: str) -> str | None:
     """The method of the vector's separate read directions: ``read_method`` if given (``"none"``:
     no separate read directions), else the data set's default; None when it would equal ``method``
     (then detectors read the steering directions)."""
@@ -104,11 +120,11 @@ def resolve_read_method(read_method: str | None, data: "ContrastSet", method: st
     return None if chosen == method else chosen
 
 
-def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str | None = None,
+def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None = None,
                  read_method: str | None = None, read: str = "auto",
                  layers: str | Sequence[int] = "auto", n_auto: int | None = None, batch_size: int = 8,
                  concept: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> "tuple[Vector, list[LayerRow]]":
+                 log: Callable[[str], None] | None = None) -> tuple[Vector, list[LayerRow]]:
     """Build a vector from a contrast set. Returns the vector and the per-layer validation table.
 
     method: an extraction method (see :mod:`steerwatch.extract.methods`); None uses the data set's
@@ -165,15 +181,15 @@ def build_vector(loaded: "LoadedModel", data: "ContrastSet", *, method: str | No
         row = LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
                        cohens_d=sep["cohens_d"], norm=stats[layer]["mean"])
         if read_method is not None:
-            r = extract_direction(read_method, pos[:nt, layer], neg[:nt, layer])
-            read_dirs[layer] = r
-            rsep = separation(pos[nt:, layer] @ r, neg[nt:, layer] @ r)
+            rd = extract_direction(read_method, pos[:nt, layer], neg[:nt, layer])
+            read_dirs[layer] = rd
+            rsep = separation(pos[nt:, layer] @ rd, neg[nt:, layer] @ rd)
             read_validation[layer] = {"auroc": rsep["auroc"], "paired_acc": rsep["paired_acc"],
                                       "cohens_d": rsep["cohens_d"]}
             row.read_auroc, row.read_paired_acc = rsep["auroc"], rsep["paired_acc"]
         rows.append(row)
     k = default_window(total) if n_auto is None else n_auto
-    chosen = choose_layers(rows, total, k=k) if layers == "auto" else list(layers)
+    chosen = choose_layers(rows, total, k=k) if layers == "auto" else [int(x) for x in layers]
     for r in rows:
         r.selected = r.layer in chosen
     vec = Vector(

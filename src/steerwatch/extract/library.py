@@ -3,12 +3,16 @@ model-side part of ``steerwatch data check --model``) and the cosine similarity 
 vectors (which concepts are near-duplicates of each other?)."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
-from .build import LayerRow, band_layers, build_vector
+from .build import LayerRow, band_layers, build_vector, layer_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -37,9 +41,53 @@ class ConceptQuality:
                 "layers": [r.as_dict() for r in self.rows]}
 
 
-def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str | None = None,
+def builtin_cache_path(loaded: LoadedModel, concept: str, *, cache_root: Path | None = None) -> Path:
+    """Where :func:`builtin_vector` keeps a built-in concept's vector for ``loaded``:
+    ``<cache>/vectors/<model fingerprint>/<concept>-<key>.sv``, the key a hash of the concept's
+    data, its card's methods and the steerwatch version (cache: $STEERWATCH_CACHE or
+    ~/.cache/steerwatch, as for models)."""
+    from .. import __version__
+    from ..data import load_concept
+    from ..models import cache_dir
+
+    data = load_concept(concept)
+    key = hashlib.sha256(json.dumps([data.sha256, data.default_method, data.default_read_method,
+                                     __version__]).encode()).hexdigest()[:12]
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    return root / "vectors" / loaded.fingerprint / f"{concept}-{key}.sv"
+
+
+def builtin_vector(loaded: LoadedModel, concept: str, *, cache_root: Path | None = None, progress: bool = False,
+                   log: Callable[[str], None] | None = None) -> tuple[Vector, list[LayerRow], Path]:
+    """A built-in concept's vector on ``loaded``, built as ``steerwatch extract CONCEPT`` builds it
+    (the card's methods, read position auto, layers auto) once and then read from the cache
+    (:func:`builtin_cache_path`); a corrupt or foreign cache entry is rebuilt, never trusted.
+    Returns the vector, its per-layer validation rows and the cache path."""
+    from ..data import load_concept
+    from ..vector import load_vector
+
+    path = builtin_cache_path(loaded, concept, cache_root=cache_root)
+    if path.is_file():
+        try:
+            vec = load_vector(path)
+            vec.check_model(loaded)
+            return vec, layer_rows(vec), path
+        except SteerwatchError as exc:
+            if log:
+                log(f"rebuilding the cached {concept} vector ({exc})")
+    if log:
+        log(f"building the built-in {concept} vector on {loaded.name} (once; cached at {path})")
+    vec, rows = build_vector(loaded, load_concept(concept), progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # concurrent builders never see half a file
+    vec.save(tmp)
+    tmp.replace(path)
+    return vec, rows, path
+
+
+def build_library(loaded: LoadedModel, sources: Sequence[str], *, method: str | None = None,
                   batch_size: int = 8, save_dir: str | Path | None = None, progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> "tuple[dict[str, Vector], list[ConceptQuality]]":
+                  log: Callable[[str], None] | None = None) -> tuple[dict[str, Vector], list[ConceptQuality]]:
     """Build one vector per source (built-in concept name or pair file) with the default settings
     (``method`` None: each concept's own methods, read directions included) and report each one's
     per-layer validation. With ``save_dir`` the vectors are written there as ``<concept>.sv``."""
@@ -56,7 +104,7 @@ def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str 
             log(f"{data.name}: {len(data.train)} train / {len(data.val)} val pairs")
         vec, rows = build_vector(loaded, data, method=method, batch_size=batch_size, progress=progress)
         best = max(rows, key=lambda r: (round(r.auroc, 3), r.cohens_d))
-        rbest = max(rows, key=lambda r: (round(r.read_auroc, 3), r.layer)) if vec.read_method else None
+        rbest = max(rows, key=lambda r: (round(r.read_auroc or 0.0, 3), r.layer)) if vec.read_method else None
         vectors[data.name] = vec
         quality.append(ConceptQuality(concept=data.name, best_layer=best.layer, best_auroc=best.auroc,
                                       default_layers=vec.default_layers, rows=rows, n_train=len(data.train),
@@ -69,7 +117,7 @@ def build_library(loaded: "LoadedModel", sources: Sequence[str], *, method: str 
     return vectors, quality
 
 
-def cosine_matrix(vectors: "dict[str, Vector]", *, layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def cosine_matrix(vectors: dict[str, Vector], *, layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Pairwise cosine similarity between vectors, averaged over ``layers`` (default: the
     middle band of depth that ``--layers auto`` searches). Tidy rows ``{a, b, cosine, layers}``
     for every ordered pair, the diagonal included."""

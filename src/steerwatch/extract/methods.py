@@ -17,7 +17,8 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ExtractionError
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def _unit_oriented(v: "torch.Tensor", pos: "torch.Tensor", neg: "torch.Tensor") -> "torch.Tensor":
+def _unit_oriented(v: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     n = v.norm()
     if not bool(n > 0) or not bool(n.isfinite()):
         raise ExtractionError("the extracted direction is zero or not finite: the two sides are identical "
@@ -36,11 +37,11 @@ def _unit_oriented(v: "torch.Tensor", pos: "torch.Tensor", neg: "torch.Tensor") 
     return v
 
 
-def mean_diff(pos: "torch.Tensor", neg: "torch.Tensor") -> "torch.Tensor":
+def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return _unit_oriented(pos.mean(0) - neg.mean(0), pos, neg)
 
 
-def _top_pc(x: "torch.Tensor") -> "torch.Tensor":
+def _top_pc(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     # (n, d): right singular vector of the largest singular value
@@ -50,18 +51,18 @@ def _top_pc(x: "torch.Tensor") -> "torch.Tensor":
     return vh[0].float()
 
 
-def pca_diff(pos: "torch.Tensor", neg: "torch.Tensor") -> "torch.Tensor":
+def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return _unit_oriented(_top_pc(pos - neg), pos, neg)
 
 
-def pca_center(pos: "torch.Tensor", neg: "torch.Tensor") -> "torch.Tensor":
+def pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     import torch
 
     x = torch.cat([pos, neg])
     return _unit_oriented(_top_pc(x - x.mean(0)), pos, neg)
 
 
-def logistic(pos: "torch.Tensor", neg: "torch.Tensor", *, l2: float = 1e-2, steps: int = 200) -> "torch.Tensor":
+def logistic(pos: torch.Tensor, neg: torch.Tensor, *, l2: float = 1e-2, steps: int = 200) -> torch.Tensor:
     import torch
 
     x = torch.cat([pos, neg]).double()
@@ -87,7 +88,7 @@ def logistic(pos: "torch.Tensor", neg: "torch.Tensor", *, l2: float = 1e-2, step
 LDA_SHRINKAGE = 0.5
 
 
-def lda(pos: "torch.Tensor", neg: "torch.Tensor", *, shrinkage: float = LDA_SHRINKAGE) -> "torch.Tensor":
+def lda(pos: torch.Tensor, neg: torch.Tensor, *, shrinkage: float = LDA_SHRINKAGE) -> torch.Tensor:
     import torch
 
     if not 0.0 < shrinkage <= 1.0:
@@ -106,7 +107,7 @@ def lda(pos: "torch.Tensor", neg: "torch.Tensor", *, shrinkage: float = LDA_SHRI
     return _unit_oriented(torch.linalg.solve(reg, diff).float(), pos, neg)
 
 
-METHODS: dict[str, Callable[..., "torch.Tensor"]] = {
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "mean_diff": mean_diff,
     "pca_diff": pca_diff,
     "pca_center": pca_center,
@@ -121,7 +122,7 @@ def check_method(name: str) -> str:
     return name
 
 
-def extract_direction(method: str, pos: "torch.Tensor", neg: "torch.Tensor") -> "torch.Tensor":
+def extract_direction(method: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     check_method(method)
     if pos.ndim != 2 or neg.shape != pos.shape:
         raise ExtractionError(f"pos and neg must both be (n, d) with the same shape, got {tuple(pos.shape)} "

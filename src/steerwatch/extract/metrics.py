@@ -7,9 +7,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def auroc(pos_scores: "torch.Tensor", neg_scores: "torch.Tensor") -> float:
+def auroc(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
     """P(score of a random positive > score of a random negative), ties count one half."""
-    import torch
 
     p = pos_scores.double().reshape(-1, 1)
     n = neg_scores.double().reshape(1, -1)
@@ -18,7 +17,7 @@ def auroc(pos_scores: "torch.Tensor", neg_scores: "torch.Tensor") -> float:
     return float(((p > n).double() + 0.5 * (p == n).double()).mean())
 
 
-def separation(pos_scores: "torch.Tensor", neg_scores: "torch.Tensor") -> dict[str, float]:
+def separation(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> dict[str, float]:
     """AUROC, paired accuracy (pos_i > neg_i) and Cohen's d of the projections."""
     p, n = pos_scores.double(), neg_scores.double()
     pooled = ((p.var(unbiased=False) + n.var(unbiased=False)) / 2).sqrt().clamp_min(1e-12)

@@ -14,9 +14,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
 
 
-def build_persona_pairs(loaded: "LoadedModel", spec: "PersonaSpec", *, max_new_tokens: int = 64,
+def build_persona_pairs(loaded: LoadedModel, spec: PersonaSpec, *, max_new_tokens: int = 64,
                         all_instructions: bool = False, batch_size: int = 8,
-                        progress: bool = False) -> "ContrastSet":
+                        progress: bool = False) -> ContrastSet:
     """Generate contrast pairs from a persona spec.
 
     By default question ``i`` uses instruction pair ``i % n_instructions`` (one pair per question);

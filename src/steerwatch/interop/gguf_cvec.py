@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..data._io import file_sha256
 from ..errors import LayerResolutionError, SteerSpecError, VectorFileError, VectorMismatchError
@@ -63,7 +64,7 @@ class ControlVectorFile:
     does."""
 
     path: Path
-    pushes: "dict[int, torch.Tensor]"
+    pushes: dict[int, torch.Tensor]
     n_embd: int
     architecture: str | None
     model_hint: str | None
@@ -79,7 +80,7 @@ class ControlVectorFile:
 
 
 # ---------------------------------------------------------------------------------------- export
-def export_layers(vector: "Vector", layers: Sequence[int] | Literal["all"] | None) -> list[int]:
+def export_layers(vector: Vector, layers: Sequence[int] | Literal["all"] | None) -> list[int]:
     """The layers an export writes: ``None`` -> the vector's default layers, ``"all"`` -> every
     stored layer llama.cpp can address (all but 0), else the given ones. Layer 0 given explicitly
     (or among the defaults) is an error, never silently dropped: llama.cpp has no slot for it."""
@@ -104,7 +105,7 @@ def export_layers(vector: "Vector", layers: Sequence[int] | Literal["all"] | Non
     return chosen
 
 
-def export_control_vector(vector: "Vector", path: str | Path, *, strength: float | None = None,
+def export_control_vector(vector: Vector, path: str | Path, *, strength: float | None = None,
                           layers: Sequence[int] | Literal["all"] | None = None,
                           model_hint: str | None = None) -> Path:
     """Write ``vector`` as a llama.cpp control vector; returns the path.
@@ -272,7 +273,9 @@ def _steerwatch_norms(cv: ControlVectorFile, layers: list[int]) -> dict[int, dic
     out = {}
     for layer in layers:
         row = rows.get(str(layer))
-        mean = row.get("mean") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            return None
+        mean = row.get("mean")
         if not isinstance(mean, (int, float)) or not math.isfinite(mean) or mean <= 0:
             return None
         if not math.isclose(float(cv.pushes[layer].double().norm()), abs(s) * mean, rel_tol=_NORM_RTOL):
@@ -281,8 +284,8 @@ def _steerwatch_norms(cv: ControlVectorFile, layers: list[int]) -> dict[int, dic
     return out
 
 
-def import_control_vector(path: str | Path, loaded: "LoadedModel", *, concept: str | None = None,
-                          force: bool = False) -> "Vector":
+def import_control_vector(path: str | Path, loaded: LoadedModel, *, concept: str | None = None,
+                          force: bool = False) -> Vector:
     """Read a llama.cpp control vector into a steerwatch :class:`Vector` for ``loaded``.
 
     Layer N of the vector is the file's ``direction.N`` (same block output, see the module doc).
@@ -338,7 +341,8 @@ def import_control_vector(path: str | Path, loaded: "LoadedModel", *, concept: s
                 "(CLI: --force) if you know the weights are compatible")
         sign = 1.0 if s > 0 else -1.0
         directions = {layer: (sign * p / p.norm()).float() for layer, p in pushes.items()}
-        info.update(strength_unit="residual_norm", exported_strength=s, source_default_layers=meta.get("default_layers"),
+        info.update(strength_unit="residual_norm", exported_strength=s,
+                    source_default_layers=meta.get("default_layers"),
                     exported_from={"model_name": meta.get("model_name"),
                                    "model_fingerprint": meta.get("model_fingerprint")})
         validation = {int(k): v for k, v in (meta.get("validation") or {}).items() if int(k) in directions}
@@ -347,7 +351,8 @@ def import_control_vector(path: str | Path, loaded: "LoadedModel", *, concept: s
         return Vector(
             directions=directions, concept=concept or str(meta.get("concept") or cv.path.stem),
             model_name=loaded.name, model_fingerprint=loaded.fingerprint, hidden_size=loaded.hidden_size,
-            method=str(meta.get("method") or IMPORTED_METHOD), read_position=str(meta.get("read_position") or "unknown"),
+            method=str(meta.get("method") or IMPORTED_METHOD),
+            read_position=str(meta.get("read_position") or "unknown"),
             default_layers=list(layers), residual_norm=norms, n_model_layers=loaded.n_layers,
             dataset=dict(meta.get("dataset") or {}), validation=validation, recommended_strength=s, extra=extra,
         )

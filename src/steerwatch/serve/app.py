@@ -1,4 +1,5 @@
-"""The HTTP layer (FastAPI is imported at module level: it resolves the handlers' annotations): an OpenAI-compatible API over an :class:`~steerwatch.serve.engine.Engine`.
+"""The HTTP layer (FastAPI is imported at module level: it resolves the handlers' annotations): an
+OpenAI-compatible API over an :class:`~steerwatch.serve.engine.Engine`.
 
 ``create_app(engine)`` builds the FastAPI app; it holds no global state. Endpoints:
 ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with SSE
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -45,7 +47,7 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return "invalid request: " + "; ".join(parts), param
 
 
-def create_app(engine: "Engine") -> "FastAPI":
+def create_app(engine: Engine) -> FastAPI:
     dep = engine.dep
     pol = dep.policy
     app = FastAPI(title="steerwatch", version=_version(), docs_url=None, redoc_url=None)
@@ -56,7 +58,7 @@ def create_app(engine: "Engine") -> "FastAPI":
         return JSONResponse(exc.body(), status_code=exc.status)
 
     # ------------------------------------------------------------------ helpers
-    def auth(request: Request) -> "KeyPolicy | None":
+    def auth(request: Request) -> KeyPolicy | None:
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header.lower().startswith("bearer ") else None
         if not pol.keys:
@@ -67,7 +69,7 @@ def create_app(engine: "Engine") -> "FastAPI":
                            type_="authentication_error", code="invalid_api_key")
         return key
 
-    async def body_of(request: Request, model_cls: type) -> Any:
+    async def body_of(request: Request, model_cls: type[ChatRequest] | type[CompletionRequest]) -> Any:
         limit = pol.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -97,7 +99,7 @@ def create_app(engine: "Engine") -> "FastAPI":
                            param="model", code="model_not_found")
         return req
 
-    def steering_of(req: Any, key: "KeyPolicy | None") -> list:
+    def steering_of(req: Any, key: KeyPolicy | None) -> list:
         if req.steering is None:
             return dep.default_steering()
         if key is None or not key.steer:
@@ -147,7 +149,7 @@ def create_app(engine: "Engine") -> "FastAPI":
                                 f"{lim.max_prompt_tokens}", param="messages", code="prompt_too_long")
         return asked or lim.default_max_tokens
 
-    def make_request(req: Any, key: "KeyPolicy | None", prompt_ids: list[int], record: Any, endpoint: str) -> GenRequest:
+    def make_request(req: Any, key: KeyPolicy | None, prompt_ids: list[int], record: Any, endpoint: str) -> GenRequest:
         return GenRequest(prompt_ids=prompt_ids, prompt_record=record, endpoint=endpoint,
                           max_tokens=limits_of(req, prompt_ids), stop=req.stops(),
                           temperature=pol.limits.default_temperature if req.temperature is None else req.temperature,
@@ -274,12 +276,15 @@ def create_app(engine: "Engine") -> "FastAPI":
             vocab = dep.loaded.model.config.vocab_size
             if any(not isinstance(t, int) or t < 0 or t >= vocab for t in p):
                 raise ApiError(400, f"prompt token ids must be integers in [0, {vocab})", param="prompt")
-            prompt_ids, record = list(p), list(p)
+            prompt_ids = [int(t) for t in p]
+            record: Any = list(p)
         else:
+            assert not isinstance(p, list) or isinstance(p[0], str)  # the schema allows str, [str] or [int]
             text = p[0] if isinstance(p, list) else p
             if not text:
                 raise ApiError(400, "prompt must not be empty", param="prompt")
-            prompt_ids, record = list(tok(text, add_special_tokens=True)["input_ids"]), text
+            prompt_ids = list(tok(text, add_special_tokens=True)["input_ids"])
+            record = text
         if not prompt_ids:
             raise ApiError(400, "prompt must not be empty", param="prompt")
         return await respond(make_request(req, key, prompt_ids, record, "completion"), req, chat=False)

@@ -27,8 +27,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .rows import RowState
@@ -51,7 +52,7 @@ class GenRequest:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
-    steering: "list[SteerSpec]" = field(default_factory=list)
+    steering: list[SteerSpec] = field(default_factory=list)
     key_name: str | None = None
     stream: bool = False
     request_id: str = field(default_factory=lambda: "req-" + uuid.uuid4().hex[:24])
@@ -94,7 +95,7 @@ class GenResult:
         return out
 
 
-def describe_specs(specs: "list[SteerSpec]") -> list[dict[str, Any]]:
+def describe_specs(specs: list[SteerSpec]) -> list[dict[str, Any]]:
     return [{"vector": s.vector.concept, "op": s.op, "strength": s.strength, "layers": s.resolved_layers,
              "positions": s.positions} for s in specs]
 
@@ -102,7 +103,7 @@ def describe_specs(specs: "list[SteerSpec]") -> list[dict[str, Any]]:
 class Engine:
     """Owns the model and a worker thread; ``submit`` requests from any thread."""
 
-    def __init__(self, deployment: "Deployment", *, store: "EventStore | None" = None) -> None:
+    def __init__(self, deployment: Deployment, *, store: EventStore | None = None) -> None:
         from ..generation import _eos_ids
         from ..watch.live import Conditional
 
@@ -118,13 +119,13 @@ class Engine:
                 self.conditional = Conditional(trigger=rd.detector, specs=rd.steer, mode=rd.mode)
         self.hold_streams = any(a == "block" for a in self.actions.values())
         self.guard_report: Any = None  # set by build_engine when the policy guard ran
-        self._queue: "queue.Queue[GenRequest | None]" = queue.Queue()
+        self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="steerwatch-engine", daemon=True)
             self._thread.start()
@@ -149,9 +150,10 @@ class Engine:
             if pending:
                 first = pending.pop(0)
             else:
-                first = self._queue.get()
-                if first is None:
+                got = self._queue.get()
+                if got is None:
                     break
+                first = got
             batch = [first]
             key = first.batch_key()
             keep = [r for r in pending if r.batch_key() == key][: lim.max_batch - 1]
@@ -190,12 +192,12 @@ class Engine:
         state = rows[0][4] if rows else None
         for i, (req, res) in enumerate(zip(reqs, results)):
             self._store(req, res)
-            if req.sink is not None:
+            if req.sink is not None and state is not None:
                 state.flush(i, res.text)  # the rest of the text (all of it when streams are held)
                 req.sink(("done", res))
         return results
 
-    def _generate(self, reqs: list[GenRequest], steering: "list[list[SteerSpec]]") -> list[tuple]:
+    def _generate(self, reqs: list[GenRequest], steering: list[list[SteerSpec]]) -> list[tuple]:
         from ..watch.live import generate_watched
 
         live = not self.hold_streams
@@ -227,9 +229,10 @@ class Engine:
         for det in self.detectors:
             vals = token_scores[det.name]
             agg = "mean" if det.aggregate == "max_turn" else det.aggregate
-            scores[det.name] = aggregate_scores(vals, agg) if vals else None
+            score = aggregate_scores(vals, agg) if vals else None
+            scores[det.name] = score
             if (self.actions[det.name] in ("flag", "block") and det.threshold is not None
-                    and scores[det.name] is not None and scores[det.name] > det.threshold):
+                    and score is not None and score > det.threshold):
                 flags.append(det.name)
         events: list[dict[str, Any]] = []
         steering = describe_specs(req.steering)
@@ -305,6 +308,7 @@ class Engine:
         from dataclasses import replace
 
         sub = [reqs[i] for i in redo]
+        steering: list[list[SteerSpec]]
         if deg.action == "unsteered":
             steering = [[] for _ in sub]
         else:

@@ -25,8 +25,9 @@ a static check).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .policy import PolicyError, PolicyFile
 
@@ -66,7 +67,7 @@ class GuardReport:
     distress_source: str = ""
     acknowledgement: str | None = None
     bounds: dict[str, float] = field(default_factory=dict)
-    distress: "Vector | None" = field(default=None, repr=False)  # the direction checked against (for check_request)
+    distress: Vector | None = field(default=None, repr=False)  # the direction checked against (for check_request)
 
     @property
     def errors(self) -> list[GuardRow]:
@@ -122,13 +123,13 @@ class Push:
                 "cos": {str(k): round(v, 4) for k, v in self.cos.items()}}
 
 
-def _layers(spec: "SteerSpec") -> list[int]:
+def _layers(spec: SteerSpec) -> list[int]:
     """The spec's resolved layers, negative ones counted from the end (as steering does)."""
     total = spec.vector.n_model_layers or 0
     return [layer + total if layer < 0 and total else layer for layer in spec.resolved_layers]
 
 
-def distress_push(spec: "SteerSpec", distress: "Vector") -> Push:
+def distress_push(spec: SteerSpec, distress: Vector) -> Push:
     """Per-layer ``strength * cos(u_spec, u_distress)`` of one steering (clamp counted like add;
     ablate pushes 0)."""
     cos, per, missing = {}, {}, []
@@ -149,7 +150,7 @@ def _fmt_layers(layers: Sequence[int]) -> str:
     return ",".join(str(x) for x in ls)
 
 
-def check_steering(spec: "SteerSpec", distress: "Vector", *, subject: str, acknowledge: str | None = None,
+def check_steering(spec: SteerSpec, distress: Vector, *, subject: str, acknowledge: str | None = None,
                    ranged: bool = False, bound: float = DISTRESS_PUSH_BOUND,
                    cos_warn: float = DISTRESS_COS_WARN) -> list[GuardRow]:
     """Distress rows for one steering. ``ranged``: the strength may be anything in
@@ -164,7 +165,7 @@ def check_steering(spec: "SteerSpec", distress: "Vector", *, subject: str, ackno
                              "or leave it unset to build the built-in one)", {"layers": p.missing}))
     if not p.cos:
         return rows
-    layers = _fmt_layers(p.cos)
+    layers = _fmt_layers(list(p.cos))
     nums = p.numbers()
     if spec.op == "ablate":
         big = max(abs(c) for c in p.cos.values())
@@ -208,7 +209,7 @@ def check_steering(spec: "SteerSpec", distress: "Vector", *, subject: str, ackno
     return rows
 
 
-def check_request(specs: "Sequence[SteerSpec]", distress: "Vector", *, acknowledge: str | None = None,
+def check_request(specs: Sequence[SteerSpec], distress: Vector, *, acknowledge: str | None = None,
                   bound: float = DISTRESS_PUSH_BOUND, subject: str = "request steering") -> GuardRow | None:
     """The distress check for one request's steering (per-request ``layers`` may differ from the
     policy's, which a static check cannot foresee): the pushes of all its specs summed. Returns
@@ -236,7 +237,7 @@ def check_request(specs: "Sequence[SteerSpec]", distress: "Vector", *, acknowled
 class _Steer:
     source: str  # "default" | "per-request" | "detector NAME"
     name: str  # vector name in the policy
-    spec: "SteerSpec"
+    spec: SteerSpec
 
     @property
     def subject(self) -> str:
@@ -247,7 +248,7 @@ class _Steer:
         return f"{self.name} ({self.source} {what} @ {_fmt_layers(_layers(s))})"
 
 
-def _steerings(dep: "Deployment") -> tuple[list[_Steer], list[_Steer], dict[str, list[_Steer]]]:
+def _steerings(dep: Deployment) -> tuple[list[_Steer], list[_Steer], dict[str, list[_Steer]]]:
     """(defaults, per-request ranges, detector name -> its steer list)."""
     pol = dep.policy
     defaults = [_Steer("default", v.name, dep.spec(v.name, v.strength)) for v in pol.vectors
@@ -261,7 +262,7 @@ def _steerings(dep: "Deployment") -> tuple[list[_Steer], list[_Steer], dict[str,
     return defaults, ranged, detectors
 
 
-def _check_recommended(dep: "Deployment", items: Sequence[_Steer], rows: list[GuardRow]) -> None:
+def _check_recommended(dep: Deployment, items: Sequence[_Steer], rows: list[GuardRow]) -> None:
     for it in items:
         rec = dep.vectors[it.name].recommended_strength
         s = it.spec.strength
@@ -325,7 +326,7 @@ def _check_together(label: str, items: Sequence[_Steer], limit: float, rows: lis
         per_layer[layer] = float(torch.linalg.vector_norm(push)) / ref
     if not per_layer:
         return
-    worst = max(per_layer, key=per_layer.get)
+    worst = max(per_layer, key=lambda layer: per_layer[layer])
     nums = {"combined": round(per_layer[worst], 6), "layer": worst, "limit": limit,
             "per_layer": {str(k): round(v, 6) for k, v in per_layer.items()}}
     names = ", ".join(it.name for it in adds)
@@ -338,8 +339,8 @@ def _check_together(label: str, items: Sequence[_Steer], limit: float, rows: lis
 
 
 # ---------------------------------------------------------------- the check
-def check_policy(pf: PolicyFile, loaded: "LoadedModel", *, distress: "Vector | None" = None,
-                 deployment: "Deployment | None" = None, progress: bool = False,
+def check_policy(pf: PolicyFile, loaded: LoadedModel, *, distress: Vector | None = None,
+                 deployment: Deployment | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> GuardReport:
     """Run the guard on a policy for a loaded model. ``distress``: the direction to check against
     (default: ``guard.distress_vector``, else the built-in one, built once and cached).

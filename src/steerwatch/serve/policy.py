@@ -14,7 +14,7 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,13 +45,13 @@ class VectorPolicy(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     op: Literal["add", "ablate", "clamp"] = "add"
     strength: float = 0.0  # applied to every request unless the request overrides steering
-    layers: Optional[list[int]] = None  # default: the vector's default layers
+    layers: list[int] | None = None  # default: the vector's default layers
     positions: Literal["all", "prompt", "generated"] = "all"
     # bound on per-request strengths; working doses on the embedded model are 0.02-0.04 (over 6 layers)
     max_abs_strength: float = Field(0.05, gt=0)
 
     @model_validator(mode="after")
-    def _bound(self) -> "VectorPolicy":
+    def _bound(self) -> VectorPolicy:
         if self.op == "add" and abs(self.strength) > self.max_abs_strength:
             raise ValueError(f"strength {self.strength} exceeds max_abs_strength {self.max_abs_strength}")
         return self
@@ -67,12 +67,12 @@ class DetectorPolicy(_Strict):
     path: str  # a NAME.det.json file (steerwatch calibrate writes them)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     action: Literal["log", "flag", "steer", "block"] = "flag"
-    threshold: Optional[float] = None  # default: the detector file's calibrated threshold
+    threshold: float | None = None  # default: the detector file's calibrated threshold
     steer: list[SteerRef] = Field(default_factory=list)  # action "steer": what to switch on
     mode: Literal["token", "prompt"] = "token"  # action "steer": when to switch it on
 
     @model_validator(mode="after")
-    def _steer(self) -> "DetectorPolicy":
+    def _steer(self) -> DetectorPolicy:
         if self.action == "steer" and not self.steer:
             raise ValueError("action 'steer' needs a 'steer' list, e.g. steer: [{vector: honesty, strength: 0.1}]")
         if self.action != "steer" and self.steer:
@@ -91,7 +91,7 @@ class Limits(_Strict):
     default_temperature: float = Field(0.0, ge=0, le=2)  # when a request gives none: 0 = greedy
 
     @model_validator(mode="after")
-    def _defaults(self) -> "Limits":
+    def _defaults(self) -> Limits:
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
         return self
@@ -100,7 +100,7 @@ class Limits(_Strict):
 class Degeneration(_Strict):
     enabled: bool = True
     max_repeat: float = Field(0.5, gt=0, le=1)  # share of repeated word 4-grams in the response
-    max_ppl: Optional[float] = Field(None, gt=1)  # unsteered model's perplexity of the response
+    max_ppl: float | None = Field(None, gt=1)  # unsteered model's perplexity of the response
     min_tokens: int = Field(16, ge=1)  # shorter responses are not judged
     action: Literal["unsteered", "lower", "record"] = "unsteered"
     lower_factor: float = Field(0.5, gt=0, lt=1)
@@ -125,8 +125,8 @@ class StorePolicy(_Strict):
 
 class GuardPolicy(_Strict):
     # A non-empty reason acknowledges steering that amplifies distress / negative emotion.
-    acknowledge_distress: Optional[str] = None
-    distress_vector: Optional[str] = None  # default: built from the built-in distress set (cached)
+    acknowledge_distress: str | None = None
+    distress_vector: str | None = None  # default: built from the built-in distress set (cached)
 
 
 class ServerPolicy(_Strict):
@@ -136,9 +136,9 @@ class ServerPolicy(_Strict):
 
 class Policy(_Strict):
     model: str = "default"
-    model_fingerprint: Optional[str] = None
-    served_name: Optional[str] = None  # the id in /v1/models (default: the model's name)
-    system_prompt: Optional[str] = None  # prepended to chat requests that have none
+    model_fingerprint: str | None = None
+    served_name: str | None = None  # the id in /v1/models (default: the model's name)
+    system_prompt: str | None = None  # prepended to chat requests that have none
     vectors: list[VectorPolicy] = Field(default_factory=list)
     detectors: list[DetectorPolicy] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
@@ -149,7 +149,7 @@ class Policy(_Strict):
     server: ServerPolicy = Field(default_factory=ServerPolicy)
 
     @model_validator(mode="after")
-    def _refs(self) -> "Policy":
+    def _refs(self) -> Policy:
         for what, items in (("vector", self.vectors), ("detector", self.detectors), ("key", self.keys)):
             names = [x.name for x in items]
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -239,9 +239,9 @@ def _checked_file(pf: PolicyFile, field_name: str, rel: str, sha: str) -> Path:
 
 @dataclass
 class ResolvedDetector:
-    detector: "Detector"
+    detector: Detector
     action: str
-    steer: list["SteerSpec"] = field(default_factory=list)
+    steer: list[SteerSpec] = field(default_factory=list)
     mode: str = "token"
 
 
@@ -251,8 +251,8 @@ class Deployment:
 
     policy: Policy
     policy_sha256: str
-    loaded: "LoadedModel"
-    vectors: dict[str, "Vector"]
+    loaded: LoadedModel
+    vectors: dict[str, Vector]
     vector_policies: dict[str, VectorPolicy]
     detectors: list[ResolvedDetector]
     base_dir: Path | None = None
@@ -261,7 +261,7 @@ class Deployment:
     def served_name(self) -> str:
         return self.policy.served_name or self.loaded.name
 
-    def spec(self, name: str, strength: float, *, layers: list[int] | None = None) -> "SteerSpec":
+    def spec(self, name: str, strength: float, *, layers: list[int] | None = None) -> SteerSpec:
         from ..steer import SteerSpec
 
         vp = self.vector_policies[name]
@@ -269,7 +269,7 @@ class Deployment:
         return SteerSpec(vector=self.vectors[name], op=vp.op, strength=float(strength), layers=lay,
                          positions=vp.positions)
 
-    def default_steering(self) -> list["SteerSpec"]:
+    def default_steering(self) -> list[SteerSpec]:
         return [self.spec(v.name, v.strength) for v in self.policy.vectors
                 if not (v.op == "add" and v.strength == 0.0)]
 
@@ -285,7 +285,7 @@ class Deployment:
         return found
 
 
-def resolve_policy(pf: PolicyFile, loaded: "LoadedModel") -> Deployment:
+def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
     """Check every referenced file (hashes, model fingerprint, layers) and build the deployment."""
     from ..vector import load_vector
     from ..watch.detector import load_detector

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class RowState:
     """Per-row stopping state, fed by the streamer; also the stopping criterion for ``generate``."""
 
-    def __init__(self, reqs: "list[GenRequest]", tokenizer: Any, eos: set[int], live: bool) -> None:
+    def __init__(self, reqs: list[GenRequest], tokenizer: Any, eos: set[int], live: bool) -> None:
         self.reqs, self.tok, self.eos, self.live = reqs, tokenizer, eos, live
         self.tokens: list[list[int]] = [[] for _ in reqs]
         self.done = [False] * len(reqs)

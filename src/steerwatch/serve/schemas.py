@@ -6,7 +6,7 @@ refused with a 400 that says so, never silently ignored.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,7 +15,7 @@ class SteeringItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vector: str
     strength: float = 0.0
-    layers: Optional[list[int]] = None
+    layers: list[int] | None = None
 
 
 class WatchOptions(BaseModel):
@@ -31,10 +31,10 @@ class StreamOptions(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[dict[str, Any]], None] = None
-    name: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
-    tool_call_id: Optional[str] = None
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -52,22 +52,22 @@ class Message(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
     n: int = 1
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
-    user: Optional[str] = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
     logprobs: Any = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     # steerwatch extensions
-    steering: Optional[list[SteeringItem]] = None  # replaces the policy's default steering
-    watch: Optional[WatchOptions] = None
+    steering: list[SteeringItem] | None = None  # replaces the policy's default steering
+    watch: WatchOptions | None = None
 
     @field_validator("stop")
     @classmethod
@@ -95,9 +95,9 @@ class _Common(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    tools: Optional[list[dict[str, Any]]] = None
-    functions: Optional[list[dict[str, Any]]] = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None
 
     def unsupported(self) -> str | None:
         if self.tools or self.functions:
@@ -109,10 +109,10 @@ class ChatRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[str], list[int]]
+    prompt: str | list[str] | list[int]
     echo: bool = False
-    suffix: Optional[str] = None
-    best_of: Optional[int] = None
+    suffix: str | None = None
+    best_of: int | None = None
 
     def unsupported(self) -> str | None:
         if self.echo:

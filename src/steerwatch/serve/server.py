@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 
@@ -14,8 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
 
-def build_engine(policy: "str | Path | Any", *, loaded: "LoadedModel | None" = None, guard: bool = True,
-                 log: Callable[[str], None] | None = None) -> "Engine":
+def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None, guard: bool = True,
+                 log: Callable[[str], None] | None = None) -> Engine:
     """Load (or take) the model, resolve the policy against it, run the policy guard (refusing a
     policy it refuses), open the store and start the engine."""
     from .engine import Engine
@@ -46,7 +47,7 @@ def build_engine(policy: "str | Path | Any", *, loaded: "LoadedModel | None" = N
 class RunningServer:
     """uvicorn in a background thread; ``base_url`` once started. A context manager."""
 
-    def __init__(self, engine: "Engine", *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, engine: Engine, *, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
         from .app import create_app
@@ -69,14 +70,14 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def serve_forever(engine: "Engine", *, host: str, port: int) -> None:
+def serve_forever(engine: Engine, *, host: str, port: int) -> None:
     import uvicorn
 
     from .app import create_app

@@ -67,7 +67,9 @@ class EventStore:
             rec[k] = json.dumps(rec.get(k, [] if k in ("flags", "events", "steering", "tokens") else {}))
         with self._lock, self.engine.begin() as conn:
             res = conn.execute(self.events.insert().values(**rec))
-            return int(res.inserted_primary_key[0])
+            key = res.inserted_primary_key
+            assert key is not None  # an INSERT always has one
+            return int(key[0])
 
     def list(self, *, flagged_only: bool = False, limit: int = 100, after_id: int = 0) -> list[dict[str, Any]]:
         import sqlalchemy as sa

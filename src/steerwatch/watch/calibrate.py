@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 
@@ -70,9 +71,9 @@ def running_max_mean(vals: Sequence[float], window: int) -> float:
     return best
 
 
-def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "Sequence[Conversation]", *,
+def calibrate(loaded: LoadedModel, detectors: Sequence[Detector], control: Sequence[Conversation], *,
               fpr: float = 0.01, source: str = "", batch_size: int = 4, progress: bool = False,
-              scored: "Sequence[ScoredConversation] | None" = None) -> "list[dict[str, Any]]":
+              scored: Sequence[ScoredConversation] | None = None) -> list[dict[str, Any]]:
     """Set each detector's threshold so that at most ``fpr`` of the control conversations'
     response scores lie above it. Updates the detectors in place and returns one row each."""
     from ..data.conversations import conversations_sha256
@@ -83,8 +84,7 @@ def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "
     sha = conversations_sha256(list(control))
     rows = []
     for det in detectors:
-        vals = [s.response_score(det.name, det.aggregate) for s in scored]
-        vals = [v for v in vals if v is not None]
+        vals = [v for s in scored if (v := s.response_score(det.name, det.aggregate)) is not None]
         thr, achieved = threshold_for_fpr(vals, fpr)
         det.threshold = thr
         mean = sum(vals) / len(vals)
@@ -106,7 +106,7 @@ def calibrate(loaded: "LoadedModel", detectors: "Sequence[Detector]", control: "
     return rows
 
 
-def control_prompts(control: "Sequence[Conversation]") -> list[list[dict]]:
+def control_prompts(control: Sequence[Conversation]) -> list[list[dict]]:
     """Each control conversation up to (not including) its first assistant message: the prompts a
     deployed model would have answered."""
     out = []
@@ -121,10 +121,10 @@ def control_prompts(control: "Sequence[Conversation]") -> list[list[dict]]:
     return out
 
 
-def calibrate_trigger_on_generations(loaded: "LoadedModel", detectors: "Sequence[Detector]",
-                                     control: "Sequence[Conversation]", *, fpr: float = 0.01,
+def calibrate_trigger_on_generations(loaded: LoadedModel, detectors: Sequence[Detector],
+                                     control: Sequence[Conversation], *, fpr: float = 0.01,
                                      max_new_tokens: int = 48, batch_size: int = 8,
-                                     progress: bool = False) -> "list[dict[str, Any]]":
+                                     progress: bool = False) -> list[dict[str, Any]]:
     """Set the conditional-steering token trigger from the model's *own* greedy answers to the
     control prompts, read live exactly as the trigger reads them. Teacher-forced reference answers
     written by people score differently from the model's own text (on the embedded model a trigger

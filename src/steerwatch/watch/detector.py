@@ -3,11 +3,11 @@ problem), an aggregation rule for whole responses, and (once calibrated) a thres
 
 Score of a token = ``sign * (h_L . u_L)``: the projection of the token's residual stream at layer
 ``L`` (block-output convention) on the vector's unit read direction (its ``read.<layer>``
-directions when the file has them, e.g. ``lda`` for cheating; else the steering direction), signed so that *high means the
-problem is present*. For vectors whose positive side is the problem (sycophancy, cheating,
-manipulation, concealment, distress) ``sign = +1``; for vectors whose positive side is the good
-behaviour (honesty, conscientiousness) ``sign = -1``, so that the honesty vector becomes a
-deception detector.
+directions when the file has them, e.g. ``lda`` for cheating; else the steering direction),
+signed so that *high means the problem is present*. For vectors whose positive side is the
+problem (sycophancy, cheating, manipulation, concealment, distress) ``sign = +1``; for vectors
+whose positive side is the good behaviour (honesty, conscientiousness) ``sign = -1``, so that the
+honesty vector becomes a deception detector.
 
 Response score (``aggregate``): ``mean`` over the assistant's tokens is the default, because the
 vectors are extracted and validated on the mean over completion tokens, so the mean is the
@@ -40,7 +40,7 @@ def default_sign(concept: str) -> int:
     return -1 if concept in GOOD_SIDE_CONCEPTS else 1
 
 
-def best_layer(vector: "Vector") -> int:
+def best_layer(vector: Vector) -> int:
     """The vector's layer whose read direction has the highest validation AUROC (ties: the
     deeper), else its first default layer."""
     scored = [(au, layer) for layer in vector.layers if (au := vector.read_auroc(layer)) is not None]
@@ -51,7 +51,7 @@ def best_layer(vector: "Vector") -> int:
 
 @dataclass
 class Detector:
-    vector: "Vector"
+    vector: Vector
     layer: int
     sign: int = 1
     aggregate: str = "mean"
@@ -72,13 +72,13 @@ class Detector:
             self.name = self.vector.concept
 
     @classmethod
-    def from_vector(cls, vector: "Vector", *, layer: int | None = None, sign: int | None = None,
-                    aggregate: str = "mean", name: str | None = None, vector_path: str | None = None) -> "Detector":
+    def from_vector(cls, vector: Vector, *, layer: int | None = None, sign: int | None = None,
+                    aggregate: str = "mean", name: str | None = None, vector_path: str | None = None) -> Detector:
         return cls(vector=vector, layer=best_layer(vector) if layer is None else layer,
                    sign=default_sign(vector.concept) if sign is None else sign, aggregate=aggregate,
                    name=name or vector.concept, vector_path=vector_path)
 
-    def unit(self) -> "Any":
+    def unit(self) -> Any:
         return self.vector.read_direction(self.layer) * self.sign  # (d,)
 
     @property
@@ -111,7 +111,7 @@ class Detector:
         return p
 
 
-def _vector_hash(vector: "Vector") -> str:
+def _vector_hash(vector: Vector) -> str:
     h = hashlib.sha256()
     for layer in vector.layers:
         h.update(vector.direction(layer).float().numpy().tobytes())

@@ -19,8 +19,9 @@ threshold. Tokens before the trigger are never touched.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .detector import Detector
@@ -36,7 +37,7 @@ MODES = ("token", "prompt")
 @dataclass
 class Conditional:
     trigger: Detector
-    specs: "list[SteerSpec]"
+    specs: list[SteerSpec]
     mode: str = "token"
     window: int | None = None  # default: the window the trigger was calibrated with
 
@@ -78,26 +79,27 @@ class _Gate:
 class _Observer:
     """Per-batch context: projection hooks, plus the conditional trigger logic."""
 
-    def __init__(self, loaded: "LoadedModel", detectors: Sequence[Detector], idx: list[int], width: int,
+    def __init__(self, loaded: LoadedModel, detectors: Sequence[Detector], idx: list[int], width: int,
                  conditional: Conditional | None, prompt_fired: list[bool]) -> None:
         self.loaded, self.detectors, self.idx, self.width = loaded, list(detectors), idx, width
         self.conditional = conditional
         self.all_dets = self.detectors + ([conditional.trigger] if conditional else [])
         self.hooks: ProjectionHooks | None = None
-        self.cond_handle = None
-        self.gate = _Gate(len(idx)) if conditional else None
-        self.pending = None
+        self.cond_handle: Any = None
+        self.gate = _Gate(len(idx))  # read only when there is a conditional
+        self.pending: Any = None
         self.trigger_step: list[int | None] = [None] * len(idx)
         self.step = 0
         self.recent: list[Any] = []
-        self._pre = None
+        self._pre: Any = None
+        self._post: Any = None
         if conditional and conditional.mode == "prompt":  # decided before generation: the whole answer
             for r, f in enumerate(prompt_fired):
                 if f:
                     self.gate.value[r] = 1.0
                     self.trigger_step[r] = 0
 
-    def __enter__(self) -> "_Observer":
+    def __enter__(self) -> _Observer:
         from ..steer import attach
 
         self.hooks = ProjectionHooks(self.loaded, self.all_dets) if self.all_dets else None
@@ -117,17 +119,18 @@ class _Observer:
     def _after_forward(self, *_a) -> None:
         import torch
 
-        cond = self.conditional
-        chunk = self.hooks.chunks[-1]
+        cond, hooks = self.conditional, self.hooks
+        assert cond is not None and hooks is not None  # registered only for conditional steering
+        chunk = hooks.chunks[-1]
         j = len(self.all_dets) - 1
         layer = cond.trigger.layer
-        col = self.hooks.by_layer[layer].index(j)
+        col = hooks.by_layer[layer].index(j)
         s = chunk[layer][:, :, col]  # (batch, seq) scores of this call
         fired = torch.zeros(len(self.idx), dtype=torch.bool)
         if self.step > 0 and cond.mode == "token":
             self.recent.append(s[:, -1])
-            win = torch.stack(self.recent[-cond.window:], dim=1).mean(1)
-            fired = win > cond.threshold
+            win = torch.stack(self.recent[-(cond.window or 1):], dim=1).mean(1)
+            fired = win > float(cond.threshold or 0.0)  # calibrated: __post_init__ checked it
         for r in range(len(self.idx)):
             if fired[r] and self.trigger_step[r] is None:
                 self.trigger_step[r] = self.step - 1  # index of the generated token that fired
@@ -145,7 +148,7 @@ class _Observer:
             self._post.remove()
 
 
-def _steered_layers(specs: "Sequence[SteerSpec]") -> list[int]:
+def _steered_layers(specs: Sequence[SteerSpec]) -> list[int]:
     layers: list[int] = []
     for spec in specs:
         if spec.op == "add" and spec.strength == 0.0:
@@ -155,12 +158,12 @@ def _steered_layers(specs: "Sequence[SteerSpec]") -> list[int]:
     return layers
 
 
-def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detectors: Sequence[Detector], *,
-                     system: str | None = None, steer: "Sequence[SteerSpec] | None" = None,
-                     rows: "Sequence[Sequence[SteerSpec]] | None" = None,
+def generate_watched(loaded: LoadedModel, prompts: Sequence[Any] | None, detectors: Sequence[Detector], *,
+                     system: str | None = None, steer: Sequence[SteerSpec] | None = None,
+                     rows: Sequence[Sequence[SteerSpec]] | None = None,
                      conditional: Conditional | None = None, max_new_tokens: int = 64, batch_size: int = 8,
                      do_sample: bool = False, temperature: float = 1.0, top_p: float | None = None,
-                     seed: int | None = None, prompt_ids: "Sequence[list[int]] | None" = None,
+                     seed: int | None = None, prompt_ids: Sequence[list[int]] | None = None,
                      streamer: Any = None, stopping_criteria: Any = None,
                      force: bool = False, progress: bool = False) -> list[WatchedGeneration]:
     """Generate with detectors watching (and optionally conditional steering); see the module
@@ -183,8 +186,10 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detec
     if conditional and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
         if prompt_ids is not None:
             raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
-        pre = score_conversations(loaded, [prompt_messages(p, system) for p in prompts], [conditional.trigger], force=force)
-        fired = [(sc.prompt_score(conditional.trigger.name) or float("-inf")) > conditional.threshold for sc in pre]
+        pre = score_conversations(loaded, [prompt_messages(p, system) for p in prompts or []],
+                                  [conditional.trigger], force=force)
+        thr = float(conditional.threshold or 0.0)  # calibrated: __post_init__ checked it
+        fired = [(v := sc.prompt_score(conditional.trigger.name)) is not None and v > thr for sc in pre]
 
     def on_batch(idx: list[int], width: int) -> _Observer:
         obs = _Observer(loaded, detectors, idx, width, conditional, [fired[i] for i in idx])
@@ -203,7 +208,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detec
         if obs.hooks is not None and obs.hooks.chunks:
             proj = obs.hooks.joined()  # (batch, width + steps, n_all)
         n_real = _n_scored(g.new_ids, eos)
-        scores = {}
+        scores: dict[str, list[float]] = {}
         for j, det in enumerate(detectors):
             if proj is None:
                 scores[det.name] = []
@@ -215,7 +220,7 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detec
                                          triggered_at=trig))
     cond_specs = list(conditional.specs) if conditional else []
     todo: dict[int, list[Detector]] = {}
-    for i, g in enumerate(gens):
+    for i in range(len(gens)):
         row_specs = list(steer or []) + (list(rows[i]) if rows is not None else [])
         if conditional and results[i].triggered_at is not None:
             row_specs += cond_specs
@@ -236,8 +241,10 @@ def generate_watched(loaded: "LoadedModel", prompts: Sequence[Any] | None, detec
     for w in results:
         for det in detectors:
             vals = w.scores[det.name]
-            w.response[det.name] = aggregate_scores(vals, "mean" if det.aggregate == "max_turn" else det.aggregate) if vals else None
-            if det.calibrated and w.response[det.name] is not None and w.response[det.name] > det.threshold:
+            how = "mean" if det.aggregate == "max_turn" else det.aggregate
+            w.response[det.name] = aggregate_scores(vals, how) if vals else None
+            score = w.response[det.name]
+            if det.threshold is not None and score is not None and score > det.threshold:
                 w.flags.append(det.name)
     return results
 
@@ -247,7 +254,7 @@ def _n_scored(new_ids: list[int], eos: set[int]) -> int:
     return len(new_ids) - (1 if new_ids and new_ids[-1] in eos else 0)
 
 
-def score_continuations(loaded: "LoadedModel", seqs: "Sequence[tuple[list[int], list[int]]]",
+def score_continuations(loaded: LoadedModel, seqs: Sequence[tuple[list[int], list[int]]],
                         detectors: Sequence[Detector], *, batch_size: int = 8) -> list[dict[str, list[float]]]:
     """Teacher-forced (unsteered unless the caller attached steering) scores of the continuation
     tokens of each ``(prompt_ids, continuation_ids)``: the same positions a live reading scores."""
@@ -282,7 +289,7 @@ def score_continuations(loaded: "LoadedModel", seqs: "Sequence[tuple[list[int], 
     return out
 
 
-def _eos(loaded: "LoadedModel") -> set[int]:
+def _eos(loaded: LoadedModel) -> set[int]:
     from ..generation import _eos_ids
 
     return set(_eos_ids(loaded))

@@ -9,8 +9,9 @@ index -1 and count in no message or response score.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..chat import has_template
 
@@ -84,7 +85,7 @@ def _template_segments(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[s
     for msgs in attempts:
         try:
             segs = _segments_with(tokenizer, msgs)
-        except Exception:  # noqa: BLE001 - templates raise arbitrary errors for roles they do not support
+        except Exception:
             continue
         # every tool call must survive as text: some templates silently drop them
         kept = all(tc["function"]["name"] in "".join(t for t, k in segs if k == j)

@@ -1,7 +1,8 @@
 """Transcript scanning and detection evaluation: tidy rows out of scored conversations."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .calibrate import detection_metrics
@@ -13,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
 
 
-def scan_rows(scored: Sequence[ScoredConversation], detectors: "Sequence[Detector]") -> list[dict[str, Any]]:
+def scan_rows(scored: Sequence[ScoredConversation], detectors: Sequence[Detector]) -> list[dict[str, Any]]:
     """One row per conversation: each detector's response score, whether it is flagged (for
     calibrated detectors), the per-turn scores of assistant messages and the first turn that
     crossed the threshold (where an agent started to cheat or hide something)."""
@@ -26,7 +27,7 @@ def scan_rows(scored: Sequence[ScoredConversation], detectors: "Sequence[Detecto
             row["scores"][det.name] = score
             turns = sc.turn_scores(det.name)
             row["turns"][det.name] = [{"message": k, "score": v} for k, v in turns]
-            if det.calibrated and score is not None:
+            if det.threshold is not None and score is not None:
                 if score > det.threshold:
                     row["flags"].append(det.name)
                 first = next((k for k, v in turns if v > det.threshold), None)
@@ -37,7 +38,7 @@ def scan_rows(scored: Sequence[ScoredConversation], detectors: "Sequence[Detecto
     return rows
 
 
-def scan(loaded: "LoadedModel", conversations: "Sequence[Conversation]", detectors: "Sequence[Detector]", *,
+def scan(loaded: LoadedModel, conversations: Sequence[Conversation], detectors: Sequence[Detector], *,
          batch_size: int = 4, progress: bool = False) -> tuple[list[dict[str, Any]], list[ScoredConversation]]:
     """Score conversations with detectors; returns the rows and the scored conversations (for
     views)."""
@@ -45,8 +46,8 @@ def scan(loaded: "LoadedModel", conversations: "Sequence[Conversation]", detecto
     return scan_rows(scored, detectors), scored
 
 
-def detect_eval(loaded: "LoadedModel", datasets: "Mapping[str, Sequence[Conversation]]",
-                detectors: "Sequence[Detector]", *, batch_size: int = 4, progress: bool = False
+def detect_eval(loaded: LoadedModel, datasets: Mapping[str, Sequence[Conversation]],
+                detectors: Sequence[Detector], *, batch_size: int = 4, progress: bool = False
                 ) -> list[dict[str, Any]]:
     """Detection quality of every detector on every labelled set: the generalisation matrix as
     tidy rows (detector x data set): AUROC, recall at 1 % and 5 % FPR (thresholds from the set's
@@ -57,12 +58,17 @@ def detect_eval(loaded: "LoadedModel", datasets: "Mapping[str, Sequence[Conversa
         if missing:
             raise SteerwatchError(f"data set {name!r}: {len(missing)} conversation(s) have no label (e.g. "
                                   f"{missing[0]}); detection evaluation needs \"label\": 0 or 1 on every line")
-        labels = [c.label for c in convs]
+        labels = [c.label for c in convs if c.label is not None]  # every one (checked above)
         if len(set(labels)) < 2:
             raise SteerwatchError(f"data set {name!r} holds only label {labels[0]}; it needs both 0 and 1")
         scored = score_conversations(loaded, convs, detectors, batch_size=batch_size, progress=progress)
         for det in detectors:
-            scores = [s.response_score(det.name, det.aggregate) for s in scored]
+            got = [s.response_score(det.name, det.aggregate) for s in scored]
+            unscored = [s.id for s, v in zip(scored, got) if v is None]
+            if unscored:
+                raise SteerwatchError(f"data set {name!r}: {len(unscored)} conversation(s) have no assistant text to "
+                                      f"score (e.g. {unscored[0]}); detection evaluation scores the assistant's side")
+            scores = [v for v in got if v is not None]
             row = {"detector": det.name, "dataset": name, "layer": det.layer, "aggregate": det.aggregate}
             row.update(detection_metrics(scores, labels, threshold=det.threshold))
             rows.append(row)

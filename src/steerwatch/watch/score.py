@@ -6,8 +6,9 @@ activations, and the forward pass stops after the deepest layer any detector rea
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from ..layers import block_output, decoder_blocks
@@ -88,7 +89,7 @@ class ProjectionHooks:
     """Read hooks that keep ``h_L @ U_L.T`` for every detector layer: (batch, seq, k_L) per layer.
     Used for teacher-forced scoring and, step by step, during generation."""
 
-    def __init__(self, loaded: "LoadedModel", detectors: Sequence[Detector], *, stop_after_last: bool = False):
+    def __init__(self, loaded: LoadedModel, detectors: Sequence[Detector], *, stop_after_last: bool = False):
         import torch
 
         self.detectors = list(detectors)
@@ -121,13 +122,13 @@ class ProjectionHooks:
         while self._handles:
             self._handles.pop().remove()
 
-    def take(self) -> "torch.Tensor":
+    def take(self) -> torch.Tensor:
         """All recorded calls joined along the sequence, (batch, total_seq, n_detectors); clears them."""
         out = self.joined()
         self.chunks = []
         return out
 
-    def joined(self) -> "torch.Tensor":
+    def joined(self) -> torch.Tensor:
         """All recorded calls joined along the sequence: (batch, total_seq, n_detectors)."""
         import torch
 
@@ -152,7 +153,7 @@ def _as_messages(item: Any) -> tuple[str, int | None, list[dict], dict]:
     raise SteerwatchError("score_conversations takes Conversation objects or lists of chat messages")
 
 
-def score_conversations(loaded: "LoadedModel", conversations: Sequence["Conversation | list[dict]"],
+def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversation | list[dict]],
                         detectors: Sequence[Detector], *, batch_size: int = 4,
                         max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                         force: bool = False) -> list[ScoredConversation]:

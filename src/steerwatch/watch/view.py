@@ -8,16 +8,17 @@ one relative to the conversation's own mean and spread.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
     from .score import ScoredConversation
 
 
-def _scale(sc: "ScoredConversation", det: "Detector") -> tuple[float, float]:
+def _scale(sc: ScoredConversation, det: Detector) -> tuple[float, float]:
     vals = [v for v, k in zip(sc.scores[det.name], sc.msg_index) if k >= 0]
-    if det.calibrated and det.calibration.get("score_std"):
+    if det.threshold is not None and det.calibration.get("score_std"):
         return float(det.threshold), float(det.calibration["score_std"])
     mean = sum(vals) / max(1, len(vals))
     std = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals))) ** 0.5 or 1.0
@@ -36,7 +37,7 @@ def _token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([t]) for t in ids]
 
 
-def render_html(scored: "Sequence[ScoredConversation]", detectors: "Sequence[Detector]", tokenizer: Any, *,
+def render_html(scored: Sequence[ScoredConversation], detectors: Sequence[Detector], tokenizer: Any, *,
                 title: str = "steerwatch scores") -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
              "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
@@ -56,7 +57,7 @@ def render_html(scored: "Sequence[ScoredConversation]", detectors: "Sequence[Det
                      "</th><th>threshold</th><th></th></tr>")
         for det in detectors:
             s = sc.response_score(det.name, det.aggregate)
-            flagged = det.calibrated and s is not None and s > det.threshold
+            flagged = det.threshold is not None and s is not None and s > det.threshold
             parts.append(f"<tr><td>{html.escape(det.name)}</td><td>{det.layer}</td>"
                          f"<td>{'-' if s is None else f'{s:.3f}'}</td>"
                          f"<td>{'-' if det.threshold is None else f'{det.threshold:.3f}'}</td>"
@@ -81,7 +82,7 @@ def render_html(scored: "Sequence[ScoredConversation]", detectors: "Sequence[Det
     return "".join(parts)
 
 
-def render_terminal(sc: "ScoredConversation", detectors: "Sequence[Detector]", tokenizer: Any):
+def render_terminal(sc: ScoredConversation, detectors: Sequence[Detector], tokenizer: Any):
     """A rich renderable: each message's tokens tinted by each detector's score."""
     from rich.console import Group
     from rich.text import Text
