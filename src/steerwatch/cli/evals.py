@@ -79,8 +79,8 @@ def side_effect_sets(*, neutral: Path | None, reference: Path | None, capability
 
 
 def read_ab(path: Path | None, limit: int | None) -> list:
-    from ..data._io import read_json
     from ..errors import SteerwatchError
+    from ..io import read_json
 
     if path is None:
         return []
@@ -211,7 +211,7 @@ def sweep_cmd(
         console.print(f"wrote the recommendation into {vector}")
     samples = []
     if sample_prompts:
-        from ..generation import generate
+        from ..runtime import generate_text as generate
         from ..steer import SteerSpec
         from .generate import read_prompts_file
 
@@ -237,11 +237,11 @@ def sweep_cmd(
 
 def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
     """The first few open-ended answers of every (setting, strength, layers), for a report."""
-    from ..data._io import iter_jsonl_objects, read_text
+    from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
     seen: dict = {}
     picked = []
-    for _, a in iter_jsonl_objects(read_text(answers_path).splitlines(), path=str(answers_path)):
+    for _, a in iter_jsonl_objects(jsonl_lines(read_text(answers_path)), path=str(answers_path)):
         key = (a.get("setting"), a.get("strength"), tuple(a.get("resolved_layers") or ()))
         if seen.get(key, 0) < per_setting:
             seen[key] = seen.get(key, 0) + 1
@@ -330,17 +330,17 @@ def report_cmd(
 ) -> None:
     """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
     plots; the recommendation is included when the rows carry behaviour and capability."""
-    from ..data._io import iter_jsonl_objects, read_text
     from ..errors import SteerwatchError
     from ..evals.report import render_report
     from ..evals.sweep import objective_columns, recommend
+    from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
-    rows = [o for _, o in iter_jsonl_objects(read_text(rows_file).splitlines(), path=str(rows_file))]
+    rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file)), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
         if not need <= set(r):
             raise SteerwatchError(f"{rows_file}, row {i}: not a sweep row (needs {', '.join(sorted(need))})")
-    sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(),
+    sample_rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(samples)),
                                                     path=str(samples))] if samples else []
     if samples is not None and any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
         sample_rows = pick_samples(samples)

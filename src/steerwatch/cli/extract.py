@@ -94,10 +94,11 @@ def extract_cmd(
         out.print_json(json.dumps([r.as_dict() for r in rows]))
     else:
         out.print(layer_table(rows, f"{vec.concept} · {vec.method} · read {vec.read_position} · {loaded.name}"))
-    best = max(rows, key=lambda r: r.auroc)
+    by_layer = {r.layer: r for r in rows}
+    best = by_layer[vec.best_layer()]
     read_note = ""
     if vec.read_method:
-        rbest = max(rows, key=lambda r: r.read_auroc or 0.0)
+        rbest = by_layer[vec.best_layer(read=True)]
         read_note = (f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} "
                      f"at layer {rbest.layer}")
     console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "

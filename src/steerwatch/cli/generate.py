@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -12,10 +12,10 @@ from .main import app
 
 def read_prompts_file(path: Path) -> list:
     """JSONL with {"prompt": str} or {"messages": [...]} per line (optional "id"), or plain text, one prompt a line."""
-    from ..data._io import iter_jsonl_objects, read_text
     from ..errors import DataFormatError
+    from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
-    lines = read_text(path).splitlines()
+    lines = jsonl_lines(read_text(path))
     items: list[dict[str, Any]]
     if path.suffix != ".jsonl":
         items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]
@@ -71,8 +71,10 @@ def generate_cmd(
     from rich.table import Table
 
     from ..errors import SteerwatchError
-    from ..generation import generate
+    from ..runtime import Conditional, GenerationOptions, generate
     from ..steer import parse_steer_spec
+    from ..types import ConditionalMode
+    from ..watch.detector import load_detector
 
     items: list[dict[str, Any]] = [{"id": str(i), "prompt": p} for i, p in enumerate(prompt or [])]
     if prompts_file is not None:
@@ -84,26 +86,23 @@ def generate_cmd(
     for spec in specs:
         spec.vector.check_model(loaded, force=force)
     prompts = [it["prompt"] for it in items]
-    common: dict[str, Any] = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
-                  temperature=temperature, seed=seed, force=force, progress=True)
-    watched = None
-    if watch or steer_if:
-        from ..watch.detector import load_detector
-        from ..watch.live import Conditional, generate_watched
-
-        if steer_if and not specs:
-            raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
-        if sample:
-            raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
-        dets = [load_detector(p) for p in (watch or [])]
-        cond = Conditional(trigger=load_detector(steer_if), specs=specs, mode=if_mode) if steer_if else None
-        watched = generate_watched(loaded, prompts, dets, system=system, steer=None if cond else (specs or None),
-                                   conditional=cond, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   force=force, progress=True)
-        steered = [w.text for w in watched]
-    else:
-        steered = generate(loaded, prompts, steer=specs or None, **common)
-    base = generate(loaded, prompts, **common) if (compare and specs) else None
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
+                             temperature=temperature, seed=seed, system=system)
+    watching = bool(watch or steer_if)
+    if steer_if and not specs:
+        raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
+    if watching and sample:
+        raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
+    dets = [load_detector(p) for p in (watch or [])]
+    cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
+            if steer_if else None)  # Conditional checks the mode
+    gens = generate(loaded, prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
+                    force=force, progress=True)
+    watched = gens if watching else None
+    steered = [g.text for g in gens]
+    base = None
+    if compare and specs:
+        base = [g.text for g in generate(loaded, prompts, opts, force=force, progress=True)]
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],

@@ -43,7 +43,7 @@ def quickstart_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def on_vector(concept, vec, rows):
-        best = max(rows, key=lambda r: r.auroc)
+        best = next(r for r in rows if r.layer == vec.best_layer())
         layers = vec.default_layers
         console.print(f"[bold]{concept}[/]: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")

@@ -19,7 +19,7 @@ def _detectors(paths: list[Path], *, aggregate: str | None = None):
         raise SteerwatchError("give at least one detector (-d FILE.det.json, or a vector FILE.sv)")
     dets = [load_detector(p) for p in paths]
     if aggregate:
-        from ..watch.detector import AGGREGATES
+        from ..types import AGGREGATES
 
         if aggregate not in AGGREGATES:
             raise SteerwatchError(f"unknown aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
@@ -83,7 +83,7 @@ def calibrate_cmd(
     rows = calibrate(loaded, dets, convs, fpr=fpr, source=str(control or "builtin:benign"), batch_size=batch_size,
                      progress=True)
     if generate:
-        from ..watch.calibrate import calibrate_trigger_on_generations
+        from ..runtime.calibration import calibrate_trigger_on_generations
 
         calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
     table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n",

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataFormatError
-from ._io import iter_jsonl_objects, read_text
+from ..errors import DataFormatError, ExtractionError
+from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
 SPLITS = ("train", "val")
 
@@ -129,7 +129,7 @@ def load_pairs(path: str | Path, *, name: str | None = None) -> ContrastSet:
     optionally ``prompt``, ``system``, ``meta`` and ``split`` (train/val; when absent a
     deterministic hash split puts ~20 % of pairs in val)."""
     p = Path(path)
-    lines = read_text(p).splitlines()
+    lines = jsonl_lines(read_text(p))
     return ContrastSet(name=name or p.stem, pairs=parse_pairs_lines(lines, path=str(p)), source=str(p))
 
 
@@ -177,13 +177,14 @@ def concept_card(name: str) -> str | None:
 
 def concept_settings(name: str) -> dict[str, str]:
     """The settings a built-in concept's card declares (e.g. ``{"method": "lda"}``), checked."""
-    from ..extract.methods import check_method
+    from ..types import METHODS
 
     text = _card_text(name)
     settings = {} if text is None else _split_card(text, where=f"<builtin>/{name}.md")[0]
     for key in CARD_SETTINGS:
-        if key in settings:
-            check_method(settings[key])
+        if key in settings and settings[key] not in METHODS:
+            raise ExtractionError(f"unknown method {settings[key]!r}; valid: {', '.join(METHODS)} "
+                                  f"(<builtin>/{name}.md, {key})")
     return settings
 
 
@@ -193,7 +194,7 @@ def load_concept(name: str) -> ContrastSet:
     if not res.is_file():
         raise DataFormatError(f"unknown built-in concept {name!r}; built-in concepts: {', '.join(list_concepts())}. "
                               "To use your own data, pass the path of a .jsonl file")
-    lines = res.read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(res.read_text(encoding="utf-8"))
     settings = concept_settings(name)
     return ContrastSet(name=name, pairs=parse_pairs_lines(lines, path=f"<builtin>/{name}.jsonl"),
                        source=f"steerwatch built-in concept {name}",

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataFormatError
-from ._io import read_json
+from ..io import read_json
 
 _ANSWER = re.compile(r"^\s*\(([A-Z])\)\s*$")
 

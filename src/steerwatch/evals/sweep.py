@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from ..io import jsonl_lines
 from .coherence import CoherenceBounds
 from .metrics import ab_behaviour_probs, mc_correct, next_token_kl, perplexity, text_nll
 from .openended import open_columns, open_ended
@@ -167,7 +168,7 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
     path = Path(out_path) if out_path else None
     apath = Path(answers_path) if answers_path else None
     if path and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 row = json.loads(line)
                 done[_key(row)] = row  # a later line (a recomputed setting) wins

@@ -124,9 +124,8 @@ class Push:
 
 
 def _layers(spec: SteerSpec) -> list[int]:
-    """The spec's resolved layers, negative ones counted from the end (as steering does)."""
-    total = spec.vector.n_model_layers or 0
-    return [layer + total if layer < 0 and total else layer for layer in spec.resolved_layers]
+    """The blocks the spec acts on (negative layers resolved, each block once, as steering does)."""
+    return spec.resolved_layers
 
 
 def distress_push(spec: SteerSpec, distress: Vector) -> Push:

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data._io import file_sha256
 from ..errors import SteerwatchError
+from ..io import file_sha256
 from ..layers import check_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
     from ..steer import SteerSpec
+    from ..types import ConditionalMode
     from ..vector import Vector
     from ..watch.detector import Detector
 
@@ -242,7 +243,7 @@ class ResolvedDetector:
     detector: Detector
     action: str
     steer: list[SteerSpec] = field(default_factory=list)
-    mode: str = "token"
+    mode: ConditionalMode = "token"
 
 
 @dataclass
