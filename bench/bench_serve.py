@@ -47,9 +47,10 @@ def main() -> None:
     import yaml
 
     from _common import random_vector
+    from steerwatch.io import file_sha256
     from steerwatch.models import load_model
+    from steerwatch.policy.schema import hash_key
     from steerwatch.runtime import GenerationOptions, generate
-    from steerwatch.serve.policy import file_sha256, hash_key
     from steerwatch.serve.server import RunningServer, build_engine
     from steerwatch.steer import SteerSpec
     from steerwatch.watch.detector import Detector

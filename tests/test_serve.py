@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from conftest import make_vector
+from steerwatch.io import file_sha256
+from steerwatch.policy.schema import PolicyError, hash_key, load_policy, policy_from_dict
 from steerwatch.runtime import GenerationOptions, generate
-from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
 from steerwatch.serve.requests import BLOCKED_TEXT
 from steerwatch.serve.server import RunningServer, build_engine
 from steerwatch.steer import SteerSpec

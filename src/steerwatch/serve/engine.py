@@ -32,10 +32,10 @@ from .requests import BLOCKED_TEXT, GenRequest, GenResult, describe_specs
 from .rows import RowState
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..policy.resolve import Deployment
     from ..runtime import Conditional, Generation
     from ..runtime import Engine as RuntimeEngine
     from ..steer import SteerSpec
-    from .policy import Deployment
     from .store import EventStore
 
 class Engine:
