@@ -49,3 +49,14 @@ def parse_floats(text: str, what: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise SteerwatchError(f"{what} must be comma-separated numbers like 0,0.01,0.02, got {text!r}") from None
+
+
+def parse_layers(text: str):
+    from ..errors import ExtractionError
+
+    if text == "auto":
+        return "auto"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None

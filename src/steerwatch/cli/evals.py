@@ -4,8 +4,9 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out, parse_floats
-from .main import app
+from .options import Model
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
              "bait-format JSONL file (id, prompt, truth_markers, optional claim and split; see docs/evals.md), or "
@@ -162,7 +163,7 @@ def sweep_cmd(
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder; needs steerwatch[plots]."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Dose-response sweep: behaviour (A/B), KL, perplexity and capability at each strength, the
@@ -174,7 +175,7 @@ def sweep_cmd(
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, apply_recommendation, objective_columns, recommend, sweep
     from ..vector import load_vector
-    from .extract import parse_layers
+    from .common import parse_layers
 
     vec = load_vector(vector)
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
@@ -211,15 +212,11 @@ def sweep_cmd(
         console.print(f"wrote the recommendation into {vector}")
     samples = []
     if sample_prompts:
-        from ..runtime import generate_text as generate
-        from ..steer import SteerSpec
-        from .generate import read_prompts_file
+        from ..data.prompts import load_prompt_items
+        from ..evals.sweep import sample_answers
 
-        prompts = [it["prompt"] for it in read_prompts_file(sample_prompts)]
-        for strength in grid:
-            spec = [SteerSpec(vec, strength=strength)] if strength else None
-            for p, o in zip(prompts, generate(loaded, prompts, steer=spec, max_new_tokens=48, batch_size=batch_size)):
-                samples.append({"strength": strength, "prompt": p, "output": o})
+        prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
+        samples = sample_answers(loaded, vec, prompts, grid, batch_size=batch_size)
         path = output.with_suffix(".samples.jsonl")
         path.write_text("".join(json.dumps(x) + "\n" for x in samples), encoding="utf-8")
         console.print(f"samples in {path}")
@@ -278,7 +275,7 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="Use only the first N items of every set."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
                                           "in .csv, else JSON Lines; open-ended answers go to OUTPUT.answers.jsonl."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Evaluate a vector at one strength or several: the rows of a sweep (behaviour, side effects,
@@ -286,7 +283,7 @@ def eval_cmd(
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, evaluate, write_rows
     from ..vector import load_vector
-    from .extract import parse_layers
+    from .common import parse_layers
 
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None

@@ -6,35 +6,9 @@ from typing import Any, cast
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
-
-
-def read_prompts_file(path: Path) -> list:
-    """JSONL with {"prompt": str} or {"messages": [...]} per line (optional "id"), or plain text, one prompt a line."""
-    from ..errors import DataFormatError
-    from ..io import iter_jsonl_objects, jsonl_lines, read_text
-
-    lines = jsonl_lines(read_text(path))
-    items: list[dict[str, Any]]
-    if path.suffix != ".jsonl":
-        items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]
-        if not items:
-            raise DataFormatError("no prompts in file", path=str(path))
-        return items
-    items = []
-    for i, obj in iter_jsonl_objects(lines, path=str(path)):
-        if not ("prompt" in obj or "messages" in obj):
-            raise DataFormatError("each line needs a 'prompt' string or a 'messages' list", path=str(path), line=i,
-                                  field="prompt")
-        p = obj.get("messages", obj.get("prompt"))
-        if not (isinstance(p, str) and p.strip()) and not (isinstance(p, list) and p):
-            raise DataFormatError("must be a non-empty string (prompt) or list (messages)", path=str(path), line=i,
-                                  field="messages" if "messages" in obj else "prompt")
-        items.append({"id": str(obj.get("id", len(items))), "prompt": p})
-    if not items:
-        raise DataFormatError("no prompts in file", path=str(path))
-    return items
+from .options import LayersPath, Model
 
 
 @app.command("generate")
@@ -44,7 +18,7 @@ def generate_cmd(
     steer: list[str] | None = typer.Option(None, "--steer", "-s",
         help="PATH[@LAYERS]:OP[:POSITIONS], repeatable. OP: +0.3 / -0.2 (strength in units of the layer's typical "
              "residual norm), ablate, clamp=VALUE. POSITIONS: all (default), prompt, generated."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     system: str | None = typer.Option(None, help="System prompt."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
@@ -56,7 +30,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.7, help="Sampling temperature (with --sample)."),
     seed: int | None = typer.Option(None, help="Random seed (with --sample)."),
     force: bool = typer.Option(False, help="Apply vectors even if they were built on other weights."),
-    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: LayersPath = None,
     watch: list[Path] | None = typer.Option(None, "--watch", "-w",
         help="Detector files (.det.json) or vectors (.sv) to score the answers with, repeatable: scores and flags "
              "are shown alongside the text. Detectors at or after a steered layer are scored from the text without "
@@ -78,7 +52,9 @@ def generate_cmd(
 
     items: list[dict[str, Any]] = [{"id": str(i), "prompt": p} for i, p in enumerate(prompt or [])]
     if prompts_file is not None:
-        items += read_prompts_file(prompts_file)
+        from ..data.prompts import load_prompt_items
+
+        items += load_prompt_items(prompts_file)
     if not items:
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast

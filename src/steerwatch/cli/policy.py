@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
 
 policy_app = typer.Typer(help="Check and write deployment policies (steerwatch serve --policy FILE).",
                          no_args_is_help=True, rich_markup_mode=None)

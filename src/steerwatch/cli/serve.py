@@ -5,8 +5,8 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly
-from .main import app
 
 
 @app.command("serve")

@@ -322,3 +322,18 @@ def apply_recommendation(vector: Vector, rec: dict[str, Any]) -> Vector:
     vector.recommended_strength = rec.get("strength")
     vector.extra = {**vector.extra, "recommendation": rec}
     return vector
+
+
+def sample_answers(loaded: LoadedModel, vector: Vector, prompts: Sequence[Any], strengths: Sequence[float], *,
+                   max_new_tokens: int = 48, batch_size: int = 8) -> list[dict[str, Any]]:
+    """The vector's answers to ``prompts`` at each strength (0: unsteered), for a report's sample
+    table: rows ``{"strength", "prompt", "output"}``."""
+    from ..runtime import generate_text
+    from ..steer import SteerSpec
+
+    rows = []
+    for strength in strengths:
+        spec = [SteerSpec(vector, strength=strength)] if strength else None
+        outs = generate_text(loaded, prompts, steer=spec, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        rows += [{"strength": strength, "prompt": p, "output": o} for p, o in zip(prompts, outs)]
+    return rows
