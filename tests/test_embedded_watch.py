@@ -32,7 +32,7 @@ def test_detector_reproduces_validation_auroc_on_conversations(embedded_qwen, em
 
     vec, _ = embedded_honesty
     det = honesty_detector
-    assert det.sign == -1 and det.layer == max(vec.layers, key=lambda layer: (vec.auroc(layer), layer))
+    assert det.sign == -1 and det.layer == vec.best_layer(read=True)
     convs = []
     for i, p in enumerate(load_concept("honesty").val):
         convs.append(Conversation(id=f"{i}h", label=0, messages=[{"role": "user", "content": p.prompt},

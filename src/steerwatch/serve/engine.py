@@ -1,6 +1,7 @@
 """The serving engine: one worker thread owns the model; concurrent requests are batched into one
-``generate()`` call, each row with its own steering (per-row hooks), and every row watched by the
-policy's detectors.
+call of a runtime engine (:class:`steerwatch.runtime.Engine`; :class:`~steerwatch.runtime.HFEngine`
+unless another backend is given), each row with its own steering (per-row hooks), and every row
+watched by the policy's detectors.
 
 Batching. The worker takes the first waiting request, then gathers more for up to
 ``limits.batch_wait_ms`` (at most ``limits.max_batch``) among requests with the same sampling
