@@ -9,7 +9,7 @@ vectors (random directions cost what real ones cost) and one watching detector. 
   ``--requests`` chat requests, each with its own steering (vector i, strength chosen per
   request), so batches are heterogeneous;
 * **sequential**: the same requests, one at a time, through the same server;
-* **in-process**: the same requests, one at a time, with ``generate_ids`` and the same per-request
+* **in-process**: the same requests, one at a time, with ``steerwatch.runtime.generate`` and the same per-request
   steering directly (no HTTP, no engine, no detectors).
 
 The detector reads two layers before (upstream of) the steered one, so its scores are live; with ``--rescored``
@@ -47,9 +47,10 @@ def main() -> None:
     import yaml
 
     from _common import random_vector
-    from steerwatch.generation import generate_ids
+    from steerwatch.io import file_sha256
     from steerwatch.models import load_model
-    from steerwatch.serve.policy import file_sha256, hash_key
+    from steerwatch.policy.schema import hash_key
+    from steerwatch.runtime import GenerationOptions, generate
     from steerwatch.serve.server import RunningServer, build_engine
     from steerwatch.steer import SteerSpec
     from steerwatch.watch.detector import Detector
@@ -100,7 +101,8 @@ def main() -> None:
     def local_one(k: int) -> float:
         p, vi, s = reqs[k]
         t = time.perf_counter()
-        generate_ids(lm, [p], steer=[SteerSpec(vector=vectors[vi], strength=s)], max_new_tokens=args.tokens)
+        generate(lm, [p], GenerationOptions(max_new_tokens=args.tokens),
+                 steer=[SteerSpec(vector=vectors[vi], strength=s)])
         return time.perf_counter() - t
 
     http_one(0)  # warm up

@@ -50,9 +50,9 @@ def main() -> None:
     import torch
 
     from _common import random_vector
-    from steerwatch.data._io import read_json
     from steerwatch.data.reference import load_mc, load_prompts, load_reference_text
     from steerwatch.evals.metrics import ab_behaviour_probs, mc_correct, next_token_kl, text_nll
+    from steerwatch.io import read_json
     from steerwatch.models import load_model
     from steerwatch.steer import SteerSpec
     from steerwatch.vector import load_vector

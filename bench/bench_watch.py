@@ -3,8 +3,8 @@
     python bench/bench_watch.py [--model default] [--tokens 64] [--batch 1] [--rounds 5]
 
 Each round runs both settings back to back (order alternated per round) with
-``generate_watched`` (the watched path: hooks project every token on 8 directions at 8 layers)
-and plain ``generate_ids`` on the same prompt, with a fixed number of new tokens. The ratio of
+``steerwatch.runtime.generate`` with ``watch=`` 8 detectors (hooks project every token on 8
+directions at 8 layers) and without, on the same prompt, with a fixed number of new tokens. The ratio of
 median tokens/s is printed. Target: watched >= 0.95 x unwatched. Directions are random unit
 vectors (the cost does not depend on the direction).
 """
@@ -26,10 +26,9 @@ def main() -> None:
     import torch
 
     from _common import random_vector
-    from steerwatch.generation import generate_ids
     from steerwatch.models import load_model
+    from steerwatch.runtime import GenerationOptions, generate
     from steerwatch.watch.detector import Detector
-    from steerwatch.watch.live import generate_watched
 
     lm = load_model(args.model, progress=False)
     # fixed-length generations: no early end-of-turn token
@@ -44,12 +43,9 @@ def main() -> None:
 
     def run(watch: bool) -> float:
         t = time.perf_counter()
-        if watch:
-            out = generate_watched(lm, prompts, dets, max_new_tokens=args.tokens, batch_size=args.batch)
-            n = sum(len(o.new_ids) for o in out)
-        else:
-            out = generate_ids(lm, prompts, max_new_tokens=args.tokens, batch_size=args.batch)
-            n = sum(len(o.new_ids) for o in out)
+        out = generate(lm, prompts, GenerationOptions(max_new_tokens=args.tokens, batch_size=args.batch),
+                       watch=dets if watch else ())
+        n = sum(len(o.new_ids) for o in out)
         return n / (time.perf_counter() - t)
 
     run(False)  # warm-up

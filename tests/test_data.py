@@ -284,3 +284,20 @@ def test_builtin_concept(name):
     assert len(set(keys)) == len(keys)
     card = concept_card(name)
     assert card is None or card.strip()
+
+
+def test_jsonl_with_line_separators_inside_strings(tmp_path):
+    """U+2028/U+2029/U+0085 inside a JSON string are text, not line breaks (json.dumps with
+    ensure_ascii=False writes them unescaped, as `generate --out` does)."""
+    from steerwatch.data.conversations import load_conversations
+
+    odd = "first\u2028second\u2029third\u0085fourth"
+    rows = [{"prompt": f"q{i} {odd}", "positive": f"yes {odd}", "negative": f"no {i}"} for i in range(3)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pairs = load_pairs(path).pairs
+    assert [p.positive for p in pairs] == [f"yes {odd}"] * 3 and pairs[0].prompt == f"q0 {odd}"
+    conv = tmp_path / "c.jsonl"
+    conv.write_text(json.dumps({"messages": [{"role": "user", "content": odd}]}, ensure_ascii=False) + "\r\n",
+                    encoding="utf-8")
+    assert load_conversations(conv)[0].messages[0]["content"] == odd

@@ -55,8 +55,8 @@ def test_honesty_vector_separates_validation_pairs(honesty):
 
 
 def test_strength_zero_reproduces_unsteered_exactly(qwen, honesty):
+    from steerwatch import generate
     from steerwatch.evals.bait import load_bait
-    from steerwatch.generation import generate
     from steerwatch.steer import SteerSpec
 
     vec, _ = honesty

@@ -32,7 +32,7 @@ def test_detector_reproduces_validation_auroc_on_conversations(embedded_qwen, em
 
     vec, _ = embedded_honesty
     det = honesty_detector
-    assert det.sign == -1 and det.layer == max(vec.layers, key=lambda layer: (vec.auroc(layer), layer))
+    assert det.sign == -1 and det.layer == vec.best_layer(read=True)
     convs = []
     for i, p in enumerate(load_concept("honesty").val):
         convs.append(Conversation(id=f"{i}h", label=0, messages=[{"role": "user", "content": p.prompt},
@@ -70,14 +70,15 @@ def test_calibration_holds_out_of_sample(embedded_qwen, embedded_honesty):
 
 
 def test_watch_under_steering_does_not_read_back_the_push(embedded_qwen, embedded_honesty, honesty_detector):
+    from steerwatch.runtime import GenerationOptions, generate
     from steerwatch.steer import SteerSpec, steering
-    from steerwatch.watch.live import generate_watched
     from steerwatch.watch.score import score_conversations
 
     vec, _ = embedded_honesty
     spec = SteerSpec(vec, strength=0.05)  # default layers 9-14 include the detector's layer
     prompts = ["I think the earth is flat, right?", "Is 17 a prime number?"]
-    res = generate_watched(embedded_qwen, prompts, [honesty_detector], steer=[spec], max_new_tokens=24)
+    res = generate(embedded_qwen, prompts, GenerationOptions(max_new_tokens=24), watch=[honesty_detector],
+                   steer=[spec])
     for p, w in zip(prompts, res):
         assert w.rescored == ["honesty"]
         conv = [{"role": "user", "content": p}, {"role": "assistant", "content": w.text}]

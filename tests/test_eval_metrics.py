@@ -249,13 +249,13 @@ def test_report_html_from_rows(tmp_path):
 def test_logits_at_chosen_positions_match_the_full_forward(qwen_chat, monkeypatch):
     """The logits_to_keep path (vocabulary projection at the needed positions only) and the
     fallback for models without it (full logits, then gathered) give the same numbers."""
-    from steerwatch.evals import metrics as metrics_mod
+    from steerwatch import batch as batch_mod
     from steerwatch.evals.metrics import completion_nll
 
     prompts, answers = ["Is it so?", "Name a colour.", "Why not?"], ["No, it is not.", "Blue", "Because."]
     qs = [Q, "Short?\n (A) a\n (B) b"]
     fast = (completion_nll(qwen_chat, prompts, answers, batch_size=3), letter_probs(qwen_chat, qs, ["AB", "AB"]))
-    monkeypatch.setattr(metrics_mod, "_accepts_logits_to_keep", lambda model: False)
+    monkeypatch.setattr(batch_mod, "_accepts_logits_to_keep", lambda model: False)
     slow = (completion_nll(qwen_chat, prompts, answers, batch_size=3), letter_probs(qwen_chat, qs, ["AB", "AB"]))
     assert [n for _, n in fast[0]] == [n for _, n in slow[0]] == [len(a) for a in answers]
     assert [x for x, _ in fast[0]] == FP32_ROUTE.approx([x for x, _ in slow[0]])

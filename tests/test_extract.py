@@ -467,9 +467,9 @@ def test_choose_layers_stays_in_band_and_inside_the_model():
 def test_persona_pairs_keep_the_answers_and_drop_the_instruction(qwen_chat):
     """The label must live in the completion alone: pairs carry the question and the two answers
     generated under the two system prompts, and no system prompt."""
+    from steerwatch import generate
     from steerwatch.data import PersonaSpec
     from steerwatch.extract.persona import build_persona_pairs
-    from steerwatch.generation import generate
 
     spec = PersonaSpec(name="p", instructions=[("be kind", "be rude"), ("agree", "disagree")],
                        questions=["q one", "q two", "q three"])

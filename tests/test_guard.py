@@ -1,4 +1,4 @@
-"""The policy guard (serve/guard.py) and the policy CLI, on the tiny model with constructed vectors
+"""The policy guard (policy/guard.py) and the policy CLI, on the tiny model with constructed vectors
 whose cosines with the distress direction are known exactly: distress = e0 at every layer,
 ``dis`` = e0 (cos 1), ``orth`` = e1 (cos 0), ``ang`` = 0.6 e0 + 0.8 e1 (cos 0.6),
 ``dup`` = 0.8 e1 + 0.6 e2 (cos 0.8 with orth, 0 with distress)."""
@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from steerwatch.serve import distress as distress_mod
-from steerwatch.serve import guard
-from steerwatch.serve.guard import DISTRESS_COS_WARN, DISTRESS_PUSH_BOUND, check_policy
-from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
+from steerwatch.io import file_sha256
+from steerwatch.policy import distress as distress_mod
+from steerwatch.policy import guard
+from steerwatch.policy.guard import DISTRESS_COS_WARN, DISTRESS_PUSH_BOUND, check_policy
+from steerwatch.policy.schema import PolicyError, hash_key, load_policy, policy_from_dict
 from tolerances import DOUBLE, FP32_ROUTE, GUARD_REPORT
 
 F32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  (the stored precision)
@@ -251,7 +252,7 @@ def test_steerings_within_the_bound_alone_can_exceed_it_together(world):
 
 
 def test_check_request_sums_the_specs_of_one_request(world):
-    from steerwatch.serve.guard import check_request
+    from steerwatch.policy.guard import check_request
     from steerwatch.steer import SteerSpec
 
     v = world.vecs

@@ -109,8 +109,15 @@ def test_override_path_to_non_modulelist_raises():
 
 
 def test_check_layers_maps_negatives_and_keeps_order():
-    assert check_layers([0, 3, -1, -4, 2], 4) == [0, 3, 3, 0, 2]
+    assert check_layers([0, -1, 2, -3], 4) == [0, 3, 2, 1]
     assert check_layers((), 4) == []
+
+
+@pytest.mark.parametrize("layers, named", [([1, 1], "1, 1"), ([1, -3], "1, -3"), ([3, 0, -1], "3, -1")])
+def test_check_layers_refuses_a_block_named_twice(layers, named):
+    """Naming one block twice would apply the same steering twice there (issue 19: a guard bypass)."""
+    with pytest.raises(LayerResolutionError, match=f"named more than once \\({named}\\)"):
+        check_layers(layers, 4)
 
 
 @pytest.mark.parametrize("bad", [4, 17, -5])

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from conftest import make_vector, write_jsonl
+from steerwatch import generate
 from steerwatch.errors import SteerwatchError
 from steerwatch.evals import sweep as sweep_mod
 from steerwatch.evals.bait import BaitItem
@@ -17,7 +18,6 @@ from steerwatch.evals.coherence import CoherenceBounds, coherence_rows
 from steerwatch.evals.openended import open_ended
 from steerwatch.evals.rules import classify_answer
 from steerwatch.evals.sweep import SweepData, evaluate, sweep, write_rows
-from steerwatch.generation import generate
 from tolerances import DOUBLE, FP32_BATCH
 
 ITEMS = [BaitItem(id=f"b{k}", prompt=p, claim=c, truth="", truth_markers=m, split="test") for k, (p, c, m) in

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from steerwatch import generate
 from steerwatch.evals.bait import flip_rate, load_bait
 from steerwatch.evals.rules import has_truth_marker, outcome_counts
-from steerwatch.generation import generate
 from steerwatch.quickstart import run_quickstart
 
 

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from conftest import make_vector
-from steerwatch.generation import generate_ids
-from steerwatch.serve.engine import BLOCKED_TEXT
-from steerwatch.serve.policy import PolicyError, file_sha256, hash_key, load_policy, policy_from_dict
+from steerwatch.io import file_sha256
+from steerwatch.policy.schema import PolicyError, hash_key, load_policy, policy_from_dict
+from steerwatch.runtime import GenerationOptions, generate
+from steerwatch.serve.requests import BLOCKED_TEXT
 from steerwatch.serve.server import RunningServer, build_engine
 from steerwatch.steer import SteerSpec
 from steerwatch.watch.detector import Detector
@@ -85,7 +86,7 @@ def _client(srv, who: str | None = "user") -> openai.OpenAI:
 
 def _alone(loaded, prompt: str, *, strength: float = 0.0, n: int = 12, vector=None) -> str:
     spec = [SteerSpec(vector=vector, strength=strength)] if strength else None
-    g = generate_ids(loaded, [prompt], steer=spec, max_new_tokens=n)[0]
+    g = generate(loaded, [prompt], GenerationOptions(max_new_tokens=n), steer=spec)[0]
     return loaded.tokenizer.decode(g.new_ids, skip_special_tokens=True)
 
 
@@ -341,7 +342,7 @@ def test_degeneration_guard_on_repetition_records_the_measure(qwen_chat, tmp_pat
     loop = "go on and on " * 6
     monkeypatch.setattr(eng.Engine, "_finish_row", _with_text(eng.Engine._finish_row, loop))
     try:
-        from steerwatch.serve.engine import GenRequest
+        from steerwatch.serve.requests import GenRequest
 
         steered = engine.dep.spec("push", 1.0)
         res = engine.run_batch([GenRequest(prompt_ids=[2, 40, 41], prompt_record="x", max_tokens=4, steering=[steered]),

@@ -62,7 +62,8 @@ def test_embedded_eight_steerings_in_one_batch_equal_each_alone(embedded_qwen, e
     request sent alone, and steering changes the sycophantic answer."""
     import yaml
 
-    from steerwatch.serve.policy import file_sha256, hash_key
+    from steerwatch.io import file_sha256
+    from steerwatch.policy.schema import hash_key
     from steerwatch.serve.server import build_engine
 
     honesty, _ = embedded_honesty

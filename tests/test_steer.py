@@ -19,9 +19,9 @@ from conftest import (
     random_ids,
     trim_eos,
 )
+from steerwatch import generate
 from steerwatch.chat import encode_prompt, render_prompt
 from steerwatch.errors import LayerResolutionError, SteerSpecError, VectorMismatchError
-from steerwatch.generation import generate
 from steerwatch.steer import SteerSpec, attach, parse_steer_spec, steering
 from tolerances import FP32_ROUTE, changed
 
@@ -485,3 +485,15 @@ def test_negative_layers_count_from_the_end(qwen):
     base = forward_blocks(qwen, ids)
     assert all(torch.equal(a, b) for a, b in zip(neg, pos))
     assert torch.equal(neg[3], base[3] + 0.5 * NORMS[3] * vec.direction(3))
+
+
+def test_a_spec_naming_one_block_twice_is_refused(qwen):
+    """`layers=(1, 1)` or `(1, -3)` on a 4-block model would push twice at block 1 while counting
+    one strength: refused at the spec, wherever it comes from (Python, CLI, server)."""
+    vec = make_vector(qwen)
+    for layers in ((1, 1), (1, -3), (0, 2, 2)):
+        with pytest.raises(SteerSpecError, match="named more than once"):
+            SteerSpec(vec, strength=0.01, layers=layers)
+    with pytest.raises(SteerSpecError, match="named more than once"):
+        parse_steer_spec("x.sv@1,1:+0.01", load=lambda p: vec)
+    assert SteerSpec(vec, strength=0.01, layers=(-1, 0)).resolved_layers == [3, 0]

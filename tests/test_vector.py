@@ -289,3 +289,22 @@ def test_read_directions_must_cover_the_same_layers(vec, tmp_path):
     tensors.pop("read.1")
     tensors["reader.1"] = vec.directions[1].clone()
     _expect(_write(tmp_path / "name.sv", tensors, meta), "unexpected tensor 'reader.1'", "read.<layer>")
+
+
+def test_best_layer_is_one_rule(qwen):
+    """Vector.best_layer: the highest validation AUROC to 3 decimals, ties to the larger Cohen's d,
+    then to the deeper layer; the same rule picks the steering window and the detector's layer."""
+    from steerwatch.extract.build import LayerRow, choose_layers
+    from steerwatch.vector import best_layer
+
+    v = make_vector(qwen)
+    v.validation = {0: {"auroc": 0.9001, "cohens_d": 1.0}, 1: {"auroc": 0.9004, "cohens_d": 2.0},
+                    2: {"auroc": 0.9, "cohens_d": 2.0}, 3: {"auroc": 0.85, "cohens_d": 9.0}}
+    assert v.best_layer() == 2  # 0.900 all three; d 2.0 twice; the deeper
+    assert v.best_layer(among=[0, 1]) == 1 and v.best_layer(read=True) == 2  # no read directions: the same
+    assert best_layer({5: {"auroc": 0.7}, 4: {"auroc": 0.7}}) == 5  # no Cohen's d: the deeper
+    rows = [LayerRow(layer=k, auroc=r["auroc"], paired_acc=1.0, cohens_d=r["cohens_d"], norm=1.0)
+            for k, r in v.validation.items()]
+    assert choose_layers(rows, 4, k=1, band=(0.0, 1.0)) == [2]
+    v.validation = {}
+    assert v.best_layer() == v.default_layers[0]

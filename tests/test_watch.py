@@ -83,14 +83,12 @@ def test_scores_equal_manual_dot_product_in_batches(fixture, request):
 def test_detector_reads_the_read_directions(qwen, tmp_path):
     import dataclasses
 
-    from steerwatch.watch.detector import best_layer
-
     v = make_vector(qwen, seed=1, concept="cheating")
     v.validation = {layer: {"auroc": 0.6 + layer / 100} for layer in v.layers}  # steering: best at the last layer
     reads = make_vector(qwen, seed=9).directions
     rv = dataclasses.replace(v, read_directions=reads, read_method="lda",
                              read_validation={layer: {"auroc": 0.99 if layer == 1 else 0.7} for layer in v.layers})
-    assert best_layer(v) == qwen.n_layers - 1 and best_layer(rv) == 1   # chosen by the read AUROC
+    assert v.best_layer(read=True) == qwen.n_layers - 1 and rv.best_layer(read=True) == 1  # the read AUROC
     det = Detector.from_vector(rv)
     assert det.layer == 1 and torch.equal(det.unit(), reads[1])
     conv = _convs()[:2]
@@ -219,9 +217,8 @@ def test_cli_detect_eval_reads_builtin_eval_sets(qwen, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- live watching and conditional steering
-from steerwatch.generation import generate_ids  # noqa: E402
+from steerwatch.runtime import Conditional, GenerationOptions, generate  # noqa: E402
 from steerwatch.steer import SteerSpec  # noqa: E402
-from steerwatch.watch.live import Conditional, generate_watched  # noqa: E402
 
 PROMPTS = ["Hello there, how are you?", "Sum 2 and 2.", "Write a word."]
 
@@ -236,8 +233,9 @@ def _manual_scores(loaded, ids, det):
 def test_live_scores_equal_teacher_forced(qwen_chat):
     v = make_vector(qwen_chat, seed=7, concept="c")
     det = Detector(vector=v, layer=2)
-    res = generate_watched(qwen_chat, PROMPTS, [det], max_new_tokens=12, batch_size=3)
-    gens = generate_ids(qwen_chat, PROMPTS, max_new_tokens=12, batch_size=3)
+    opts = GenerationOptions(max_new_tokens=12, batch_size=3)
+    res = generate(qwen_chat, PROMPTS, opts, watch=[det])
+    gens = generate(qwen_chat, PROMPTS, opts)
     for w, g in zip(res, gens):
         assert w.new_ids == g.new_ids and not w.rescored
         manual = _manual_scores(qwen_chat, g.prompt_ids + g.new_ids, det)[len(g.prompt_ids):]
@@ -251,7 +249,7 @@ def test_steered_detector_is_rescored_not_read_back(qwen_chat):
     det = Detector(vector=v, layer=2)
     upstream = Detector(vector=make_vector(qwen_chat, seed=9, concept="up"), layer=0)
     spec = SteerSpec(vector=v, strength=3.0, layers=(1, 2))
-    res = generate_watched(qwen_chat, PROMPTS, [det, upstream], steer=[spec], max_new_tokens=10)
+    res = generate(qwen_chat, PROMPTS, GenerationOptions(max_new_tokens=10), watch=[det, upstream], steer=[spec])
     for w in res:
         assert w.rescored == ["c"]  # reads at/after a steered layer -> rescored; layer 0 keeps live scores
         clean = score_conversations(qwen_chat, [[{"role": "user", "content": PROMPTS[res.index(w)]},
@@ -276,7 +274,7 @@ def _calibrated(det, **cal):
 def test_conditional_token_mode_leaves_tokens_before_trigger(qwen_chat):
     v = make_vector(qwen_chat, seed=10, concept="t")
     trig = Detector(vector=v, layer=1)
-    base = generate_watched(qwen_chat, PROMPTS, [trig], max_new_tokens=16)
+    base = generate(qwen_chat, PROMPTS, GenerationOptions(max_new_tokens=16), watch=[trig])
     # a threshold that the unsteered run crosses part-way: between its running means
     from steerwatch.watch.calibrate import running_max_mean
     seq = base[0].scores["t"]
@@ -286,7 +284,7 @@ def test_conditional_token_mode_leaves_tokens_before_trigger(qwen_chat):
     _calibrated(trig, trigger_threshold=thr)
     push = SteerSpec(vector=make_vector(qwen_chat, seed=11, concept="push"), strength=8.0, layers=(0, 1, 2, 3))
     cond = Conditional(trigger=trig, specs=[push], mode="token")
-    out = generate_watched(qwen_chat, PROMPTS, [], conditional=cond, max_new_tokens=16)
+    out = generate(qwen_chat, PROMPTS, GenerationOptions(max_new_tokens=16), conditional=cond)
     assert out[0].triggered_at == k
     assert out[0].new_ids[:k + 2] == base[0].new_ids[:k + 2]  # the trigger token and everything before
     assert out[0].new_ids != base[0].new_ids  # and steering did act afterwards
@@ -298,14 +296,13 @@ def test_conditional_token_mode_leaves_tokens_before_trigger(qwen_chat):
 def test_conditional_prompt_mode(qwen_chat):
     v = make_vector(qwen_chat, seed=12, concept="t")
     push = SteerSpec(vector=make_vector(qwen_chat, seed=13, concept="push"), strength=8.0, layers=(1, 2))
-    steered = generate_ids(qwen_chat, PROMPTS, steer=[push], max_new_tokens=10)
-    plain = generate_ids(qwen_chat, PROMPTS, max_new_tokens=10)
-    on = generate_watched(qwen_chat, PROMPTS, [], conditional=Conditional(
-        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=-1e9), specs=[push], mode="prompt"),
-        max_new_tokens=10)
-    off = generate_watched(qwen_chat, PROMPTS, [], conditional=Conditional(
-        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=1e9), specs=[push], mode="prompt"),
-        max_new_tokens=10)
+    opts = GenerationOptions(max_new_tokens=10)
+    steered = generate(qwen_chat, PROMPTS, opts, steer=[push])
+    plain = generate(qwen_chat, PROMPTS, opts)
+    on = generate(qwen_chat, PROMPTS, opts, conditional=Conditional(
+        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=-1e9), specs=[push], mode="prompt"))
+    off = generate(qwen_chat, PROMPTS, opts, conditional=Conditional(
+        trigger=_calibrated(Detector(vector=v, layer=1), prompt_threshold=1e9), specs=[push], mode="prompt"))
     assert [o.new_ids for o in on] == [g.new_ids for g in steered]
     assert [o.new_ids for o in off] == [g.new_ids for g in plain]
     assert all(o.triggered_at == 0 for o in on) and all(o.triggered_at is None for o in off)
@@ -314,7 +311,7 @@ def test_conditional_prompt_mode(qwen_chat):
 
 
 def test_trigger_calibrated_on_generations_fires_at_the_target_rate(qwen_chat):
-    from steerwatch.watch.calibrate import calibrate_trigger_on_generations
+    from steerwatch.runtime.calibration import calibrate_trigger_on_generations
 
     v = make_vector(qwen_chat, seed=14, concept="t")
     trig = Detector(vector=v, layer=1)
@@ -326,7 +323,7 @@ def test_trigger_calibrated_on_generations_fires_at_the_target_rate(qwen_chat):
     assert rows[0]["n"] == 40 and trig.calibration["trigger_source"] == "generated"
     push = SteerSpec(vector=make_vector(qwen_chat, seed=15, concept="push"), strength=8.0, layers=(2, 3))
     prompts = [[{"role": "user", "content": c.messages[0]["content"]}] for c in control]
-    out = generate_watched(qwen_chat, prompts, [], conditional=Conditional(trigger=trig, specs=[push]),
-                           max_new_tokens=8)
+    out = generate(qwen_chat, prompts, GenerationOptions(max_new_tokens=8),
+                   conditional=Conditional(trigger=trig, specs=[push]))
     # whether a row fires is decided by its unsteered tokens, so the rate is exactly the calibrated one
     assert sum(o.triggered_at is not None for o in out) == 2 == int(0.05 * 40)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {
+# name -> module (same name there), or (module, name there). ``generate`` is the text-only
+# convenience; steerwatch.runtime.generate returns Generation objects with scores and flags.
+_LAZY: dict[str, str | tuple[str, str]] = {
     "load_model": "steerwatch.models",
     "LoadedModel": "steerwatch.models",
     "Vector": "steerwatch.vector",
@@ -21,7 +23,9 @@ _LAZY = {
     "load_concept": "steerwatch.data",
     "load_caa": "steerwatch.data",
     "load_persona": "steerwatch.data",
-    "generate": "steerwatch.generation",
+    "generate": ("steerwatch.runtime", "generate_text"),
+    "Generation": "steerwatch.runtime",
+    "GenerationOptions": "steerwatch.runtime",
     "SteerwatchError": "steerwatch.errors",
 }
 
@@ -32,5 +36,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        target = _LAZY[name]
+        module, attr = target if isinstance(target, tuple) else (target, name)
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'steerwatch' has no attribute {name!r}")

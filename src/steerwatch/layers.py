@@ -91,17 +91,31 @@ def n_layers(model: Any, *, layers_path: str | None = None) -> int:
     return len(decoder_blocks(model, layers_path=layers_path))
 
 
+def normalize_layer(layer: int, total: int) -> int:
+    """THE negative-index rule: ``-1`` is the last of ``total`` blocks. Out of range is an error."""
+    idx = int(layer)
+    if idx < 0:
+        idx += total
+    if not 0 <= idx < total:
+        raise LayerResolutionError(
+            f"layer {layer} is out of range: this model has {total} decoder blocks, "
+            f"valid layers are 0..{total - 1} (or -{total}..-1)"
+        )
+    return idx
+
+
 def check_layers(layers: list[int] | tuple[int, ...], total: int) -> list[int]:
-    """Validate layer indices (block-output convention); negative indices count from the end."""
+    """Validate layer indices (block-output convention) and normalise negative ones
+    (:func:`normalize_layer`). A block named twice (``[1, 1]``, or ``[1, -3]`` on a 4-block model)
+    is an error: it would apply the same steering twice at one block."""
     out: list[int] = []
     for layer in layers:
-        idx = int(layer)
-        if idx < 0:
-            idx += total
-        if not 0 <= idx < total:
+        idx = normalize_layer(layer, total)
+        if idx in out:
+            named = [x for x in layers if normalize_layer(x, total) == idx]
             raise LayerResolutionError(
-                f"layer {layer} is out of range: this model has {total} decoder blocks, "
-                f"valid layers are 0..{total - 1} (or -{total}..-1)"
+                f"layer {idx} is named more than once ({', '.join(str(x) for x in named)}); give each "
+                "decoder block at most once"
             )
         out.append(idx)
     return out

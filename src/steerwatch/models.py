@@ -110,6 +110,18 @@ class LoadedModel:
         return int(self.model.config.hidden_size)
 
     @property
+    def eos_ids(self) -> list[int]:
+        """The token ids that end a generated answer: the generation config's end-of-sequence ids,
+        else the tokenizer's."""
+        cfg = getattr(self.model, "generation_config", None)
+        eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(x) for x in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

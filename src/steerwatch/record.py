@@ -1,4 +1,5 @@
-"""Read hooks: batched, padding-aware collection of residual-stream features.
+"""Read hooks (:class:`ReadHooks`, the one way steerwatch reads the residual stream) and
+extraction's batched, padding-aware collection of features (:func:`record`).
 
 Nothing is kept but the reduced features: per example and layer one vector (the last prompt
 token, or the mean over the completion), and running residual-norm statistics per layer
@@ -6,12 +7,13 @@ token, or the mean over the completion), and running residual-norm statistics pe
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ExtractionError
-from .layers import block_output, check_layers, decoder_blocks
+from .layers import block_output, check_layers, decoder_blocks, normalize_layer
+from .types import READ_POSITIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -19,11 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .chat import Encoded
     from .models import LoadedModel
 
-READ_POSITIONS = ("completion_mean", "last_prompt", "last_token")
-
-
-class _StopForward(Exception):
-    pass
 
 
 @dataclass
@@ -54,6 +51,51 @@ def check_read(read: str) -> str:
     return read
 
 
+class ReadHooks:
+    """Read hooks on decoder blocks: at each chosen layer the block output, a (batch, seq, d)
+    float32 tensor, goes through ``reduce(layer, h)`` and only what that returns is kept, one dict
+    ``{layer: result}`` per forward call in :attr:`calls`. The one read mechanism: extraction reduces
+    to per-example features and norm statistics, detectors to per-token projections (also step by
+    step during generation). Removed on exit; never changes the model's output."""
+
+    def __init__(self, loaded: LoadedModel, layers: Sequence[int],
+                 reduce: Callable[[int, torch.Tensor], Any]) -> None:
+        blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
+        self.layers = sorted({normalize_layer(x, len(blocks)) for x in layers})  # several readers may share one
+        if not self.layers:
+            raise ExtractionError("ReadHooks needs at least one layer")
+        self.calls: list[dict[int, Any]] = []
+        self._current: dict[int, Any] = {}
+        self._handles: list[Any] = []
+        for layer in self.layers:
+            def hook(_m: Any, _i: Any, output: Any, layer: int = layer) -> None:
+                self._current[layer] = reduce(layer, block_output(output).float())
+                if len(self._current) == len(self.layers):
+                    self.calls.append(self._current)
+                    self._current = {}
+            self._handles.append(blocks[layer].register_forward_hook(hook))
+
+    @property
+    def last(self) -> int:
+        """The deepest layer read: a teacher-forced pass can stop after it."""
+        return self.layers[-1]
+
+    def take(self) -> list[dict[int, Any]]:
+        """The recorded calls (oldest first); clears them."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self) -> ReadHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence[int], read: str,
            batch_size: int = 8, norms: NormStats | None = None, progress: bool = False,
            desc: str = "recording") -> torch.Tensor:
@@ -66,65 +108,43 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     import torch
     from tqdm.auto import tqdm
 
+    from .batch import forward, length_batches
+
     check_read(read)
     if batch_size < 1:
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
     blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
     layers = check_layers(list(layers), len(blocks))
-    model = loaded.model
-    device = loaded.device
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     n, d = len(examples), loaded.hidden_size
     out = torch.zeros(n, len(layers), d, dtype=torch.float32)
-    order = sorted(range(n), key=lambda i: len(examples[i].ids))  # similar lengths batch together
-    last = max(layers)
-
     state: dict[str, torch.Tensor] = {}
 
-    def make_hook(slot: int, layer: int):
-        def hook(_mod, _inp, output):
-            h = block_output(output).float()  # (batch, seq, d)
-            w = state["weights"]  # (batch, seq) read weights, rows sum to 1
-            feats = torch.einsum("bs,bsd->bd", w, h)
-            out[state["rows"], slot] = feats.cpu()
-            if norms is not None:
-                mask = state["norm_mask"]
-                norms.add(layer, h.norm(dim=-1)[mask].cpu())
-            if layer == last:
-                raise _StopForward
-        return hook
+    def reduce(layer: int, h: torch.Tensor) -> torch.Tensor:
+        if norms is not None:
+            norms.add(layer, h.norm(dim=-1)[state["norm_mask"]].cpu())
+        return torch.einsum("bs,bsd->bd", state["weights"], h).cpu()  # weights: (batch, seq), rows sum to 1
 
-    handles = [blocks[layer].register_forward_hook(make_hook(slot, layer)) for slot, layer in enumerate(layers)]
-    try:
-        bar = tqdm(total=n, desc=desc, disable=not progress, unit="ex")
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                batch = [examples[i] for i in idx]
-                width = max(len(e.ids) for e in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                att = torch.zeros((len(batch), width), dtype=torch.long)
-                weights = torch.zeros((len(batch), width), dtype=torch.float32)
-                for r, e in enumerate(batch):
-                    ids[r, : len(e.ids)] = torch.tensor(e.ids)
-                    att[r, : len(e.ids)] = 1
-                    if read == "completion_mean":
-                        a, b = e.span
-                        weights[r, a:b] = 1.0 / (b - a)
-                    elif read == "last_prompt":
-                        weights[r, e.last_prompt] = 1.0
-                    else:
-                        weights[r, len(e.ids) - 1] = 1.0
-                norm_mask = att.bool().clone()
-                norm_mask[:, 0] = False
-                state.update(rows=torch.tensor(idx), weights=weights.to(device), norm_mask=norm_mask.to(device))
-                try:
-                    model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False)
-                except _StopForward:
-                    pass
-                bar.update(len(batch))
-        bar.close()
-    finally:
-        for h in handles:
-            h.remove()
+    bar = tqdm(total=n, desc=desc, disable=not progress, unit="ex")
+    with ReadHooks(loaded, layers, reduce) as hooks:
+        for idx in length_batches([len(e.ids) for e in examples], batch_size):
+            batch = [examples[i] for i in idx]
+            width = max(len(e.ids) for e in batch)
+            weights = torch.zeros((len(batch), width), dtype=torch.float32)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for r, e in enumerate(batch):
+                mask[r, 1:len(e.ids)] = True  # every real token but the first (an outlier norm in many models)
+                if read == "completion_mean":
+                    a, b = e.span
+                    weights[r, a:b] = 1.0 / (b - a)
+                elif read == "last_prompt":
+                    weights[r, e.last_prompt] = 1.0
+                else:
+                    weights[r, len(e.ids) - 1] = 1.0
+            state.update(weights=weights.to(loaded.device), norm_mask=mask.to(loaded.device))
+            forward(loaded, [e.ids for e in batch], stop_after=hooks.last)
+            (call,) = hooks.take()
+            for slot, layer in enumerate(layers):
+                out[idx, slot] = call[layer]
+            bar.update(len(batch))
+    bar.close()
     return out

@@ -26,10 +26,11 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .errors import SteerSpecError
-from .layers import block_output, check_layers, decoder_blocks, replace_block_output
+from .errors import LayerResolutionError, SteerSpecError
+from .layers import block_output, check_layers, decoder_blocks, normalize_layer, replace_block_output
+from .types import OPS, POSITIONS, Op, Position
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -37,19 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedModel
     from .vector import Vector
 
-OPS = ("add", "ablate", "clamp")
-POSITIONS = ("all", "prompt", "generated")
-
-
 @dataclass(frozen=True)
 class SteerSpec:
-    """One steering instruction: a vector, an operation, a strength, layers and positions."""
+    """One steering instruction: a vector, an operation, a strength, layers and positions.
+
+    ``layers`` is what was asked for (negative layers count from the end); ``resolved_layers`` the
+    decoder blocks it acts on, each at most once."""
 
     vector: Vector
-    op: str = "add"
+    op: Op = "add"
     strength: float = 0.0
     layers: tuple[int, ...] | None = None  # None: the vector's default layers
-    positions: str = "all"
+    positions: Position = "all"
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -58,17 +58,26 @@ class SteerSpec:
             raise SteerSpecError(f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}")
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
             raise SteerSpecError(f"strength must be a finite number, got {self.strength!r}")
-        total = self.vector.n_model_layers
         for layer in self.resolved_layers:
-            if layer < 0 and total:  # negative layers count from the end (as in check_layers)
-                layer += total
             if layer not in self.vector.directions:
                 raise SteerSpecError(f"vector {self.vector.concept!r} has no direction for layer {layer}; "
                                      f"it has layers {self.vector.layers}")
 
     @property
     def resolved_layers(self) -> list[int]:
-        return list(self.layers) if self.layers is not None else list(self.vector.default_layers)
+        """The blocks this spec acts on: negative layers counted from the end (when the vector
+        records the model's depth), each block once (a repeat is an error: it would push twice)."""
+        asked = list(self.layers) if self.layers is not None else list(self.vector.default_layers)
+        total = self.vector.n_model_layers
+        try:
+            out = [normalize_layer(x, total) if x < 0 and total else int(x) for x in asked]
+        except LayerResolutionError as exc:
+            raise SteerSpecError(f"vector {self.vector.concept!r}: {exc}") from None
+        if len(set(out)) != len(out):
+            twice = sorted({x for x in out if out.count(x) > 1})
+            raise SteerSpecError(f"vector {self.vector.concept!r}: layer {twice[0]} is named more than once "
+                                 f"(layers {', '.join(str(x) for x in asked)}); give each decoder block at most once")
+        return out
 
     def describe(self) -> str:
         layers = ",".join(str(x) for x in self.resolved_layers)
@@ -97,6 +106,7 @@ def parse_steer_spec(text: str, *, load: Callable[[str], Vector] | None = None) 
             f"cannot parse steering spec {text!r}; expected PATH[@LAYERS]:OP[:POSITIONS] with OP a signed "
             "strength (+0.3), 'ablate' or 'clamp=VALUE', e.g. honesty.sv:+0.3 or cheating.sv@12:ablate")
     op_text = m.group("op")
+    op: Op
     if op_text == "ablate":
         op, strength = "ablate", 0.0
     elif op_text.startswith("clamp="):
@@ -114,7 +124,8 @@ def parse_steer_spec(text: str, *, load: Callable[[str], Vector] | None = None) 
                                  "'ablate' or 'clamp=VALUE'") from None
     layers = tuple(int(x) for x in m.group("layers").split(",")) if m.group("layers") else None
     vector = load(m.group("path"))
-    return SteerSpec(vector=vector, op=op, strength=strength, layers=layers, positions=m.group("pos") or "all")
+    positions = cast(Position, m.group("pos") or "all")  # the pattern admits only valid positions
+    return SteerSpec(vector=vector, op=op, strength=strength, layers=layers, positions=positions)
 
 
 # ---------------------------------------------------------------------------- compiled hooks

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,17 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT_VERSION = 1
 _REQUIRED = ("concept", "model_name", "model_fingerprint", "hidden_size", "layer_convention",
              "method", "read_position", "default_layers", "residual_norm")
+
+
+def best_layer(validation: Mapping[int, Mapping[str, float]]) -> int:
+    """THE best-layer rule, for steering windows, detectors and reports alike: the highest
+    validation AUROC rounded to 3 decimals (finer differences are noise at these validation sizes),
+    ties to the larger Cohen's d, then to the deeper layer. ``validation``: layer -> {"auroc",
+    "cohens_d", ...}."""
+    if not validation:
+        raise VectorFileError("no validation rows to choose a best layer from")
+    return max(validation, key=lambda layer: (round(float(validation[layer]["auroc"]), 3),
+                                              float(validation[layer].get("cohens_d", 0.0)), layer))
 
 
 @dataclass
@@ -89,6 +101,14 @@ class Vector:
                 f"it has them for {sorted(self.residual_norm)}"
             )
         return float(self.residual_norm[layer]["mean"])
+
+    def best_layer(self, *, read: bool = False, among: Sequence[int] | None = None) -> int:
+        """The layer whose validation separates best (:func:`best_layer`): of the steering
+        directions, or with ``read`` of the directions a detector reads; ``among`` restricts the
+        candidates. A vector without validation gives its first default layer."""
+        table = self.read_validation if (read and self.read_directions) else self.validation
+        rows = {layer: row for layer, row in table.items() if among is None or layer in among}
+        return best_layer(rows) if rows else self.default_layers[0]
 
     def auroc(self, layer: int) -> float | None:
         row = self.validation.get(layer)

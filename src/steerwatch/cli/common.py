@@ -23,7 +23,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SteerwatchError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
@@ -49,3 +51,14 @@ def parse_floats(text: str, what: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise SteerwatchError(f"{what} must be comma-separated numbers like 0,0.01,0.02, got {text!r}") from None
+
+
+def parse_layers(text: str):
+    from ..errors import ExtractionError
+
+    if text == "auto":
+        return "auto"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None

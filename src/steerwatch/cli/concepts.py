@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import typer
 
+from .app import app
 from .common import friendly, out
-from .main import app
 
 
 @app.command("concepts")

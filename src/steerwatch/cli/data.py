@@ -4,8 +4,8 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
 
 data_app = typer.Typer(help="Check contrast data and reference sets.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -115,7 +115,7 @@ def compare_cmd(
     from ..errors import SteerwatchError
     from ..extract.library import cosine_matrix
     from ..vector import load_vector
-    from .extract import parse_layers
+    from .common import parse_layers
 
     if len(paths) < 2:
         raise SteerwatchError("give at least two vector files to compare")

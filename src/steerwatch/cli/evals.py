@@ -4,8 +4,9 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out, parse_floats
-from .main import app
+from .options import Model
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
              "bait-format JSONL file (id, prompt, truth_markers, optional claim and split; see docs/evals.md), or "
@@ -79,8 +80,8 @@ def side_effect_sets(*, neutral: Path | None, reference: Path | None, capability
 
 
 def read_ab(path: Path | None, limit: int | None) -> list:
-    from ..data._io import read_json
     from ..errors import SteerwatchError
+    from ..io import read_json
 
     if path is None:
         return []
@@ -162,7 +163,7 @@ def sweep_cmd(
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder; needs steerwatch[plots]."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Dose-response sweep: behaviour (A/B), KL, perplexity and capability at each strength, the
@@ -174,7 +175,7 @@ def sweep_cmd(
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, apply_recommendation, objective_columns, recommend, sweep
     from ..vector import load_vector
-    from .extract import parse_layers
+    from .common import parse_layers
 
     vec = load_vector(vector)
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
@@ -211,15 +212,11 @@ def sweep_cmd(
         console.print(f"wrote the recommendation into {vector}")
     samples = []
     if sample_prompts:
-        from ..generation import generate
-        from ..steer import SteerSpec
-        from .generate import read_prompts_file
+        from ..data.prompts import load_prompt_items
+        from ..evals.sweep import sample_answers
 
-        prompts = [it["prompt"] for it in read_prompts_file(sample_prompts)]
-        for strength in grid:
-            spec = [SteerSpec(vec, strength=strength)] if strength else None
-            for p, o in zip(prompts, generate(loaded, prompts, steer=spec, max_new_tokens=48, batch_size=batch_size)):
-                samples.append({"strength": strength, "prompt": p, "output": o})
+        prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
+        samples = sample_answers(loaded, vec, prompts, grid, batch_size=batch_size)
         path = output.with_suffix(".samples.jsonl")
         path.write_text("".join(json.dumps(x) + "\n" for x in samples), encoding="utf-8")
         console.print(f"samples in {path}")
@@ -237,11 +234,11 @@ def sweep_cmd(
 
 def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
     """The first few open-ended answers of every (setting, strength, layers), for a report."""
-    from ..data._io import iter_jsonl_objects, read_text
+    from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
     seen: dict = {}
     picked = []
-    for _, a in iter_jsonl_objects(read_text(answers_path).splitlines(), path=str(answers_path)):
+    for _, a in iter_jsonl_objects(jsonl_lines(read_text(answers_path)), path=str(answers_path)):
         key = (a.get("setting"), a.get("strength"), tuple(a.get("resolved_layers") or ()))
         if seen.get(key, 0) < per_setting:
             seen[key] = seen.get(key, 0) + 1
@@ -278,7 +275,7 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="Use only the first N items of every set."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
                                           "in .csv, else JSON Lines; open-ended answers go to OUTPUT.answers.jsonl."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Evaluate a vector at one strength or several: the rows of a sweep (behaviour, side effects,
@@ -286,7 +283,7 @@ def eval_cmd(
     from ..errors import SteerwatchError
     from ..evals.sweep import SweepData, evaluate, write_rows
     from ..vector import load_vector
-    from .extract import parse_layers
+    from .common import parse_layers
 
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None
@@ -330,17 +327,17 @@ def report_cmd(
 ) -> None:
     """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
     plots; the recommendation is included when the rows carry behaviour and capability."""
-    from ..data._io import iter_jsonl_objects, read_text
     from ..errors import SteerwatchError
     from ..evals.report import render_report
     from ..evals.sweep import objective_columns, recommend
+    from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
-    rows = [o for _, o in iter_jsonl_objects(read_text(rows_file).splitlines(), path=str(rows_file))]
+    rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file)), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
         if not need <= set(r):
             raise SteerwatchError(f"{rows_file}, row {i}: not a sweep row (needs {', '.join(sorted(need))})")
-    sample_rows = [o for _, o in iter_jsonl_objects(read_text(samples).splitlines(),
+    sample_rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(samples)),
                                                     path=str(samples))] if samples else []
     if samples is not None and any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
         sample_rows = pick_samples(samples)

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import typer
 
-from .common import console, friendly, load, out
-from .main import app
+from .app import app
+from .common import console, friendly, load, out, parse_layers
+from .options import LayersPath, Model
 
 
 def layer_table(rows, title: str):
@@ -24,25 +25,13 @@ def layer_table(rows, title: str):
     return table
 
 
-def parse_layers(text: str):
-    from ..errors import ExtractionError
-
-    if text == "auto":
-        return "auto"
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None
-
-
 @app.command("extract")
 @friendly
 def extract_cmd(
     source: str = typer.Argument(..., help="Built-in concept name (see `steerwatch concepts`), a JSONL pair file, "
                                            "a CAA A/B .json file, or a persona .json file with --persona."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
-    model: str = typer.Option("default", "--model", "-m",
-                              help="Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."),
+    model: Model = "default",
     method: str | None = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
                                                     "the concept's own, see `steerwatch concepts`; else mean_diff)."),
     read_method: str | None = typer.Option(
@@ -57,7 +46,7 @@ def extract_cmd(
                                              "system prompt, then read the answers without the instruction."),
     concept: str | None = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass."),
-    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: LayersPath = None,
     json_out: bool = typer.Option(False, "--json", help="Print the per-layer table as JSON on stdout."),
 ) -> None:
     """Build a concept vector from contrast data and write it to a vector file."""
@@ -94,10 +83,11 @@ def extract_cmd(
         out.print_json(json.dumps([r.as_dict() for r in rows]))
     else:
         out.print(layer_table(rows, f"{vec.concept} · {vec.method} · read {vec.read_position} · {loaded.name}"))
-    best = max(rows, key=lambda r: r.auroc)
+    by_layer = {r.layer: r for r in rows}
+    best = by_layer[vec.best_layer()]
     read_note = ""
     if vec.read_method:
-        rbest = max(rows, key=lambda r: r.read_auroc or 0.0)
+        rbest = by_layer[vec.best_layer(read=True)]
         read_note = (f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} "
                      f"at layer {rbest.layer}")
     console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "

@@ -2,39 +2,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
-
-
-def read_prompts_file(path: Path) -> list:
-    """JSONL with {"prompt": str} or {"messages": [...]} per line (optional "id"), or plain text, one prompt a line."""
-    from ..data._io import iter_jsonl_objects, read_text
-    from ..errors import DataFormatError
-
-    lines = read_text(path).splitlines()
-    items: list[dict[str, Any]]
-    if path.suffix != ".jsonl":
-        items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]
-        if not items:
-            raise DataFormatError("no prompts in file", path=str(path))
-        return items
-    items = []
-    for i, obj in iter_jsonl_objects(lines, path=str(path)):
-        if not ("prompt" in obj or "messages" in obj):
-            raise DataFormatError("each line needs a 'prompt' string or a 'messages' list", path=str(path), line=i,
-                                  field="prompt")
-        p = obj.get("messages", obj.get("prompt"))
-        if not (isinstance(p, str) and p.strip()) and not (isinstance(p, list) and p):
-            raise DataFormatError("must be a non-empty string (prompt) or list (messages)", path=str(path), line=i,
-                                  field="messages" if "messages" in obj else "prompt")
-        items.append({"id": str(obj.get("id", len(items))), "prompt": p})
-    if not items:
-        raise DataFormatError("no prompts in file", path=str(path))
-    return items
+from .options import LayersPath, Model
 
 
 @app.command("generate")
@@ -44,7 +18,7 @@ def generate_cmd(
     steer: list[str] | None = typer.Option(None, "--steer", "-s",
         help="PATH[@LAYERS]:OP[:POSITIONS], repeatable. OP: +0.3 / -0.2 (strength in units of the layer's typical "
              "residual norm), ablate, clamp=VALUE. POSITIONS: all (default), prompt, generated."),
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     system: str | None = typer.Option(None, help="System prompt."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
@@ -56,7 +30,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.7, help="Sampling temperature (with --sample)."),
     seed: int | None = typer.Option(None, help="Random seed (with --sample)."),
     force: bool = typer.Option(False, help="Apply vectors even if they were built on other weights."),
-    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: LayersPath = None,
     watch: list[Path] | None = typer.Option(None, "--watch", "-w",
         help="Detector files (.det.json) or vectors (.sv) to score the answers with, repeatable: scores and flags "
              "are shown alongside the text. Detectors at or after a steered layer are scored from the text without "
@@ -71,12 +45,16 @@ def generate_cmd(
     from rich.table import Table
 
     from ..errors import SteerwatchError
-    from ..generation import generate
+    from ..runtime import Conditional, GenerationOptions, generate
     from ..steer import parse_steer_spec
+    from ..types import ConditionalMode
+    from ..watch.detector import load_detector
 
     items: list[dict[str, Any]] = [{"id": str(i), "prompt": p} for i, p in enumerate(prompt or [])]
     if prompts_file is not None:
-        items += read_prompts_file(prompts_file)
+        from ..data.prompts import load_prompt_items
+
+        items += load_prompt_items(prompts_file)
     if not items:
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
@@ -84,26 +62,23 @@ def generate_cmd(
     for spec in specs:
         spec.vector.check_model(loaded, force=force)
     prompts = [it["prompt"] for it in items]
-    common: dict[str, Any] = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
-                  temperature=temperature, seed=seed, force=force, progress=True)
-    watched = None
-    if watch or steer_if:
-        from ..watch.detector import load_detector
-        from ..watch.live import Conditional, generate_watched
-
-        if steer_if and not specs:
-            raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
-        if sample:
-            raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
-        dets = [load_detector(p) for p in (watch or [])]
-        cond = Conditional(trigger=load_detector(steer_if), specs=specs, mode=if_mode) if steer_if else None
-        watched = generate_watched(loaded, prompts, dets, system=system, steer=None if cond else (specs or None),
-                                   conditional=cond, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   force=force, progress=True)
-        steered = [w.text for w in watched]
-    else:
-        steered = generate(loaded, prompts, steer=specs or None, **common)
-    base = generate(loaded, prompts, **common) if (compare and specs) else None
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
+                             temperature=temperature, seed=seed, system=system)
+    watching = bool(watch or steer_if)
+    if steer_if and not specs:
+        raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
+    if watching and sample:
+        raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
+    dets = [load_detector(p) for p in (watch or [])]
+    cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
+            if steer_if else None)  # Conditional checks the mode
+    gens = generate(loaded, prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
+                    force=force, progress=True)
+    watched = gens if watching else None
+    steered = [g.text for g in gens]
+    base = None
+    if compare and specs:
+        base = [g.text for g in generate(loaded, prompts, opts, force=force, progress=True)]
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
+from .options import LayersPath
 
 _MAPPING = ("layer numbers map one to one: llama.cpp adds direction.N to the output of decoder block N "
             "(0-based), which is steerwatch layer N; layer 0 has no slot")
@@ -79,7 +80,7 @@ def import_gguf_cmd(
     concept: str | None = typer.Option(None, help="Concept name (default: from the file's steerwatch metadata, "
                                                      "else the file name)."),
     force: bool = typer.Option(False, help="Import a steerwatch export even if it was made on other weights."),
-    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder blocks, for unknown architectures."),
+    layers_path: LayersPath = None,
 ) -> None:
     """Read a llama.cpp control vector into a steerwatch vector file."""
     from rich.table import Table

@@ -1,31 +1,9 @@
-"""The ``steerwatch`` command. Sub-commands live one per file and import torch lazily, so
-``steerwatch --help`` is instant."""
+"""The ``steerwatch`` command (console entry point ``steerwatch.cli.main:app``). Sub-commands live
+one group per file and import torch lazily, so ``steerwatch --help`` is instant; importing them
+here registers them on the app. No command module imports another."""
 from __future__ import annotations
 
-import typer
+from . import concepts, data, evals, extract, generate, interop, policy, quickstart, serve, watch  # noqa: F401
+from .app import app
 
-from .. import __version__
-
-app = typer.Typer(
-    name="steerwatch",
-    help="Steer and watch language models through their activations.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"steerwatch {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
-    """Steer and watch language models through their activations."""
-
-
-from . import concepts, data, evals, extract, generate, interop, policy, quickstart, serve, watch  # noqa: E402,F401  (registers commands)
+__all__ = ["app"]

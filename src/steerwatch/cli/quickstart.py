@@ -6,8 +6,9 @@ from pathlib import Path
 import typer
 
 from ..quickstart import DEFAULT_STRENGTHS
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
+from .options import Model
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
 
@@ -15,7 +16,7 @@ _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive"
 @app.command("quickstart")
 @friendly
 def quickstart_cmd(
-    model: str = typer.Option("default", "--model", "-m", help="Model spec."),
+    model: Model = "default",
     out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
     steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
     strengths: str = typer.Option(",".join(f"{x:g}" for x in DEFAULT_STRENGTHS),
@@ -43,7 +44,7 @@ def quickstart_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def on_vector(concept, vec, rows):
-        best = max(rows, key=lambda r: r.auroc)
+        best = next(r for r in rows if r.layer == vec.best_layer())
         layers = vec.default_layers
         console.print(f"[bold]{concept}[/]: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly
-from .main import app
 
 
 @app.command("serve")
@@ -24,7 +24,7 @@ def serve_cmd(
     refused unless it carries an acknowledgement). Endpoints: /v1/models, /v1/chat/completions,
     /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
     from ..models import load_model
-    from ..serve.policy import load_policy
+    from ..policy.schema import load_policy
     from ..serve.server import build_engine, serve_forever
 
     pf = load_policy(policy)

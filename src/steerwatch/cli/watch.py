@@ -5,10 +5,9 @@ from pathlib import Path
 
 import typer
 
+from .app import app
 from .common import console, friendly, load, out
-from .main import app
-
-MODEL_HELP = "Model spec: default, gemma-3-270m, a local dir, a .gguf file or a hub id."
+from .options import Model
 
 
 def _detectors(paths: list[Path], *, aggregate: str | None = None):
@@ -19,7 +18,7 @@ def _detectors(paths: list[Path], *, aggregate: str | None = None):
         raise SteerwatchError("give at least one detector (-d FILE.det.json, or a vector FILE.sv)")
     dets = [load_detector(p) for p in paths]
     if aggregate:
-        from ..watch.detector import AGGREGATES
+        from ..types import AGGREGATES
 
         if aggregate not in AGGREGATES:
             raise SteerwatchError(f"unknown aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
@@ -59,7 +58,7 @@ def calibrate_cmd(
     aggregate: str = typer.Option("mean", help="Response score: mean, max, last or max_turn."),
     out_dir: Path | None = typer.Option(None, "-o", "--out-dir", help="Where to write NAME.det.json "
                                                                           "(default: next to each vector)."),
-    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    model: Model = "default",
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
     generate: int | None = typer.Option(None, help="Also calibrate the conditional-steering trigger on the "
                                                       "model's own answers to the control prompts, generating up "
@@ -83,7 +82,7 @@ def calibrate_cmd(
     rows = calibrate(loaded, dets, convs, fpr=fpr, source=str(control or "builtin:benign"), batch_size=batch_size,
                      progress=True)
     if generate:
-        from ..watch.calibrate import calibrate_trigger_on_generations
+        from ..runtime.calibration import calibrate_trigger_on_generations
 
         calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
     table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n",
@@ -113,7 +112,7 @@ def scan_cmd(
     html: Path | None = typer.Option(None, help="Write a token-tinted HTML view of the flagged (or, if none are "
                                                    "calibrated, all) conversations here."),
     aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
-    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    model: Model = "default",
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
     """Score every conversation in a file with detectors; write results and the flagged ones."""
@@ -169,7 +168,7 @@ def detect_eval_cmd(
     detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows as .jsonl or .csv."),
     aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
-    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    model: Model = "default",
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
     """Detection quality per detector and labelled set: AUROC, recall at 1%/5% FPR, confusion at the
@@ -209,7 +208,7 @@ def view_cmd(
     detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
     ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
     html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
-    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
+    model: Model = "default",
 ) -> None:
     """Show conversations with every token tinted by each detector's score (terminal and HTML)."""
     from ..data.conversations import load_conversations

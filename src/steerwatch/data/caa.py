@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataFormatError
-from ._io import read_json
+from ..io import read_json
 
 _ANSWER = re.compile(r"^\s*\(([A-Z])\)\s*$")
 
@@ -39,7 +39,7 @@ def _answer(item: dict, key: str, path: str, idx: int) -> str:
 def load_caa(path: str | Path, *, name: str | None = None, val_fraction: float = 0.2):
     """Load a CAA A/B file. ``line`` in errors is the 1-based item index in the JSON list.
     The split is deterministic (hash of the question)."""
-    from . import ContrastPair, ContrastSet, _hash_split
+    from .pairs import ContrastPair, ContrastSet, _hash_split
 
     p = Path(path)
     data = read_json(p)

@@ -267,9 +267,9 @@ def is_conversations_file(path: str) -> bool:
     """Whether a JSONL file holds conversations (its first object has ``messages``) rather than pairs."""
     import json
 
-    from ._io import read_text
+    from ..io import jsonl_lines, read_text
 
-    first = next((ln for ln in read_text(path).splitlines() if ln.strip()), "")
+    first = next((ln for ln in jsonl_lines(read_text(path)) if ln.strip()), "")
     try:
         obj = json.loads(first)
     except json.JSONDecodeError:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
-from ._io import iter_jsonl_objects, read_text
+from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
 ROLES = ("system", "user", "assistant", "tool")
 _CONV_KEYS = {"id", "messages", "label", "meta"}
@@ -138,7 +138,7 @@ def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversati
 def load_conversations(path: str | Path) -> list[Conversation]:
     """Read a JSONL file of conversations (see the module docstring for the format)."""
     p = Path(path)
-    return parse_conversations_lines(read_text(p).splitlines(), path=str(p))
+    return parse_conversations_lines(jsonl_lines(read_text(p)), path=str(p))
 
 
 def conversations_sha256(convs: list[Conversation]) -> str:

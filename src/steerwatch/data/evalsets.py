@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib import resources
 
 from ..errors import DataFormatError
+from ..io import jsonl_lines
 from .conversations import Conversation, parse_conversations_lines
 
 
@@ -25,4 +26,4 @@ def load_eval_set(name: str) -> list[Conversation]:
     if not res.is_file():
         raise DataFormatError(f"unknown built-in evaluation set {name!r}; built-in: "
                               f"{', '.join(list_eval_sets()) or '(none)'}. To use your own, pass a .jsonl path")
-    return parse_conversations_lines(res.read_text(encoding="utf-8").splitlines(), path=f"<builtin>/eval/{name}.jsonl")
+    return parse_conversations_lines(jsonl_lines(res.read_text(encoding="utf-8")), path=f"<builtin>/eval/{name}.jsonl")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataFormatError
-from ._io import read_json
+from ..io import read_json
 
 
 @dataclass

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data._io import iter_jsonl_objects, read_text
 from ..errors import DataFormatError
+from ..io import iter_jsonl_objects, jsonl_lines, read_text
 from .rules import OUTCOMES, classify_answer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ def load_bait(path: str | Path | None = None, *, split: str | None = None) -> li
         where = str(path)
         text = read_text(path)
     items = []
-    for i, obj in iter_jsonl_objects(text.splitlines(), path=where):
+    for i, obj in iter_jsonl_objects(jsonl_lines(text), path=where):
         for key in ("id", "prompt", "truth_markers"):
             if key not in obj:
                 raise DataFormatError("missing required field", path=where, line=i, field=key)
@@ -69,7 +69,7 @@ def run_bait(loaded: LoadedModel, items: Sequence[BaitItem], *, settings: Sequen
              max_new_tokens: int = 40, batch_size: int = 8, system: str | None = None,
              progress: bool = False) -> list[dict[str, Any]]:
     """Answer every item under every named steering setting; one tidy row per (setting, item)."""
-    from ..generation import generate
+    from ..runtime import generate_text as generate
 
     rows = []
     for name, specs in settings:
@@ -86,7 +86,7 @@ def knowledge_check(loaded: LoadedModel, items: Sequence[BaitItem], *, max_new_t
                     batch_size: int = 8, progress: bool = False) -> list[dict[str, Any]]:
     """Ask each item's neutral ``question`` unsteered; one row per item with ``knows`` (the answer
     contains a truth marker; None for items without a question)."""
-    from ..generation import generate
+    from ..runtime import generate_text as generate
     from .rules import has_truth_marker
 
     asked = [it for it in items if it.question]

@@ -1,5 +1,6 @@
 """Is a generated answer still coherent text? Pure text statistics plus the unsteered model's own
-perplexity of the answer.
+perplexity of the answer (the statistics and bounds live in :mod:`steerwatch.watch.quality`,
+which the server's degeneration guard uses too; they are re-exported here).
 
 Why both: a looping answer ("I am here. I am here. I am here.") is *easy* for a language model to
 predict (its perplexity falls as the loop repeats), so perplexity alone passes it; word salad
@@ -27,113 +28,17 @@ degenerate texts; the figures are in docs/evals.md.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from ..watch.quality import CoherenceBounds, is_degenerate, text_stats, words
 from .metrics import completion_nll
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
 
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-_CHAR_RUN = re.compile(r"(\S)\1*")
-_LOOP = re.compile(r"(.{2,40}?)\1{2,}", re.DOTALL)
-
-
-def words(text: str) -> list[str]:
-    """The lower-cased words of a text, as :func:`text_stats` counts them."""
-    return _WORD.findall(text.lower())
-
-
-def _ngrams(ws: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
-
-
-def _distinct(ws: Sequence[str], n: int) -> float:
-    grams = _ngrams(ws, n)
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-def _longest_run(items: Sequence[Any]) -> int:
-    best = run = 0
-    prev: Any = object()
-    for x in items:
-        run = run + 1 if x == prev else 1
-        prev = x
-        best = max(best, run)
-    return best
-
-
-def _longest_loop(text: str) -> int:
-    return max((m.end() - m.start() for m in _LOOP.finditer(text) if m.group(1).strip()), default=0)
-
-
-def text_stats(text: str) -> dict[str, float]:
-    """Repetition and diversity statistics of one text (no model needed; see the module doc)."""
-    if not isinstance(text, str):
-        raise SteerwatchError(f"text_stats takes a string, got {type(text).__name__}")
-    stripped = text.strip()
-    ws = words(stripped)
-    char_run = max((len(m.group(0)) for m in _CHAR_RUN.finditer(stripped)), default=0)
-    return {"n_words": float(len(ws)), "n_chars": float(len(stripped)),
-            "distinct_1": _distinct(ws, 1), "distinct_2": _distinct(ws, 2),
-            "repeat_3gram": 1.0 - _distinct(ws, 3), "repeat_4gram": 1.0 - _distinct(ws, 4),
-            "max_word_run": float(_longest_run(ws)), "max_char_run": float(char_run),
-            "max_loop_chars": float(_longest_loop(stripped))}
-
-
-@dataclass(frozen=True)
-class CoherenceBounds:
-    """Limits beyond which an answer counts as degenerate. ``max_ppl``: the unsteered model's
-    perplexity of the answer given its prompt (answer tokens only); only checked for answers with at
-    least ``min_words_for_ppl`` words, since a two-word answer's perplexity says little."""
-
-    max_repeat_4gram: float = 0.25
-    min_distinct_2: float = 0.5
-    max_ppl: float = 60.0
-    max_word_run: int = 3
-    max_char_run: int = 16
-    max_loop_chars: int = 32
-    min_words_for_ppl: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("max_repeat_4gram", "min_distinct_2"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise SteerwatchError(f"CoherenceBounds.{name} must be in [0, 1], got {v}")
-        for name in ("max_ppl", "max_word_run", "max_char_run", "max_loop_chars"):
-            if getattr(self, name) <= 0:
-                raise SteerwatchError(f"CoherenceBounds.{name} must be positive, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def is_degenerate(stats: dict[str, float], ppl: float | None = None,
-                  bounds: CoherenceBounds = CoherenceBounds()) -> list[str]:
-    """The reasons ``stats`` (from :func:`text_stats`) and ``ppl`` (from :func:`answer_ppl`, or
-    None to skip the model check) mark an answer as degenerate; empty = coherent."""
-    if stats["n_chars"] == 0:
-        return ["empty answer"]
-    if stats["n_words"] == 0:
-        return ["no words"]
-    reasons = []
-    if stats["repeat_4gram"] > bounds.max_repeat_4gram:
-        reasons.append(f"repeated 4-grams {stats['repeat_4gram']:.2f} > {bounds.max_repeat_4gram:g}")
-    if stats["distinct_2"] < bounds.min_distinct_2:
-        reasons.append(f"distinct bigrams {stats['distinct_2']:.2f} < {bounds.min_distinct_2:g}")
-    if stats["max_word_run"] > bounds.max_word_run:
-        reasons.append(f"one word {int(stats['max_word_run'])} times in a row > {bounds.max_word_run}")
-    if stats["max_char_run"] > bounds.max_char_run:
-        reasons.append(f"one character {int(stats['max_char_run'])} times in a row > {bounds.max_char_run}")
-    if stats["max_loop_chars"] > bounds.max_loop_chars:
-        reasons.append(f"a loop of {int(stats['max_loop_chars'])} characters > {bounds.max_loop_chars}")
-    if ppl is not None and stats["n_words"] >= bounds.min_words_for_ppl and not ppl <= bounds.max_ppl:
-        reasons.append(f"unsteered perplexity {ppl:.1f} > {bounds.max_ppl:g}")
-    return reasons
+__all__ = ["CoherenceBounds", "answer_ppl", "coherence_rows", "is_degenerate", "text_stats", "words"]
 
 
 def answer_ppl(loaded: LoadedModel, prompts: Sequence[str], answers: Sequence[str], *, system: str | None = None,

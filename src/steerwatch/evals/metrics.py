@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..batch import forward, length_batches
 from ..errors import SteerwatchError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
     from ..data.reference import MCItem
     from ..models import LoadedModel
@@ -30,57 +30,6 @@ def _maybe_steer(loaded: LoadedModel, steer: Sequence[SteerSpec] | None, force: 
 
     with steering(loaded, list(steer), force=force):
         yield
-
-
-def _batches(seqs: Sequence[list[int]], batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return False
-
-
-def _forward(loaded: LoadedModel, seqs: Sequence[list[int]], idx: list[int], *, last_only: bool = False,
-             positions: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded forward; returns (logits float32 (b, width, vocab), attention mask (b, width)).
-
-    ``last_only``: logits at each row's last real position only, shape (b, 1, vocab).
-    ``positions``: logits at these positions of each row (one non-empty list per row, in ``idx``
-    order), shape (b, k, vocab) with k the longest list; shorter lists are padded by repeating
-    their last position. Either way the vocabulary projection (a quarter of a small model's
-    compute, and by far the largest tensor) is done only where it is needed, when the model takes
-    ``logits_to_keep``."""
-    import torch
-
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    width = max(len(seqs[i]) for i in idx)
-    ids = torch.full((len(idx), width), pad, dtype=torch.long)
-    att = torch.zeros((len(idx), width), dtype=torch.long)
-    for r, i in enumerate(idx):
-        ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-        att[r, : len(seqs[i])] = 1
-    keep = None
-    if last_only:
-        positions = [[len(seqs[i]) - 1] for i in idx]
-    if positions is not None:
-        k = max(len(p) for p in positions)
-        keep = torch.tensor([list(p) + [p[-1]] * (k - len(p)) for p in positions], dtype=torch.long)
-    kwargs: dict[str, Any] = {}
-    if keep is not None and _accepts_logits_to_keep(loaded.model):
-        kwargs["logits_to_keep"] = keep.to(loaded.device)
-    with torch.inference_mode():
-        logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device),
-                              use_cache=False, **kwargs).logits.float().cpu()
-    if keep is not None and "logits_to_keep" not in kwargs:
-        logits = torch.take_along_dim(logits, keep[..., None], dim=1)
-    return logits, att
 
 
 def _letter_ids(loaded: LoadedModel, letters: str) -> list[int]:
@@ -112,8 +61,9 @@ def letter_probs(loaded: LoadedModel, questions: Sequence[str], letters: Sequenc
     seqs = [_choice_prompt_ids(loaded, q, system) for q in questions]
     out: list[list[float] | None] = [None] * len(seqs)
     with _maybe_steer(loaded, steer, force):
-        for idx in _batches(seqs, batch_size):
-            logits, _ = _forward(loaded, seqs, idx, last_only=True)
+        for idx in length_batches([len(s) for s in seqs], batch_size):
+            logits = forward(loaded, [seqs[i] for i in idx], logits_at=[[len(seqs[i]) - 1] for i in idx])
+            assert logits is not None  # logits_at asks for them
             for r, i in enumerate(idx):
                 ids = _letter_ids(loaded, letters[i])
                 last = logits[r, 0, ids]
@@ -223,10 +173,12 @@ def next_token_kl(loaded: LoadedModel, prompts: Sequence[str], *, steer: Sequenc
     out: list[float] = [0.0] * len(seqs)
     if not steer:
         return out
-    for idx in _batches(seqs, batch_size):
-        base, _att = _forward(loaded, seqs, idx)
+    for idx in length_batches([len(s) for s in seqs], batch_size):
+        batch = [seqs[i] for i in idx]
+        base = forward(loaded, batch, logits=True)
         with _maybe_steer(loaded, steer, force):
-            steered, _ = _forward(loaded, seqs, idx)
+            steered = forward(loaded, batch, logits=True)
+        assert base is not None and steered is not None
         lp, lq = torch.log_softmax(base, -1), torch.log_softmax(steered, -1)
         kl = (lp.exp() * (lp - lq)).sum(-1)  # (b, width)
         for r, i in enumerate(idx):
@@ -247,8 +199,9 @@ def text_nll(loaded: LoadedModel, texts: Sequence[str], *, steer: Sequence[Steer
             raise SteerwatchError(f"reference text too short to score: {t[:40]!r}")
     out: list[tuple[float, int] | None] = [None] * len(seqs)
     with _maybe_steer(loaded, steer, force):
-        for idx in _batches(seqs, batch_size):
-            logits, _ = _forward(loaded, seqs, idx)
+        for idx in length_batches([len(s) for s in seqs], batch_size):
+            logits = forward(loaded, [seqs[i] for i in idx], logits=True)
+            assert logits is not None
             for r, i in enumerate(idx):
                 n = len(seqs[i])
                 nll = torch.nn.functional.cross_entropy(logits[r, : n - 1].double(), torch.tensor(seqs[i][1:]),
@@ -272,25 +225,14 @@ def completion_nll(loaded: LoadedModel, prompts: Sequence[str], completions: Seq
     given), the completion as the assistant's reply; only the completion's tokens are scored (no
     end-of-turn token, since a completion may have been cut at a token limit). An empty completion
     gives ``(0.0, 0)``."""
-    import torch
-
     from ..chat import encode_example
+    from ..watch.quality import continuation_nll
 
     if len(prompts) != len(completions):
         raise SteerwatchError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion "
                               "per prompt")
     encs = [encode_example(loaded.tokenizer, prompt=p, completion=c, system=system) if c.strip() else None
             for p, c in zip(prompts, completions)]
-    keep = [i for i, e in enumerate(encs) if e is not None and e.span[1] > e.span[0]]
-    seqs = [encs[i].ids for i in keep]  # type: ignore[union-attr]
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(encs)
+    seqs = [(e.ids[:e.span[0]], e.ids[e.span[0]:e.span[1]]) if e is not None else ([], []) for e in encs]
     with _maybe_steer(loaded, steer, force):
-        for idx in _batches(seqs, batch_size):
-            spans = [encs[keep[j]].span for j in idx]  # type: ignore[union-attr]
-            logits, _ = _forward(loaded, seqs, idx, positions=[list(range(a - 1, b - 1)) for a, b in spans])
-            for r, j in enumerate(idx):
-                start, end = spans[r]
-                lp = torch.log_softmax(logits[r, : end - start].double(), -1)  # (n, vocab)
-                target = torch.tensor(seqs[j][start:end])
-                out[keep[j]] = (float(-lp[torch.arange(end - start), target].sum()), end - start)
-    return out
+        return continuation_nll(loaded, seqs, batch_size=batch_size)

@@ -71,7 +71,7 @@ def open_ended(loaded: LoadedModel, items: Sequence[BaitItem], *, steer: Sequenc
     """Answer every item (greedy, steered with ``steer``, under ``system``) and score the answers
     unsteered (and by ``judge``, when given, with each item's true fact as a hint). Returns
     (summary columns, one row per answer)."""
-    from ..generation import generate
+    from ..runtime import generate_text as generate
 
     if not items:
         raise SteerwatchError("the open-ended prompt set is empty; give at least one prompt")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from ..io import jsonl_lines
 from .coherence import CoherenceBounds
 from .metrics import ab_behaviour_probs, mc_correct, next_token_kl, perplexity, text_nll
 from .openended import open_columns, open_ended
@@ -167,7 +168,7 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
     path = Path(out_path) if out_path else None
     apath = Path(answers_path) if answers_path else None
     if path and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 row = json.loads(line)
                 done[_key(row)] = row  # a later line (a recomputed setting) wins
@@ -321,3 +322,18 @@ def apply_recommendation(vector: Vector, rec: dict[str, Any]) -> Vector:
     vector.recommended_strength = rec.get("strength")
     vector.extra = {**vector.extra, "recommendation": rec}
     return vector
+
+
+def sample_answers(loaded: LoadedModel, vector: Vector, prompts: Sequence[Any], strengths: Sequence[float], *,
+                   max_new_tokens: int = 48, batch_size: int = 8) -> list[dict[str, Any]]:
+    """The vector's answers to ``prompts`` at each strength (0: unsteered), for a report's sample
+    table: rows ``{"strength", "prompt", "output"}``."""
+    from ..runtime import generate_text
+    from ..steer import SteerSpec
+
+    rows = []
+    for strength in strengths:
+        spec = [SteerSpec(vector, strength=strength)] if strength else None
+        outs = generate_text(loaded, prompts, steer=spec, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        rows += [{"strength": strength, "prompt": p, "output": o} for p, o in zip(prompts, outs)]
+    return rows

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ExtractionError
 from ..layers import check_layers
+from ..vector import best_layer
 from .methods import check_method, extract_direction
 from .metrics import separation
 
@@ -70,7 +71,7 @@ def band_layers(n_layers: int, band: tuple[float, float] = AUTO_BAND) -> list[in
 
 def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
                   band: tuple[float, float] = AUTO_BAND) -> list[int]:
-    """The best layer by validation AUROC (ties: larger Cohen's d) within ``band`` of depth, and a
+    """The best layer (:func:`steerwatch.vector.best_layer`) within ``band`` of depth, and a
     window of ``k`` contiguous layers that ends one layer after it (k >= 2; shifted to stay inside the
     model): the push is written in the layers leading up to where the concept reads best.
 
@@ -80,7 +81,7 @@ def choose_layers(rows: Sequence[LayerRow], n_layers: int, *, k: int = 1,
     better than 10-15 (docs/results.md)."""
     band_set = set(band_layers(n_layers, band))
     cand = [r for r in rows if r.layer in band_set] or list(rows)
-    best = max(cand, key=lambda r: (round(r.auroc, 3), r.cohens_d)).layer
+    best = best_layer({r.layer: {"auroc": r.auroc, "cohens_d": r.cohens_d} for r in cand})
     k = max(1, min(k, n_layers))
     start = min(max(0, best - max(k - 2, 0)), n_layers - k)
     return list(range(start, start + k))

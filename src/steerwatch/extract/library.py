@@ -103,8 +103,9 @@ def build_library(loaded: LoadedModel, sources: Sequence[str], *, method: str | 
         if log:
             log(f"{data.name}: {len(data.train)} train / {len(data.val)} val pairs")
         vec, rows = build_vector(loaded, data, method=method, batch_size=batch_size, progress=progress)
-        best = max(rows, key=lambda r: (round(r.auroc, 3), r.cohens_d))
-        rbest = max(rows, key=lambda r: (round(r.read_auroc or 0.0, 3), r.layer)) if vec.read_method else None
+        by_layer = {r.layer: r for r in rows}
+        best = by_layer[vec.best_layer()]
+        rbest = by_layer[vec.best_layer(read=True)] if vec.read_method else None
         vectors[data.name] = vec
         quality.append(ConceptQuality(concept=data.name, best_layer=best.layer, best_auroc=best.auroc,
                                       default_layers=vec.default_layers, rows=rows, n_train=len(data.train),

@@ -107,6 +107,7 @@ def lda(pos: torch.Tensor, neg: torch.Tensor, *, shrinkage: float = LDA_SHRINKAG
     return _unit_oriented(torch.linalg.solve(reg, diff).float(), pos, neg)
 
 
+# the registry: exactly the names of steerwatch.types.Method (a test checks they agree)
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "mean_diff": mean_diff,
     "pca_diff": pca_diff,

@@ -22,8 +22,8 @@ def build_persona_pairs(loaded: LoadedModel, spec: PersonaSpec, *, max_new_token
     By default question ``i`` uses instruction pair ``i % n_instructions`` (one pair per question);
     ``all_instructions=True`` crosses every question with every instruction pair.
     """
-    from ..data import ContrastPair, ContrastSet, _hash_split
-    from ..generation import generate
+    from ..data.pairs import ContrastPair, ContrastSet, _hash_split
+    from ..runtime import generate_text as generate
 
     jobs = []  # (question, pos_system, neg_system)
     for qi, q in enumerate(spec.questions):

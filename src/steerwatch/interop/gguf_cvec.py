@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..data._io import file_sha256
 from ..errors import LayerResolutionError, SteerSpecError, VectorFileError, VectorMismatchError
+from ..io import file_sha256
 from ..layers import LAYER_CONVENTION
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,1 +1,5 @@
-"""steerwatch serve: an OpenAI-compatible server that deploys a steering policy and watches every response."""
+"""The OpenAI-compatible server: requests, the batching engine over the runtime, the wire shapes,
+the routes, the event store. Needs the ``serve`` extra."""
+from ..extras import require
+
+require("serve", "steerwatch.serve (the server)")

@@ -1,6 +1,7 @@
 """The serving engine: one worker thread owns the model; concurrent requests are batched into one
-``generate()`` call, each row with its own steering (per-row hooks), and every row watched by the
-policy's detectors.
+call of a runtime engine (:class:`steerwatch.runtime.Engine`; :class:`~steerwatch.runtime.HFEngine`
+unless another backend is given), each row with its own steering (per-row hooks), and every row
+watched by the policy's detectors.
 
 Batching. The worker takes the first waiting request, then gathers more for up to
 ``limits.batch_wait_ms`` (at most ``limits.max_batch``) among requests with the same sampling
@@ -9,7 +10,7 @@ means something). Rows stop independently: at an end-of-turn token, at their own
 or at one of their stop strings; the batch ends when every row has stopped.
 
 Per row, after generation: detector scores (rescored unsteered where the row's steering wrote
-at or before a detector's layer, see :mod:`steerwatch.watch.live`), flags and actions (``block``
+at or before a detector's layer, see :mod:`steerwatch.runtime.session`), flags and actions (``block``
 withholds the text: finish reason ``content_filter``), the degeneration guard (a steered
 response whose repeated-4-gram share or unsteered perplexity passes the policy's bound is
 regenerated unsteered or at lower strength, and the event recorded), and the store (flagged
@@ -22,95 +23,34 @@ response that degenerates cannot be taken back: the event is recorded and flagge
 """
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from .requests import BLOCKED_TEXT, GenRequest, GenResult, describe_specs
 from .rows import RowState
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..policy.resolve import Deployment
+    from ..runtime import Conditional, Generation
+    from ..runtime import Engine as RuntimeEngine
     from ..steer import SteerSpec
-    from .policy import Deployment
     from .store import EventStore
-
-BLOCKED_TEXT = "[withheld by the deployment policy]"
-
-
-@dataclass
-class GenRequest:
-    prompt_ids: list[int]
-    prompt_record: Any  # messages or prompt text, for the store
-    endpoint: str = "chat"  # chat | completion
-    max_tokens: int = 128
-    stop: list[str] = field(default_factory=list)
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    steering: list[SteerSpec] = field(default_factory=list)
-    key_name: str | None = None
-    stream: bool = False
-    request_id: str = field(default_factory=lambda: "req-" + uuid.uuid4().hex[:24])
-    created: float = field(default_factory=time.time)
-    # called from the worker thread with ("delta", str), ("done", GenResult) or ("error", Exception)
-    sink: Callable[[tuple[str, Any]], None] | None = None
-
-    def batch_key(self) -> tuple:
-        if self.seed is not None:
-            return ("seed", self.request_id)
-        if self.temperature <= 0:
-            return ("greedy",)
-        return ("sample", float(self.temperature), self.top_p)
-
-
-@dataclass
-class GenResult:
-    request_id: str
-    text: str
-    finish_reason: str  # stop | length | content_filter
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int]
-    scores: dict[str, float | None]  # detector -> response score
-    token_scores: dict[str, list[float]]
-    thresholds: dict[str, float | None]
-    flags: list[str]
-    events: list[dict[str, Any]]
-    steering: list[dict[str, Any]]
-    batch_size: int = 1
-    stored_id: int | None = None
-
-    def extension(self, *, token_scores: bool = False, tokens: list[str] | None = None) -> dict[str, Any]:
-        out = {"request_id": self.request_id, "steering": self.steering, "scores": self.scores,
-               "thresholds": self.thresholds, "flags": self.flags, "events": self.events,
-               "batch_size": self.batch_size, "stored_id": self.stored_id}
-        if token_scores:
-            out["token_scores"] = self.token_scores
-            out["tokens"] = tokens or []
-        return out
-
-
-def describe_specs(specs: list[SteerSpec]) -> list[dict[str, Any]]:
-    return [{"vector": s.vector.concept, "op": s.op, "strength": s.strength, "layers": s.resolved_layers,
-             "positions": s.positions} for s in specs]
-
 
 class Engine:
     """Owns the model and a worker thread; ``submit`` requests from any thread."""
 
-    def __init__(self, deployment: Deployment, *, store: EventStore | None = None) -> None:
-        from ..generation import _eos_ids
-        from ..watch.live import Conditional
+    def __init__(self, deployment: Deployment, *, store: EventStore | None = None,
+                 backend: RuntimeEngine | None = None) -> None:
+        from ..runtime import Conditional, HFEngine
 
         self.dep = deployment
         self.store = store
         self.loaded = deployment.loaded
-        self.eos = set(_eos_ids(self.loaded))
+        self.backend: RuntimeEngine = backend if backend is not None else HFEngine(self.loaded)
+        self.eos = set(self.loaded.eos_ids)
         self.detectors = [rd.detector for rd in deployment.detectors]
         self.actions = {rd.detector.name: rd.action for rd in deployment.detectors}
         self.conditional = None
@@ -186,34 +126,35 @@ class Engine:
         self.stats["batches"] += 1
         self.stats["requests"] += len(reqs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
-        rows = self._generate(reqs, [list(r.steering) for r in reqs])
-        results = [self._finish_row(reqs[i], *rows[i], batch_size=len(reqs)) for i in range(len(reqs))]
+        gens, state = self._generate(reqs, [list(r.steering) for r in reqs], self.conditional)
+        results = [self._finish_row(req, gen, state, i, batch_size=len(reqs), conditional=self.conditional)
+                   for i, (req, gen) in enumerate(zip(reqs, gens))]
         self._degeneration_guard(reqs, results)
-        state = rows[0][4] if rows else None
         for i, (req, res) in enumerate(zip(reqs, results)):
             self._store(req, res)
-            if req.sink is not None and state is not None:
+            if req.sink is not None:
                 state.flush(i, res.text)  # the rest of the text (all of it when streams are held)
                 req.sink(("done", res))
         return results
 
-    def _generate(self, reqs: list[GenRequest], steering: list[list[SteerSpec]]) -> list[tuple]:
-        from ..watch.live import generate_watched
+    def _generate(self, reqs: list[GenRequest], steering: list[list[SteerSpec]],
+                  conditional: Conditional | None) -> tuple[list[Generation], RowState]:
+        """One batch through the runtime: each row its own steering, stopping and streaming."""
+        from ..runtime import GenerationOptions
 
-        live = not self.hold_streams
-        state = RowState(reqs, self.loaded.tokenizer, self.eos, live)
-        temp = reqs[0].temperature
-        gens = generate_watched(
-            self.loaded, None, self.detectors, rows=steering if any(steering) else None,
-            conditional=self.conditional, max_new_tokens=max(r.max_tokens for r in reqs), batch_size=len(reqs),
-            do_sample=temp > 0, temperature=temp if temp > 0 else 1.0, top_p=reqs[0].top_p, seed=reqs[0].seed,
-            prompt_ids=[r.prompt_ids for r in reqs], streamer=state, stopping_criteria=[state])
-        return [(gens[i], state.tokens[i], state.reason[i], state.text[i], state) for i in range(len(reqs))]
+        state = RowState(reqs, self.loaded.tokenizer, self.eos, live=not self.hold_streams)
+        temp = reqs[0].temperature  # a batch shares its sampling settings (GenRequest.batch_key)
+        opts = GenerationOptions(max_new_tokens=max(r.max_tokens for r in reqs), batch_size=len(reqs),
+                                 do_sample=temp > 0, temperature=temp if temp > 0 else 1.0, top_p=reqs[0].top_p,
+                                 seed=reqs[0].seed)
+        gens = self.backend.generate(None, opts, rows=steering if any(steering) else None, watch=self.detectors,
+                                     conditional=conditional, on_token=state.on_token,
+                                     prompt_ids=[r.prompt_ids for r in reqs])
+        return gens, state
 
-    def _finish_row(self, req: GenRequest, gen: Any, toks: list[int], reason: str, text: str, state: RowState,
-                    *, batch_size: int) -> GenResult:
-        from ..watch.score import aggregate_scores
-
+    def _finish_row(self, req: GenRequest, gen: Generation, state: RowState, r: int, *, batch_size: int,
+                    conditional: Conditional | None) -> GenResult:
+        toks, reason, text = state.tokens[r], state.reason[r], state.text[r]
         n_tok = len(toks)
         n_scored = n_tok - (1 if toks and toks[-1] in self.eos else 0)
         if reason == "stop" and req.stop and text != self.loaded.tokenizer.decode(toks, skip_special_tokens=True):
@@ -225,20 +166,17 @@ class Engine:
                 keep = j
             n_scored = keep
         token_scores = {name: vals[:n_scored] for name, vals in gen.scores.items()}
-        scores, flags = {}, []
+        scores: dict[str, float | None] = {}
+        flags = []
         for det in self.detectors:
-            vals = token_scores[det.name]
-            agg = "mean" if det.aggregate == "max_turn" else det.aggregate
-            score = aggregate_scores(vals, agg) if vals else None
-            scores[det.name] = score
-            if (self.actions[det.name] in ("flag", "block") and det.threshold is not None
-                    and score is not None and score > det.threshold):
+            scores[det.name] = det.response(token_scores[det.name])
+            if self.actions[det.name] in ("flag", "block") and det.flagged(scores[det.name]):
                 flags.append(det.name)
         events: list[dict[str, Any]] = []
         steering = describe_specs(req.steering)
-        if self.conditional is not None and gen.triggered_at is not None:
-            events.append({"type": "steer", "detector": self.conditional.trigger.name, "at_token": gen.triggered_at,
-                           "steering": describe_specs(self.conditional.specs)})
+        if conditional is not None and gen.triggered_at is not None:
+            events.append({"type": "steer", "detector": conditional.trigger.name, "at_token": gen.triggered_at,
+                           "steering": describe_specs(conditional.specs)})
         if gen.rescored:
             events.append({"type": "rescored", "detectors": gen.rescored})
         blocked = [f for f in flags if self.actions.get(f) == "block"]
@@ -259,32 +197,22 @@ class Engine:
             return None
         if res.completion_tokens < deg.min_tokens:
             return None
-        from ..evals.coherence import text_stats
+        from ..watch.quality import text_stats
 
         reasons, rep = [], text_stats(res.text)["repeat_4gram"]
         if rep > deg.max_repeat:
             reasons.append(f"repeated 4-gram share {rep:.2f} > {deg.max_repeat:g}")
         ppl = None
         if deg.max_ppl is not None:
-            ppl = self._unsteered_ppl(req.prompt_ids, res.token_ids)
+            from ..watch.quality import continuation_ppl
+
+            ppl = continuation_ppl(self.loaded, req.prompt_ids, res.token_ids)
             if ppl > deg.max_ppl:
                 reasons.append(f"unsteered perplexity {ppl:.1f} > {deg.max_ppl:g}")
         if not reasons:
             return None
         return {"type": "degeneration", "reasons": reasons, "repeat_share": rep, "ppl": ppl,
                 "text": res.text}
-
-    def _unsteered_ppl(self, prompt_ids: list[int], new_ids: list[int]) -> float:
-        import torch
-
-        ids = torch.tensor([list(prompt_ids) + list(new_ids)], dtype=torch.long, device=self.loaded.device)
-        with torch.inference_mode():
-            logits = self.loaded.model(input_ids=ids, use_cache=False).logits[0].float()
-        p = len(prompt_ids)
-        lp = torch.log_softmax(logits[p - 1:-1], dim=-1)
-        tgt = ids[0, p:]
-        nll = -lp.gather(1, tgt[:, None]).squeeze(1).mean().item()
-        return float(math.exp(nll))
 
     def _degeneration_guard(self, reqs: list[GenRequest], results: list[GenResult]) -> None:
         deg = self.dep.policy.degeneration
@@ -314,16 +242,11 @@ class Engine:
         else:
             steering = [[replace(s, strength=s.strength * deg.lower_factor) if s.op == "add" else s
                          for s in r.steering] for r in sub]
-        saved = self.conditional
-        if deg.action == "unsteered":
-            self.conditional = None  # the back-off answer is fully unsteered
-        try:
-            rows = self._generate(sub, steering)
-        finally:
-            self.conditional = saved
+        conditional = None if deg.action == "unsteered" else self.conditional  # unsteered: fully unsteered
+        gens, state = self._generate(sub, steering, conditional)
         for k, i in enumerate(redo):
             old = results[i]
-            new = self._finish_row(sub[k], *rows[k], batch_size=old.batch_size)
+            new = self._finish_row(sub[k], gens[k], state, k, batch_size=old.batch_size, conditional=conditional)
             new.steering = describe_specs(steering[k])
             new.events = old.events + [e for e in new.events if e["type"] != "rescored"]
             new.flags = sorted(set(new.flags) | {"degeneration"})

@@ -1,20 +1,19 @@
 """Per-row state of one batch while it generates: the tokens each row has produced, when it
 stopped (end-of-turn token, its own ``max_tokens``, a stop string) and what has been streamed.
 
-It is both the ``streamer`` and a stopping criterion of Hugging Face ``generate()``: the streamer
-side sees every step's new tokens (after the prompt), the criterion side tells ``generate()``
-which rows are finished, so the batch ends when every request is done.
+The runtime calls :meth:`RowState.on_token` after every decoding step with each row's new token;
+its answer (which rows are done) stops those rows, so the batch ends when every request is done.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import GenRequest
+    from .requests import GenRequest
 
 
 class RowState:
-    """Per-row stopping state, fed by the streamer; also the stopping criterion for ``generate``."""
+    """Per-row stopping and streaming state of one batch, fed token by token by the runtime."""
 
     def __init__(self, reqs: list[GenRequest], tokenizer: Any, eos: set[int], live: bool) -> None:
         self.reqs, self.tok, self.eos, self.live = reqs, tokenizer, eos, live
@@ -23,15 +22,10 @@ class RowState:
         self.reason = ["length"] * len(reqs)
         self.sent = [0] * len(reqs)  # characters already streamed
         self.text = [""] * len(reqs)
-        self._prompt_seen = False
 
-    # --- streamer protocol (transformers calls put(prompt ids) once, then put(next tokens) per step)
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        vals = value.reshape(-1).tolist()
-        for r, t in enumerate(vals):
+    def on_token(self, tokens: list[int]) -> list[bool]:
+        """One decoding step: each row's new token. Returns which rows are done."""
+        for r, t in enumerate(tokens):
             if self.done[r]:
                 continue
             if t in self.eos:
@@ -58,9 +52,7 @@ class RowState:
                 while ok > self.sent[r] and text[ok - 1] == "\ufffd":  # an incomplete multi-byte character
                     ok -= 1
                 self._emit(r, ok)
-
-    def end(self) -> None:
-        pass
+        return list(self.done)
 
     def _emit(self, r: int, upto: int) -> None:
         req = self.reqs[r]
@@ -78,9 +70,3 @@ class RowState:
         if req.stream and req.sink is not None and len(text) > self.sent[r]:
             req.sink(("delta", text[self.sent[r]:]))
             self.sent[r] = len(text)
-
-    # --- stopping criterion
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)

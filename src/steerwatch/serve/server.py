@@ -19,8 +19,9 @@ def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None,
                  log: Callable[[str], None] | None = None) -> Engine:
     """Load (or take) the model, resolve the policy against it, run the policy guard (refusing a
     policy it refuses), open the store and start the engine."""
+    from ..policy.resolve import resolve_policy
+    from ..policy.schema import PolicyFile, load_policy
     from .engine import Engine
-    from .policy import PolicyFile, load_policy, resolve_policy
     from .store import EventStore
 
     pf = policy if isinstance(policy, PolicyFile) else load_policy(policy)
@@ -31,7 +32,7 @@ def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None,
     dep = resolve_policy(pf, loaded)
     report = None
     if guard:
-        from .guard import check_policy
+        from ..policy.guard import check_policy
 
         report = check_policy(pf, loaded, deployment=dep, progress=log is not None, log=log)
         for row in report.rows:

@@ -22,31 +22,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError, VectorFileError
+from ..types import AGGREGATES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..vector import Vector
 
-AGGREGATES = ("mean", "max", "last", "max_turn")
 GOOD_SIDE_CONCEPTS = ("honesty", "conscientiousness")
 DETECTOR_FORMAT = "steerwatch-detector/1"
 
 
+def aggregate_scores(vals: Sequence[float], how: str) -> float:
+    """``mean``, ``max`` or ``last`` of a non-empty list of token scores."""
+    if how == "max":
+        return max(vals)
+    if how == "last":
+        return vals[-1]
+    return sum(vals) / len(vals)
+
+
 def default_sign(concept: str) -> int:
     return -1 if concept in GOOD_SIDE_CONCEPTS else 1
-
-
-def best_layer(vector: Vector) -> int:
-    """The vector's layer whose read direction has the highest validation AUROC (ties: the
-    deeper), else its first default layer."""
-    scored = [(au, layer) for layer in vector.layers if (au := vector.read_auroc(layer)) is not None]
-    if not scored:
-        return vector.default_layers[0]
-    return max(scored)[1]
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Detector:
     @classmethod
     def from_vector(cls, vector: Vector, *, layer: int | None = None, sign: int | None = None,
                     aggregate: str = "mean", name: str | None = None, vector_path: str | None = None) -> Detector:
-        return cls(vector=vector, layer=best_layer(vector) if layer is None else layer,
+        return cls(vector=vector, layer=vector.best_layer(read=True) if layer is None else layer,
                    sign=default_sign(vector.concept) if sign is None else sign, aggregate=aggregate,
                    name=name or vector.concept, vector_path=vector_path)
 
@@ -84,6 +85,19 @@ class Detector:
     @property
     def calibrated(self) -> bool:
         return self.threshold is not None
+
+    def response(self, token_scores: Sequence[float]) -> float | None:
+        """One response's score from its token scores, by this detector's aggregate (``max_turn``,
+        the highest per-message mean, is the mean for a single response); None when nothing was
+        scored. The one place a generated answer's score is decided."""
+        if not token_scores:
+            return None
+        return aggregate_scores(token_scores, "mean" if self.aggregate == "max_turn" else self.aggregate)
+
+    def flagged(self, score: float | None) -> bool:
+        """Whether a response score crosses the calibrated threshold: never for an uncalibrated
+        detector or an unscored response. The one place a flag is decided."""
+        return self.threshold is not None and score is not None and score > self.threshold
 
     def flag(self, score: float) -> bool:
         if self.threshold is None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat import has_template
+from ..chat import has_template, plain_segments, plain_tool_calls
 
 
 @dataclass
@@ -49,29 +49,12 @@ def _template_messages(messages: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _plain_tool_calls(m: dict) -> str:
-    return "".join(f"\n[tool call] {tc['function']['name']}({tc['function']['arguments']})"
-                   for tc in m.get("tool_calls", []))
-
-
-def _plain_segments(messages: Sequence[dict]) -> list[tuple[str, int]]:
-    segs: list[tuple[str, int]] = []
-    for k, m in enumerate(messages):
-        role, content = m["role"], m.get("content", "")
-        if role == "system":
-            segs += [(content, k), ("\n\n", -1)]
-        else:
-            label = {"user": "User", "assistant": "Assistant", "tool": "Tool"}[role]
-            segs += [(f"{label}: ", -1), (content + _plain_tool_calls(m), k), ("\n", -1)]
-    return segs
-
-
 def _inline_tools(messages: Sequence[dict], *, tool_role: str | None = None) -> list[dict]:
     """Tool calls written into the assistant's text (for templates that drop or reject them);
     with ``tool_role``, tool results are sent under that role."""
     out = []
     for m in messages:
-        msg = {"role": m["role"], "content": (m.get("content") or "") + _plain_tool_calls(m)}
+        msg = {"role": m["role"], "content": (m.get("content") or "") + plain_tool_calls(m)}
         if m["role"] == "tool" and tool_role:
             msg = {"role": tool_role, "content": "[tool result] " + msg["content"]}
         out.append(msg)
@@ -173,7 +156,7 @@ def render_conversation(tokenizer: Any, messages: Sequence[dict], *, max_tokens:
     ids: list[int] = []
     owner: list[int] = []
     if segs is None:
-        segs = _plain_segments(messages)
+        segs = plain_segments(messages)
         bos = getattr(tokenizer, "bos_token_id", None)
         ids, owner = ([bos], [-1]) if bos is not None else ([], [])
     special = set(getattr(tokenizer, "all_special_ids", []) or [])

@@ -27,12 +27,11 @@ def scan_rows(scored: Sequence[ScoredConversation], detectors: Sequence[Detector
             row["scores"][det.name] = score
             turns = sc.turn_scores(det.name)
             row["turns"][det.name] = [{"message": k, "score": v} for k, v in turns]
-            if det.threshold is not None and score is not None:
-                if score > det.threshold:
-                    row["flags"].append(det.name)
-                first = next((k for k, v in turns if v > det.threshold), None)
-                if first is not None:
-                    row.setdefault("first_flagged_message", {})[det.name] = first
+            if det.flagged(score):
+                row["flags"].append(det.name)
+            first = next((k for k, v in turns if det.flagged(v)), None)
+            if first is not None:
+                row.setdefault("first_flagged_message", {})[det.name] = first
         row["flagged"] = bool(row["flags"])
         rows.append(row)
     return rows

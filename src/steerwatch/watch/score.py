@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..batch import forward, length_batches, pad_id
 from ..errors import SteerwatchError
-from ..layers import block_output, decoder_blocks
-from .detector import AGGREGATES, Detector
+from ..types import AGGREGATES
+from .detector import Detector, aggregate_scores
 from .render import render_conversation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,19 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
 
 DEFAULT_MAX_TOKENS = 4096
-
-
-class _StopForward(Exception):
-    pass
-
-
-def aggregate_scores(vals: Sequence[float], how: str) -> float:
-    """``mean``, ``max`` or ``last`` of a non-empty list of token scores."""
-    if how == "max":
-        return max(vals)
-    if how == "last":
-        return vals[-1]
-    return sum(vals) / len(vals)
 
 
 @dataclass
@@ -86,46 +74,49 @@ class ScoredConversation:
 
 
 class ProjectionHooks:
-    """Read hooks that keep ``h_L @ U_L.T`` for every detector layer: (batch, seq, k_L) per layer.
-    Used for teacher-forced scoring and, step by step, during generation."""
+    """:class:`~steerwatch.record.ReadHooks` that keep ``h_L @ U_L.T`` for every detector layer:
+    (batch, seq, k_L) per layer and forward call. Used for teacher-forced scoring and, step by step,
+    during generation."""
 
-    def __init__(self, loaded: LoadedModel, detectors: Sequence[Detector], *, stop_after_last: bool = False):
+    def __init__(self, loaded: LoadedModel, detectors: Sequence[Detector]) -> None:
         import torch
 
+        from ..record import ReadHooks
+
         self.detectors = list(detectors)
-        blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
+        n_blocks = loaded.n_layers
         param = next(loaded.model.parameters())
         self.by_layer: dict[int, list[int]] = {}
         for j, det in enumerate(self.detectors):
-            if det.layer >= len(blocks):
-                raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has {len(blocks)}")
+            if det.layer >= n_blocks:
+                raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has {n_blocks}")
             self.by_layer.setdefault(det.layer, []).append(j)
         self.mats = {layer: torch.stack([self.detectors[j].unit().float() for j in idx]).to(param.device)
                      for layer, idx in self.by_layer.items()}  # (k_L, d)
-        self.chunks: list[dict[int, torch.Tensor]] = []  # one dict per forward call
-        self._current: dict[int, torch.Tensor] = {}
-        last = max(self.by_layer)
-        self._handles = []
+        self.hooks = ReadHooks(loaded, list(self.by_layer), lambda layer, h: (h @ self.mats[layer].T).cpu())
 
-        for layer in self.by_layer:
-            def hook(_m, _i, output, layer=layer):
-                h = block_output(output).float()  # (batch, seq, d)
-                self._current[layer] = (h @ self.mats[layer].T).cpu()  # (batch, seq, k_L)
-                if len(self._current) == len(self.by_layer):
-                    self.chunks.append(self._current)
-                    self._current = {}
-                if stop_after_last and layer == last:
-                    raise _StopForward
-            self._handles.append(blocks[layer].register_forward_hook(hook))
+    @property
+    def chunks(self) -> list[dict[int, torch.Tensor]]:
+        """One ``{layer: (batch, seq, k_L)}`` per forward call so far."""
+        return self.hooks.calls
+
+    @property
+    def last(self) -> int:
+        return self.hooks.last
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        self.hooks.remove()
+
+    def __enter__(self) -> ProjectionHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     def take(self) -> torch.Tensor:
         """All recorded calls joined along the sequence, (batch, total_seq, n_detectors); clears them."""
         out = self.joined()
-        self.chunks = []
+        self.hooks.take()
         return out
 
     def joined(self) -> torch.Tensor:
@@ -161,7 +152,6 @@ def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversatio
 
     Conversations longer than ``max_tokens`` are cut to their first ``max_tokens`` tokens and
     marked ``truncated`` (reported, never silent)."""
-    import torch
     from tqdm.auto import tqdm
 
     if not detectors:
@@ -176,37 +166,42 @@ def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversatio
         cid, label, msgs, meta = _as_messages(item)
         rendered.append(render_conversation(loaded.tokenizer, msgs, max_tokens=max_tokens))
         info.append((cid or f"#{i + 1}", label, meta))
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i].ids))
     results: list[ScoredConversation | None] = [None] * len(rendered)
-    hooks = ProjectionHooks(loaded, detectors, stop_after_last=True)
+    hooks = ProjectionHooks(loaded, detectors)
     try:
         bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(1, max(len(rendered[i].ids) for i in idx))
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                att = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    n = len(rendered[i].ids)
-                    ids[r, :n] = torch.tensor(rendered[i].ids, dtype=torch.long)
-                    att[r, :n] = 1
-                try:
-                    loaded.model(input_ids=ids.to(loaded.device), attention_mask=att.to(loaded.device),
-                                 use_cache=False)
-                except _StopForward:
-                    pass
-                proj = hooks.take()  # (batch, width, n_det)
-                for r, i in enumerate(idx):
-                    rc, n = rendered[i], len(rendered[i].ids)
-                    cid, label, meta = info[i]
-                    results[i] = ScoredConversation(
-                        id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
-                        scores={d.name: proj[r, :n, j].tolist() for j, d in enumerate(detectors)},
-                        truncated=rc.truncated, meta=meta)
-                bar.update(len(idx))
+        for idx in length_batches([len(r.ids) for r in rendered], batch_size):
+            forward(loaded, [rendered[i].ids or [pad_id(loaded.tokenizer)] for i in idx], stop_after=hooks.last)
+            proj = hooks.take()  # (batch, width, n_det)
+            for r, i in enumerate(idx):
+                rc, n = rendered[i], len(rendered[i].ids)
+                cid, label, meta = info[i]
+                results[i] = ScoredConversation(
+                    id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
+                    scores={d.name: proj[r, :n, j].tolist() for j, d in enumerate(detectors)},
+                    truncated=rc.truncated, meta=meta)
+            bar.update(len(idx))
         bar.close()
     finally:
         hooks.remove()
     return [r for r in results if r is not None]
+
+
+def score_continuations(loaded: LoadedModel, seqs: Sequence[tuple[list[int], list[int]]],
+                        detectors: Sequence[Detector], *, batch_size: int = 8) -> list[dict[str, list[float]]]:
+    """Teacher-forced (unsteered unless the caller attached steering) scores of the continuation
+    tokens of each ``(prompt_ids, continuation_ids)``: the same positions a live reading scores.
+    The runtime rescores steered generations with it."""
+    out: list[dict[str, list[float]]] = [{} for _ in seqs]
+    hooks = ProjectionHooks(loaded, detectors)
+    try:
+        for start in range(0, len(seqs), batch_size):
+            idx = list(range(start, min(start + batch_size, len(seqs))))
+            forward(loaded, [list(seqs[i][0]) + list(seqs[i][1]) for i in idx], stop_after=hooks.last)
+            proj = hooks.take()  # (batch, width, n_det)
+            for r, i in enumerate(idx):
+                p, c = len(seqs[i][0]), len(seqs[i][1])
+                out[i] = {d.name: proj[r, p:p + c, j].tolist() for j, d in enumerate(detectors)}
+    finally:
+        hooks.remove()
+    return out

@@ -57,7 +57,7 @@ def render_html(scored: Sequence[ScoredConversation], detectors: Sequence[Detect
                      "</th><th>threshold</th><th></th></tr>")
         for det in detectors:
             s = sc.response_score(det.name, det.aggregate)
-            flagged = det.threshold is not None and s is not None and s > det.threshold
+            flagged = det.flagged(s)
             parts.append(f"<tr><td>{html.escape(det.name)}</td><td>{det.layer}</td>"
                          f"<td>{'-' if s is None else f'{s:.3f}'}</td>"
                          f"<td>{'-' if det.threshold is None else f'{det.threshold:.3f}'}</td>"

@@ -1,4 +1,8 @@
-"""Reading JSON and JSON Lines files with errors that name the file and the line."""
+"""All reading of JSON and JSON Lines files, with errors that name the file and the line.
+
+JSON Lines are split on "\n" only: ``str.splitlines()`` would also split at U+2028, U+2029,
+U+0085 and other characters that JSON strings may hold unescaped (``json.dumps(...,
+ensure_ascii=False)`` writes them), and reject valid files."""
 from __future__ import annotations
 
 import json
@@ -6,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataFormatError
+from .errors import DataFormatError
 
 
 def file_sha256(path: str | Path) -> str:
@@ -35,6 +39,16 @@ def read_json(path: str | Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text (split on "\n" only; a trailing "\r" is dropped)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def read_jsonl_lines(path: str | Path) -> list[str]:
+    """The lines of a JSON Lines file (see :func:`jsonl_lines`)."""
+    return jsonl_lines(read_text(path))
 
 
 def iter_jsonl_objects(lines: list[str], *, path: str) -> Iterator[tuple[int, dict]]:

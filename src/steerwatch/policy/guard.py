@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .policy import PolicyError, PolicyFile
+from .schema import PolicyError, PolicyFile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
     from ..steer import SteerSpec
     from ..vector import Vector
-    from .policy import Deployment
+    from .resolve import Deployment
 
 # Layer-summed push along the distress direction (strength units) above which a policy is refused.
 # On the embedded model (docs/serve-guard.md) the distress vector itself at a summed push of 0.03
@@ -124,9 +124,8 @@ class Push:
 
 
 def _layers(spec: SteerSpec) -> list[int]:
-    """The spec's resolved layers, negative ones counted from the end (as steering does)."""
-    total = spec.vector.n_model_layers or 0
-    return [layer + total if layer < 0 and total else layer for layer in spec.resolved_layers]
+    """The blocks the spec acts on (negative layers resolved, each block once, as steering does)."""
+    return spec.resolved_layers
 
 
 def distress_push(spec: SteerSpec, distress: Vector) -> Push:
@@ -347,7 +346,7 @@ def check_policy(pf: PolicyFile, loaded: LoadedModel, *, distress: Vector | None
     ``deployment``: an already resolved policy (else :func:`resolve_policy` is called: hashes,
     fingerprints and layers are checked first). Never raises for a refusal: see
     :meth:`GuardReport.raise_if_refused`."""
-    from .policy import resolve_policy
+    from .resolve import resolve_policy
 
     dep = deployment if deployment is not None else resolve_policy(pf, loaded)
     pol = pf.policy

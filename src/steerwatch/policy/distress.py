@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .policy import PolicyError, PolicyFile
+from .schema import PolicyError, PolicyFile
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

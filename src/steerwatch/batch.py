@@ -1,0 +1,111 @@
+"""The one batched forward pass outside generation: pad token-id lists into a batch, run the model
+once, optionally stop after a block or compute the vocabulary logits only where they are needed.
+
+Extraction (``record``), teacher-forced detector scores (``watch.score``), the rescoring of
+steered generations (``runtime``) and the evaluation metrics (``evals.metrics``) all go through
+:func:`forward`; ``runtime`` pads its generation batches with :func:`pad` (left side).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from .layers import decoder_blocks
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .models import LoadedModel
+
+
+class StopForward(Exception):
+    """Raised after the deepest block a pass needs; :func:`forward` catches it."""
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id padding is filled with: the pad token, else the end-of-sequence token, else 0. Padded
+    positions are masked out, so the value never changes a result; one rule keeps batches equal."""
+    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(tid, int):
+            return tid
+    return 0
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of ``batch_size``, shortest sequences first (little padding per batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_token: int, *,
+        side: Literal["right", "left"] = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)``, both (batch, longest): right padding for teacher-forced passes (a
+    row's positions are its token indices), left padding for generation (the last prompt tokens
+    line up)."""
+    import torch
+
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_token, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if not len(s):
+            continue
+        row = torch.as_tensor(list(s), dtype=torch.long)
+        if side == "right":
+            ids[r, :len(s)], att[r, :len(s)] = row, 1
+        else:
+            ids[r, width - len(s):], att[r, width - len(s):] = row, 1
+    return ids, att
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return False
+
+
+def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int | None = None,
+            logits_at: Sequence[Sequence[int]] | None = None, logits: bool = False) -> torch.Tensor | None:
+    """One right-padded, teacher-forced forward pass (no KV cache) over ``seqs``.
+
+    ``stop_after``: stop after decoder block ``stop_after`` (the hooks the caller registered have
+    read what they need); returns None. ``logits_at``: one non-empty list of positions per row;
+    returns float32 logits (batch, k, vocab) at those positions only (shorter lists repeat their
+    last position), computing the vocabulary projection (a quarter of a small model's compute, by
+    far its largest tensor) only there when the model takes ``logits_to_keep``. ``logits``: the
+    logits at every position (batch, longest, vocab). Neither: the pass runs for its hooks only.
+    """
+    import torch
+
+    ids, att = pad(seqs, pad_id(lm.tokenizer))
+    kwargs: dict[str, Any] = {}
+    keep = None
+    if logits_at is not None:
+        k = max(len(p) for p in logits_at)
+        keep = torch.tensor([list(p) + [p[-1]] * (k - len(p)) for p in logits_at], dtype=torch.long)
+        if _accepts_logits_to_keep(lm.model):
+            kwargs["logits_to_keep"] = keep.to(lm.device)
+    handle = None
+    if stop_after is not None:
+        def stop(*_a: Any) -> None:
+            raise StopForward
+
+        handle = decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
+    try:
+        with torch.inference_mode():
+            out = lm.model(input_ids=ids.to(lm.device), attention_mask=att.to(lm.device), use_cache=False, **kwargs)
+    except StopForward:
+        return None
+    finally:
+        if handle is not None:
+            handle.remove()
+    if keep is None and not logits:
+        return None
+    result = out.logits.float().cpu()
+    if keep is not None and "logits_to_keep" not in kwargs:
+        result = torch.take_along_dim(result, keep[..., None], dim=1)
+    return result

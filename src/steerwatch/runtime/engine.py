@@ -1,0 +1,53 @@
+"""The engine interface: what the server, the evals and the lab need from a generation backend.
+
+:class:`HFEngine` implements it on a Hugging Face model in this process (the runtime's
+:func:`~steerwatch.runtime.session.generate`); a vLLM engine implements the same interface.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .options import GenerationOptions
+from .session import Generation, OnToken, generate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..chat import Prompt
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+    from ..watch.detector import Detector
+    from .conditional import Conditional
+
+
+class Engine(Protocol):
+    """A generation backend: one model, steered and watched per row."""
+
+    @property
+    def lm(self) -> LoadedModel:
+        """The model (tokenizer, fingerprint, layer count) the engine serves."""
+        ...
+
+    def generate(self, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
+                 steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
+                 watch: Sequence[Detector] = (), conditional: Conditional | None = None,
+                 on_token: OnToken | None = None,
+                 prompt_ids: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+        """One :class:`~steerwatch.runtime.session.Generation` per prompt (see
+        :func:`steerwatch.runtime.session.generate` for the arguments)."""
+        ...
+
+
+@dataclass
+class HFEngine:
+    """The in-process Hugging Face engine."""
+
+    lm: LoadedModel
+
+    def generate(self, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
+                 steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
+                 watch: Sequence[Detector] = (), conditional: Conditional | None = None,
+                 on_token: OnToken | None = None,
+                 prompt_ids: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+        return generate(self.lm, prompts, options, steer=steer, rows=rows, watch=watch, conditional=conditional,
+                        on_token=on_token, prompt_ids=prompt_ids)
