@@ -135,7 +135,7 @@ def steering_table(lm, vectors: dict) -> list[dict]:
 def detection_table(lm, builtin: dict) -> list[dict]:
     from steerwatch.data.evalsets import load_eval_set
     from steerwatch.watch.calibrate import auroc
-    from steerwatch.watch.detector import Detector, best_layer
+    from steerwatch.watch.detector import Detector
     from steerwatch.watch.score import score_conversations
 
     convs = load_eval_set("cheating_code")
@@ -144,7 +144,7 @@ def detection_table(lm, builtin: dict) -> list[dict]:
         vec = builtin[concept]
         plain = dataclasses.replace(vec, read_directions={}, read_method=None, read_validation={})
         dets.append(Detector.from_vector(vec, name=f"{concept} lda"))
-        dets.append(Detector.from_vector(plain, name=f"{concept} mean_diff", layer=best_layer(plain)))
+        dets.append(Detector.from_vector(plain, name=f"{concept} mean_diff", layer=plain.best_layer()))
     scored = score_conversations(lm, convs, dets, batch_size=4)
     labels = [c.label for c in convs]
     rows = []

@@ -7,7 +7,7 @@ answers": the built-in honesty detector (its best layer, sign -1) on the embedde
    built-in benign conversations (their reference answers), which also sets the token trigger
    (highest running mean over 8 tokens, ``running_max_mean``) from those reference answers.
 2. The model answers every other benign prompt (200; greedy, 48 new tokens) while the detector
-   watches (``generate_watched``), as ``calibrate --generate 48`` does for all 400.
+   watches (``steerwatch.runtime.generate(..., watch=[detector])``), as ``calibrate --generate 48`` does for all 400.
 3. The trigger threshold is set at the target rate on half of those answers (100, the even
    positions) and applied to the other half (100): the held-out firing rate. The reference-answer
    trigger threshold is applied to all 200 answers.
@@ -38,10 +38,10 @@ def main() -> None:
     from steerwatch.data.reference import load_benign
     from steerwatch.extract.library import builtin_vector
     from steerwatch.models import load_model
+    from steerwatch.runtime import GenerationOptions, generate
     from steerwatch.watch.calibrate import TRIGGER_WINDOW, calibrate, control_prompts, running_max_mean
     from steerwatch.watch.calibrate import threshold_for_fpr as fpr_threshold
     from steerwatch.watch.detector import Detector, load_detector
-    from steerwatch.watch.live import generate_watched
 
     lm = load_model(args.model, progress=False)
     convs = load_benign()
@@ -54,8 +54,8 @@ def main() -> None:
     ref_thr = det.calibration["trigger_threshold"]
     window = int(det.calibration.get("trigger_window", TRIGGER_WINDOW))
     prompts = control_prompts(convs)[0::2]
-    gens = generate_watched(lm, prompts, [det], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            progress=True)
+    gens = generate(lm, prompts, GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+                    watch=[det], progress=True)
     stats = [running_max_mean(g.scores[det.name], window) for g in gens if g.scores[det.name]]
     cal, held = stats[0::2], stats[1::2]
     out = {"detector": det.name, "layer": det.layer, "sign": det.sign, "window": window,
