@@ -1,30 +1,8 @@
-"""Is a generated answer still coherent text? Pure text statistics plus the unsteered model's own
-perplexity of the answer (the statistics and bounds live in :mod:`steerwatch.watch.quality`,
-which the server's degeneration guard uses too; they are re-exported here).
-
-Why both: a looping answer ("I am here. I am here. I am here.") is *easy* for a language model to
-predict (its perplexity falls as the loop repeats), so perplexity alone passes it; word salad
-(shuffled or random words) has normal word statistics, so repetition and distinct-n alone pass it.
-Repetition catches the first, the model catches the second.
-
-Text statistics (:func:`text_stats`), over lower-cased words (runs of letters/digits, with inner
-apostrophes: "don't" is one word); a text with no n-grams of some length has ``distinct_n = 1``
-and ``repeat_n = 0`` (nothing repeated):
-
-- ``n_words``, ``n_chars`` (after stripping surrounding whitespace);
-- ``distinct_1``, ``distinct_2``: distinct words / words, distinct word bigrams / bigrams;
-- ``repeat_3gram``, ``repeat_4gram``: the share of word 3-/4-gram occurrences that repeat an
-  earlier one (``1 - distinct_n``);
-- ``max_word_run``: the longest run of one word repeated back to back ("the the the" = 3);
-- ``max_char_run``: the longest run of one non-space character ("!!!!!" = 5);
-- ``max_loop_chars``: the length in characters of the longest stretch made of one unit of 2-40
-  characters (not all whitespace) repeated at least three times back to back (``",",",",`` = 8,
-  "na na na na" = 9): loops of punctuation or word fragments that the word statistics miss.
-
-Default bounds (:class:`CoherenceBounds`) were measured on the embedded model (Qwen2.5-Coder-0.5B
-Instruct): its own answers to the bait and neutral prompts against constructed and steered
-degenerate texts; the figures are in docs/evals.md.
-"""
+"""Is a generated answer still coherent text? Its text statistics (repetition, diversity, loops)
+and the unsteered model's own perplexity of the answer, judged against bounds. The statistics,
+the bounds and why both are needed are in :mod:`steerwatch.watch.quality` (the server's
+degeneration guard uses them too); they are re-exported here. This module adds the per-answer
+rows the evals use."""
 from __future__ import annotations
 
 import math
