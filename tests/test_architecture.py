@@ -20,7 +20,7 @@ FLOORS = [
     ("watch", ["watch"]),
     ("runtime", ["runtime"]),
     ("extract", ["extract", "interop"]),
-    ("evals", ["evals", "quickstart"]),
+    ("evals", ["evals", "lab", "quickstart"]),
     ("policy", ["policy"]),
     ("serve", ["serve"]),
     ("cli", ["cli"]),

