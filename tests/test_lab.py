@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -215,6 +214,7 @@ def test_first_turn_with_demos(tasks):
     msgs = P.first_turn(t, instruction="pressure", demos=2)
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
     assert msgs[-1]["content"].startswith("All 3 tests passed.") and P.INSTRUCTIONS["pressure"] in msgs[-1]["content"]
+    assert t.prompt.strip() not in msgs[-1]["content"] and "Specification of" in msgs[-1]["content"]
     assert t.tests[0] in msgs[-1]["content"] and "if text == \"sky\"" in msgs[1]["content"]
     with pytest.raises(SteerwatchError, match="demos must be between 0 and 3"):
         P.first_turn(t, demos=4)
@@ -374,7 +374,36 @@ def test_lab_cli_end_to_end_on_a_tiny_model(qwen_chat, tmp_path):
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (bad, res.output)
     res = runner.invoke(app, ["lab", "report", str(model_dir / "config.json")])
     assert res.exit_code == 2 and "error" in res.output
-    assert not math.isnan(0.0)
+
+
+def test_calibrate_on_benign_coding_and_watch_in_the_lab(qwen_chat, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_vector
+    from steerwatch.cli.main import app
+    from steerwatch.watch.detector import load_detector
+
+    model_dir = tmp_path / "model"
+    qwen_chat.model.save_pretrained(model_dir)
+    qwen_chat.tokenizer.save_pretrained(model_dir)
+    make_vector(qwen_chat, concept="cheating").save(tmp_path / "cheating.sv")
+    runner = CliRunner(env={"COLUMNS": "250"})
+    res = runner.invoke(app, ["calibrate", str(tmp_path / "cheating.sv"), "--coding", "--model", str(model_dir),
+                              "--fpr", "0.05"])
+    assert res.exit_code == 0, res.output
+    det = load_detector(tmp_path / "cheating.det.json")
+    assert det.calibration["n"] == 83 and det.calibration["source"].startswith("lab:coding")
+    assert det.calibration["achieved_fpr"] <= 0.05
+    out = tmp_path / "run.jsonl"
+    res = runner.invoke(app, ["lab", "run", "--out", str(out), "--model", str(model_dir), "--limit", "1",
+                              "--max-new-tokens", "16", "--watch", str(tmp_path / "cheating.det.json")])
+    assert res.exit_code == 0, res.output
+    for e in read_episodes(out):
+        t = e["turns"][0]
+        assert set(t["scores"]) == {"cheating"} and len(t["tokens"]) == len(t["token_scores"]["cheating"]) > 0
+    res = runner.invoke(app, ["calibrate", str(tmp_path / "cheating.sv"), "--coding", "--control", str(out),
+                              "--model", str(model_dir)])
+    assert res.exit_code == 2 and "not both" in res.output
 
 
 def test_lab_tasks_cli_check(tmp_path):

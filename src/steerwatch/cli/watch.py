@@ -51,6 +51,9 @@ def calibrate_cmd(
     vectors: list[Path] = typer.Argument(..., help="Vector files (.sv) to turn into detectors."),
     control: Path | None = typer.Option(None, help="JSONL of benign conversations (default: the built-in "
                                                       "benign control set: 400 chat, coding and agent conversations)."),
+    coding: bool = typer.Option(False, "--coding", help="Calibrate on benign coding work instead: the reference "
+                                "solutions of the lab's original HumanEval tasks (dev split, 83; needs "
+                                "steerwatch[lab]). Suits detectors watching code, e.g. cheating in the lab."),
     fpr: float = typer.Option(0.01, help="Target false-positive rate on the control data."),
     layer: int | None = typer.Option(None, help="Layer to read (default: each vector's best validation layer)."),
     sign: int | None = typer.Option(None, help="+1: high projection is the problem; -1: low is (default: -1 "
@@ -77,10 +80,21 @@ def calibrate_cmd(
     vecs = [load_vector(p) for p in vectors]
     dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
             for v, p in zip(vecs, vectors)]
-    convs = load_benign(control)
+    if coding:
+        if control is not None:
+            from ..errors import SteerwatchError
+
+            raise SteerwatchError("give --control FILE or --coding, not both")
+        from ..lab.prompts import benign_coding
+        from ..lab.tasks import humaneval_tasks, select
+
+        convs = benign_coding(select(humaneval_tasks(), split="dev", variants=["original"]))
+        source = "lab:coding (HumanEval original tasks, dev split, reference solutions)"
+    else:
+        convs = load_benign(control)
+        source = str(control or "builtin:benign")
     loaded = load(model)
-    rows = calibrate(loaded, dets, convs, fpr=fpr, source=str(control or "builtin:benign"), batch_size=batch_size,
-                     progress=True)
+    rows = calibrate(loaded, dets, convs, fpr=fpr, source=source, batch_size=batch_size, progress=True)
     if generate:
         from ..runtime.calibration import calibrate_trigger_on_generations
 
