@@ -110,6 +110,17 @@ class LoadedModel:
         return int(self.model.config.hidden_size)
 
     @property
+    def context_length(self) -> int | None:
+        """The most positions (prompt + generated tokens) the model's config allows, or None when it
+        names no limit. Learned position embeddings (GPT-2) fail past it; rotary ones degrade."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
+    @property
     def eos_ids(self) -> list[int]:
         """The token ids that end a generated answer: the generation config's end-of-sequence ids,
         else the tokenizer's."""

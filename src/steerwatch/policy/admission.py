@@ -98,11 +98,23 @@ def admit_tokens(dep: Deployment, asked: int | None, n_prompt_tokens: int, *, pr
     if n_prompt_tokens > lim.max_prompt_tokens:
         raise Refusal(400, f"the prompt has {n_prompt_tokens} tokens, above this server's limit of "
                            f"{lim.max_prompt_tokens}", param=prompt_param, code="prompt_too_long")
-    return asked or lim.default_max_tokens
+    ctx = dep.loaded.context_length
+    if ctx is not None and n_prompt_tokens >= ctx:
+        raise Refusal(400, f"the prompt has {n_prompt_tokens} tokens; this model's context is {ctx} tokens "
+                           "(prompt and completion together): shorten the prompt", param=prompt_param,
+                      code="context_length_exceeded")
+    if ctx is not None and asked is not None and n_prompt_tokens + asked > ctx:
+        raise Refusal(400, f"the prompt has {n_prompt_tokens} tokens and max_tokens is {asked}: "
+                           f"{n_prompt_tokens + asked} in all, above this model's context of {ctx} tokens; lower "
+                           f"max_tokens to {ctx - n_prompt_tokens} or shorten the prompt", param="max_tokens",
+                      code="context_length_exceeded")
+    n = asked or lim.default_max_tokens
+    return n if ctx is None else min(n, ctx - n_prompt_tokens)  # the default shrinks to fit the context
 
 
 def admit(dep: Deployment, *, steering: Sequence[SteeringItem] | None, key: KeyPolicy | None,
-          asked_max_tokens: int | None, n_prompt_tokens: int, guard_report: Any = None) -> Admission:
+          asked_max_tokens: int | None, n_prompt_tokens: int, guard_report: Any = None,
+          prompt_param: str = "messages") -> Admission:
     """Everything a request may do, or a :class:`Refusal` saying what it may not."""
-    max_tokens = admit_tokens(dep, asked_max_tokens, n_prompt_tokens)
+    max_tokens = admit_tokens(dep, asked_max_tokens, n_prompt_tokens, prompt_param=prompt_param)
     return Admission(steering=admit_steering(dep, steering, key, guard_report=guard_report), max_tokens=max_tokens)

@@ -84,7 +84,8 @@ def create_app(engine: Engine) -> FastAPI:
     def gen_request(req: Any, key: KeyPolicy | None, prompt_ids: list[int], record: Any, endpoint: str) -> GenRequest:
         try:
             ok = admit(dep, steering=req.steering, key=key, asked_max_tokens=req.requested_max_tokens(),
-                       n_prompt_tokens=len(prompt_ids), guard_report=engine.guard_report)
+                       n_prompt_tokens=len(prompt_ids), guard_report=engine.guard_report,
+                       prompt_param="messages" if endpoint == "chat" else "prompt")
         except Refusal as r:
             raise ApiError(r.status, r.message, type_=r.kind, param=r.param, code=r.code) from None
         temperature = pol.limits.default_temperature if req.temperature is None else req.temperature
@@ -112,7 +113,7 @@ def create_app(engine: Engine) -> FastAPI:
             if kind == "delta":
                 yield chunks.delta(val)
             elif kind == "error":
-                yield chunks.error(f"generation failed: {val}")
+                yield chunks.error(_failed(val))
                 break
             else:
                 yield chunks.final(val, extension(val, req))
@@ -140,13 +141,15 @@ def create_app(engine: Engine) -> FastAPI:
             if kind == "done":
                 return openai.response(gen, val, chat=chat, model=dep.served_name, extension=extension(val, req))
             if kind == "error":
-                raise ApiError(500, f"generation failed: {val}", type_="server_error")
+                raise ApiError(500, _failed(val), type_="server_error", code="generation_failed")
 
     # ------------------------------------------------------------------ endpoints
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        store = None if engine.store is None else dict(engine.store_health)
         return {"status": "ok", "model": dep.served_name, "policy_sha256": dep.policy_sha256,
-                "batches": engine.stats["batches"], "requests": engine.stats["requests"]}
+                "batches": engine.stats["batches"], "requests": engine.stats["requests"],
+                "failed": engine.stats["failed"], "store": store}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -188,6 +191,13 @@ def create_app(engine: Engine) -> FastAPI:
         return {"object": "list", "data": rows}
 
     return app
+
+
+def _failed(request_id: Any) -> str:
+    """The message of a failed generation: its request id, never the exception (whose text can carry
+    another request's data); the cause is in the server's log under that id."""
+    return (f"generation failed (request id {request_id}); the cause is logged on the server under this "
+            "request id")
 
 
 def _version() -> str:

@@ -87,7 +87,7 @@ class Chunks:
         return self.sse({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                          "choices": [], "usage": usage(res)})
 
-    def error(self, message: str) -> str:
-        return self.sse({"error": {"message": message, "type": "server_error"}})
+    def error(self, message: str, code: str = "generation_failed") -> str:
+        return self.sse({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
 
     DONE = "data: [DONE]\n\n"
