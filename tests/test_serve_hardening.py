@@ -8,10 +8,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from steerwatch.serve.requests import GenRequest
 from steerwatch.serve.server import RunningServer
 from test_serve import KEYS, _engine
+from tolerances import GUARD_REPORT
 
 ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
 
@@ -149,3 +151,171 @@ def test_prompt_beyond_the_models_context_is_a_400_not_a_batch_failure(gpt2, tmp
     err = _is_openai_error(edge, 400)
     assert err["code"] == "context_length_exceeded" and "250" in err["message"] and "10" in err["message"]
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
+
+
+# ---------------------------------------------------------------- items 1, 4, 5: what a request may steer
+def _deployment(loaded, tmp_path, *, mutate=None, guard=False, distress_like=None):
+    """A served policy (engine stopped at once: the tests call admission directly) whose vectors and
+    keys are test_serve's; ``mutate(policy_dict, paths)`` edits it first."""
+    import yaml
+
+    from steerwatch.serve.server import build_engine
+    from test_serve import _policy, _write_files
+
+    paths = _write_files(loaded, tmp_path / "files")
+    pol = _policy(paths)
+    if distress_like is not None:  # a distress direction equal to one of the vectors
+        from steerwatch.vector import load_vector
+
+        vec = load_vector(paths[distress_like])
+        vec.concept = "distress"
+        pol["guard"] = {"distress_vector": str(vec.save(tmp_path / "files" / "distress.sv"))}
+    if mutate is not None:
+        mutate(pol, paths)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pol), encoding="utf-8")
+    engine = build_engine(tmp_path / "p.yaml", loaded=loaded, guard=guard)
+    engine.stop()
+    return engine
+
+
+class _Item:
+    def __init__(self, vector, strength, layers=None):
+        self.vector, self.strength, self.layers = vector, strength, layers
+
+
+def _refusal(engine, items, who="steerer"):
+    from steerwatch.policy.admission import Refusal, admit_steering
+
+    key = next(k for k in engine.dep.policy.keys if k.name == who)
+    with pytest.raises(Refusal) as info:
+        admit_steering(engine.dep, items, key, guard_report=engine.guard_report)
+    return info.value
+
+
+def _admitted(engine, items, who="steerer"):
+    from steerwatch.policy.admission import admit_steering
+
+    key = next(k for k in engine.dep.policy.keys if k.name == who)
+    return admit_steering(engine.dep, items, key, guard_report=engine.guard_report)
+
+
+def test_repeated_layers_and_vectors_cannot_multiply_a_push(qwen_chat, tmp_path):
+    def small(pol, _paths):
+        pol["vectors"][0]["max_abs_strength"] = 0.05
+
+    engine = _deployment(qwen_chat, tmp_path, mutate=small)
+    r = _refusal(engine, [_Item("push", 0.01, [1] * 20)])
+    assert r.status == 400 and r.code == "invalid_layers" and "named more than once" in r.message
+    r = _refusal(engine, [_Item("push", 0.01, [1, -3])])  # -3 is block 1 of 4
+    assert r.status == 400 and "layer 1 is named more than once" in r.message
+    # the same vector listed 20 times at its (default) layer 1 would push 20 x 0.01 = 0.2 > 0.05
+    r = _refusal(engine, [_Item("push", 0.01)] * 20)
+    assert r.status == 400 and r.code == "duplicate_steering" and r.param == "steering.1"
+    assert "'push' already steers layer 1 (steering.0)" in r.message
+    # the same vector at other layers is fine, and negative layers are normalised before counting
+    specs = _admitted(engine, [_Item("push", 0.01, [1]), _Item("push", -0.01, [-1])])
+    assert [s.resolved_layers for s in specs] == [[1], [3]]
+    r = _refusal(engine, [_Item("push", 0.01, [3]), _Item("push", 0.01, [-1])])
+    assert r.code == "duplicate_steering" and "layer 3" in r.message
+    # the policy's own layers: [1, -3] names block 1 twice, refused at start-up
+    from steerwatch.policy.schema import PolicyError
+
+    with pytest.raises(PolicyError, match=r"vectors\.0 \(push\): .*layer 1 is named more than once"):
+        _deployment(qwen_chat, tmp_path / "p2", mutate=lambda pol, _p: pol["vectors"][0].update(layers=[1, -3]))
+
+
+def test_clamp_is_bounded_in_the_same_units_as_add(qwen_chat, tmp_path):
+    from steerwatch.policy.schema import PolicyError, policy_from_dict
+    from test_serve import _policy, _write_files
+
+    def clamps(pol, _paths):
+        for v in pol["vectors"]:
+            v.update(op="clamp", max_abs_strength=0.5)
+        pol["limits"]["max_combined_strength"] = 0.6
+
+    engine = _deployment(qwen_chat, tmp_path, mutate=clamps)
+    for s in (1000.0, 1e300, -0.51):
+        r = _refusal(engine, [_Item("push", s)])
+        assert r.status == 400 and r.code == "strength_out_of_bounds" and "|strength| <= 0.5" in r.message
+    r = _refusal(engine, [_Item("push", 0.4), _Item("other", 0.4)])
+    assert r.code == "strength_out_of_bounds" and "add up to 0.8" in r.message
+    assert len(_admitted(engine, [_Item("push", 0.3), _Item("other", 0.3)])) == 2
+    paths = _write_files(qwen_chat, tmp_path / "f2")
+    bad = _policy(paths)
+    bad["vectors"][0].update(op="clamp", strength=2.0, max_abs_strength=0.5)
+    with pytest.raises(PolicyError, match=r"strength 2\.0 exceeds max_abs_strength 0\.5"):
+        policy_from_dict(bad)
+    bad = _policy(paths, limits={"max_combined_strength": 1.0})
+    for v in bad["vectors"]:
+        v.update(op="clamp", strength=0.8, max_abs_strength=1.0)
+    with pytest.raises(PolicyError, match=r"default strengths add up to 1\.6"):
+        policy_from_dict(bad)
+    with pytest.raises(PolicyError, match="max_abs_strength"):
+        policy_from_dict(_policy(paths, vectors=[{**_policy(paths)["vectors"][0], "max_abs_strength": 1e300}]))
+
+
+def _with_conditional(strength):
+    def mutate(pol, paths):
+        from steerwatch.io import file_sha256
+        from steerwatch.vector import load_vector
+        from steerwatch.watch.detector import Detector
+
+        det = Detector(vector=load_vector(paths["watched"]), layer=1, name="trig", threshold=0.0,
+                       calibration={"trigger_threshold": 0.0, "prompt_threshold": 0.0},
+                       vector_path=str(paths["watched"]))
+        p = det.save(paths["watched"].parent / "trig.det.json")
+        pol["detectors"] = [{"name": "trig", "path": str(p), "sha256": file_sha256(p), "action": "steer",
+                             "steer": [{"vector": "push", "strength": strength}]}]
+        for v in pol["vectors"]:
+            v["max_abs_strength"] = 0.03
+        pol["limits"]["max_combined_strength"] = 0.5
+    return mutate
+
+
+def test_conditional_steering_is_checked_with_the_requests_own(qwen_chat, tmp_path):
+    """+0.02 requested at layers 1 and 2 plus +0.02 at layer 1 switched on by a detector: 0.06 along
+    distress, above the bound of 0.05, though each alone is within it."""
+    engine = _deployment(qwen_chat, tmp_path, mutate=_with_conditional(0.02), guard=True, distress_like="push")
+    r = _refusal(engine, [_Item("push", 0.02, [1, 2])])
+    assert r.status == 400 and r.code == "distress_steering"
+    assert "+0.0600" in r.message and "detector 'trig''s conditional steering" in r.message
+    assert len(_admitted(engine, [_Item("push", 0.01, [1, 2])])) == 1  # 0.04 in all
+    assert len(_admitted(engine, [_Item("push", -0.03)])) == 1  # away from distress
+
+
+def test_policy_check_refuses_per_request_range_plus_conditional_steering(qwen_chat, tmp_path):
+    """At the policy's layers, ±0.03 per request plus +0.04 conditional can reach 0.07: refused at start-up."""
+    from steerwatch.policy.schema import PolicyError
+
+    with pytest.raises(PolicyError, match=r"push \(per-request ±0.03 @ 1\) \+ detector trig: 2 steering\(s\) "
+                                          r"together push \+0.0700"):
+        _deployment(qwen_chat, tmp_path, mutate=_with_conditional(0.04), guard=True, distress_like="push")
+
+
+def test_conditional_steering_counts_in_the_combined_strength(qwen_chat, tmp_path):
+    def mutate(pol, paths):
+        _with_conditional(0.3)(pol, paths)
+        pol["limits"]["max_combined_strength"] = 0.32
+
+    engine = _deployment(qwen_chat, tmp_path, mutate=mutate)
+    r = _refusal(engine, [_Item("other", 0.03)])
+    assert r.code == "strength_out_of_bounds" and "0.33" in r.message and "conditional" in r.message
+
+
+def test_opposite_pushes_at_different_layers_do_not_cancel(qwen_chat, tmp_path):
+    """+0.04 at layers 2 and 3 with -0.04 at layer 0 summed to +0.04 (within 0.05); layers 2 and 3
+    still carry +0.08 towards distress."""
+    from steerwatch.policy.guard import check_request
+    from steerwatch.steer import SteerSpec
+
+    engine = _deployment(qwen_chat, tmp_path, guard=True, distress_like="push",
+                         mutate=lambda pol, _p: [v.update(max_abs_strength=0.04) for v in pol["vectors"]])
+    vec, distress = engine.dep.vectors["push"], engine.guard_report.distress
+    specs = [SteerSpec(vector=vec, strength=s, layers=(layer,)) for s, layer in ((0.04, 3), (0.04, 2), (-0.04, 0))]
+    row = check_request(specs, distress)
+    assert row is not None and row.level == "error" and row.numbers["push"] == GUARD_REPORT.approx(0.08)
+    r = _refusal(engine, [_Item("push", 0.04, [3]), _Item("push", 0.04, [2]), _Item("push", -0.04, [0])])
+    assert r.code == "distress_steering" and "+0.0800" in r.message
+    # at one layer they do cancel: nothing is added there
+    assert check_request([SteerSpec(vector=vec, strength=0.04, layers=(3, 2)),
+                          SteerSpec(vector=vec, strength=-0.04, layers=(3, 2))], distress) is None

@@ -67,6 +67,14 @@ class Deployment:
         return [self.spec(v.name, v.strength) for v in self.policy.vectors
                 if not (v.op == "add" and v.strength == 0.0)]
 
+    def conditional_steering(self) -> tuple[str | None, list[SteerSpec]]:
+        """(detector name, its specs) of the detector whose action is ``steer`` (at most one), else
+        (None, []): steering that can switch on during any answer, on top of the request's own."""
+        for rd in self.detectors:
+            if rd.action == "steer":
+                return rd.detector.name, list(rd.steer)
+        return None, []
+
     def key(self, presented: str | None) -> KeyPolicy | None:
         """The key entry matching a presented API key (constant-time compare), else None."""
         if presented is None:

@@ -35,22 +35,23 @@ class VectorPolicy(_Strict):
     path: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     op: Literal["add", "ablate", "clamp"] = "add"
-    strength: float = 0.0  # applied to every request unless the request overrides steering
+    strength: float = Field(0.0, allow_inf_nan=False)  # applied to every request unless it sets its own steering
     layers: list[int] | None = None  # default: the vector's default layers
     positions: Literal["all", "prompt", "generated"] = "all"
-    # bound on per-request strengths; working doses on the embedded model are 0.02-0.04 (over 6 layers)
-    max_abs_strength: float = Field(0.05, gt=0)
+    # bound on per-request |strength| of add and clamp (one unit: a fraction of the typical residual
+    # norm); working doses on the embedded model are 0.02-0.04 (over 6 layers), 10 is far past any
+    max_abs_strength: float = Field(0.05, gt=0, le=10)
 
     @model_validator(mode="after")
     def _bound(self) -> VectorPolicy:
-        if self.op == "add" and abs(self.strength) > self.max_abs_strength:
+        if self.op != "ablate" and abs(self.strength) > self.max_abs_strength:
             raise ValueError(f"strength {self.strength} exceeds max_abs_strength {self.max_abs_strength}")
         return self
 
 
 class SteerRef(_Strict):
     vector: str
-    strength: float
+    strength: float = Field(allow_inf_nan=False)
 
 
 class DetectorPolicy(_Strict):
@@ -78,7 +79,7 @@ class Limits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_batch: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(10.0, ge=0, le=5000)
-    max_combined_strength: float = Field(0.5, gt=0)  # sum of |strength| of the vectors dialled together
+    max_combined_strength: float = Field(0.5, gt=0, le=100)  # sum of |strength| (add, clamp) dialled together
     default_temperature: float = Field(0.0, ge=0, le=2)  # when a request gives none: 0 = greedy
 
     @model_validator(mode="after")
@@ -157,7 +158,7 @@ class Policy(_Strict):
                                      f"vectors ({', '.join(sorted(known)) or 'none'})")
         if sum(d.action == "steer" for d in self.detectors) > 1:
             raise ValueError("at most one detector may have action 'steer'")
-        total = sum(abs(v.strength) for v in self.vectors if v.op == "add")
+        total = sum(abs(v.strength) for v in self.vectors if v.op != "ablate")
         if total > self.limits.max_combined_strength:
             raise ValueError(f"the default strengths add up to {total:g}, above limits.max_combined_strength "
                              f"{self.limits.max_combined_strength:g}")

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class SteeringItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vector: str
-    strength: float = 0.0
-    layers: list[int] | None = None
+    strength: float = Field(0.0, allow_inf_nan=False)
+    layers: list[int] | None = Field(None, max_length=512)
 
 
 class WatchOptions(BaseModel):
