@@ -319,3 +319,52 @@ def test_opposite_pushes_at_different_layers_do_not_cancel(qwen_chat, tmp_path):
     # at one layer they do cancel: nothing is added there
     assert check_request([SteerSpec(vector=vec, strength=0.04, layers=(3, 2)),
                           SteerSpec(vector=vec, strength=-0.04, layers=(3, 2))], distress) is None
+
+
+# ---------------------------------------------------------------- item 8: every client error a 4xx in OpenAI's shape
+@pytest.fixture(scope="module")
+def server(qwen_chat, tmp_path_factory):
+    engine = _engine(qwen_chat, tmp_path_factory.mktemp("hard"))
+    srv = RunningServer(engine)
+    yield srv
+    srv.stop()
+    engine.stop()
+
+
+@pytest.mark.parametrize("path,body,raw,param,needle", [
+    ("/completions", {"model": "tiny-qwen2", "prompt": []}, None, "prompt", "prompt must not be empty"),
+    ("/completions", {"model": "tiny-qwen2", "prompt": [[]]}, None, "prompt", None),
+    ("/completions", {"model": "tiny-qwen2", "prompt": [""]}, None, "prompt", "prompt must not be empty"),
+    ("/chat/completions", None, b'{"model": "tiny-qwen2", "x": ' + b"[" * 1900 + b"]" * 1900 + b"}", None,
+     "nested"),
+    ("/chat/completions", None, b'{"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}], "x": '
+     + b"[" * 100 + b"]" * 100 + b"}", None, "nested deeper than 64"),
+    ("/chat/completions", _chat("x", seed=2 ** 64), None, "seed", "seed"),
+    ("/chat/completions", _chat("x", seed=-(2 ** 63) - 1), None, "seed", "seed"),
+    ("/chat/completions", None, b'{"model": "tiny-qwen2", "messages": [{"role": "user", "content": "x"}], '
+     b'"steering": [{"vector": "push", "strength": NaN}]}', "steering.0.strength", "finite"),
+])
+def test_malformed_bodies_get_a_400_in_openai_shape(server, path, body, raw, param, needle):
+    r = _post(server, path, body, raw=raw)
+    err = _is_openai_error(r, 400)
+    assert err["type"] == "invalid_request_error"
+    if param is not None:
+        assert err["param"] == param
+    if needle is not None:
+        assert needle in err["message"]
+
+
+def test_query_parameters_and_unknown_routes_answer_in_openai_shape(server):
+    r = httpx.get(server.base_url + "/watch/events", params={"limit": "abc"}, headers=ADMIN, timeout=30)
+    err = _is_openai_error(r, 400)
+    assert err["param"] == "limit" and "integer" in err["message"]
+    r = httpx.get(server.base_url + "/watch/events", params={"flagged": "maybe"}, headers=ADMIN, timeout=30)
+    assert _is_openai_error(r, 400)["param"] == "flagged"
+    assert _is_openai_error(httpx.get(server.base_url + "/nothing", timeout=30), 404)["code"] == "not_found"
+    r = httpx.get(server.base_url + "/chat/completions", headers=ADMIN, timeout=30)
+    assert _is_openai_error(r, 405)["code"] == "method_not_allowed"
+
+
+def test_a_seeded_request_in_range_is_served(server):
+    r = _post(server, "/chat/completions", _chat("x", seed=2 ** 64 - 1, temperature=0.5))
+    assert r.status_code == 200, r.text

@@ -10,9 +10,10 @@ Three checks (bounds and their rationale: docs/serve-guard.md):
   ``strength * cos(u_vector, u_distress)``, in steerwatch strength units (a fraction of the typical
   residual norm at that layer). Pushes at several layers accumulate in the residual stream, so the
   refusal is on the **layer-summed push towards distress** (each layer's positive part: a push away
-  at one layer does not cancel a push towards distress at another): above :data:`DISTRESS_PUSH_BOUND` the policy is refused
-  unless ``guard.acknowledge_distress`` gives a reason (then a warning quoting it). A large
-  cosine (> :data:`DISTRESS_COS_WARN`) at a dose towards distress warns even below the bound.
+  at one layer does not cancel a push towards distress at another): above
+  :data:`DISTRESS_PUSH_BOUND` the policy is refused unless ``guard.acknowledge_distress`` gives a
+  reason (then a warning quoting it). A large cosine (> :data:`DISTRESS_COS_WARN`) at a dose
+  towards distress warns even below the bound.
 * **Recommended strength.** A strength beyond the vector's recorded ``recommended_strength`` warns.
 * **Interference.** Vectors active at once (defaults, plus each detector's ``steer`` list) with
   ``|cos| > INTERFERENCE_COS`` warn (their pushes add or cancel), and the norm of their summed push

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..policy.admission import Refusal, admit
 from . import openai
@@ -29,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy.schema import KeyPolicy
     from .engine import Engine
 
+log = logging.getLogger("steerwatch.serve")
+MAX_JSON_DEPTH = 64  # a request body nested deeper is refused (400) before validation
+
 
 def create_app(engine: Engine) -> FastAPI:
     dep = engine.dep
@@ -39,6 +46,27 @@ def create_app(engine: Engine) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _query_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()  # query parameters (the bodies are validated in body_of)
+        param = str(errs[0]["loc"][-1]) if errs and errs[0].get("loc") else None
+        parts = [f"{e['loc'][-1]}: {e['msg']}" for e in errs[:5] if e.get("loc")]
+        return JSONResponse(ApiError(400, "invalid request: " + "; ".join(parts), param=param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        rid = "err-" + uuid.uuid4().hex[:24]
+        log.error("%s %s failed (%s)", request.method, request.url.path, rid,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(ApiError(500, f"internal error ({rid}); the cause is logged on the server under this id",
+                                     type_="server_error", code="internal_error").body(), status_code=500)
 
     def auth(request: Request) -> KeyPolicy | None:
         header = request.headers.get("authorization", "")
@@ -66,6 +94,10 @@ def create_app(engine: Engine) -> FastAPI:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        except RecursionError:
+            data = None
+        if data is None or _depth(data) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
         try:
@@ -191,6 +223,19 @@ def create_app(engine: Engine) -> FastAPI:
         return {"object": "list", "data": rows}
 
     return app
+
+
+def _depth(obj: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (list, dict)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                return d
+            stack.extend((x, d + 1) for x in (o.values() if isinstance(o, dict) else o))
+    return deepest
 
 
 def _failed(request_id: Any) -> str:

@@ -112,7 +112,9 @@ def completion_prompt(req: CompletionRequest, tokenizer: Any, vocab_size: int) -
     """(prompt token ids, the prompt to store) of a completion request: text, or token ids checked
     against the vocabulary. ValueError: empty or out-of-vocabulary."""
     p = req.prompt
-    if isinstance(p, list) and p and isinstance(p[0], int):
+    if isinstance(p, list) and not p:
+        raise ValueError("prompt must not be empty")
+    if isinstance(p, list) and isinstance(p[0], int):
         if any(not isinstance(t, int) or t < 0 or t >= vocab_size for t in p):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
         return [int(t) for t in p], list(p)
