@@ -368,3 +368,23 @@ def test_query_parameters_and_unknown_routes_answer_in_openai_shape(server):
 def test_a_seeded_request_in_range_is_served(server):
     r = _post(server, "/chat/completions", _chat("x", seed=2 ** 64 - 1, temperature=0.5))
     assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------- item 6: detector mode "prompt"
+def test_conditional_prompt_mode_is_refused_at_start_up_and_by_policy_check(qwen_chat, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import steerwatch.cli.policy as cli_policy
+    from steerwatch.cli.main import app
+    from steerwatch.policy.schema import PolicyError
+
+    def prompt_mode(pol, paths):
+        _with_conditional(0.01)(pol, paths)
+        pol["detectors"][0]["mode"] = "prompt"
+
+    with pytest.raises(PolicyError, match=r"detectors\.0 \(trig\): mode 'prompt' is not supported by the server.*"
+                                          r"mode: token"):
+        _deployment(qwen_chat, tmp_path, mutate=prompt_mode)
+    monkeypatch.setattr(cli_policy, "load", lambda spec, **kw: qwen_chat)
+    res = CliRunner().invoke(app, ["policy", "check", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 2 and "mode 'prompt' is not supported" in res.output

@@ -130,6 +130,10 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
             raise PolicyError(f"{where}: action {dp.action!r} needs a threshold; calibrate the detector "
                               "(steerwatch calibrate) or set threshold: in the policy")
         specs = [dep.spec(ref.vector, ref.strength) for ref in dp.steer]
+        if dp.action == "steer" and dp.mode == "prompt":
+            raise PolicyError(f"{where}: mode 'prompt' is not supported by the server (it generates from token ids, "
+                              "and the whole-answer decision is calibrated on chat messages); use mode: token, "
+                              "or steerwatch generate --steer-if ... --if-mode prompt in-process")
         if dp.action == "steer":
             key = "prompt_threshold" if dp.mode == "prompt" else "trigger_threshold"
             if det.calibration.get(key) is None:
