@@ -388,3 +388,26 @@ def test_conditional_prompt_mode_is_refused_at_start_up_and_by_policy_check(qwen
     monkeypatch.setattr(cli_policy, "load", lambda spec, **kw: qwen_chat)
     res = CliRunner().invoke(app, ["policy", "check", str(tmp_path / "p.yaml")])
     assert res.exit_code == 2 and "mode 'prompt' is not supported" in res.output
+
+
+# ---------------------------------------------------------------- item 16: keys and /health
+def test_health_shows_policy_and_counters_only_to_key_holders(server):
+    root = server.base_url.removesuffix("/v1")
+    anon = httpx.get(root + "/health", timeout=30)
+    assert anon.status_code == 200 and anon.json() == {"status": "ok"}
+    bad = httpx.get(root + "/health", headers={"Authorization": "Bearer sk-wrong"}, timeout=30)
+    assert bad.json() == {"status": "ok"}
+    full = httpx.get(root + "/health", headers={"Authorization": f"Bearer {KEYS['user']}"}, timeout=30).json()
+    assert full["policy_sha256"] == server.engine.dep.policy_sha256 and "requests" in full and "store" in full
+
+
+def test_hash_key_refuses_short_keys():
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+
+    res = CliRunner().invoke(app, ["policy", "hash-key", "short-key-15chr"])
+    assert res.exit_code == 2 and "at least 16 characters" in res.output and "secrets.token_urlsafe" in res.output
+    assert "sha256:" not in res.output
+    res = CliRunner().invoke(app, ["policy", "hash-key"], input="sixteen-chars-ok\n")
+    assert res.exit_code == 0 and res.output.startswith("sha256: ")
