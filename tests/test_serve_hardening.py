@@ -411,3 +411,30 @@ def test_hash_key_refuses_short_keys():
     assert "sha256:" not in res.output
     res = CliRunner().invoke(app, ["policy", "hash-key"], input="sixteen-chars-ok\n")
     assert res.exit_code == 0 and res.output.startswith("sha256: ")
+
+
+# ---------------------------------------------------------------- item 17: steerwatch generate applies the guard
+def test_cli_generate_refuses_distress_steering_without_acknowledgement(qwen, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import steerwatch.cli.generate as cli_generate
+    from conftest import make_vector
+    from steerwatch.cli.main import app
+
+    monkeypatch.setattr(cli_generate, "load", lambda spec, **kw: qwen)
+    dvec = make_vector(qwen, seed=7, concept="distress", default_layers=(1, 2))
+    dpath = dvec.save(tmp_path / "distress.sv")
+    base = ["generate", "hi", "--max-new-tokens", "2", "--distress", str(dpath)]
+    run = CliRunner().invoke
+    res = run(app, [*base, "--steer", f"{dpath}:+5"])
+    assert res.exit_code == 2 and "refuses" in res.output and "--acknowledge-distress" in res.output
+    assert "+10.0000" in res.output  # 5 at each of 2 layers
+    res = run(app, [*base, "--steer", f"{dpath}:+5", "--acknowledge-distress", "welfare study, supervised"])
+    assert res.exit_code == 0 and "welfare study, supervised" in res.output
+    res = run(app, [*base, "--steer", f"{dpath}:+0.02"])  # 0.04 in all: within the bound
+    assert res.exit_code == 0, res.output
+    res = run(app, [*base, "--steer", f"{dpath}:-5"])  # away from distress
+    assert res.exit_code == 0, res.output
+    # two specs within the bound alone, above it together
+    res = run(app, [*base, "--steer", f"{dpath}@1:+0.03", "--steer", f"{dpath}@2:+0.03"])
+    assert res.exit_code == 2 and "+0.0600" in res.output
