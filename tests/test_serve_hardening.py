@@ -438,3 +438,68 @@ def test_cli_generate_refuses_distress_steering_without_acknowledgement(qwen, tm
     # two specs within the bound alone, above it together
     res = run(app, [*base, "--steer", f"{dpath}@1:+0.03", "--steer", f"{dpath}@2:+0.03"])
     assert res.exit_code == 2 and "+0.0600" in res.output
+
+
+# ---------------------------------------------------------------- item 14: friendly errors
+def _cli(args, **kw):
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+
+    return CliRunner().invoke(app, args, **kw)
+
+
+def test_non_utf8_policy_file_is_a_policy_error(tmp_path):
+    from steerwatch.policy.schema import PolicyError, load_policy
+
+    p = tmp_path / "policy.yaml"
+    p.write_bytes(b"model: default\nserved_name: caf\xe9\n")
+    with pytest.raises(PolicyError, match=r"policy\.yaml is not UTF-8 text .*byte 0xe9 at position 31"):
+        load_policy(p)
+    res = _cli(["policy", "check", str(p)])
+    assert res.exit_code == 2 and "not UTF-8" in " ".join(res.output.split())
+
+
+def test_pickled_model_weights_are_refused_with_a_clear_error(tmp_path):
+    import pickle
+
+    from conftest import build_model, make_tokenizer
+    from steerwatch.errors import ModelLoadError
+    from steerwatch.models import load_model
+
+    d = tmp_path / "model"
+    build_model("qwen2").save_pretrained(d)
+    make_tokenizer().save_pretrained(d)
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}))  # torch's weights-only loader refuses it
+    with pytest.raises(ModelLoadError, match=r"refused to load the pickled weights in .*model.*safetensors"):
+        load_model(str(d), progress=False)
+    res = _cli(["generate", "hi", "--model", str(d)])
+    assert res.exit_code == 2 and "pickled weights" in " ".join(res.output.split())
+
+
+def test_import_gguf_reads_the_file_before_loading_the_model(tmp_path, monkeypatch):
+    import steerwatch.cli.interop as cli_interop
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the file was read")
+
+    monkeypatch.setattr(cli_interop, "load", no_model)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    res = _cli(["import-gguf", str(bad), "-o", str(tmp_path / "x.sv")])
+    assert res.exit_code == 2 and "is not a GGUF file" in " ".join(res.output.split())
+    res = _cli(["import-gguf", str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "x.sv")])
+    assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+
+
+def test_a_directory_given_as_a_file_is_named_as_a_directory(tmp_path):
+    from steerwatch.errors import DataFormatError
+    from steerwatch.io import read_text
+
+    d = tmp_path / "pairs.jsonl"
+    d.mkdir()
+    with pytest.raises(DataFormatError, match=r"pairs\.jsonl: is a directory, not a file"):
+        read_text(d)
+    res = _cli(["generate", "hi", "-f", str(d)])
+    assert res.exit_code == 2 and "is a directory, not a file" in " ".join(res.output.split())

@@ -26,6 +26,8 @@ def file_sha256(path: str | Path) -> str:
 
 def read_text(path: str | Path) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise DataFormatError("is a directory, not a file", path=str(p))
     if not p.is_file():
         raise DataFormatError("file does not exist", path=str(p))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -303,6 +304,11 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
             tok = AutoTokenizer.from_pretrained(str(path))
+        except pickle.UnpicklingError:
+            raise ModelLoadError(
+                f"refused to load the pickled weights in {path} (torch's safe loader does not accept them, and "
+                "loading a pickle can run code); convert the model to safetensors where you trust it "
+                "(model.save_pretrained(dir, safe_serialization=True)) and load that directory") from None
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
         name = path.resolve().name

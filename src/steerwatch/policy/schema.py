@@ -209,10 +209,15 @@ def load_policy(path: str | Path) -> PolicyFile:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise PolicyError(f"policy file {path} is a directory, not a file")
     if not path.is_file():
         raise PolicyError(f"policy file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                          "save the policy file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path} is not valid YAML: {exc}") from None
     return policy_from_dict(data, path=path.resolve())
