@@ -471,7 +471,8 @@ def test_pickled_model_weights_are_refused_with_a_clear_error(tmp_path):
     build_model("qwen2").save_pretrained(d)
     make_tokenizer().save_pretrained(d)
     (d / "model.safetensors").unlink()
-    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}))  # torch's weights-only loader refuses it
+    # torch's weights-only loader refuses this pickle
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}, protocol=2))
     with pytest.raises(ModelLoadError, match=r"refused to load the pickled weights in .*model.*safetensors"):
         load_model(str(d), progress=False)
     res = _cli(["generate", "hi", "--model", str(d)])
@@ -503,3 +504,90 @@ def test_a_directory_given_as_a_file_is_named_as_a_directory(tmp_path):
         read_text(d)
     res = _cli(["generate", "hi", "-f", str(d)])
     assert res.exit_code == 2 and "is a directory, not a file" in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------- item 12: tampered vector metadata
+def _tampered(tmp_path, qwen, change):
+    from safetensors.torch import load_file, save_file
+
+    from conftest import make_vector
+
+    good = make_vector(qwen, default_layers=(1,)).save(tmp_path / "good.sv")
+    meta = json.loads(json.loads(good.read_bytes()[8:8 + int.from_bytes(good.read_bytes()[:8], "little")])
+                      ["__metadata__"]["steerwatch"])
+    meta = change(meta)
+    out = tmp_path / "tampered.sv"
+    save_file(load_file(str(good)), str(out), metadata={"steerwatch": json.dumps(meta)})
+    return out
+
+
+def _set(key, value):
+    def change(meta):
+        meta[key] = value
+        return meta
+    return change
+
+
+def _norm_row(meta):
+    meta["residual_norm"]["1"] = 3.5
+    return meta
+
+
+@pytest.mark.parametrize("change,needle", [
+    (_set("residual_norm", [1.0, 2.0]), "residual_norm must be an object"),
+    (_norm_row, "residual_norm.1 must be an object"),
+    (_set("hidden_size", "abc"), "hidden_size must be a positive integer"),
+    (_set("hidden_size", True), "hidden_size must be a positive integer"),
+    (_set("default_layers", "x"), "default_layers must be a list of layer numbers"),
+    (lambda meta: 7, "the steerwatch metadata must be a JSON object"),
+    (_set("format_version", "x"), "format_version must be an integer"),
+    (_set("validation", [1, 2]), "validation must be an object"),
+    (_set("read_validation", {"1": 5}), "read_validation.1 must be an object"),
+    (_set("concept", 12), "concept must be a string"),
+    (_set("n_model_layers", "four"), "n_model_layers must be a positive integer or null"),
+    (_set("recommended_strength", "big"), "recommended_strength must be a finite number or null"),
+    (_set("dataset", "x"), "dataset must be an object"),
+    (_set("extra", 3), "extra must be an object"),
+])
+def test_tampered_vector_metadata_is_a_vector_file_error(qwen, tmp_path, change, needle):
+    from steerwatch.errors import VectorFileError
+    from steerwatch.vector import load_vector
+
+    with pytest.raises(VectorFileError, match="tampered.sv: .*" + needle.replace(".", r"\.")):
+        load_vector(_tampered(tmp_path, qwen, change))
+
+
+def test_an_absurd_residual_norm_is_refused_against_the_model(qwen, qwen_chat, tmp_path):
+    from steerwatch.errors import VectorMismatchError
+    from steerwatch.policy.schema import PolicyError
+    from steerwatch.vector import check_residual_norm, load_vector
+
+    def huge(meta):
+        meta["residual_norm"]["1"]["mean"] = 1e30
+        return meta
+
+    path = _tampered(tmp_path, qwen, huge)
+    vec = load_vector(path)  # a well-formed file: the number is only absurd for this model
+    with pytest.raises(VectorMismatchError, match=r"residual norm 1e\+30 at layer 1, .* measured .* rebuild"):
+        check_residual_norm(vec, qwen)
+    check_residual_norm(load_vector(tmp_path / "good.sv"), qwen)  # norm 2.0 on a model measuring ~0.1: fine
+
+    def swap(pol, paths):
+        from steerwatch.io import file_sha256
+
+        pol["vectors"][0].update(path=str(path), sha256=file_sha256(path))
+
+    with pytest.raises(PolicyError, match=r"vectors\.0 \(push\): .*residual norm 1e\+30"):
+        _deployment(qwen_chat, tmp_path / "d", mutate=swap)
+
+def test_cli_generate_refuses_an_absurd_residual_norm(qwen, tmp_path, monkeypatch):
+    import steerwatch.cli.generate as cli_generate
+
+    def huge(meta):
+        meta["residual_norm"]["1"]["mean"] = 1e30
+        return meta
+
+    monkeypatch.setattr(cli_generate, "load", lambda spec, **kw: qwen)
+    path = _tampered(tmp_path, qwen, huge)
+    res = _cli(["generate", "hi", "--max-new-tokens", "2", "--steer", f"{path}:+0.01", "--distress", str(path)])
+    assert res.exit_code == 2 and "residual norm 1e+30" in " ".join(res.output.split())

@@ -99,6 +99,7 @@ class LoadedModel:
     spec: str
     layers_path: str | None = None
     _fingerprint: str | None = field(default=None, repr=False)
+    measured_norms: dict[int, float] | None = field(default=None, repr=False)  # vector.measured_residual_norms
 
     @property
     def n_layers(self) -> int:

@@ -65,8 +65,11 @@ def generate_cmd(
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
     loaded = load(model, layers_path=layers_path)
+    from ..vector import check_residual_norm
+
     for spec in specs:
         spec.vector.check_model(loaded, force=force)
+        check_residual_norm(spec.vector, loaded)
     if specs:
         _guard(loaded, specs, distress, acknowledge_distress)
     prompts = [it["prompt"] for it in items]

@@ -89,7 +89,7 @@ class Deployment:
 
 def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
     """Check every referenced file (hashes, model fingerprint, layers) and build the deployment."""
-    from ..vector import load_vector
+    from ..vector import check_residual_norm, load_vector
     from ..watch.detector import load_detector
 
     pol = pf.policy
@@ -103,6 +103,7 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
         try:
             vec = load_vector(p)
             vec.check_model(loaded)
+            check_residual_norm(vec, loaded)
         except SteerwatchError as exc:
             raise PolicyError(f"{where}: {exc}") from None
         vectors[vp.name] = vec
@@ -121,6 +122,7 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
         try:
             det = load_detector(p)
             det.vector.check_model(loaded)
+            check_residual_norm(det.vector, loaded)
         except SteerwatchError as exc:
             raise PolicyError(f"{where}: {exc}") from None
         det.name = dp.name
