@@ -591,3 +591,59 @@ def test_cli_generate_refuses_an_absurd_residual_norm(qwen, tmp_path, monkeypatc
     path = _tampered(tmp_path, qwen, huge)
     res = _cli(["generate", "hi", "--max-new-tokens", "2", "--steer", f"{path}:+0.01", "--distress", str(path)])
     assert res.exit_code == 2 and "residual norm 1e+30" in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------- item 7: CPU-heavy preparation
+def test_message_and_steering_counts_are_capped_before_rendering(qwen_chat, tmp_path, monkeypatch):
+    import steerwatch.serve.app as app_mod
+    from steerwatch.policy.schema import Limits
+
+    assert (Limits().max_messages, Limits().max_steering_items) == (256, 16)
+    engine = _engine(qwen_chat, tmp_path, limits={"max_messages": 8, "max_steering_items": 4,
+                                                  "max_prompt_tokens": 64})
+
+    def never(*a, **kw):
+        raise AssertionError("rendered a request that the caps refuse")
+
+    monkeypatch.setattr(app_mod, "chat_prompt", never)
+    try:
+        with RunningServer(engine) as srv:
+            many = {"model": "tiny-qwen2", "messages": [{"role": "user"}] * 9}
+            err = _is_openai_error(_post(srv, "/chat/completions", many), 400)
+            assert err["param"] == "messages" and err["code"] == "too_many_messages" and "9" in err["message"]
+            steer = _chat("x", steering=[{"vector": "push", "strength": 0.0, "layers": [1]}] * 5)
+            err = _is_openai_error(_post(srv, "/chat/completions", steer, who="steerer"), 400)
+            assert err["param"] == "steering" and err["code"] == "too_many_steering_items" and "5" in err["message"]
+            comp = {"model": "tiny-qwen2", "prompt": "x", "steering": [{"vector": "push"}] * 5}
+            assert _is_openai_error(_post(srv, "/completions", comp), 400)["code"] == "too_many_steering_items"
+            # the character-level tokenizer's longest entry is 5 characters ("<unk>", "<bos>"...): a prompt
+            # longer than 64 tokens x 5 characters cannot fit 64 tokens and is refused unrendered
+            long = _chat("y" * (64 * 5 + 1))
+            err = _is_openai_error(_post(srv, "/chat/completions", long), 400)
+            assert err["code"] == "prompt_too_long" and "321 characters" in err["message"]
+    finally:
+        engine.stop()
+
+
+def test_rendering_runs_off_the_event_loop(server, monkeypatch):
+    """A slow chat-template rendering must not stall /health (or any other request)."""
+    import time
+
+    import steerwatch.serve.app as app_mod
+
+    real = app_mod.chat_prompt
+
+    def slow(*a, **kw):
+        time.sleep(2.0)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(app_mod, "chat_prompt", slow)
+    root = server.base_url.removesuffix("/v1")
+    with ThreadPoolExecutor(2) as ex:
+        fut = ex.submit(_post, server, "/chat/completions", _chat("slow"))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert httpx.get(root + "/health", timeout=30).status_code == 200
+        waited = time.monotonic() - t0
+        assert fut.result().status_code == 200
+    assert waited < 0.5

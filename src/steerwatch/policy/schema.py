@@ -77,6 +77,8 @@ class Limits(_Strict):
     default_max_tokens: int = Field(128, ge=1)
     max_prompt_tokens: int = Field(4096, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(256, ge=1, le=100_000)  # messages in one chat request (checked before rendering)
+    max_steering_items: int = Field(16, ge=1, le=1024)  # entries in one request's `steering`
     max_batch: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(10.0, ge=0, le=5000)
     max_combined_strength: float = Field(0.5, gt=0, le=100)  # sum of |strength| (add, clamp) dialled together

@@ -43,6 +43,18 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="steerwatch", version=_version(), docs_url=None, redoc_url=None)
     app.state.engine = engine
 
+    # No token covers more characters than the vocabulary's longest entry, so a prompt of more than
+    # max_prompt_tokens x that many characters is too long for sure: refused before rendering.
+    longest = max((len(t) for t in dep.loaded.tokenizer.get_vocab()), default=1) or 1
+    char_cap = pol.limits.max_prompt_tokens * longest
+
+    def precheck_chars(n_chars: int, param: str) -> None:
+        if n_chars > char_cap:
+            raise ApiError(400, f"the prompt has {n_chars} characters, more than {pol.limits.max_prompt_tokens} "
+                                f"tokens can hold (at most {longest} characters per token on this model); this "
+                                f"server's limit is {pol.limits.max_prompt_tokens} tokens", param=param,
+                           code="prompt_too_long")
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -100,6 +112,13 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        for name, cap, code in (("messages", pol.limits.max_messages, "too_many_messages"),
+                                ("steering", pol.limits.max_steering_items, "too_many_steering_items")):
+            items = data.get(name)
+            if isinstance(items, list) and len(items) > cap:  # before validation and rendering: both cost CPU
+                raise ApiError(400, f"{name} has {len(items)} entries; this server takes at most {cap} "
+                                    f"(limits.max_{name if name == 'messages' else 'steering_items'})", param=name,
+                               code=code)
         try:
             req = model_cls.model_validate(data)
         except ValidationError as exc:
@@ -198,8 +217,11 @@ def create_app(engine: Engine) -> FastAPI:
     async def chat(request: Request) -> Any:
         key = auth(request)
         req: ChatRequest = await body_of(request, ChatRequest)
-        try:
-            prompt_ids, msgs = chat_prompt(req, dep.loaded.tokenizer, pol.system_prompt)
+        precheck_chars(sum(len(m.content) if isinstance(m.content, str) else
+                           sum(len(str(p.get("text", ""))) for p in m.content or []) for m in req.messages)
+                       + len(pol.system_prompt or ""), "messages")
+        try:  # rendering and tokenising cost CPU: off the event loop
+            prompt_ids, msgs = await asyncio.to_thread(chat_prompt, req, dep.loaded.tokenizer, pol.system_prompt)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
         return await respond(gen_request(req, key, prompt_ids, msgs, "chat"), req, chat=True)
@@ -208,8 +230,11 @@ def create_app(engine: Engine) -> FastAPI:
     async def completions(request: Request) -> Any:
         key = auth(request)
         req: CompletionRequest = await body_of(request, CompletionRequest)
+        if isinstance(req.prompt, str) or (isinstance(req.prompt, list) and isinstance(req.prompt[0], str)):
+            precheck_chars(len(req.prompt if isinstance(req.prompt, str) else req.prompt[0]), "prompt")
         try:
-            prompt_ids, record = completion_prompt(req, dep.loaded.tokenizer, dep.loaded.model.config.vocab_size)
+            prompt_ids, record = await asyncio.to_thread(completion_prompt, req, dep.loaded.tokenizer,
+                                                         dep.loaded.model.config.vocab_size)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="prompt") from None
         return await respond(gen_request(req, key, prompt_ids, record, "completion"), req, chat=False)
