@@ -647,3 +647,49 @@ def test_rendering_runs_off_the_event_loop(server, monkeypatch):
         waited = time.monotonic() - t0
         assert fut.result().status_code == 200
     assert waited < 0.5
+
+
+# ---------------------------------------------------------------- item 9: store faults found at start-up
+def _store_policy(qwen_chat, tmp_path, url):
+    import yaml
+
+    from test_serve import _policy, _write_files
+
+    pol = _policy(_write_files(qwen_chat, tmp_path / "files"), store={"url": url})
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(pol), encoding="utf-8")
+    return p
+
+
+def _no_model(monkeypatch):
+    import steerwatch.models as models
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+
+
+def test_a_read_only_store_is_refused_before_the_model_loads(qwen_chat, tmp_path, monkeypatch):
+    from steerwatch.serve.server import build_engine
+    from steerwatch.serve.store import EventStore, StoreError
+
+    db = tmp_path / "events.db"
+    EventStore(f"sqlite:///{db}").close()  # the table exists; the store is then opened read-only
+    p = _store_policy(qwen_chat, tmp_path, f"sqlite:///file:{db}?mode=ro&uri=true")
+    _no_model(monkeypatch)
+    with pytest.raises(StoreError, match=r"the event store .* is not writable .*readonly"):
+        build_engine(p)
+    res = _cli(["serve", "--policy", str(p)])
+    assert res.exit_code == 2 and "is not writable" in " ".join(res.output.split())
+
+
+def test_a_store_path_under_a_file_is_a_store_error(qwen_chat, tmp_path, monkeypatch):
+    from steerwatch.serve.server import build_engine
+    from steerwatch.serve.store import StoreError
+
+    (tmp_path / "afile").write_text("x")
+    p = _store_policy(qwen_chat, tmp_path, "sqlite:///afile/events.db")
+    _no_model(monkeypatch)
+    with pytest.raises(StoreError, match=r"cannot create the folder .*afile.* for the event store"):
+        build_engine(p)
