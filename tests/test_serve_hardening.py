@@ -693,3 +693,35 @@ def test_a_store_path_under_a_file_is_a_store_error(qwen_chat, tmp_path, monkeyp
     _no_model(monkeypatch)
     with pytest.raises(StoreError, match=r"cannot create the folder .*afile.* for the event store"):
         build_engine(p)
+
+
+# ---------------------------------------------------------------- item 13: size limits on user files
+def test_an_oversized_jsonl_line_is_a_clear_error_before_parsing(tmp_path, monkeypatch):
+    import steerwatch.io as io_mod
+    from steerwatch.data.conversations import load_conversations
+    from steerwatch.data.prompts import load_prompt_items
+    from steerwatch.errors import DataFormatError
+
+    monkeypatch.setattr(io_mod, "MAX_LINE_CHARS", 1000)  # the limit is 1,000,000 characters; smaller to test
+    ok = json.dumps({"prompt": "fine"})
+    big = json.dumps({"prompt": "y" * 2000})
+    f = tmp_path / "p.jsonl"
+    f.write_text(ok + "\n" + big + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"p\.jsonl, line 2: the line has 2014 characters, more than the "
+                                              r"limit of 1000"):
+        load_prompt_items(f)
+    t = tmp_path / "p.txt"
+    t.write_text("short\n" + "z" * 1001 + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"p\.txt, line 2: the line has 1001 characters"):
+        load_prompt_items(t)
+    c = tmp_path / "c.jsonl"
+    c.write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 2000}], "label": 1}) + "\n")
+    with pytest.raises(DataFormatError, match=r"c\.jsonl, line 1: the line has"):
+        load_conversations(c)
+    assert len(load_prompt_items(_small(tmp_path))) == 2  # lines within the limit still load
+
+
+def _small(tmp_path):
+    p = tmp_path / "small.txt"
+    p.write_text("a\nb\n", encoding="utf-8")
+    return p
