@@ -725,3 +725,76 @@ def _small(tmp_path):
     p = tmp_path / "small.txt"
     p.write_text("a\nb\n", encoding="utf-8")
     return p
+
+
+# ---------------------------------------------------------------- item 15: backpressure and hung-up clients
+def _gated(engine):
+    """Make the engine's generation wait until ``gate`` is set; ``prompts`` records what it generated."""
+    gate, prompts, real = threading.Event(), [], engine.backend.generate
+
+    def generate(*a, **kw):
+        assert gate.wait(60)
+        prompts.extend(kw["prompt_ids"])
+        return real(*a, **kw)
+
+    engine.backend.generate = generate
+    return gate, prompts
+
+
+def test_a_full_queue_answers_503_with_retry_after(qwen_chat, tmp_path):
+    import time
+
+    engine = _engine(qwen_chat, tmp_path, limits={"max_batch": 1, "batch_wait_ms": 0, "max_queue": 2})
+    gate, _ = _gated(engine)
+    try:
+        with RunningServer(engine) as srv, ThreadPoolExecutor(4) as ex:
+            running = ex.submit(_post, srv, "/chat/completions", _chat("first"))
+            deadline = time.monotonic() + 30
+            while engine.stats["batches"] < 1 and time.monotonic() < deadline:  # the worker holds "first"
+                time.sleep(0.02)
+            waiting = [ex.submit(_post, srv, "/chat/completions", _chat(f"wait {i}")) for i in range(2)]
+            while engine.waiting < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            over = _post(srv, "/chat/completions", _chat("one too many"))
+            gate.set()
+            answers = [running.result()] + [w.result() for w in waiting]
+    finally:
+        gate.set()
+        engine.stop()
+    err = _is_openai_error(over, 503)
+    assert err["code"] == "server_overloaded" and err["type"] == "server_error" and "2" in err["message"]
+    assert over.headers["retry-after"] == "1"
+    assert [a.status_code for a in answers] == [200, 200, 200]
+
+
+def test_a_queued_request_whose_client_hung_up_is_not_generated(qwen_chat, tmp_path):
+    import time
+
+    engine = _engine(qwen_chat, tmp_path, limits={"max_batch": 1, "batch_wait_ms": 0})
+    gate, generated = _gated(engine)
+    try:
+        with RunningServer(engine) as srv, ThreadPoolExecutor(2) as ex:
+            first = ex.submit(_post, srv, "/chat/completions", _chat("first"))
+            deadline = time.monotonic() + 30
+            while engine.stats["batches"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with pytest.raises(httpx.ReadTimeout):  # this client gives up while its request waits
+                httpx.post(srv.base_url + "/chat/completions", json=_chat("hung up"), headers=ADMIN, timeout=0.5)
+            stream_gone = {"model": "tiny-qwen2", "messages": [{"role": "user", "content": "gone too"}],
+                           "max_tokens": 4, "stream": True}
+            with httpx.stream("POST", srv.base_url + "/chat/completions", json=stream_gone, headers=ADMIN,
+                              timeout=30) as r:
+                next(r.iter_lines())  # the opening chunk, then hang up while queued
+            time.sleep(1.5)  # the server notices the hang-ups (it polls every 0.25 s) while the worker is held
+            gate.set()
+            assert first.result().status_code == 200
+            after = _post(srv, "/chat/completions", _chat("after"))
+            assert after.status_code == 200
+    finally:
+        gate.set()
+        engine.stop()
+    texts = [qwen_chat.tokenizer.decode(p) for p in generated]
+    assert any("first" in t for t in texts) and any("after" in t for t in texts)
+    assert not any("hung up" in t or "gone too" in t for t in texts)  # never generated
+    assert engine.stats["cancelled"] == 2
+    assert not any(r["prompt"][-1]["content"] in ("hung up", "gone too") for r in engine.store.list(limit=1000))

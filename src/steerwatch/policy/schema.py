@@ -80,6 +80,7 @@ class Limits(_Strict):
     max_messages: int = Field(256, ge=1, le=100_000)  # messages in one chat request (checked before rendering)
     max_steering_items: int = Field(16, ge=1, le=1024)  # entries in one request's `steering`
     max_batch: int = Field(8, ge=1, le=256)
+    max_queue: int = Field(64, ge=1, le=100_000)  # requests waiting for the worker; beyond: 503 + Retry-After
     batch_wait_ms: float = Field(10.0, ge=0, le=5000)
     max_combined_strength: float = Field(0.5, gt=0, le=100)  # sum of |strength| (add, clamp) dialled together
     default_temperature: float = Field(0.0, ge=0, le=2)  # when a request gives none: 0 = greedy

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..policy.admission import Refusal, admit
 from . import openai
+from .engine import QueueFull
 from .openai import ApiError
 from .requests import GenRequest, GenResult, chat_prompt, completion_prompt
 from .schemas import ChatRequest, CompletionRequest
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
 log = logging.getLogger("steerwatch.serve")
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 MAX_JSON_DEPTH = 64  # a request body nested deeper is refused (400) before validation
 
 
@@ -57,7 +59,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _query_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -156,24 +158,30 @@ def create_app(engine: Engine) -> FastAPI:
 
     async def stream(q: asyncio.Queue, req: Any, gen: GenRequest, *, chat: bool) -> AsyncIterator[str]:
         chunks = openai.Chunks(gen, chat=chat, model=dep.served_name)
-        opening = chunks.opening()
-        if opening:
-            yield opening
-        while True:
-            kind, val = await q.get()
-            if kind == "delta":
-                yield chunks.delta(val)
-            elif kind == "error":
-                yield chunks.error(_failed(val))
-                break
-            else:
-                yield chunks.final(val, extension(val, req))
-                if req.stream_options and req.stream_options.include_usage:
-                    yield chunks.usage(val)
-                break
-        yield chunks.DONE
+        finished = False
+        try:
+            opening = chunks.opening()
+            if opening:
+                yield opening
+            while True:
+                kind, val = await q.get()
+                if kind == "delta":
+                    yield chunks.delta(val)
+                elif kind == "error":
+                    yield chunks.error(_failed(val))
+                    break
+                else:
+                    yield chunks.final(val, extension(val, req))
+                    if req.stream_options and req.stream_options.include_usage:
+                        yield chunks.usage(val)
+                    break
+            finished = True
+            yield chunks.DONE
+        finally:
+            if not finished:  # the client hung up: drop the request if it has not started generating
+                gen.cancelled = True
 
-    async def respond(gen: GenRequest, req: Any, *, chat: bool) -> Any:
+    async def respond(gen: GenRequest, req: Any, request: Request, *, chat: bool) -> Any:
         """Submit; stream the answer as SSE, or wait for it and return the OpenAI object."""
         loop, q = asyncio.get_running_loop(), asyncio.Queue()  # type: ignore[var-annotated]
 
@@ -184,11 +192,21 @@ def create_app(engine: Engine) -> FastAPI:
                 pass
 
         gen.sink = sink
-        engine.submit(gen)
+        try:
+            engine.submit(gen)
+        except QueueFull as exc:
+            raise ApiError(503, str(exc), type_="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"}) from None
         if req.stream:
             return StreamingResponse(stream(q, req, gen, chat=chat), media_type="text/event-stream")
         while True:
-            kind, val = await q.get()
+            try:
+                kind, val = await asyncio.wait_for(q.get(), timeout=DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if not gen.answered and await request.is_disconnected():
+                    gen.cancelled = True  # dropped if still queued; once generating, finished and stored
+                    return JSONResponse(ApiError(408, "the client disconnected").body(), status_code=408)
+                continue
             if kind == "done":
                 return openai.response(gen, val, chat=chat, model=dep.served_name, extension=extension(val, req))
             if kind == "error":
@@ -205,7 +223,8 @@ def create_app(engine: Engine) -> FastAPI:
         store = None if engine.store is None else dict(engine.store_health)
         return {"status": "ok", "model": dep.served_name, "policy_sha256": dep.policy_sha256,
                 "batches": engine.stats["batches"], "requests": engine.stats["requests"],
-                "failed": engine.stats["failed"], "store": store}
+                "failed": engine.stats["failed"], "cancelled": engine.stats["cancelled"],
+                "rejected": engine.stats["rejected"], "waiting": engine.waiting, "store": store}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -224,7 +243,7 @@ def create_app(engine: Engine) -> FastAPI:
             prompt_ids, msgs = await asyncio.to_thread(chat_prompt, req, dep.loaded.tokenizer, pol.system_prompt)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        return await respond(gen_request(req, key, prompt_ids, msgs, "chat"), req, chat=True)
+        return await respond(gen_request(req, key, prompt_ids, msgs, "chat"), req, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -237,7 +256,7 @@ def create_app(engine: Engine) -> FastAPI:
                                                          dep.loaded.model.config.vocab_size)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="prompt") from None
-        return await respond(gen_request(req, key, prompt_ids, record, "completion"), req, chat=False)
+        return await respond(gen_request(req, key, prompt_ids, record, "completion"), req, request, chat=False)
 
     @app.get("/v1/watch/events")
     async def events(request: Request, flagged: bool = False, limit: int = 100, after: int = 0) -> dict[str, Any]:

@@ -15,7 +15,8 @@ withholds the text: finish reason ``content_filter``), the degeneration guard (a
 response whose repeated-4-gram share or unsteered perplexity passes the policy's bound is
 regenerated unsteered or at lower strength, and the event recorded), and the store (flagged
 responses, or all with ``store.store_all``). All of this happens in the worker, so a client that
-disconnects mid-stream loses nothing.
+disconnects mid-stream loses nothing. A request whose client hung up before it was taken into a
+batch is dropped without being generated; at most ``limits.max_queue`` requests wait (:class:`QueueFull`).
 
 Streaming. Deltas are sent as tokens arrive unless the policy has a ``block`` detector: then a
 stream is held until the response has been checked (a blocked text is never sent). A streamed
@@ -48,6 +49,10 @@ STORE_FAILED = ("the event could not be stored; the answer is served and the fai
                 "(logged on the server under request id {rid})")
 
 
+class QueueFull(SteerwatchError):
+    """The engine's queue holds ``limits.max_queue`` waiting requests: try again shortly."""
+
+
 class Engine:
     """Owns the model and a worker thread; ``submit`` requests from any thread."""
 
@@ -71,7 +76,10 @@ class Engine:
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0}
+        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0, "cancelled": 0,
+                      "rejected": 0}
+        self.waiting = 0  # submitted, not yet taken into a batch (bounded by limits.max_queue)
+        self._count_lock = threading.Lock()
         self.store_health: dict[str, Any] = {"ok": True, "dropped_events": 0, "last_error_at": None}
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,7 +99,26 @@ class Engine:
     def submit(self, req: GenRequest) -> None:
         if self._thread is None:
             raise SteerwatchError("the engine is not running; call engine.start() first")
+        limit = self.dep.policy.limits.max_queue
+        with self._count_lock:
+            if self.waiting >= limit:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"the server is busy: {self.waiting} requests are waiting (limits.max_queue "
+                                f"{limit}); retry shortly")
+            self.waiting += 1
         self._queue.put(req)
+
+    def _take(self, req: GenRequest) -> bool:
+        """A waiting request leaves the queue; False when its client hung up (it is dropped, not generated)."""
+        with self._count_lock:
+            self.waiting -= 1
+            if req.cancelled:
+                self.stats["cancelled"] += 1
+        if req.cancelled:
+            req.answered = True
+            log.info("request %s dropped before generation: its client hung up", req.request_id)
+            return False
+        return True
 
     def _loop(self) -> None:
         lim = self.dep.policy.limits
@@ -104,10 +131,12 @@ class Engine:
                 if got is None:
                     break
                 first = got
+            if not self._take(first):
+                continue
             batch = [first]
             key = first.batch_key()
             keep = [r for r in pending if r.batch_key() == key][: lim.max_batch - 1]
-            batch += keep
+            batch += [r for r in keep if self._take(r)]
             pending = [r for r in pending if r not in keep]
             deadline = time.monotonic() + lim.batch_wait_ms / 1000.0
             while len(batch) < lim.max_batch:
@@ -120,7 +149,8 @@ class Engine:
                     self._stopping.set()
                     break
                 if nxt.batch_key() == key:
-                    batch.append(nxt)
+                    if self._take(nxt):
+                        batch.append(nxt)
                 else:
                     pending.append(nxt)
             self._run_isolated(batch)

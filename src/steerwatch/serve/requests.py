@@ -35,6 +35,7 @@ class GenRequest:
     sink: Callable[[tuple[str, Any]], None] | None = None
     streamed: bool = False  # part of the text was sent (a failed batch cannot retry this row)
     answered: bool = False  # "done" or "error" was sent
+    cancelled: bool = False  # its client hung up: dropped if it has not started generating
 
     def batch_key(self) -> tuple:
         if self.seed is not None:
