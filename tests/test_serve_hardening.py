@@ -301,6 +301,14 @@ def test_conditional_steering_counts_in_the_combined_strength(qwen_chat, tmp_pat
     r = _refusal(engine, [_Item("other", 0.03)])
     assert r.code == "strength_out_of_bounds" and "0.33" in r.message and "conditional" in r.message
 
+    def bigger(pol, paths):
+        _with_conditional(0.4)(pol, paths)
+        pol["limits"]["max_combined_strength"] = 0.32
+
+    engine = _deployment(qwen_chat, tmp_path / "b", mutate=bigger)
+    assert _admitted(engine, []) == []  # turning its own steering off is always allowed
+    assert _refusal(engine, [_Item("other", 0.01)]).code == "strength_out_of_bounds"
+
 
 def test_opposite_pushes_at_different_layers_do_not_cancel(qwen_chat, tmp_path):
     """+0.04 at layers 2 and 3 with -0.04 at layer 0 summed to +0.04 (within 0.05); layers 2 and 3

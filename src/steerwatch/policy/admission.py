@@ -102,7 +102,7 @@ def admit_steering(dep: Deployment, items: Sequence[SteeringItem] | None, key: K
             raise Refusal(400, f"steering refused by the policy guard: {row.message}{also}", param="steering",
                           code="distress_steering")
     limit = dep.policy.limits.max_combined_strength
-    if total + cond_total > limit:
+    if specs and total + cond_total > limit:  # with no steering of its own, the policy's check stands
         parts = f" ({total:g} requested + {cond_total:g}{also})" if cond_total else ""
         raise Refusal(400, f"the steering strengths add up to {total + cond_total:g}{parts}, above the policy's "
                            f"max_combined_strength {limit:g}", param="steering", code="strength_out_of_bounds")
