@@ -103,8 +103,8 @@ def test_generation_failure_answers_500_without_exception_text(qwen_chat, tmp_pa
 
 # ---------------------------------------------------------------- item 3: one bad row must not fail its batch
 def test_a_failing_row_is_isolated_and_the_others_of_its_batch_are_answered(gpt2, tmp_path):
-    """A prompt longer than GPT-2's learned positions (256) that reaches the engine (bypassing
-    admission) fails its forward pass; the other requests of its batch are retried alone."""
+    """A row that fails its batch's forward pass fails only itself: the other requests of its batch
+    are retried alone. A request that cannot fit the model's context is refused at submit."""
     engine = _engine(gpt2, tmp_path, limits={"batch_wait_ms": 300, "max_batch": 8})
     got: dict[str, tuple] = {}
     done = threading.Event()
@@ -117,8 +117,16 @@ def test_a_failing_row_is_isolated_and_the_others_of_its_batch_are_answered(gpt2
                     done.set()
         return sink
 
+    from conftest import make_vector
+    from steerwatch.errors import SteerwatchError
+    from steerwatch.steer import SteerSpec
+
+    with pytest.raises(SteerwatchError, match="300 prompt tokens and max_tokens 3 exceed the model's context of 256"):
+        engine.submit(GenRequest(prompt_ids=[2] + [40] * 299, prompt_record="long", max_tokens=3))
+    # a row the engine cannot run (a vector of another hidden size) fails its forward pass
+    alien = SteerSpec(vector=make_vector(gpt2, hidden_size=16), strength=0.1)
     reqs = {"a": GenRequest(prompt_ids=[2, 40, 41], prompt_record="a", max_tokens=3),
-            "poison": GenRequest(prompt_ids=[2] + [40] * 300, prompt_record="poison", max_tokens=3),
+            "poison": GenRequest(prompt_ids=[2, 45, 46], prompt_record="poison", max_tokens=3, steering=[alien]),
             "b": GenRequest(prompt_ids=[2, 50, 51], prompt_record="b", max_tokens=3)}
     try:
         for name, req in reqs.items():

@@ -99,6 +99,7 @@ class Engine:
     def submit(self, req: GenRequest) -> None:
         if self._thread is None:
             raise SteerwatchError("the engine is not running; call engine.start() first")
+        self._validate(req)
         limit = self.dep.policy.limits.max_queue
         with self._count_lock:
             if self.waiting >= limit:
@@ -107,6 +108,20 @@ class Engine:
                                 f"{limit}); retry shortly")
             self.waiting += 1
         self._queue.put(req)
+
+    def _validate(self, req: GenRequest) -> None:
+        """What would fail a whole batch, refused for this request alone before it is queued (the HTTP
+        layer's admission refuses these earlier, with a 400; this guards direct callers)."""
+        vocab = int(self.loaded.model.config.vocab_size)
+        if not req.prompt_ids or any(not 0 <= int(t) < vocab for t in req.prompt_ids):
+            raise SteerwatchError(f"request {req.request_id}: prompt_ids must be a non-empty list of token ids "
+                                  f"in [0, {vocab})")
+        if req.max_tokens < 1:
+            raise SteerwatchError(f"request {req.request_id}: max_tokens must be at least 1")
+        ctx = self.loaded.context_length
+        if ctx is not None and len(req.prompt_ids) + req.max_tokens > ctx:
+            raise SteerwatchError(f"request {req.request_id}: {len(req.prompt_ids)} prompt tokens and max_tokens "
+                                  f"{req.max_tokens} exceed the model's context of {ctx} tokens")
 
     def _take(self, req: GenRequest) -> bool:
         """A waiting request leaves the queue; False when its client hung up (it is dropped, not generated)."""
