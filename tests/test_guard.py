@@ -335,10 +335,10 @@ def _cli(args, **kw):
 
 
 def test_cli_hash_key_from_argument_and_stdin():
-    want = f"sha256: {hash_key('s3cret key')}"
-    assert want == "sha256: " + __import__("hashlib").sha256(b"s3cret key").hexdigest()
-    assert _cli(["policy", "hash-key", "s3cret key"]).stdout.strip() == want
-    res = _cli(["policy", "hash-key"], input="s3cret key\n")
+    want = f"sha256: {hash_key('s3cret key for tests')}"
+    assert want == "sha256: " + __import__("hashlib").sha256(b"s3cret key for tests").hexdigest()
+    assert _cli(["policy", "hash-key", "s3cret key for tests"]).stdout.strip() == want
+    res = _cli(["policy", "hash-key"], input="s3cret key for tests\n")
     assert res.exit_code == 0 and res.stdout.strip() == want
     res = _cli(["policy", "hash-key"], input="\n")
     assert res.exit_code == 2 and "empty" in res.output

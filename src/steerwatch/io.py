@@ -26,6 +26,8 @@ def file_sha256(path: str | Path) -> str:
 
 def read_text(path: str | Path) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise DataFormatError("is a directory, not a file", path=str(p))
     if not p.is_file():
         raise DataFormatError("file does not exist", path=str(p))
     try:
@@ -41,14 +43,26 @@ def read_json(path: str | Path) -> Any:
         raise DataFormatError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
 
 
-def jsonl_lines(text: str) -> list[str]:
-    """The lines of a JSON Lines text (split on "\n" only; a trailing "\r" is dropped)."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
+# The longest line a JSONL or prompt file may have (about 250k tokens of text: more than any model
+# here reads). A longer line is refused before it is parsed or tokenised (a 1 GB line would exhaust
+# the tokenizer); split the record or shorten it.
+MAX_LINE_CHARS = 1_000_000
+
+
+def jsonl_lines(text: str, *, path: str | Path | None = None) -> list[str]:
+    """The lines of a JSON Lines (or one-prompt-a-line) text, split on "\n" only (a trailing "\r" is
+    dropped). A line longer than :data:`MAX_LINE_CHARS` is a DataFormatError naming it."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    for i, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise DataFormatError(f"the line has {len(line)} characters, more than the limit of {MAX_LINE_CHARS}; "
+                                  "split the record or shorten it", path=None if path is None else str(path), line=i)
+    return lines
 
 
 def read_jsonl_lines(path: str | Path) -> list[str]:
     """The lines of a JSON Lines file (see :func:`jsonl_lines`)."""
-    return jsonl_lines(read_text(path))
+    return jsonl_lines(read_text(path), path=path)
 
 
 def iter_jsonl_objects(lines: list[str], *, path: str) -> Iterator[tuple[int, dict]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class LoadedModel:
     spec: str
     layers_path: str | None = None
     _fingerprint: str | None = field(default=None, repr=False)
+    measured_norms: dict[int, float] | None = field(default=None, repr=False)  # vector.measured_residual_norms
 
     @property
     def n_layers(self) -> int:
@@ -108,6 +110,17 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions (prompt + generated tokens) the model's config allows, or None when it
+        names no limit. Learned position embeddings (GPT-2) fail past it; rotary ones degrade."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
 
     @property
     def eos_ids(self) -> list[int]:
@@ -292,6 +305,11 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
             tok = AutoTokenizer.from_pretrained(str(path))
+        except pickle.UnpicklingError:
+            raise ModelLoadError(
+                f"refused to load the pickled weights in {path} (torch's safe loader does not accept them, and "
+                "loading a pickle can run code); convert the model to safetensors where you trust it "
+                "(model.save_pretrained(dir, safe_serialization=True)) and load that directory") from None
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
         name = path.resolve().name

@@ -37,6 +37,48 @@ _REQUIRED = ("concept", "model_name", "model_fingerprint", "hidden_size", "layer
              "method", "read_position", "default_layers", "residual_norm")
 
 
+# A vector's residual-norm statistics may differ from the model's measured residual norm by at most
+# this factor. Extraction data and the probe text below give norms within a few times of each other;
+# a file whose norms are off by more was edited or built elsewhere, and its strength unit means nothing
+# (a norm of 1e30 turns +0.01 into a push of 1e28).
+NORM_FACTOR = 100.0
+_NORM_PROBE = ("The committee met on Tuesday to review the budget for the coming year. Everyone agreed that "
+               "the report was clear, and the meeting ended a little earlier than planned.")
+
+
+def measured_residual_norms(loaded: LoadedModel) -> dict[int, float]:
+    """The model's mean residual-stream norm at each layer over a short fixed text (each sequence's
+    first token left out, as extraction does); measured once per loaded model."""
+    if loaded.measured_norms is not None:
+        return loaded.measured_norms
+    from .batch import forward
+    from .record import ReadHooks
+
+    ids = [int(t) for t in loaded.tokenizer(_NORM_PROBE, add_special_tokens=True)["input_ids"]]
+    with ReadHooks(loaded, list(range(loaded.n_layers)),
+                   lambda _layer, h: float(h[0, 1:].norm(dim=-1).mean())) as hooks:
+        forward(loaded, [ids])
+        (call,) = hooks.take()
+    loaded.measured_norms = {int(k): float(v) for k, v in call.items()}
+    return loaded.measured_norms
+
+
+def check_residual_norm(vector: Vector, loaded: LoadedModel, *, factor: float = NORM_FACTOR) -> None:
+    """Raise VectorMismatchError when the vector's residual-norm statistics (its strength unit) are
+    more than ``factor`` times off the model's measured residual norm at any of its layers."""
+    measured = measured_residual_norms(loaded)
+    for layer in vector.layers:
+        have, want = vector.norm(layer), measured.get(layer)
+        if want is None or want <= 0:
+            continue
+        if not (want / factor <= have <= want * factor):
+            raise VectorMismatchError(
+                f"vector {vector.concept!r} records a residual norm {have:.4g} at layer {layer}, but model "
+                f"{loaded.name!r} measured {want:.4g} there ({have / want:.3g} times; at most {factor:g} is "
+                "accepted); its strength unit would be wrong by that factor: rebuild the vector on this model "
+                "with steerwatch extract")
+
+
 def best_layer(validation: Mapping[int, Mapping[str, float]]) -> int:
     """THE best-layer rule, for steering windows, detectors and reports alike: the highest
     validation AUROC rounded to 3 decimals (finer differences are noise at these validation sizes),
@@ -256,6 +298,64 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _layer_table(meta: dict[str, Any], key: str, *, required: bool) -> str | None:
+    """``key`` is {"<layer>": {"<stat>": number, ...}}; the first violation, or None."""
+    table = meta.get(key)
+    if table is None and not required:
+        return None
+    if not isinstance(table, dict):
+        return f"{key} must be an object of layer -> statistics, got {type(table).__name__}"
+    for k, row in table.items():
+        if not (isinstance(k, str) and k.isdigit()):
+            return f"{key} has the key {k!r}; keys must be layer numbers"
+        if not isinstance(row, dict):
+            return f"{key}.{k} must be an object of statistics, got {type(row).__name__}"
+        for stat, v in row.items():  # NaN is allowed here (a degenerate validation split writes it)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                return f"{key}.{k}.{stat} must be a number, got {v!r}"
+    return None
+
+
+def _schema_error(meta: dict[str, Any]) -> str | None:
+    """The first field of a vector file's metadata with the wrong type, named; None when it is sound.
+    (The schema of :meth:`Vector.metadata`; values are checked further by :func:`load_vector`.)"""
+    for key in ("concept", "model_name", "model_fingerprint", "layer_convention", "method", "read_position"):
+        if not isinstance(meta[key], str):
+            return f"{key} must be a string, got {type(meta[key]).__name__}"
+    for key in ("read_method", "library_version", "created_at"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"{key} must be a string, got {type(meta[key]).__name__}"
+    if not _is_int(meta["hidden_size"]) or meta["hidden_size"] <= 0:
+        return f"hidden_size must be a positive integer, got {meta['hidden_size']!r}"
+    if "format_version" in meta and not _is_int(meta["format_version"]):
+        return f"format_version must be an integer, got {meta['format_version']!r}"
+    n = meta.get("n_model_layers")
+    if n is not None and (not _is_int(n) or n <= 0):
+        return f"n_model_layers must be a positive integer or null, got {n!r}"
+    d = meta["default_layers"]
+    if not isinstance(d, list) or not all(_is_int(x) for x in d):
+        return f"default_layers must be a list of layer numbers, got {d!r}"
+    rs = meta.get("recommended_strength")
+    if rs is not None and not _is_num(rs):
+        return f"recommended_strength must be a finite number or null, got {rs!r}"
+    for key in ("dataset", "extra"):
+        if key in meta and not isinstance(meta[key], dict):
+            return f"{key} must be an object, got {type(meta[key]).__name__}"
+    for key, required in (("residual_norm", True), ("validation", False), ("read_validation", False)):
+        bad = _layer_table(meta, key, required=required)
+        if bad:
+            return bad
+    return None
+
+
 def load_vector(path: str | Path) -> Vector:
     """Load and strictly validate a vector file."""
     import torch
@@ -273,9 +373,15 @@ def load_vector(path: str | Path) -> Vector:
         meta = json.loads(meta_raw)
     except json.JSONDecodeError:
         raise VectorFileError(f"{path}: the steerwatch metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"{path}: the steerwatch metadata must be a JSON object, got {type(meta).__name__}")
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise VectorFileError(f"{path}: metadata lacks required field(s) {', '.join(missing)}")
+    wrong = _schema_error(meta)
+    if wrong:
+        raise VectorFileError(f"{path}: {wrong} (the file's metadata is damaged or was edited; rebuild the vector "
+                              "with steerwatch extract)")
     if meta.get("format_version", 1) > FORMAT_VERSION:
         raise VectorFileError(f"{path} has format version {meta['format_version']}; this steerwatch reads "
                               f"up to {FORMAT_VERSION}; upgrade steerwatch")

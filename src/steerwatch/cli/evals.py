@@ -238,7 +238,7 @@ def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
 
     seen: dict = {}
     picked = []
-    for _, a in iter_jsonl_objects(jsonl_lines(read_text(answers_path)), path=str(answers_path)):
+    for _, a in iter_jsonl_objects(jsonl_lines(read_text(answers_path), path=answers_path), path=str(answers_path)):
         key = (a.get("setting"), a.get("strength"), tuple(a.get("resolved_layers") or ()))
         if seen.get(key, 0) < per_setting:
             seen[key] = seen.get(key, 0) + 1
@@ -332,12 +332,12 @@ def report_cmd(
     from ..evals.sweep import objective_columns, recommend
     from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
-    rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file)), path=str(rows_file))]
+    rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file), path=rows_file), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
         if not need <= set(r):
             raise SteerwatchError(f"{rows_file}, row {i}: not a sweep row (needs {', '.join(sorted(need))})")
-    sample_rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(samples)),
+    sample_rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(samples), path=samples),
                                                     path=str(samples))] if samples else []
     if samples is not None and any("answer" in x for x in sample_rows):  # open-ended answers: a few per setting
         sample_rows = pick_samples(samples)

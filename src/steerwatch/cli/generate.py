@@ -40,6 +40,12 @@ def generate_cmd(
     if_mode: str = typer.Option("token", help="With --steer-if: 'token' (from the token where the detector's "
                                               "running mean crosses its trigger threshold) or 'prompt' (the whole "
                                               "answer, when the prompt scores above threshold)."),
+    acknowledge_distress: str | None = typer.Option(None, "--acknowledge-distress", metavar="REASON",
+        help="Run steering that the policy guard refuses for pushing towards distress (docs/serve-guard.md); "
+             "the reason is printed with the warning."),
+    distress: Path | None = typer.Option(None, "--distress",
+        help="The distress vector the guard checks --steer against (default: the built-in one, built on the "
+             "model once and cached)."),
 ) -> None:
     """Generate answers, optionally steered and watched; print them or write JSON Lines."""
     from rich.table import Table
@@ -59,8 +65,13 @@ def generate_cmd(
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
     loaded = load(model, layers_path=layers_path)
+    from ..vector import check_residual_norm
+
     for spec in specs:
         spec.vector.check_model(loaded, force=force)
+        check_residual_norm(spec.vector, loaded)
+    if specs:
+        _guard(loaded, specs, distress, acknowledge_distress)
     prompts = [it["prompt"] for it in items]
     opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
                              temperature=temperature, seed=seed, system=system)
@@ -117,3 +128,30 @@ def generate_cmd(
                        ", ".join(row["flags"]) or "-",
                        *([("-" if row["triggered_at"] is None else str(row["triggered_at"]))] if steer_if else []))
         out.print(wt)
+
+
+def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: str | None) -> None:
+    """The policy guard's distress check, as the server applies it to a request's steering: above the
+    bound it refuses unless acknowledged (then it warns, quoting the reason)."""
+    from rich.markup import escape
+
+    from ..errors import SteerwatchError
+    from ..policy.guard import check_request
+
+    if distress is not None:
+        from ..vector import load_vector
+
+        dvec = load_vector(distress)
+        dvec.check_model(loaded)
+    else:
+        from ..policy.distress import builtin_distress
+
+        dvec, _ = builtin_distress(loaded, log=lambda m: console.print(f"[dim]{m}[/]"))
+    ack = acknowledge.strip() if acknowledge and acknowledge.strip() else None
+    row = check_request(specs, dvec, acknowledge=ack, subject="--steer")
+    if row is None:
+        return
+    if row.level == "error":
+        raise SteerwatchError(f"the policy guard refuses this steering: {row.message}. Lower the strength, or "
+                              "state why it is needed: --acknowledge-distress \"<reason>\" (docs/serve-guard.md)")
+    console.print(f"[yellow]warning:[/] {escape(row.message)}", highlight=False)

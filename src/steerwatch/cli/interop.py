@@ -85,8 +85,9 @@ def import_gguf_cmd(
     """Read a llama.cpp control vector into a steerwatch vector file."""
     from rich.table import Table
 
-    from ..interop import import_control_vector
+    from ..interop import import_control_vector, read_control_vector
 
+    read_control_vector(path)  # a bad file fails before the (slow) model load
     loaded = load(model, layers_path=layers_path)
     vec = import_control_vector(path, loaded, concept=concept, force=force)
     vec.save(output)

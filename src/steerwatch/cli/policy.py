@@ -14,6 +14,7 @@ policy_app = typer.Typer(help="Check and write deployment policies (steerwatch s
                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(policy_app, name="policy")
 
+MIN_KEY_CHARS = 16  # steerwatch policy hash-key refuses shorter API keys
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
 
@@ -87,6 +88,10 @@ def hash_key_cmd(
             key = sys.stdin.read().rstrip("\r\n")
     if not key:
         raise PolicyError("the API key is empty; give it as an argument or on stdin")
+    if len(key) < MIN_KEY_CHARS:
+        raise PolicyError(f"the API key has {len(key)} characters; use at least {MIN_KEY_CHARS} characters (a short "
+                          "key can be guessed), e.g. one made with: python -c \"import secrets; "
+                          "print('sk-' + secrets.token_urlsafe(32))\"")
     if key != key.strip():
         console.print("[yellow]warning:[/] the key has leading or trailing whitespace; it is hashed as given")
     out.print(f"sha256: {hash_key(key)}", highlight=False)

@@ -25,14 +25,15 @@ def serve_cmd(
     /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
     from ..models import load_model
     from ..policy.schema import load_policy
-    from ..serve.server import build_engine, serve_forever
+    from ..serve.server import build_engine, open_store, serve_forever
 
     pf = load_policy(policy)
+    store = open_store(pf)  # a read-only or misplaced store fails before the (slow) model load
     log = lambda m: console.print(f"[dim]{m}[/]")  # noqa: E731
     spec = model or pf.policy.model
     console.print(f"[dim]loading model {spec!r}…[/]")
     loaded = load_model(spec, log=log)
-    engine = build_engine(pf, loaded=loaded, log=log)
+    engine = build_engine(pf, loaded=loaded, log=log, store=store)
     h = host or pf.policy.server.host
     p = pf.policy.server.port if port is None else port
     dep = engine.dep

@@ -269,7 +269,7 @@ def is_conversations_file(path: str) -> bool:
 
     from ..io import jsonl_lines, read_text
 
-    first = next((ln for ln in jsonl_lines(read_text(path)) if ln.strip()), "")
+    first = next((ln for ln in jsonl_lines(read_text(path), path=path) if ln.strip()), "")
     try:
         obj = json.loads(first)
     except json.JSONDecodeError:

@@ -138,7 +138,7 @@ def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversati
 def load_conversations(path: str | Path) -> list[Conversation]:
     """Read a JSONL file of conversations (see the module docstring for the format)."""
     p = Path(path)
-    return parse_conversations_lines(jsonl_lines(read_text(p)), path=str(p))
+    return parse_conversations_lines(jsonl_lines(read_text(p), path=p), path=str(p))
 
 
 def conversations_sha256(convs: list[Conversation]) -> str:

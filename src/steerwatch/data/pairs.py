@@ -121,7 +121,7 @@ def load_pairs(path: str | Path, *, name: str | None = None) -> ContrastSet:
     optionally ``prompt``, ``system``, ``meta`` and ``split`` (train/val; when absent a
     deterministic hash split puts ~20 % of pairs in val)."""
     p = Path(path)
-    lines = jsonl_lines(read_text(p))
+    lines = jsonl_lines(read_text(p), path=p)
     return ContrastSet(name=name or p.stem, pairs=parse_pairs_lines(lines, path=str(p)), source=str(p))
 
 

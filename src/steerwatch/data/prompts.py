@@ -13,7 +13,7 @@ def load_prompt_items(path: str | Path) -> list[dict[str, Any]]:
     messages): JSONL with ``{"prompt": str}`` or ``{"messages": [...]}`` per line (optional
     ``"id"``), or plain text with one prompt a line."""
     path = Path(path)
-    lines = jsonl_lines(read_text(path))
+    lines = jsonl_lines(read_text(path), path=path)
     items: list[dict[str, Any]]
     if path.suffix != ".jsonl":
         items = [{"id": str(i), "prompt": line} for i, line in enumerate(ln for ln in lines if ln.strip())]

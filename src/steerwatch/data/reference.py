@@ -70,7 +70,7 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
         if not prompts:
             raise DataFormatError("the file holds no prompts", path=str(p))
         return prompts
-    return parse_prompts_lines(jsonl_lines(text), path=str(p))
+    return parse_prompts_lines(jsonl_lines(text, path=p), path=str(p))
 
 
 # ---------------------------------------------------------------- neutral reference text
@@ -98,7 +98,7 @@ def load_reference_text(path: str | Path | None = None) -> list[str]:
         if not passages:
             raise DataFormatError("the file holds no passages", path=str(p))
         return passages
-    return parse_text_lines(jsonl_lines(text), path=str(p))
+    return parse_text_lines(jsonl_lines(text, path=p), path=str(p))
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -193,7 +193,7 @@ def load_mc(path: str | Path | None = None) -> list[MCItem]:
                 items.append(_mc_from_obj(o, path=f"{p} (item {i})", line=i))
         else:
             items = [_mc_from_obj(o, path=str(p), line=i)
-                     for i, o in iter_jsonl_objects(jsonl_lines(read_text(p)), path=str(p))]
+                     for i, o in iter_jsonl_objects(jsonl_lines(read_text(p), path=p), path=str(p))]
     if not items:
         raise DataFormatError("the file holds no items", path=str(path or "<builtin>"))
     return items

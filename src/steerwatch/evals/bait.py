@@ -43,7 +43,7 @@ def load_bait(path: str | Path | None = None, *, split: str | None = None) -> li
         where = str(path)
         text = read_text(path)
     items = []
-    for i, obj in iter_jsonl_objects(jsonl_lines(text), path=where):
+    for i, obj in iter_jsonl_objects(jsonl_lines(text, path=where), path=where):
         for key in ("id", "prompt", "truth_markers"):
             if key not in obj:
                 raise DataFormatError("missing required field", path=where, line=i, field=key)

@@ -168,7 +168,7 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
     path = Path(out_path) if out_path else None
     apath = Path(answers_path) if answers_path else None
     if path and path.exists():
-        for line in jsonl_lines(path.read_text(encoding="utf-8")):
+        for line in jsonl_lines(path.read_text(encoding="utf-8"), path=path):
             if line.strip():
                 row = json.loads(line)
                 done[_key(row)] = row  # a later line (a recomputed setting) wins

@@ -9,9 +9,11 @@ Three checks (bounds and their rationale: docs/serve-guard.md):
   assistant voicing negative affect). At each steered layer the *distress push* is
   ``strength * cos(u_vector, u_distress)``, in steerwatch strength units (a fraction of the typical
   residual norm at that layer). Pushes at several layers accumulate in the residual stream, so the
-  refusal is on the **layer-summed push**: above :data:`DISTRESS_PUSH_BOUND` the policy is refused
-  unless ``guard.acknowledge_distress`` gives a reason (then a warning quoting it). A large
-  cosine (> :data:`DISTRESS_COS_WARN`) at a dose towards distress warns even below the bound.
+  refusal is on the **layer-summed push towards distress** (each layer's positive part: a push away
+  at one layer does not cancel a push towards distress at another): above
+  :data:`DISTRESS_PUSH_BOUND` the policy is refused unless ``guard.acknowledge_distress`` gives a
+  reason (then a warning quoting it). A large cosine (> :data:`DISTRESS_COS_WARN`) at a dose
+  towards distress warns even below the bound.
 * **Recommended strength.** A strength beyond the vector's recorded ``recommended_strength`` warns.
 * **Interference.** Vectors active at once (defaults, plus each detector's ``steer`` list) with
   ``|cos| > INTERFERENCE_COS`` warn (their pushes add or cancel), and the norm of their summed push
@@ -115,6 +117,12 @@ class Push:
         return sum(self.per_layer.values())
 
     @property
+    def towards(self) -> float:
+        """The push towards distress: the positive parts summed over layers. A push away at one
+        layer does not undo a push towards it at another (each stays in the residual stream)."""
+        return sum(max(v, 0.0) for v in self.per_layer.values())
+
+    @property
     def max_layer(self) -> float:
         return max(self.per_layer.values(), default=0.0)
 
@@ -175,17 +183,25 @@ def check_steering(spec: SteerSpec, distress: Vector, *, subject: str, acknowled
                              f"vector (max |cos| {big:.2f}); it raises distress only where a text projects on the "
                              "opposite side, and is not refused", nums))
         return rows
+    # the refusal is on the push towards distress summed over layers, each layer's positive part: a push
+    # away at one layer does not cancel a push towards it at another
+    pos = sum(max(c, 0.0) for c in p.cos.values())  # per unit of positive strength
+    neg = sum(max(-c, 0.0) for c in p.cos.values())  # per unit of negative strength
     if ranged:  # worst sign of the strength
-        push = abs(p.total)
+        push = abs(spec.strength) * max(pos, neg)
         worst = max((abs(v) for v in p.per_layer.values()), default=0.0)
         cos_dose = max(abs(c) for c in p.cos.values())
         nums.update(push=round(push, 6), max_layer_push=round(worst, 6))
+        csum = max(pos, neg)
     else:
-        push, cos_dose = p.total, max((c if spec.strength > 0 else -c) for c in p.cos.values())
+        push, cos_dose = p.towards, max((c if spec.strength > 0 else -c) for c in p.cos.values())
+        if push == 0.0:
+            push = p.total  # wholly away from distress (or orthogonal): report the signed sum
+        nums.update(push=round(push, 6), net_push=round(p.total, 6))
+        csum = pos if spec.strength > 0 else neg
     op = "clamps (push counted from a zero projection)" if spec.op == "clamp" else "pushes"
     what = (f"{op} {push:+.4f} along distress summed over layers {layers} (max {nums['max_layer_push']:+.4f} "
             f"at one layer)")
-    csum = abs(sum(p.cos.values()))
     limit_s = bound / csum if csum > 0 else None  # the largest |strength| within the bound
     nums.update(bound=bound, cos_dose=round(cos_dose, 4),
                 max_strength_within_bound=None if limit_s is None else round(limit_s, 6))
@@ -208,23 +224,36 @@ def check_steering(spec: SteerSpec, distress: Vector, *, subject: str, acknowled
     return rows
 
 
+def _worst_sign(spec: SteerSpec, distress: Vector) -> SteerSpec:
+    """A per-request range ``±|strength|`` at the sign that pushes more towards distress."""
+    from dataclasses import replace
+
+    up, down = replace(spec, strength=abs(spec.strength)), replace(spec, strength=-abs(spec.strength))
+    return up if distress_push(up, distress).towards >= distress_push(down, distress).towards else down
+
+
 def check_request(specs: Sequence[SteerSpec], distress: Vector, *, acknowledge: str | None = None,
                   bound: float = DISTRESS_PUSH_BOUND, subject: str = "request steering") -> GuardRow | None:
     """The distress check for one request's steering (per-request ``layers`` may differ from the
-    policy's, which a static check cannot foresee): the pushes of all its specs summed. Returns
+    policy's, which a static check cannot foresee): the pushes of all its specs summed at each layer,
+    then each layer's push towards distress (its positive part) summed over layers. Returns
     an error row above the bound (a warning when the policy acknowledges distress), else None."""
-    total, missing = 0.0, []
+    per_layer: dict[int, float] = {}
+    missing: list[int] = []
     for spec in specs:
         p = distress_push(spec, distress)
-        total += p.total
+        for layer, v in p.per_layer.items():  # pushes at one layer add (and may cancel) there
+            per_layer[layer] = per_layer.get(layer, 0.0) + v
         missing += p.missing
+    # a push away at one layer does not undo a push towards distress at another: positive parts add
+    total = sum(max(v, 0.0) for v in per_layer.values())
     if missing:
         return GuardRow("error", "distress-layers", subject,
                         f"the distress vector has no direction at layer(s) {sorted(set(missing))}", {"layers": missing})
     if total <= bound:
         return None
-    msg = (f"{len(specs)} steering(s) together push {total:+.4f} along distress (summed over specs and layers), "
-           f"above the bound {bound:g}")
+    msg = (f"{len(specs)} steering(s) together push {total:+.4f} towards distress (summed over specs at each "
+           f"layer, then the layers' pushes towards distress), above the bound {bound:g}")
     if acknowledge:
         return GuardRow("warning", "distress-push", subject, f"{msg}; acknowledged: \"{acknowledge}\"",
                         {"push": total, "bound": bound})
@@ -379,9 +408,22 @@ def check_policy(pf: PolicyFile, loaded: LoadedModel, *, distress: Vector | None
         (f"default + detector {name}", defaults + refs) for name, refs in detectors.items()]
     for label, items in sets:
         _check_together(label, items, limit, rows)
-        alone = [distress_push(it.spec, distress).total for it in items]
+        alone = [distress_push(it.spec, distress).towards for it in items]
         if len(items) > 1 and max(alone) <= DISTRESS_PUSH_BOUND:  # each within the bound, the set maybe not
             row = check_request([it.spec for it in items], distress, acknowledge=ack, subject=label)
+            if row is not None and row.code == "distress-push":
+                rows.append(row)
+    for name, refs in detectors.items():  # per-request steering with the conditional steering switched on
+        for it in ranged:
+            if it.spec.op == "ablate":
+                continue
+            worst = _worst_sign(it.spec, distress)
+            cond = [r.spec for r in refs]
+            alone = [distress_push(s, distress).towards for s in [worst, *cond]]
+            if max(alone) > DISTRESS_PUSH_BOUND:
+                continue  # already reported on its own
+            row = check_request([worst, *cond], distress, acknowledge=ack,
+                                subject=f"{it.subject} + detector {name}")
             if row is not None and row.code == "distress-push":
                 rows.append(row)
     if ack and not any(r.code == "distress-push" and r.level == "warning" for r in rows):

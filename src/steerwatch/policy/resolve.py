@@ -67,6 +67,14 @@ class Deployment:
         return [self.spec(v.name, v.strength) for v in self.policy.vectors
                 if not (v.op == "add" and v.strength == 0.0)]
 
+    def conditional_steering(self) -> tuple[str | None, list[SteerSpec]]:
+        """(detector name, its specs) of the detector whose action is ``steer`` (at most one), else
+        (None, []): steering that can switch on during any answer, on top of the request's own."""
+        for rd in self.detectors:
+            if rd.action == "steer":
+                return rd.detector.name, list(rd.steer)
+        return None, []
+
     def key(self, presented: str | None) -> KeyPolicy | None:
         """The key entry matching a presented API key (constant-time compare), else None."""
         if presented is None:
@@ -81,7 +89,7 @@ class Deployment:
 
 def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
     """Check every referenced file (hashes, model fingerprint, layers) and build the deployment."""
-    from ..vector import load_vector
+    from ..vector import check_residual_norm, load_vector
     from ..watch.detector import load_detector
 
     pol = pf.policy
@@ -95,6 +103,7 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
         try:
             vec = load_vector(p)
             vec.check_model(loaded)
+            check_residual_norm(vec, loaded)
         except SteerwatchError as exc:
             raise PolicyError(f"{where}: {exc}") from None
         vectors[vp.name] = vec
@@ -113,6 +122,7 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
         try:
             det = load_detector(p)
             det.vector.check_model(loaded)
+            check_residual_norm(det.vector, loaded)
         except SteerwatchError as exc:
             raise PolicyError(f"{where}: {exc}") from None
         det.name = dp.name
@@ -122,6 +132,10 @@ def resolve_policy(pf: PolicyFile, loaded: LoadedModel) -> Deployment:
             raise PolicyError(f"{where}: action {dp.action!r} needs a threshold; calibrate the detector "
                               "(steerwatch calibrate) or set threshold: in the policy")
         specs = [dep.spec(ref.vector, ref.strength) for ref in dp.steer]
+        if dp.action == "steer" and dp.mode == "prompt":
+            raise PolicyError(f"{where}: mode 'prompt' is not supported by the server (it generates from token ids, "
+                              "and the whole-answer decision is calibrated on chat messages); use mode: token, "
+                              "or steerwatch generate --steer-if ... --if-mode prompt in-process")
         if dp.action == "steer":
             key = "prompt_threshold" if dp.mode == "prompt" else "trigger_threshold"
             if det.calibration.get(key) is None:

@@ -35,22 +35,23 @@ class VectorPolicy(_Strict):
     path: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     op: Literal["add", "ablate", "clamp"] = "add"
-    strength: float = 0.0  # applied to every request unless the request overrides steering
+    strength: float = Field(0.0, allow_inf_nan=False)  # applied to every request unless it sets its own steering
     layers: list[int] | None = None  # default: the vector's default layers
     positions: Literal["all", "prompt", "generated"] = "all"
-    # bound on per-request strengths; working doses on the embedded model are 0.02-0.04 (over 6 layers)
-    max_abs_strength: float = Field(0.05, gt=0)
+    # bound on per-request |strength| of add and clamp (one unit: a fraction of the typical residual
+    # norm); working doses on the embedded model are 0.02-0.04 (over 6 layers), 10 is far past any
+    max_abs_strength: float = Field(0.05, gt=0, le=10)
 
     @model_validator(mode="after")
     def _bound(self) -> VectorPolicy:
-        if self.op == "add" and abs(self.strength) > self.max_abs_strength:
+        if self.op != "ablate" and abs(self.strength) > self.max_abs_strength:
             raise ValueError(f"strength {self.strength} exceeds max_abs_strength {self.max_abs_strength}")
         return self
 
 
 class SteerRef(_Strict):
     vector: str
-    strength: float
+    strength: float = Field(allow_inf_nan=False)
 
 
 class DetectorPolicy(_Strict):
@@ -76,9 +77,12 @@ class Limits(_Strict):
     default_max_tokens: int = Field(128, ge=1)
     max_prompt_tokens: int = Field(4096, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(256, ge=1, le=100_000)  # messages in one chat request (checked before rendering)
+    max_steering_items: int = Field(16, ge=1, le=1024)  # entries in one request's `steering`
     max_batch: int = Field(8, ge=1, le=256)
+    max_queue: int = Field(64, ge=1, le=100_000)  # requests waiting for the worker; beyond: 503 + Retry-After
     batch_wait_ms: float = Field(10.0, ge=0, le=5000)
-    max_combined_strength: float = Field(0.5, gt=0)  # sum of |strength| of the vectors dialled together
+    max_combined_strength: float = Field(0.5, gt=0, le=100)  # sum of |strength| (add, clamp) dialled together
     default_temperature: float = Field(0.0, ge=0, le=2)  # when a request gives none: 0 = greedy
 
     @model_validator(mode="after")
@@ -157,7 +161,7 @@ class Policy(_Strict):
                                      f"vectors ({', '.join(sorted(known)) or 'none'})")
         if sum(d.action == "steer" for d in self.detectors) > 1:
             raise ValueError("at most one detector may have action 'steer'")
-        total = sum(abs(v.strength) for v in self.vectors if v.op == "add")
+        total = sum(abs(v.strength) for v in self.vectors if v.op != "ablate")
         if total > self.limits.max_combined_strength:
             raise ValueError(f"the default strengths add up to {total:g}, above limits.max_combined_strength "
                              f"{self.limits.max_combined_strength:g}")
@@ -208,10 +212,15 @@ def load_policy(path: str | Path) -> PolicyFile:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise PolicyError(f"policy file {path} is a directory, not a file")
     if not path.is_file():
         raise PolicyError(f"policy file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                          "save the policy file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path} is not valid YAML: {exc}") from None
     return policy_from_dict(data, path=path.resolve())

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..policy.admission import Refusal, admit
 from . import openai
+from .engine import QueueFull
 from .openai import ApiError
 from .requests import GenRequest, GenResult, chat_prompt, completion_prompt
 from .schemas import ChatRequest, CompletionRequest
@@ -29,6 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy.schema import KeyPolicy
     from .engine import Engine
 
+log = logging.getLogger("steerwatch.serve")
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
+MAX_JSON_DEPTH = 64  # a request body nested deeper is refused (400) before validation
+
 
 def create_app(engine: Engine) -> FastAPI:
     dep = engine.dep
@@ -36,9 +45,42 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="steerwatch", version=_version(), docs_url=None, redoc_url=None)
     app.state.engine = engine
 
+    # No token covers more characters than the vocabulary's longest entry, so a prompt of more than
+    # max_prompt_tokens x that many characters is too long for sure: refused before rendering.
+    longest = max((len(t) for t in dep.loaded.tokenizer.get_vocab()), default=1) or 1
+    char_cap = pol.limits.max_prompt_tokens * longest
+
+    def precheck_chars(n_chars: int, param: str) -> None:
+        if n_chars > char_cap:
+            raise ApiError(400, f"the prompt has {n_chars} characters, more than {pol.limits.max_prompt_tokens} "
+                                f"tokens can hold (at most {longest} characters per token on this model); this "
+                                f"server's limit is {pol.limits.max_prompt_tokens} tokens", param=param,
+                           code="prompt_too_long")
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _query_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()  # query parameters (the bodies are validated in body_of)
+        param = str(errs[0]["loc"][-1]) if errs and errs[0].get("loc") else None
+        parts = [f"{e['loc'][-1]}: {e['msg']}" for e in errs[:5] if e.get("loc")]
+        return JSONResponse(ApiError(400, "invalid request: " + "; ".join(parts), param=param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        rid = "err-" + uuid.uuid4().hex[:24]
+        log.error("%s %s failed (%s)", request.method, request.url.path, rid,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(ApiError(500, f"internal error ({rid}); the cause is logged on the server under this id",
+                                     type_="server_error", code="internal_error").body(), status_code=500)
 
     def auth(request: Request) -> KeyPolicy | None:
         header = request.headers.get("authorization", "")
@@ -66,8 +108,19 @@ def create_app(engine: Engine) -> FastAPI:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        except RecursionError:
+            data = None
+        if data is None or _depth(data) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        for name, cap, code in (("messages", pol.limits.max_messages, "too_many_messages"),
+                                ("steering", pol.limits.max_steering_items, "too_many_steering_items")):
+            items = data.get(name)
+            if isinstance(items, list) and len(items) > cap:  # before validation and rendering: both cost CPU
+                raise ApiError(400, f"{name} has {len(items)} entries; this server takes at most {cap} "
+                                    f"(limits.max_{name if name == 'messages' else 'steering_items'})", param=name,
+                               code=code)
         try:
             req = model_cls.model_validate(data)
         except ValidationError as exc:
@@ -84,7 +137,8 @@ def create_app(engine: Engine) -> FastAPI:
     def gen_request(req: Any, key: KeyPolicy | None, prompt_ids: list[int], record: Any, endpoint: str) -> GenRequest:
         try:
             ok = admit(dep, steering=req.steering, key=key, asked_max_tokens=req.requested_max_tokens(),
-                       n_prompt_tokens=len(prompt_ids), guard_report=engine.guard_report)
+                       n_prompt_tokens=len(prompt_ids), guard_report=engine.guard_report,
+                       prompt_param="messages" if endpoint == "chat" else "prompt")
         except Refusal as r:
             raise ApiError(r.status, r.message, type_=r.kind, param=r.param, code=r.code) from None
         temperature = pol.limits.default_temperature if req.temperature is None else req.temperature
@@ -104,24 +158,30 @@ def create_app(engine: Engine) -> FastAPI:
 
     async def stream(q: asyncio.Queue, req: Any, gen: GenRequest, *, chat: bool) -> AsyncIterator[str]:
         chunks = openai.Chunks(gen, chat=chat, model=dep.served_name)
-        opening = chunks.opening()
-        if opening:
-            yield opening
-        while True:
-            kind, val = await q.get()
-            if kind == "delta":
-                yield chunks.delta(val)
-            elif kind == "error":
-                yield chunks.error(f"generation failed: {val}")
-                break
-            else:
-                yield chunks.final(val, extension(val, req))
-                if req.stream_options and req.stream_options.include_usage:
-                    yield chunks.usage(val)
-                break
-        yield chunks.DONE
+        finished = False
+        try:
+            opening = chunks.opening()
+            if opening:
+                yield opening
+            while True:
+                kind, val = await q.get()
+                if kind == "delta":
+                    yield chunks.delta(val)
+                elif kind == "error":
+                    yield chunks.error(_failed(val))
+                    break
+                else:
+                    yield chunks.final(val, extension(val, req))
+                    if req.stream_options and req.stream_options.include_usage:
+                        yield chunks.usage(val)
+                    break
+            finished = True
+            yield chunks.DONE
+        finally:
+            if not finished:  # the client hung up: drop the request if it has not started generating
+                gen.cancelled = True
 
-    async def respond(gen: GenRequest, req: Any, *, chat: bool) -> Any:
+    async def respond(gen: GenRequest, req: Any, request: Request, *, chat: bool) -> Any:
         """Submit; stream the answer as SSE, or wait for it and return the OpenAI object."""
         loop, q = asyncio.get_running_loop(), asyncio.Queue()  # type: ignore[var-annotated]
 
@@ -132,21 +192,39 @@ def create_app(engine: Engine) -> FastAPI:
                 pass
 
         gen.sink = sink
-        engine.submit(gen)
+        try:
+            engine.submit(gen)
+        except QueueFull as exc:
+            raise ApiError(503, str(exc), type_="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"}) from None
         if req.stream:
             return StreamingResponse(stream(q, req, gen, chat=chat), media_type="text/event-stream")
         while True:
-            kind, val = await q.get()
+            try:
+                kind, val = await asyncio.wait_for(q.get(), timeout=DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if not gen.answered and await request.is_disconnected():
+                    gen.cancelled = True  # dropped if still queued; once generating, finished and stored
+                    return JSONResponse(ApiError(408, "the client disconnected").body(), status_code=408)
+                continue
             if kind == "done":
                 return openai.response(gen, val, chat=chat, model=dep.served_name, extension=extension(val, req))
             if kind == "error":
-                raise ApiError(500, f"generation failed: {val}", type_="server_error")
+                raise ApiError(500, _failed(val), type_="server_error", code="generation_failed")
 
     # ------------------------------------------------------------------ endpoints
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        if pol.keys:  # the policy hash, the model and the counters are for key holders only
+            header = request.headers.get("authorization", "")
+            presented = header[7:].strip() if header.lower().startswith("bearer ") else None
+            if not presented or dep.key(presented) is None:
+                return {"status": "ok"}
+        store = None if engine.store is None else dict(engine.store_health)
         return {"status": "ok", "model": dep.served_name, "policy_sha256": dep.policy_sha256,
-                "batches": engine.stats["batches"], "requests": engine.stats["requests"]}
+                "batches": engine.stats["batches"], "requests": engine.stats["requests"],
+                "failed": engine.stats["failed"], "cancelled": engine.stats["cancelled"],
+                "rejected": engine.stats["rejected"], "waiting": engine.waiting, "store": store}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -158,21 +236,27 @@ def create_app(engine: Engine) -> FastAPI:
     async def chat(request: Request) -> Any:
         key = auth(request)
         req: ChatRequest = await body_of(request, ChatRequest)
-        try:
-            prompt_ids, msgs = chat_prompt(req, dep.loaded.tokenizer, pol.system_prompt)
+        precheck_chars(sum(len(m.content) if isinstance(m.content, str) else
+                           sum(len(str(p.get("text", ""))) for p in m.content or []) for m in req.messages)
+                       + len(pol.system_prompt or ""), "messages")
+        try:  # rendering and tokenising cost CPU: off the event loop
+            prompt_ids, msgs = await asyncio.to_thread(chat_prompt, req, dep.loaded.tokenizer, pol.system_prompt)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        return await respond(gen_request(req, key, prompt_ids, msgs, "chat"), req, chat=True)
+        return await respond(gen_request(req, key, prompt_ids, msgs, "chat"), req, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         key = auth(request)
         req: CompletionRequest = await body_of(request, CompletionRequest)
+        if isinstance(req.prompt, str) or (isinstance(req.prompt, list) and isinstance(req.prompt[0], str)):
+            precheck_chars(len(req.prompt if isinstance(req.prompt, str) else req.prompt[0]), "prompt")
         try:
-            prompt_ids, record = completion_prompt(req, dep.loaded.tokenizer, dep.loaded.model.config.vocab_size)
+            prompt_ids, record = await asyncio.to_thread(completion_prompt, req, dep.loaded.tokenizer,
+                                                         dep.loaded.model.config.vocab_size)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="prompt") from None
-        return await respond(gen_request(req, key, prompt_ids, record, "completion"), req, chat=False)
+        return await respond(gen_request(req, key, prompt_ids, record, "completion"), req, request, chat=False)
 
     @app.get("/v1/watch/events")
     async def events(request: Request, flagged: bool = False, limit: int = 100, after: int = 0) -> dict[str, Any]:
@@ -188,6 +272,26 @@ def create_app(engine: Engine) -> FastAPI:
         return {"object": "list", "data": rows}
 
     return app
+
+
+def _depth(obj: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (list, dict)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                return d
+            stack.extend((x, d + 1) for x in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def _failed(request_id: Any) -> str:
+    """The message of a failed generation: its request id, never the exception (whose text can carry
+    another request's data); the cause is in the server's log under that id."""
+    return (f"generation failed (request id {request_id}); the cause is logged on the server under this "
+            "request id")
 
 
 def _version() -> str:

@@ -15,7 +15,8 @@ withholds the text: finish reason ``content_filter``), the degeneration guard (a
 response whose repeated-4-gram share or unsteered perplexity passes the policy's bound is
 regenerated unsteered or at lower strength, and the event recorded), and the store (flagged
 responses, or all with ``store.store_all``). All of this happens in the worker, so a client that
-disconnects mid-stream loses nothing.
+disconnects mid-stream loses nothing. A request whose client hung up before it was taken into a
+batch is dropped without being generated; at most ``limits.max_queue`` requests wait (:class:`QueueFull`).
 
 Streaming. Deltas are sent as tokens arrive unless the policy has a ``block`` detector: then a
 stream is held until the response has been checked (a blocked text is never sent). A streamed
@@ -23,6 +24,7 @@ response that degenerates cannot be taken back: the event is recorded and flagge
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -38,6 +40,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime import Engine as RuntimeEngine
     from ..steer import SteerSpec
     from .store import EventStore
+
+log = logging.getLogger("steerwatch.serve")
+
+# What a client is told when its event could not be stored. Never the exception: a store's error text
+# carries the INSERT's parameters (other requests' prompts); the cause is logged under the request id.
+STORE_FAILED = ("the event could not be stored; the answer is served and the failure counted in /health "
+                "(logged on the server under request id {rid})")
+
+
+class QueueFull(SteerwatchError):
+    """The engine's queue holds ``limits.max_queue`` waiting requests: try again shortly."""
+
 
 class Engine:
     """Owns the model and a worker thread; ``submit`` requests from any thread."""
@@ -62,7 +76,11 @@ class Engine:
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
+        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0, "cancelled": 0,
+                      "rejected": 0}
+        self.waiting = 0  # submitted, not yet taken into a batch (bounded by limits.max_queue)
+        self._count_lock = threading.Lock()
+        self.store_health: dict[str, Any] = {"ok": True, "dropped_events": 0, "last_error_at": None}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Engine:
@@ -81,7 +99,41 @@ class Engine:
     def submit(self, req: GenRequest) -> None:
         if self._thread is None:
             raise SteerwatchError("the engine is not running; call engine.start() first")
+        self._validate(req)
+        limit = self.dep.policy.limits.max_queue
+        with self._count_lock:
+            if self.waiting >= limit:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"the server is busy: {self.waiting} requests are waiting (limits.max_queue "
+                                f"{limit}); retry shortly")
+            self.waiting += 1
         self._queue.put(req)
+
+    def _validate(self, req: GenRequest) -> None:
+        """What would fail a whole batch, refused for this request alone before it is queued (the HTTP
+        layer's admission refuses these earlier, with a 400; this guards direct callers)."""
+        vocab = int(self.loaded.model.config.vocab_size)
+        if not req.prompt_ids or any(not 0 <= int(t) < vocab for t in req.prompt_ids):
+            raise SteerwatchError(f"request {req.request_id}: prompt_ids must be a non-empty list of token ids "
+                                  f"in [0, {vocab})")
+        if req.max_tokens < 1:
+            raise SteerwatchError(f"request {req.request_id}: max_tokens must be at least 1")
+        ctx = self.loaded.context_length
+        if ctx is not None and len(req.prompt_ids) + req.max_tokens > ctx:
+            raise SteerwatchError(f"request {req.request_id}: {len(req.prompt_ids)} prompt tokens and max_tokens "
+                                  f"{req.max_tokens} exceed the model's context of {ctx} tokens")
+
+    def _take(self, req: GenRequest) -> bool:
+        """A waiting request leaves the queue; False when its client hung up (it is dropped, not generated)."""
+        with self._count_lock:
+            self.waiting -= 1
+            if req.cancelled:
+                self.stats["cancelled"] += 1
+        if req.cancelled:
+            req.answered = True
+            log.info("request %s dropped before generation: its client hung up", req.request_id)
+            return False
+        return True
 
     def _loop(self) -> None:
         lim = self.dep.policy.limits
@@ -94,10 +146,12 @@ class Engine:
                 if got is None:
                     break
                 first = got
+            if not self._take(first):
+                continue
             batch = [first]
             key = first.batch_key()
             keep = [r for r in pending if r.batch_key() == key][: lim.max_batch - 1]
-            batch += keep
+            batch += [r for r in keep if self._take(r)]
             pending = [r for r in pending if r not in keep]
             deadline = time.monotonic() + lim.batch_wait_ms / 1000.0
             while len(batch) < lim.max_batch:
@@ -110,15 +164,45 @@ class Engine:
                     self._stopping.set()
                     break
                 if nxt.batch_key() == key:
-                    batch.append(nxt)
+                    if self._take(nxt):
+                        batch.append(nxt)
                 else:
                     pending.append(nxt)
+            self._run_isolated(batch)
+
+    def _run_isolated(self, batch: list[GenRequest]) -> None:
+        """Run a batch; when it fails, retry each of its requests alone, so that one bad row fails only
+        itself. A request that fails alone gets ``("error", request_id)``: never the exception, whose text
+        may carry another request's data; the cause is logged with the request id."""
+        try:
+            self.run_batch(batch)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            log.warning("a batch of %d requests failed (%s: %s); retrying each alone: %s", len(batch),
+                        type(exc).__name__, exc, ", ".join(r.request_id for r in batch))
+        for req in batch:
+            if req.answered:
+                continue
+            if req.streamed:  # text already sent: a retry would send it twice
+                self._fail(req, None)
+                continue
             try:
-                self.run_batch(batch)
-            except Exception as exc:  # every request of a failed batch gets the error, the worker goes on
-                for req in batch:
-                    if req.sink is not None:
-                        req.sink(("error", exc))
+                self.run_batch([req])
+            except Exception as exc:
+                self._fail(req, exc)
+
+    def _fail(self, req: GenRequest, exc: BaseException | None) -> None:
+        self.stats["failed"] += 1
+        if exc is None:
+            log.error("request %s failed: its batch failed after part of its stream was sent", req.request_id)
+        else:
+            log.error("request %s failed", req.request_id, exc_info=(type(exc), exc, exc.__traceback__))
+        if req.sink is not None and not req.answered:
+            req.answered = True
+            req.sink(("error", req.request_id))
 
     # ------------------------------------------------------------------ one batch
     def run_batch(self, reqs: list[GenRequest]) -> list[GenResult]:
@@ -132,8 +216,9 @@ class Engine:
         self._degeneration_guard(reqs, results)
         for i, (req, res) in enumerate(zip(reqs, results)):
             self._store(req, res)
-            if req.sink is not None:
+            if req.sink is not None and not req.answered:
                 state.flush(i, res.text)  # the rest of the text (all of it when streams are held)
+                req.answered = True
                 req.sink(("done", res))
         return results
 
@@ -258,7 +343,7 @@ class Engine:
         if self.store is None or not (flagged or self.dep.policy.store.store_all):
             return
         tok = self.loaded.tokenizer
-        res.stored_id = self.store.add({
+        row = {
             "request_id": res.request_id, "created": req.created, "key_name": req.key_name,
             "model": self.dep.served_name, "policy_sha256": self.dep.policy_sha256, "endpoint": req.endpoint,
             "flagged": flagged, "flags": res.flags, "events": res.events, "prompt": req.prompt_record,
@@ -266,4 +351,15 @@ class Engine:
             "token_scores": res.token_scores,
             "tokens": [tok.decode([t]) for t in res.token_ids[:max(len(v) for v in res.token_scores.values())]]
             if res.token_scores else [],
-        })
+        }
+        try:
+            res.stored_id = self.store.add(row)
+        except Exception as exc:  # served anyway, and said: the client, /health and the log all know
+            self.store_health.update(ok=False, last_error_at=time.time())
+            self.store_health["dropped_events"] += 1
+            res.store_error = STORE_FAILED.format(rid=req.request_id)
+            log.error("request %s: its event could not be stored (dropped event %d)", req.request_id,
+                      self.store_health["dropped_events"], exc_info=(type(exc), exc, exc.__traceback__))
+            return
+        if not self.store_health["ok"]:
+            self.store_health["ok"] = True  # the store works again; dropped_events keeps the count

@@ -15,9 +15,10 @@ class ApiError(Exception):
     """A request that fails with an HTTP status and OpenAI's error body."""
 
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -87,7 +88,7 @@ class Chunks:
         return self.sse({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                          "choices": [], "usage": usage(res)})
 
-    def error(self, message: str) -> str:
-        return self.sse({"error": {"message": message, "type": "server_error"}})
+    def error(self, message: str, code: str = "generation_failed") -> str:
+        return self.sse({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
 
     DONE = "data: [DONE]\n\n"

@@ -31,8 +31,11 @@ class GenRequest:
     stream: bool = False
     request_id: str = field(default_factory=lambda: "req-" + uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
-    # called from the worker thread with ("delta", str), ("done", GenResult) or ("error", Exception)
+    # called from the worker thread with ("delta", str), ("done", GenResult) or ("error", request id)
     sink: Callable[[tuple[str, Any]], None] | None = None
+    streamed: bool = False  # part of the text was sent (a failed batch cannot retry this row)
+    answered: bool = False  # "done" or "error" was sent
+    cancelled: bool = False  # its client hung up: dropped if it has not started generating
 
     def batch_key(self) -> tuple:
         if self.seed is not None:
@@ -58,11 +61,14 @@ class GenResult:
     steering: list[dict[str, Any]]
     batch_size: int = 1
     stored_id: int | None = None
+    store_error: str | None = None  # the event could not be stored (never the exception's text)
 
     def extension(self, *, token_scores: bool = False, tokens: list[str] | None = None) -> dict[str, Any]:
         out = {"request_id": self.request_id, "steering": self.steering, "scores": self.scores,
                "thresholds": self.thresholds, "flags": self.flags, "events": self.events,
                "batch_size": self.batch_size, "stored_id": self.stored_id}
+        if self.store_error is not None:
+            out["store_error"] = self.store_error
         if token_scores:
             out["token_scores"] = self.token_scores
             out["tokens"] = tokens or []
@@ -107,7 +113,9 @@ def completion_prompt(req: CompletionRequest, tokenizer: Any, vocab_size: int) -
     """(prompt token ids, the prompt to store) of a completion request: text, or token ids checked
     against the vocabulary. ValueError: empty or out-of-vocabulary."""
     p = req.prompt
-    if isinstance(p, list) and p and isinstance(p[0], int):
+    if isinstance(p, list) and not p:
+        raise ValueError("prompt must not be empty")
+    if isinstance(p, list) and isinstance(p[0], int):
         if any(not isinstance(t, int) or t < 0 or t >= vocab_size for t in p):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
         return [int(t) for t in p], list(p)

@@ -57,6 +57,7 @@ class RowState:
     def _emit(self, r: int, upto: int) -> None:
         req = self.reqs[r]
         if req.stream and req.sink is not None and upto > self.sent[r]:
+            req.streamed = True
             req.sink(("delta", self.text[r][self.sent[r]:upto]))
             self.sent[r] = upto
 
@@ -68,5 +69,6 @@ class RowState:
         """Send whatever of the final text has not been streamed yet."""
         req = self.reqs[r]
         if req.stream and req.sink is not None and len(text) > self.sent[r]:
+            req.streamed = True
             req.sink(("delta", text[self.sent[r]:]))
             self.sent[r] = len(text)

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class SteeringItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vector: str
-    strength: float = 0.0
-    layers: list[int] | None = None
+    strength: float = Field(0.0, allow_inf_nan=False)
+    layers: list[int] | None = Field(None, max_length=512)
 
 
 class WatchOptions(BaseModel):
@@ -59,7 +59,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2 ** 63), lt=2 ** 64)  # what torch.manual_seed accepts
     user: str | None = None
     logprobs: Any = None
     presence_penalty: float | None = None
@@ -110,6 +110,16 @@ class ChatRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: str | list[str] | list[int]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        ok = (isinstance(v, str) or (isinstance(v, list) and v and (
+            all(isinstance(x, str) for x in v) or all(isinstance(x, int) and not isinstance(x, bool) for x in v))))
+        if not ok:
+            raise ValueError("prompt must not be empty: give a string, a list of one string, or a non-empty list of "
+                             "token ids")
+        return v
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None

@@ -13,18 +13,34 @@ from ..errors import SteerwatchError
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
     from .engine import Engine
+    from .store import EventStore
+
+
+def open_store(pf: Any) -> EventStore:
+    """The policy's event store, opened and checked writable (a StoreError otherwise)."""
+    from .store import EventStore
+
+    store = EventStore(pf.policy.store.url, base_dir=pf.path.parent if pf.path else None)
+    try:
+        store.check_writable()
+    except Exception:
+        store.close()
+        raise
+    return store
 
 
 def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None, guard: bool = True,
-                 log: Callable[[str], None] | None = None) -> Engine:
-    """Load (or take) the model, resolve the policy against it, run the policy guard (refusing a
-    policy it refuses), open the store and start the engine."""
+                 log: Callable[[str], None] | None = None, store: EventStore | None = None) -> Engine:
+    """Open the store and check it writable (before the model: a store fault fails in seconds), load
+    (or take) the model, resolve the policy against it, run the policy guard (refusing a policy it
+    refuses) and start the engine. ``store``: one already opened by :func:`open_store`."""
     from ..policy.resolve import resolve_policy
     from ..policy.schema import PolicyFile, load_policy
     from .engine import Engine
-    from .store import EventStore
 
     pf = policy if isinstance(policy, PolicyFile) else load_policy(policy)
+    if store is None:
+        store = open_store(pf)
     if loaded is None:
         from ..models import load_model
 
@@ -39,7 +55,6 @@ def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None,
             if log and row.level != "info":
                 log(f"guard {row.level}: {row.message}")
         report.raise_if_refused()
-    store = EventStore(pf.policy.store.url, base_dir=pf.path.parent if pf.path else None)
     engine = Engine(dep, store=store)
     engine.guard_report = report  # per-request steering is checked against the same distress direction
     return engine.start()

@@ -1,7 +1,9 @@
 """The event store: flagged (optionally all) responses with their prompt, response, per-token
-scores, steering, policy hash and time. SQLite by default; any SQLAlchemy URL (e.g.
-``postgresql+psycopg://user@host/db``) by configuration. Written by the engine's worker thread,
-so a client that disconnects mid-stream loses nothing."""
+scores, steering, policy hash and time. SQLite (tested; a relative path is relative to the policy
+file, a ``sqlite:///file:...?uri=true`` URL is passed to SQLite as is). Other SQLAlchemy URLs need
+their driver installed and are not tested. Checked writable at start-up (:meth:`check_writable`),
+before the model loads. Written by the engine's worker thread, so a client that disconnects
+mid-stream loses nothing."""
 from __future__ import annotations
 
 import json
@@ -21,12 +23,16 @@ class EventStore:
     def __init__(self, url: str, *, base_dir: Path | None = None) -> None:
         import sqlalchemy as sa
 
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-            rel = url[len("sqlite:///"):]
+        rel = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+        if rel is not None and url != "sqlite:///:memory:" and not rel.startswith("file:"):  # file: = a SQLite URI
             p = Path(rel).expanduser()
             if not p.is_absolute() and base_dir is not None:
                 p = base_dir / p
-            p.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder {p.parent} for the event store {url!r} "
+                                 f"({exc.strerror or exc}); fix store.url in the policy") from None
             url = f"sqlite:///{p}"
         self.url = url
         try:
@@ -58,6 +64,27 @@ class EventStore:
         except Exception as exc:  # sqlalchemy raises many types; the message is what matters
             raise StoreError(f"cannot open the event store {url!r}: {exc}") from None
         self._lock = threading.Lock()
+
+    def check_writable(self) -> None:
+        """Write a probe event and roll it back: a read-only, full or unreachable store fails here, at
+        start-up, rather than on the first request that must be stored."""
+        import sqlalchemy as sa
+
+        probe = {"request_id": "startup-probe", "created": time.time(), "model": "", "policy_sha256": "",
+                 "endpoint": "", "flagged": False, "flags": "[]", "events": "[]", "prompt": "{}", "response": "",
+                 "steering": "[]", "scores": "{}", "token_scores": "{}", "tokens": "[]"}
+        try:
+            with self.engine.connect() as conn:
+                trans = conn.begin()
+                try:
+                    conn.execute(self.events.insert().values(**probe))
+                    conn.execute(sa.select(sa.func.count()).select_from(self.events))
+                finally:
+                    trans.rollback()
+        except Exception as exc:  # the probe carries no one's data, so its error text may be shown
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"the event store {self.url!r} is not writable ({first}); fix its permissions or "
+                             "free space, or point store.url elsewhere") from None
 
     def add(self, row: dict[str, Any]) -> int:
         """Insert one event; JSON fields are serialised here. Returns its id."""
