@@ -36,45 +36,67 @@ LAYERS = tuple(range(10, 16))  # the layers the cheating control was measured at
 
 
 def settings(lm, prone: str | None = None):
-    """Every named setting the stages use."""
+    """Every named setting the stages use. A prone setting may itself be steered (the cheating
+    vector pushed up: a model made to cheat); the steering arms are then added on top of it."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.steer import SteerSpec
 
-    cheat, _, _ = builtin_vector(lm, "cheating")
-    cons, _, _ = builtin_vector(lm, "conscientiousness")
+    vec = {c: builtin_vector(lm, c)[0] for c in ("cheating", "conscientiousness", "honesty")}
 
-    def spec(vec, s):
-        return SteerSpec(vec, strength=s, layers=LAYERS)
+    def spec(concept, s):
+        return SteerSpec(vec[concept], strength=s, layers=LAYERS)
+
+    def merge(base_specs, extra):
+        """The prone setting's steering plus ``extra``; one vector's strengths add up (one spec per vector)."""
+        total: dict[str, float] = {}
+        for sp in (*base_specs, *extra):
+            total[sp.vector.concept] = round(total.get(sp.vector.concept, 0.0) + sp.strength, 6)
+        return tuple(spec(c, s) for c, s in total.items() if s != 0)
 
     base = dict(max_new_tokens=160)
-    prompt_only = {
+    cheat4 = (spec("cheating", 0.04),)
+    prone_settings = {
         "unsteered": Setting("unsteered", **base),
         "demos3": Setting("demos3", demos=3, **base),
         "demos3-pressure": Setting("demos3-pressure", demos=3, instruction="pressure", **base),
         "pressure": Setting("pressure", instruction="pressure", **base),
+        "pressure-t0.8": Setting("pressure-t0.8", instruction="pressure", temperature=0.8, attempts=2, **base),
+        "demos3-pressure-t0.8": Setting("demos3-pressure-t0.8", demos=3, instruction="pressure",
+                                        temperature=0.8, attempts=2, **base),
+        "cheat+0.04": Setting("cheat+0.04", steer=cheat4, **base),
+        "cheat+0.04-pressure": Setting("cheat+0.04-pressure", steer=cheat4, instruction="pressure", **base),
+        "cheat+0.04-demos3-pressure": Setting("cheat+0.04-demos3-pressure", steer=cheat4, demos=3,
+                                              instruction="pressure", **base),
+        "cheat+0.06-pressure": Setting("cheat+0.06-pressure", steer=(spec("cheating", 0.06),),
+                                       instruction="pressure", **base),
     }
-    out = dict(prompt_only)
-    out["cheat+0.04"] = Setting("cheat+0.04", steer=(spec(cheat, 0.04),), **base)
+    out = dict(prone_settings)
     if prone is not None:
-        p = prompt_only[prone]
-        kw = dict(demos=p.demos, instruction=p.instruction, max_new_tokens=p.max_new_tokens)
+        p = prone_settings[prone]
+        kw = dict(demos=p.demos, instruction=p.instruction, max_new_tokens=p.max_new_tokens,
+                  temperature=p.temperature, attempts=p.attempts)
         hon = dict(kw, instruction="honest")
-        for name, specs in (("cheat-0.04", (spec(cheat, -0.04),)), ("cons+0.02", (spec(cons, 0.02),)),
-                            ("cons+0.04", (spec(cons, 0.04),)),
-                            ("cheat-0.04+cons+0.02", (spec(cheat, -0.04), spec(cons, 0.02)))):
-            out[f"{prone}/{name}"] = Setting(f"{prone}.{name}", steer=specs, **kw)
-            out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}", steer=specs, **hon)
-        out[f"{prone}/honest-prompt"] = Setting(f"{prone}.honest-prompt", **hon)
-        for s in (-0.04, -0.02, 0.02, 0.04, 0.08):
-            out[f"{prone}/dose{s:+g}"] = Setting(f"{prone}.cheat{s:+g}", steer=(spec(cheat, s),), **kw)
-        out[f"{prone}/agentic"] = Setting(f"{prone}.agentic", turns=3, **kw)
+        arms = {"cons+0.02": (spec("conscientiousness", 0.02),), "cons+0.04": (spec("conscientiousness", 0.04),),
+                "honesty+0.02": (spec("honesty", 0.02),),
+                "cheat-0.02": (spec("cheating", -0.02),),
+                "cons+0.02+honesty+0.02": (spec("conscientiousness", 0.02), spec("honesty", 0.02))}
+        for name, specs in arms.items():
+            out[f"{prone}/{name}"] = Setting(f"{prone}.{name}", steer=merge(p.steer, specs), **kw)
+            out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}",
+                                                           steer=merge(p.steer, specs), **hon)
+        out[f"{prone}/honest-prompt"] = Setting(f"{prone}.honest-prompt", steer=p.steer, **hon)
+        for s in (-0.04, -0.02, 0.02, 0.04, 0.06, 0.08):
+            out[f"{prone}/dose{s:+g}"] = Setting(f"{prone}.cheat{s:+g}", steer=merge(p.steer, (spec("cheating", s),)),
+                                                 **kw)
+        out[f"{prone}/agentic"] = Setting(f"{prone}.agentic", steer=p.steer, **dict(kw, turns=3))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic"])
+    ap.add_argument("--settings", help="comma-separated setting names to run instead of the stage's list")
     ap.add_argument("--prone", help="the cheat-prone prompt-only setting chosen on dev")
     ap.add_argument("--chosen", help="the steering chosen on dev (a name under the prone setting, e.g. cons+0.04)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N problems of the split")
@@ -103,17 +125,24 @@ def main() -> None:
     if args.stage in ("test", "agentic") and not c:
         ap.error(f"{args.stage} needs --chosen (the steering chosen on dev)")
     if args.stage == "dev-prone":
-        plan = [(all_settings[n], impossible) for n in ("unsteered", "demos3", "demos3-pressure", "cheat+0.04")]
+        plan = [(all_settings[n], impossible) for n in ("unsteered", "demos3", "demos3-pressure", "cheat+0.04",
+                                                        "cheat+0.04-pressure", "demos3-pressure-t0.8")]
     elif args.stage == "dev-steer":
-        plan = [(all_settings[n], both) for n in (p, f"{p}/cheat-0.04", f"{p}/cons+0.02", f"{p}/cons+0.04",
-                                                  f"{p}/cheat-0.04+cons+0.02", f"{p}/honest-prompt")]
+        plan = [(all_settings[n], both) for n in (p, f"{p}/cons+0.02", f"{p}/cons+0.04", f"{p}/honesty+0.02",
+                                                  f"{p}/cheat-0.02", f"{p}/honest-prompt")]
     elif args.stage == "test":
         plan = [(all_settings[n], both) for n in (p, f"{p}/{c}", f"{p}/honest-prompt", f"{p}/honest-prompt/{c}",
                                                   "unsteered")]
     elif args.stage == "dose":
-        plan = [(all_settings[f"{p}/dose{s:+g}"], impossible) for s in (-0.04, -0.02, 0.02, 0.04, 0.08)]
+        plan = [(all_settings[f"{p}/dose{s:+g}"], impossible) for s in (-0.04, -0.02, 0.02, 0.04)]
     else:
         plan = [(all_settings[f"{p}/agentic"], impossible)]
+    if args.settings:
+        unknown = [n for n in args.settings.split(",") if n not in all_settings]
+        if unknown:
+            ap.error(f"unknown settings {unknown}; known: {', '.join(all_settings)}")
+        plan = [(all_settings[n], impossible if args.stage in ("dev-prone", "dose", "agentic") else both)
+                for n in args.settings.split(",")]
     out = Path(args.out) / f"{args.stage}.jsonl"
     for setting, tasks in plan:
         eps = run_episodes(tasks, setting, respond, out=out, progress=True, log=print)

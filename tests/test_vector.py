@@ -308,3 +308,23 @@ def test_best_layer_is_one_rule(qwen):
     assert choose_layers(rows, 4, k=1, band=(0.0, 1.0)) == [2]
     v.validation = {}
     assert v.best_layer() == v.default_layers[0]
+
+
+def test_vector_and_detector_reprs_are_one_short_line(qwen):
+    """A notebook printing a vector or detector gets one line naming it, not its numbers."""
+    from steerwatch.watch.detector import Detector
+
+    vec = make_vector(qwen, concept="honesty", default_layers=(1, 2))
+    vec.validation = {1: {"auroc": 0.91, "cohens_d": 2.0}, 2: {"auroc": 0.875, "cohens_d": 1.0}}
+    vec.recommended_strength = 0.02
+    text = repr(vec)
+    assert "\n" not in text and len(text) < 300
+    assert f"'honesty' (mean_diff) for {qwen.name}, {qwen.n_layers} layers 0-{qwen.n_layers - 1}" in text
+    assert "best layer 1 (val AUROC 0.910)" in text and "recommended strength +0.02" in text
+    assert "default layers [1, 2]" in text and "<b>Vector</b>" in vec._repr_html_()
+    det = Detector.from_vector(vec, layer=2)
+    det.threshold, det.calibration = 0.123456, {"fpr_target": 0.01}
+    assert repr(det) == "<Detector 'honesty': -honesty at layer 2, mean, threshold 0.1235 (FPR 0.01)>"
+    assert "&lt;Detector" in det._repr_html_()
+    sparse = make_vector(qwen, layers=[0, 3], concept="x")
+    assert "2 layers 0,3" in repr(sparse) and "best layer" not in repr(sparse)

@@ -124,6 +124,29 @@ class Vector:
         if not self.created_at:
             self.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+    # ------------------------------------------------------------------ display
+    def _summary(self) -> tuple[str, str]:
+        layers = self.layers
+        span = (f"{layers[0]}-{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1))
+                else ",".join(map(str, layers)))
+        best = self.best_layer() if self.validation else None
+        au = self.auroc(best) if best is not None else None
+        quality = f", best layer {best} (val AUROC {au:.3f})" if au is not None else ""
+        rec = f", recommended strength {self.recommended_strength:+g}" if self.recommended_strength is not None else ""
+        return (f"{self.concept!r} ({self.method}) for {self.model_name}, {len(layers)} layers {span}{quality}{rec}",
+                f"default layers {self.default_layers}")
+
+    def __repr__(self) -> str:
+        """One line (a vector holds hundreds of thousands of numbers; printing them helps no one)."""
+        head, layers = self._summary()
+        return f"<Vector {head}; {layers}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head, layers = self._summary()
+        return f"<b>Vector</b> {html.escape(head)}<br><small>{html.escape(layers)}</small>"
+
     # ------------------------------------------------------------------ access
     @property
     def layers(self) -> list[int]:

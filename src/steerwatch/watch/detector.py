@@ -72,6 +72,19 @@ class Detector:
         if not self.name:
             self.name = self.vector.concept
 
+    def __repr__(self) -> str:
+        """One line: the vector's numbers stay out of it."""
+        thr = "uncalibrated" if self.threshold is None else f"threshold {self.threshold:.4g}" + (
+            f" (FPR {self.calibration['fpr_target']:g})" if "fpr_target" in self.calibration else "")
+        sign = "+" if self.sign > 0 else "-"
+        return (f"<Detector {self.name!r}: {sign}{self.vector.concept} at layer {self.layer}, {self.aggregate}, "
+                f"{thr}>")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return html.escape(repr(self))
+
     @classmethod
     def from_vector(cls, vector: Vector, *, layer: int | None = None, sign: int | None = None,
                     aggregate: str = "mean", name: str | None = None, vector_path: str | None = None) -> Detector:
