@@ -814,3 +814,49 @@ def test_a_queued_request_whose_client_hung_up_is_not_generated(qwen_chat, tmp_p
     assert not any("hung up" in t or "gone too" in t for t in texts)  # never generated
     assert engine.stats["cancelled"] == 2
     assert not any(r["prompt"][-1]["content"] in ("hung up", "gone too") for r in engine.store.list(limit=1000))
+
+
+def test_a_generating_request_whose_client_hung_up_stops_and_is_stored(qwen_chat, tmp_path):
+    """A stream dropped mid-generation stops at its next token (no compute spent on a gone client)
+    while the other row of its batch runs to its full length; what was generated is still stored."""
+    import time
+
+    engine = _engine(qwen_chat, tmp_path, limits={"max_batch": 2, "batch_wait_ms": 300, "max_tokens": 120})
+    real = engine.backend.generate
+    steps: list[int] = []
+
+    def slow(*a, **kw):  # 30 ms per decoding step, so the hang-up lands mid-generation
+        inner = kw["on_token"]
+
+        def on_token(tokens):
+            steps.append(len(tokens))
+            time.sleep(0.03)
+            return inner(tokens)
+
+        kw["on_token"] = on_token
+        return real(*a, **kw)
+
+    engine.backend.generate = slow
+    long = {"model": "tiny-qwen2", "max_tokens": 120}
+    try:
+        with RunningServer(engine) as srv, ThreadPoolExecutor(1) as ex:
+            stay = ex.submit(_post, srv, "/chat/completions",
+                             dict(long, messages=[{"role": "user", "content": "stay"}]))
+            body = dict(long, messages=[{"role": "user", "content": "leave"}], stream=True)
+            with httpx.stream("POST", srv.base_url + "/chat/completions", json=body, headers=ADMIN,
+                              timeout=30) as r:
+                seen = []
+                for line in r.iter_lines():  # up to the first text chunk: generation has started
+                    seen.append(line)
+                    if '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                        break
+            done = stay.result()
+    finally:
+        engine.stop()
+    assert done.status_code == 200, done.text
+    assert engine.stats["stopped"] == 1 and engine.stats["cancelled"] == 0
+    rows = {r["prompt"][-1]["content"]: r for r in engine.store.list(limit=1000)}
+    n_left = len(next(iter(rows["leave"]["token_scores"].values())))
+    n_stay = len(next(iter(rows["stay"]["token_scores"].values())))
+    assert done.json()["usage"]["completion_tokens"] == 120 and n_stay >= 119
+    assert 0 < n_left < 60, n_left  # stopped soon after the hang-up, long before its 120 tokens

@@ -178,7 +178,7 @@ def create_app(engine: Engine) -> FastAPI:
             finished = True
             yield chunks.DONE
         finally:
-            if not finished:  # the client hung up: drop the request if it has not started generating
+            if not finished:  # the client hung up: dropped if queued, stopped at its next token if generating
                 gen.cancelled = True
 
     async def respond(gen: GenRequest, req: Any, request: Request, *, chat: bool) -> Any:
@@ -204,7 +204,7 @@ def create_app(engine: Engine) -> FastAPI:
                 kind, val = await asyncio.wait_for(q.get(), timeout=DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
                 if not gen.answered and await request.is_disconnected():
-                    gen.cancelled = True  # dropped if still queued; once generating, finished and stored
+                    gen.cancelled = True  # dropped if still queued; once generating, stopped and stored
                     return JSONResponse(ApiError(408, "the client disconnected").body(), status_code=408)
                 continue
             if kind == "done":
@@ -224,6 +224,7 @@ def create_app(engine: Engine) -> FastAPI:
         return {"status": "ok", "model": dep.served_name, "policy_sha256": dep.policy_sha256,
                 "batches": engine.stats["batches"], "requests": engine.stats["requests"],
                 "failed": engine.stats["failed"], "cancelled": engine.stats["cancelled"],
+                "stopped": engine.stats["stopped"],
                 "rejected": engine.stats["rejected"], "waiting": engine.waiting, "store": store}
 
     @app.get("/v1/models")

@@ -76,7 +76,7 @@ class Engine:
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0, "cancelled": 0,
+        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0, "cancelled": 0, "stopped": 0,
                       "rejected": 0}
         self.waiting = 0  # submitted, not yet taken into a batch (bounded by limits.max_queue)
         self._count_lock = threading.Lock()
@@ -211,6 +211,7 @@ class Engine:
         self.stats["requests"] += len(reqs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
         gens, state = self._generate(reqs, [list(r.steering) for r in reqs], self.conditional)
+        self.stats["stopped"] += state.reason.count("cancelled")  # clients that hung up mid-generation
         results = [self._finish_row(req, gen, state, i, batch_size=len(reqs), conditional=self.conditional)
                    for i, (req, gen) in enumerate(zip(reqs, gens))]
         self._degeneration_guard(reqs, results)

@@ -35,7 +35,7 @@ class GenRequest:
     sink: Callable[[tuple[str, Any]], None] | None = None
     streamed: bool = False  # part of the text was sent (a failed batch cannot retry this row)
     answered: bool = False  # "done" or "error" was sent
-    cancelled: bool = False  # its client hung up: dropped if it has not started generating
+    cancelled: bool = False  # its client hung up: dropped if queued, stopped (and stored) if generating
 
     def batch_key(self) -> tuple:
         if self.seed is not None:

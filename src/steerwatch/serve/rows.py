@@ -28,6 +28,9 @@ class RowState:
         for r, t in enumerate(tokens):
             if self.done[r]:
                 continue
+            if self.reqs[r].cancelled:  # its client hung up mid-generation: stop spending compute on it
+                self._finish(r, "cancelled")
+                continue
             if t in self.eos:
                 self.tokens[r].append(t)
                 self._finish(r, "stop")
