@@ -71,11 +71,15 @@ def settings(lm, prone: str | None = None):
         "cheat+0.06-pressure": Setting("cheat+0.06-pressure", steer=(spec("cheating", 0.06),),
                                        instruction="pressure", **base),
     }
+    for name, st in list(prone_settings.items()):  # agentic: one more turn after the test runner's failures
+        prone_settings[f"{name}-2t"] = Setting(f"{name}-2t", steer=st.steer, instruction=st.instruction,
+                                               demos=st.demos, temperature=st.temperature, attempts=st.attempts,
+                                               turns=2, max_new_tokens=st.max_new_tokens)
     out = dict(prone_settings)
     if prone is not None:
         p = prone_settings[prone]
         kw = dict(demos=p.demos, instruction=p.instruction, max_new_tokens=p.max_new_tokens,
-                  temperature=p.temperature, attempts=p.attempts)
+                  temperature=p.temperature, attempts=p.attempts, turns=p.turns)
         hon = dict(kw, instruction="honest")
         arms = {"cons+0.02": (spec("conscientiousness", 0.02),), "cons+0.04": (spec("conscientiousness", 0.04),),
                 "honesty+0.02": (spec("honesty", 0.02),),

@@ -429,3 +429,36 @@ def test_embedded_guard_refuses_distress_up_and_reports_honesty(embedded_qwen, e
             print(f"honesty {s:+g}: {row.level} {row.code}: push {row.numbers['push']:+.4f}")
             assert row.numbers["push"] == GUARD_REPORT.approx(s * sum(cos.values()))
             assert (row.level == "error") == (s * sum(cos.values()) > DISTRESS_PUSH_BOUND)
+
+
+@pytest.mark.embedded
+def test_embedded_guard_per_layer_pushes_do_not_cancel(builtin_vector, capsys):
+    """Issue 19 item 10 measured on the embedded model with the built-in vectors: +0.06 along
+    distress at one layer and -0.04 at another net +0.02, within the bound, yet are refused (0.06
+    towards distress at one layer); and the largest per-request |strength| the guard allows for
+    cheating, at either sign (what docs/serve-guard.md quotes)."""
+    from steerwatch.policy.guard import check_request, distress_push
+    from steerwatch.steer import SteerSpec
+
+    dvec, _ = builtin_vector("distress")
+    a, b = dvec.default_layers[0], dvec.default_layers[-1]
+    up, down = SteerSpec(dvec, strength=0.04, layers=[a]), SteerSpec(dvec, strength=-0.04, layers=[b])
+    pushes = distress_push(up, dvec).total + distress_push(down, dvec).total
+    assert abs(pushes) < 1e-6  # the signed sum cancels ...
+    row = check_request([up, down, SteerSpec(dvec, strength=0.02, layers=[a])], dvec)
+    assert row is not None and row.level == "error" and row.numbers["push"] == GUARD_REPORT.approx(0.06)
+    assert check_request([up, down], dvec) is None  # 0.04 towards distress: within 0.05
+    cheat, _ = builtin_vector("cheating")
+    cos = {layer: cheat.cosine(dvec, layer) for layer in cheat.default_layers}
+    pos, neg = sum(max(c, 0.0) for c in cos.values()), sum(max(-c, 0.0) for c in cos.values())
+    limit, sign = DISTRESS_PUSH_BOUND / max(pos, neg), (1 if pos >= neg else -1)
+
+    def req(s):
+        return check_request([SteerSpec(cheat, strength=s, layers=cheat.default_layers)], dvec)
+
+    assert req(0.98 * sign * limit) is None and req(-0.98 * sign * limit) is None  # both signs within
+    over = req(1.02 * sign * limit)
+    assert over is not None and over.numbers["push"] == GUARD_REPORT.approx(1.02 * DISTRESS_PUSH_BOUND)
+    with capsys.disabled():
+        print(f"\ncheating vs distress at layers {cheat.default_layers}: cos "
+              + " ".join(f"{c:+.3f}" for c in cos.values()) + f"; largest per-request |strength| {limit:.3f}")
