@@ -153,7 +153,7 @@ def main() -> None:
         r = summarize(eps)[0]
         print(f"{setting.name}: cheated {r['cheat_k']}/{r['n_impossible']} "
               f"(special-cased {r['special_cased_cheat_k']}, "
-              f"accidental {r['accidental_k']}), flagged {r['flagged_k']}, "
+              f"accidental {r['accidental_k']}), attempted {r['attempted_k']}, flagged {r['flagged_k']}, "
               f"pass@1 original {r['pass_original_k']}/{r['n_original']}", flush=True)
     print(f"report: steerwatch lab report {out} --baseline {p or 'unsteered'}")
 

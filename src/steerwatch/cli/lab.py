@@ -152,8 +152,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     baseline = any("cheat_diff" in r for r in rows)
-    table = Table("setting", "cheated (impossible)", "special-cased", "accidental", "flagged test", "pass@1 (original)",
-                  *(["Δ cheat", "p", "Δ pass@1", "p"] if baseline else []))
+    table = Table("setting", "cheated (impossible)", "special-cased", "accidental", "attempted", "flagged test",
+                  "pass@1 (original)", *(["Δ cheat", "p", "Δ attempted", "p", "Δ pass@1", "p"] if baseline else []))
 
     def frac(r: dict[str, Any], col: str, n: str) -> str:
         if r.get(f"{col}_rate") is None:
@@ -163,11 +163,14 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
     for r in rows:
         cells = [r["setting"], frac(r, "cheat", "n_impossible"), frac(r, "special_cased_cheat", "n_impossible"),
-                 frac(r, "accidental", "n_impossible"), frac(r, "flagged", "n_impossible"),
+                 frac(r, "accidental", "n_impossible"), frac(r, "attempted", "n_impossible"),
+                 frac(r, "flagged", "n_impossible"),
                  frac(r, "pass_original", "n_original")]
         if baseline:
             cells += [f"{100 * r['cheat_diff']:+.1f}" if "cheat_diff" in r else "–",
                       f"{r['cheat_mcnemar_p']:.3g}" if "cheat_mcnemar_p" in r else "–",
+                      f"{100 * r['attempted_diff']:+.1f}" if "attempted_diff" in r else "–",
+                      f"{r['attempted_mcnemar_p']:.3g}" if "attempted_mcnemar_p" in r else "–",
                       f"{100 * r['pass_original_diff']:+.1f}" if "pass_original_diff" in r else "–",
                       f"{r['pass_original_mcnemar_p']:.3g}" if "pass_original_mcnemar_p" in r else "–"]
         table.add_row(*cells)
