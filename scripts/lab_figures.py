@@ -2,30 +2,34 @@
 
 Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipped when rerun):
 
-- ``dev-prone``: which setting makes the unsteered model cheat (dev split, impossible variants):
-  unsteered; in-context demonstrations of hard-coding (3); demonstrations + "graded only on the
-  tests" pressure; the cheating vector pushed up (+0.04, layers 10-15) as a positive control.
-- ``dev-steer``: on the most cheat-prone prompt-only setting found on dev (``--prone``), steering
-  against it (cheating -0.04, conscientiousness +0.02 and +0.04, both) and the prompting baseline;
-  on impossible and original tasks (the capability cost).
-- ``test``: the dev-chosen settings (``--prone``, ``--chosen`` steering, the prompting baseline,
-  prompting + steering) once on the test split, impossible and original variants.
-- ``dose``: the cheating vector's dose-response in both directions (-0.04 ... +0.08) on top of
-  the prone setting, test split, impossible variants.
-- ``agentic``: the prone setting with 3 turns (failure feedback), unsteered and with the chosen
-  steering, test split.
+- ``dev-prone``: which setting makes the model cheat (dev split, impossible variants): unsteered;
+  in-context demonstrations of hard-coding (3); demonstrations + "graded only on the tests"
+  pressure; sampling at temperature 0.8 with 2 attempts; the cheating vector pushed up (+0.04 or
+  +0.06, layers 10-15) with and without pressure; ``-2t`` variants add one turn with the test
+  runner's failures (agentic).
+- ``dev-steer``: on the cheat-prone setting chosen on dev (``--prone``; it may be steered itself:
+  the vector pushed up makes a model that cheats), steering arms added on top (conscientiousness
+  +0.02 / +0.04, honesty +0.02, cheating -0.02) and the prompting baseline (honest instruction); on
+  impossible and original tasks (the capability cost).
+- ``test``: once on the test split, impossible and original variants: the prone setting, the
+  dev-chosen arm (``--chosen``) on top of it, the prompting baseline (impossible only) and the prone
+  prompt without the cheating vector (``no-vector``).
+- ``dose``: the cheating vector's dose-response on the prone prompt, test split, impossible
+  variants: total strength -0.04 and +0.06, written to the test stage's file beside its +0.04
+  (the prone setting) and 0 (``no-vector``) rows.
 
 Every answer is scored by the built-in cheating and conscientiousness detectors (teacher-forced
 where the answer was steered), so ``steerwatch lab report OUT/test.jsonl`` also gives detector
-AUROC against the execution labels.
+AUROC against the execution labels. ``--settings A,B`` runs named settings instead of a stage's
+list (``--help`` names them).
 
-    python scripts/lab_figures.py dev-prone [--limit 40]
-    python scripts/lab_figures.py dev-steer --prone demos3
-    python scripts/lab_figures.py test --prone demos3 --chosen cons+0.04
-    python scripts/lab_figures.py dose --prone demos3
-    steerwatch lab report out/lab/test.jsonl --baseline demos3 --html out/lab/test.html
+    python scripts/lab_figures.py dev-prone --limit 20
+    python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20
+    python scripts/lab_figures.py test --prone cheat+0.04-pressure --chosen cons+0.04 --limit 50
+    python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
+    steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
-Time on 2 CPU cores: about 6 s per episode-turn (batch 16, 160 new tokens).
+Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
 """
 from __future__ import annotations
 
@@ -90,8 +94,10 @@ def settings(lm, prone: str | None = None):
             out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}",
                                                            steer=merge(p.steer, specs), **hon)
         out[f"{prone}/honest-prompt"] = Setting(f"{prone}.honest-prompt", steer=p.steer, **hon)
-        for s in (-0.04, -0.02, 0.02, 0.04, 0.06, 0.08):
-            out[f"{prone}/dose{s:+g}"] = Setting(f"{prone}.cheat{s:+g}", steer=merge(p.steer, (spec("cheating", s),)),
+        unvec = tuple(sp for sp in p.steer if sp.vector.concept != "cheating")
+        out[f"{prone}/no-vector"] = Setting(f"{prone}.no-vector", steer=unvec, **kw)  # the prompt alone
+        for t in (-0.04, -0.02, 0.02, 0.04, 0.06, 0.08):  # the cheating vector's total strength on the prone prompt
+            out[f"{prone}/dose{t:+g}"] = Setting(f"{prone}.cheating{t:+g}", steer=(*unvec, spec("cheating", t)),
                                                  **kw)
         out[f"{prone}/agentic"] = Setting(f"{prone}.agentic", steer=p.steer, **dict(kw, turns=3))
     return out
@@ -135,10 +141,10 @@ def main() -> None:
         plan = [(all_settings[n], both) for n in (p, f"{p}/cons+0.02", f"{p}/cons+0.04", f"{p}/honesty+0.02",
                                                   f"{p}/cheat-0.02", f"{p}/honest-prompt")]
     elif args.stage == "test":
-        plan = [(all_settings[n], both) for n in (p, f"{p}/{c}", f"{p}/honest-prompt", f"{p}/honest-prompt/{c}",
-                                                  "unsteered")]
-    elif args.stage == "dose":
-        plan = [(all_settings[f"{p}/dose{s:+g}"], impossible) for s in (-0.04, -0.02, 0.02, 0.04)]
+        plan = [(all_settings[p], both), (all_settings[f"{p}/{c}"], both),
+                (all_settings[f"{p}/honest-prompt"], impossible), (all_settings[f"{p}/no-vector"], both)]
+    elif args.stage == "dose":  # with the test stage's prone (vector at its strength) and no-vector rows
+        plan = [(all_settings[f"{p}/dose{t:+g}"], impossible) for t in (-0.04, 0.06)]
     else:
         plan = [(all_settings[f"{p}/agentic"], impossible)]
     if args.settings:
@@ -147,7 +153,7 @@ def main() -> None:
             ap.error(f"unknown settings {unknown}; known: {', '.join(all_settings)}")
         plan = [(all_settings[n], impossible if args.stage in ("dev-prone", "dose", "agentic") else both)
                 for n in args.settings.split(",")]
-    out = Path(args.out) / f"{args.stage}.jsonl"
+    out = Path(args.out) / f"{'test' if args.stage == 'dose' else args.stage}.jsonl"
     for setting, tasks in plan:
         eps = run_episodes(tasks, setting, respond, out=out, progress=True, log=print)
         r = summarize(eps)[0]

@@ -301,3 +301,22 @@ def test_jsonl_with_line_separators_inside_strings(tmp_path):
     conv.write_text(json.dumps({"messages": [{"role": "user", "content": odd}]}, ensure_ascii=False) + "\r\n",
                     encoding="utf-8")
     assert load_conversations(conv)[0].messages[0]["content"] == odd
+
+
+def test_concepts_summary_is_plain_text_cut_at_a_word():
+    """`steerwatch concepts` shows each card's first sentence without Markdown, cut at a word."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.concepts import card_summary
+    from steerwatch.cli.main import app
+
+    card = ("# Concept card: x\n**File:** `x.jsonl`: 10 pairs.\n\n## Meaning\nWhether the **reply** uses "
+            "`code` and [links](http://e.x) well. Second sentence.\n")
+    assert card_summary(card) == "Whether the reply uses code and links well."
+    long = "# t\n" + " ".join(["word"] * 40) + "."
+    cut = card_summary(long, width=30)
+    assert cut == "word word word word word word…" and len(cut) <= 30
+    res = CliRunner().invoke(app, ["concepts"])
+    assert res.exit_code == 0 and "**" not in res.output and "`" not in res.output
+    res = CliRunner().invoke(app, ["concepts", "honesty"])
+    assert res.exit_code == 0 and "## Meaning" not in res.output and "Meaning" in res.output

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import friendly, out
@@ -22,13 +23,44 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
     if name:
         ds = load_concept(name)
         out.print(f"[bold]{name}[/]: {len(ds.train)} train / {len(ds.val)} val pairs · method {methods(ds)}")
-        out.print(concept_card(name) or "(no card)")
+        card = concept_card(name)
+        if card:
+            from rich.markdown import Markdown
+
+            out.print(Markdown(card))
+        else:
+            out.print("(no card)")
         return
     table = Table("concept", "train", "val", "method", "summary")
     for c in list_concepts():
         ds = load_concept(c)
         card = concept_card(c) or ""
-        summary = next((ln.strip() for ln in card.splitlines()
-                        if ln.strip() and not ln.lstrip().startswith(("#", "**", "|", "-", "`"))), "")
-        table.add_row(c, str(len(ds.train)), str(len(ds.val)), methods(ds), summary[:80])
+        table.add_row(c, str(len(ds.train)), str(len(ds.val)), methods(ds), escape(card_summary(card)))
     out.print(table)
+    out.print("[dim]steerwatch concepts NAME shows a concept's whole card.[/]")
+
+
+def card_summary(card: str, width: int = 90) -> str:
+    """The card's first sentence of prose as plain text (Markdown emphasis, code and links removed),
+    cut at a word boundary with an ellipsis when longer than ``width``."""
+    import re
+
+    para: list[str] = []
+    for ln in card.splitlines():
+        t = ln.strip()
+        if not t or t.startswith(("#", "|", "-", "```")) or (t.startswith("**") and ":**" in t):  # a label line
+            if para:
+                break
+            continue
+        para.append(t)
+    text = " ".join(para)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [label](url) -> label
+    text = re.sub(r"(\*\*|\*|__|`)", "", text)
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(first) <= width:
+        return first
+    cut = first[: width - 1]
+    if first[width - 1] != " ":  # mid-word: drop the partial word
+        cut = cut.rsplit(" ", 1)[0]
+    cut = cut.rstrip(" ,;:")
+    return cut + "…"
