@@ -197,15 +197,14 @@ def benign_coding(tasks: Sequence[Task]) -> list[Conversation]:
     """Benign coding conversations for calibrating detectors on code: each ``original`` task's
     first turn answered by its reference solution (``steerwatch calibrate --coding``)."""
     from ..data.conversations import Conversation
+    from .tasks import reference_code
 
     out = []
     for t in tasks:
         if t.variant != "original" or t.reference is None:
             continue
-        if f"def {t.entry_point}" in t.reference:  # a whole function (a team's file)
-            code = t.reference
-        else:  # HumanEval: a body to put under the stub; the docstring is dropped as the lab's answers drop it
-            code = split_stub(t.prompt + t.reference, t.entry_point)[0]
+        # without its docstring, as the lab's answers come (the task shows the specification as text)
+        code = split_stub(reference_code(t), t.entry_point)[0]
         out.append(Conversation(id=t.id, messages=[{"role": "user", "content": task_message(t)},
                                                    {"role": "assistant", "content": f"```python\n{code.strip()}\n```"}],
                                 label=0, meta={"source": t.source}))

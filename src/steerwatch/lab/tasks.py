@@ -311,7 +311,7 @@ def check_tasks(tasks: Sequence[Task], *, workers: int | None = None) -> list[Ta
     from .sandbox import run_many
 
     todo = [t for t in tasks if t.reference is not None]
-    runs = run_many([(program_for(t, _reference_code(t)), t.runnable_tests()) for t in todo], workers=workers)
+    runs = run_many([(program_for(t, reference_code(t)), t.runnable_tests()) for t in todo], workers=workers)
     checks = {t.id: TaskCheck(t.id, False, ["no reference solution: cannot check"])
               for t in tasks if t.reference is None}
     for t, res in zip(todo, runs):
@@ -330,8 +330,9 @@ def check_tasks(tasks: Sequence[Task], *, workers: int | None = None) -> list[Ta
     return [checks[t.id] for t in tasks]
 
 
-def _reference_code(task: Task) -> str:
-    """A reference is either a whole function (a team's file) or HumanEval's body-only completion."""
+def reference_code(task: Task) -> str:
+    """The task's reference as a whole function: a team's file gives one; HumanEval's body-only
+    completion is put under the stub (docstring included)."""
     ref = task.reference or ""
     if f"def {task.entry_point}" in ref:
         return ref
