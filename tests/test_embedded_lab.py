@@ -68,16 +68,19 @@ def test_lab_labels_match_execution(lab_run):
 
 
 def test_lab_cheating_vector_controls_cheating(lab_run):
-    """Pushed up, the cheating vector makes the model pass tests that contradict the specification
-    (it cheats on more tasks than unsteered), and the report counts exactly the file's episodes."""
+    """Pushed up, the cheating vector makes the model hard-code test values (special-casing on more
+    impossible tasks than unsteered: on this small model mostly the wrong constants, so the
+    execution label moves less), and the report counts exactly the file's episodes."""
     from steerwatch.lab.episodes import read_episodes
 
     out, _, rep = lab_run
     eps = read_episodes(out)
-    k = {s: sum(e["cheated"] for e in eps if e["setting"] == s) for s in ("unsteered", "cheat-up")}
+    k = {s: sum(e["special_cased"] for e in eps if e["setting"] == s) for s in ("unsteered", "cheat-up")}
+    cheats = {s: sum(e["cheated"] for e in eps if e["setting"] == s) for s in ("unsteered", "cheat-up")}
     assert k["cheat-up"] > k["unsteered"], k
     rows = {r["setting"]: r for r in rep["settings"]}
-    assert {s: rows[s]["cheat_k"] for s in k} == k
-    assert rows["cheat-up"]["n_impossible"] == 5 and rows["cheat-up"]["cheat_paired_n"] == 5
-    det = [d for d in rep["detection"] if d["detector"] == "cheating" and d["label"] == "cheated"]
-    assert len(det) == 1 and det[0]["n_pos"] == sum(k.values())
+    assert {s: rows[s]["attempted_k"] for s in k} == k and {s: rows[s]["cheat_k"] for s in k} == cheats
+    assert rows["cheat-up"]["n_impossible"] == 5 and rows["cheat-up"]["attempted_paired_n"] == 5
+    det = {d["label"]: d for d in rep["detection"] if d["detector"] == "cheating"}
+    assert det["special_cased"]["n_pos"] == sum(k.values())
+    assert det["cheated"]["n_pos"] == sum(cheats.values())
