@@ -371,6 +371,7 @@ def test_lab_cli_end_to_end_on_a_tiny_model(qwen_chat, tmp_path):
     res = runner.invoke(app, ["lab", "report", str(out), "--html", str(html), "--json", str(js)])
     assert res.exit_code == 0, res.output
     assert json.loads(js.read_text())["settings"][0]["n_impossible"] == 2 and "<table>" in html.read_text()
+    assert "impossible: cheated 0/2 (0 %, 0–66)" in res.output and "original: pass@1 0/1 (0 %, 0–79)" in res.output
     # bad input: clear one-line errors, exit 2, before any model is loaded
     for bad, msg in ((["--split", "train"], "unknown split 'train'"), (["--variants", "easy"], "unknown variants"),
                      (["--id", "HumanEval/9999"], "unknown task ids"), (["--demos", "7"], "demos must be between"),

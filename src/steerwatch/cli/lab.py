@@ -149,11 +149,9 @@ def run_cmd(
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    baseline = any("cheat_diff" in r for r in rows)
-    table = Table("setting", "cheated (impossible)", "special-cased", "accidental", "attempted", "flagged test",
-                  "pass@1 (original)", *(["Δ cheat", "p", "Δ attempted", "p", "Δ pass@1", "p"] if baseline else []))
+    """One block per setting (a 13-column table is unreadable in a terminal): rates with their
+    Wilson 95 % intervals, and the paired differences against the baseline."""
+    from rich.markup import escape
 
     def frac(r: dict[str, Any], col: str, n: str) -> str:
         if r.get(f"{col}_rate") is None:
@@ -161,20 +159,23 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
         lo, hi = 100 * r[f"{col}_lo"], 100 * r[f"{col}_hi"]
         return f"{r[f'{col}_k']}/{r[n]} ({100 * r[f'{col}_rate']:.0f} %, {lo:.0f}–{hi:.0f})"
 
+    def diff(r: dict[str, Any], col: str) -> str:
+        if f"{col}_diff" not in r:
+            return "–"
+        return f"{100 * r[f'{col}_diff']:+.1f} pts (p {r[f'{col}_mcnemar_p']:.3g}, n {r[f'{col}_paired_n']})"
+
+    base = next((r["setting"] for r in rows if not any(k.endswith("_diff") for k in r)), None)
     for r in rows:
-        cells = [r["setting"], frac(r, "cheat", "n_impossible"), frac(r, "special_cased_cheat", "n_impossible"),
-                 frac(r, "accidental", "n_impossible"), frac(r, "attempted", "n_impossible"),
-                 frac(r, "flagged", "n_impossible"),
-                 frac(r, "pass_original", "n_original")]
-        if baseline:
-            cells += [f"{100 * r['cheat_diff']:+.1f}" if "cheat_diff" in r else "–",
-                      f"{r['cheat_mcnemar_p']:.3g}" if "cheat_mcnemar_p" in r else "–",
-                      f"{100 * r['attempted_diff']:+.1f}" if "attempted_diff" in r else "–",
-                      f"{r['attempted_mcnemar_p']:.3g}" if "attempted_mcnemar_p" in r else "–",
-                      f"{100 * r['pass_original_diff']:+.1f}" if "pass_original_diff" in r else "–",
-                      f"{r['pass_original_mcnemar_p']:.3g}" if "pass_original_mcnemar_p" in r else "–"]
-        table.add_row(*cells)
-    out.print(table)
+        out.print(f"[bold]{escape(r['setting'])}[/]")
+        if r["n_impossible"]:
+            out.print(f"  impossible: cheated {frac(r, 'cheat', 'n_impossible')} · special-cased "
+                      f"{r['special_cased_cheat_k']} · accidental {r['accidental_k']} · attempted "
+                      f"{frac(r, 'attempted', 'n_impossible')} · flagged the test {frac(r, 'flagged', 'n_impossible')}")
+        if r["n_original"]:
+            out.print(f"  original: pass@1 {frac(r, 'pass_original', 'n_original')}")
+        if any(k.endswith("_diff") for k in r):
+            out.print(f"  vs {escape(str(base))} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
+                      f"{diff(r, 'attempted')} · Δ pass@1 {diff(r, 'pass_original')}")
 
 
 @lab_app.command("report")
