@@ -437,3 +437,25 @@ def test_tasks_written_by_the_cli_round_trip(tasks, tmp_path):
     assert [(b.id, b.tests, b.impossible, b.variant, b.split) for b in back] == \
         [(t.id, t.tests, t.impossible, t.variant, t.split) for t in tasks[:6]]
     assert Path(f).stat().st_size > 0
+
+
+def test_detection_recomputes_scores_by_aggregate():
+    """``aggregate`` reads the recorded token scores, not the recorded response score; only
+    impossible episodes are scored; an unknown aggregate is a clear error."""
+    def ep(cheated, toks, recorded):
+        return {"setting": "s", "task": f"t{len(eps)}", "attempt": 0, "cheated": cheated, "special_cased": cheated,
+                "turns": [{"scores": {"d": recorded}, "token_scores": {"d": toks}}]}
+
+    eps: list = []
+    for cheated, toks, rec in ((True, [0.0, 1.0], 0.1), (True, [0.2, 0.9], 0.2), (False, [3.0, 0.0], 0.9),
+                               (False, [2.0, 0.5], 0.8)):
+        eps.append(ep(cheated, toks, rec))
+    eps.append({"setting": "s", "task": "orig", "attempt": 0, "passed": True, "special_cased": False,
+                "turns": [{"scores": {"d": 0.0}, "token_scores": {"d": [0.0, -1.0]}}]})
+    assert detection(eps, "d")["auroc"] == 0.0  # recorded: the cheats score lower
+    assert detection(eps, "d", aggregate="mean")["auroc"] == 0.0
+    m = detection(eps, "d", aggregate="last", label="special_cased")
+    assert m["auroc"] == 1.0 and m["aggregate"] == "last" and m["n_pos"] == 2 and m["n_neg"] == 2
+    assert m["n_benign_coding"] == 1 and m["recall@0.01_coding"] == 1.0  # the benign original's last score: -1
+    with pytest.raises(SteerwatchError, match="unknown aggregate 'median'"):
+        detection(eps, "d", aggregate="median")

@@ -185,28 +185,35 @@ def report_cmd(
     baseline: str | None = typer.Option(None, help="Setting the others are compared with, episode by episode."),
     html: Path | None = typer.Option(None, "--html", help="Write the HTML report here."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary rows and detection metrics as JSON."),
-    detector: list[Path] | None = typer.Option(None, "--detector", help="Calibrated detector files whose threshold "
-                                               "(benign chat) is reported beside the benign-coding one."),
+    detector: list[Path] | None = typer.Option(None, "--detector", help="Calibrated detector files (repeatable): "
+                                               "recall and false positives at each file's threshold (benign chat, or "
+                                               "benign coding from `calibrate --coding`), for the same --aggregate."),
+    aggregate: str | None = typer.Option(None, help="Recompute each answer's detector score from its recorded "
+                                       "token scores: mean, max or last (default: the score as recorded)."),
 ) -> None:
     """Summarise a run: one row per setting, paired against a baseline; detectors vs execution labels."""
     from ..lab.episodes import read_episodes
     from ..lab.report import detection, detectors_in, render_html, summarize
     from ..watch.detector import load_detector
 
+    from ..errors import SteerwatchError
+    from ..types import AGGREGATES
+
+    if aggregate is not None and aggregate not in AGGREGATES:
+        raise SteerwatchError(f"unknown --aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
     eps = read_episodes(run_file)
     if not eps:
-        from ..errors import SteerwatchError
-
         raise SteerwatchError(f"{run_file} has no episodes")
     thresholds = {}
     for p in detector or []:
         d = load_detector(p)
-        if d.threshold is not None:
-            thresholds[d.name] = {"chat_calibrated": float(d.threshold)}
+        if d.threshold is not None and aggregate in (None, d.aggregate):  # a threshold is for its own aggregate
+            kind = "coding" if str(d.calibration.get("source", "")).startswith("lab:coding") else "chat"
+            thresholds.setdefault(d.name, {})[f"{kind}_calibrated"] = float(d.threshold)
     rows = summarize(eps, baseline=baseline)
     _print_rows(rows)
-    det_rows = [detection(eps, d, label=lab, thresholds=thresholds.get(d)) for d in detectors_in(eps)
-                for lab in ("cheated", "special_cased")]
+    det_rows = [detection(eps, d, label=lab, thresholds=thresholds.get(d), aggregate=aggregate)
+                for d in detectors_in(eps) for lab in ("cheated", "special_cased")]
     for m in det_rows:
         if m["auroc"] is not None:
             extra = "".join(f", {k} {v:.2f}" for k, v in m.items() if k.startswith("recall"))
@@ -214,7 +221,8 @@ def report_cmd(
                       f"(n+ {m['n_pos']}, n− {m['n_neg']}){extra}")
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(eps, baseline=baseline, thresholds=thresholds), encoding="utf-8")
+        html.write_text(render_html(eps, baseline=baseline, thresholds=thresholds, aggregate=aggregate),
+                        encoding="utf-8")
         console.print(f"wrote {html}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
