@@ -192,12 +192,11 @@ def report_cmd(
                                        "token scores: mean, max or last (default: the score as recorded)."),
 ) -> None:
     """Summarise a run: one row per setting, paired against a baseline; detectors vs execution labels."""
+    from ..errors import SteerwatchError
     from ..lab.episodes import read_episodes
     from ..lab.report import detection, detectors_in, render_html, summarize
-    from ..watch.detector import load_detector
-
-    from ..errors import SteerwatchError
     from ..types import AGGREGATES
+    from ..watch.detector import load_detector
 
     if aggregate is not None and aggregate not in AGGREGATES:
         raise SteerwatchError(f"unknown --aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
