@@ -203,7 +203,7 @@ def report_cmd(
     eps = read_episodes(run_file)
     if not eps:
         raise SteerwatchError(f"{run_file} has no episodes")
-    thresholds = {}
+    thresholds: dict[str, dict[str, float]] = {}
     for p in detector or []:
         d = load_detector(p)
         if d.threshold is not None and aggregate in (None, d.aggregate):  # a threshold is for its own aggregate
