@@ -65,3 +65,28 @@ def test_steering_only_install_works_and_serve_names_its_extra(tmp_path):
     res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env=env)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-4000:]
+
+
+def test_png_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
+    """`sweep --png` and `report --png` check matplotlib (and that the folder is not a file) before
+    reading a vector or loading a model, naming the extra to install."""
+    from typer.testing import CliRunner
+
+    from steerwatch import extras
+    from steerwatch.cli.main import app
+
+    real = extras._installed
+    monkeypatch.setattr(extras, "_installed", lambda m: m != "matplotlib" and real(m))
+    missing_vector = tmp_path / "nope.sv"  # never read: the check comes first
+    runner = CliRunner(env={"COLUMNS": "250"})
+    ab = tmp_path / "ab.json"  # never read either
+    for args in (["sweep", str(missing_vector), "--ab", str(ab), "--png", str(tmp_path / "plots")],
+                 ["report", str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "r.html"), "--png", str(tmp_path)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "pip install 'steerwatch[plots]'" in res.output and "nope.sv" not in res.output, res.output
+    monkeypatch.setattr(extras, "_installed", real)
+    a_file = tmp_path / "f.png"
+    a_file.write_text("x")
+    res = runner.invoke(app, ["sweep", str(missing_vector), "--ab", str(ab), "--png", str(a_file)])
+    assert res.exit_code == 2 and "is a file; give a folder" in res.output, res.output

