@@ -148,7 +148,7 @@ def run_cmd(
     console.print(f"episodes in {output}; compare settings with: steerwatch lab report {output} --baseline NAME")
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
+def _print_rows(rows: list[dict[str, Any]], baseline: str | None = None) -> None:
     """One block per setting (a 13-column table is unreadable in a terminal): rates with their
     Wilson 95 % intervals, and the paired differences against the baseline."""
     from rich.markup import escape
@@ -164,7 +164,6 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
             return "–"
         return f"{100 * r[f'{col}_diff']:+.1f} pts (p {r[f'{col}_mcnemar_p']:.3g}, n {r[f'{col}_paired_n']})"
 
-    base = next((r["setting"] for r in rows if not any(k.endswith("_diff") for k in r)), None)
     for r in rows:
         out.print(f"[bold]{escape(r['setting'])}[/]")
         if r["n_impossible"]:
@@ -173,8 +172,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
                       f"{frac(r, 'attempted', 'n_impossible')} · flagged the test {frac(r, 'flagged', 'n_impossible')}")
         if r["n_original"]:
             out.print(f"  original: pass@1 {frac(r, 'pass_original', 'n_original')}")
-        if any(k.endswith("_diff") for k in r):
-            out.print(f"  vs {escape(str(base))} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
+        if baseline is not None and r["setting"] != baseline:
+            out.print(f"  vs {escape(baseline)} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
                       f"{diff(r, 'attempted')} · Δ pass@1 {diff(r, 'pass_original')}")
 
 
@@ -210,7 +209,7 @@ def report_cmd(
             kind = "coding" if str(d.calibration.get("source", "")).startswith("lab:coding") else "chat"
             thresholds.setdefault(d.name, {})[f"{kind}_calibrated"] = float(d.threshold)
     rows = summarize(eps, baseline=baseline)
-    _print_rows(rows)
+    _print_rows(rows, baseline)
     det_rows = [detection(eps, d, label=lab, thresholds=thresholds.get(d), aggregate=aggregate)
                 for d in detectors_in(eps) for lab in ("cheated", "special_cased")]
     for m in det_rows:
