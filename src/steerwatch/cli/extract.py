@@ -44,6 +44,24 @@ def extract_cmd(
                                                     "model's layers, 6 of 24)."),
     persona: bool = typer.Option(False, help="SOURCE is a persona-instruction file: generate answers under each "
                                              "system prompt, then read the answers without the instruction."),
+    onpolicy: bool = typer.Option(False, help="On-policy contrast: the model answers SOURCE's false-premise items "
+                                              "(a concept with built-in items, e.g. honesty, or a bait-format "
+                                              "JSONL with split train/val) under an honest and a sycophantic "
+                                              "instruction; pairs are kept only where the rule scorer confirms "
+                                              "corrected vs agreed, and read without the instruction."),
+    instructions: Path | None = typer.Option(None, help="With --onpolicy: a JSON file of instruction pairs "
+                                                        "({\"instruction\": [{\"pos\": ..., \"neg\": ...}]})."),
+    sources: str = typer.Option("instruction,neutral", help="With --onpolicy: where honest-side answers come from, "
+                                                             "tried in order: instruction (under the honest "
+                                                             "instruction), steered (under --onpolicy-steer), "
+                                                             "neutral (the model's answer to the item's neutral "
+                                                             "question)."),
+    onpolicy_steer: list[str] | None = typer.Option(None, "--onpolicy-steer", help="With --sources ...steered: "
+                                                                                   "steering for the honest "
+                                                                                   "side, e.g. honesty.sv:+0.03."),
+    pairs_out: Path | None = typer.Option(None, "--pairs-out", help="With --onpolicy or --persona: also write "
+                                                                    "the generated answers (and, on-policy, their "
+                                                                    "outcomes and whether kept) to this JSONL."),
     concept: str | None = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass."),
     layers_path: LayersPath = None,
@@ -64,14 +82,51 @@ def extract_cmd(
     if read != "auto":
         check_read(read)
     layer_sel = parse_layers(layers)
+    if persona and onpolicy:
+        raise typer.BadParameter("give --persona or --onpolicy, not both")
+    if instructions is not None and not onpolicy:
+        raise typer.BadParameter("--instructions goes with --onpolicy")
+    if pairs_out is not None and not (persona or onpolicy):
+        raise typer.BadParameter("--pairs-out goes with --onpolicy or --persona (the pairs are generated there)")
     # read and validate the data before the (slow) model load, so a bad file fails at once
     spec = load_persona(source) if persona else None
-    given = None if persona else load_contrast(source)
+    op_spec = None
+    if onpolicy:
+        from ..evals.onpolicy import check_sources, load_onpolicy
+        from ..steer import parse_steer_spec
+
+        op_spec = load_onpolicy(source, instructions=instructions)
+        op_sources = [x.strip() for x in sources.split(",") if x.strip()]
+        op_steer = [parse_steer_spec(x) for x in (onpolicy_steer or [])]
+        check_sources(op_sources, op_steer)
+    elif onpolicy_steer or sources != "instruction,neutral":
+        raise typer.BadParameter("--sources and --onpolicy-steer go with --onpolicy")
+    given = None if (persona or onpolicy) else load_contrast(source)
     loaded = load(model, layers_path=layers_path)
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 
         data = build_persona_pairs(loaded, spec, progress=True)
+        if pairs_out is not None:
+            pairs_out.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive,
+                                                     "negative": p.negative, "split": p.split}) + "\n"
+                                         for p in data.pairs), encoding="utf-8")
+    elif op_spec is not None:
+        from ..evals.onpolicy import generate_onpolicy_pairs, onpolicy_rows_jsonl, onpolicy_summary
+        from ..vector import check_residual_norm
+
+        for sp in op_steer:
+            sp.vector.check_model(loaded)
+            check_residual_norm(sp.vector, loaded)
+        console.print(f"[dim]answering {len(op_spec.items)} items under {len(op_spec.instructions)} instruction "
+                      f"pair(s), both sides; honest-side sources {', '.join(op_sources)}[/]")
+        res = generate_onpolicy_pairs(loaded, op_spec, sources=op_sources, steer=op_steer,
+                                      batch_size=max(batch_size, 16), progress=True, check=False)
+        if pairs_out is not None:
+            pairs_out.write_text(onpolicy_rows_jsonl(res.rows), encoding="utf-8")
+        console.print(f"[dim]on-policy: {onpolicy_summary(res.counts)}[/]")
+        res.check()  # too few pairs survived: a clear error, no vector written
+        data = res.data
     else:
         assert given is not None
         data = given
