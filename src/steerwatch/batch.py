@@ -69,7 +69,8 @@ def _accepts_logits_to_keep(model: Any) -> bool:
 
 
 def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int | None = None,
-            logits_at: Sequence[Sequence[int]] | None = None, logits: bool = False) -> torch.Tensor | None:
+            logits_at: Sequence[Sequence[int]] | None = None, logits: bool = False,
+            grad: bool = False) -> torch.Tensor | None:
     """One right-padded, teacher-forced forward pass (no KV cache) over ``seqs``.
 
     ``stop_after``: stop after decoder block ``stop_after`` (the hooks the caller registered have
@@ -78,6 +79,8 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
     last position), computing the vocabulary projection (a quarter of a small model's compute, by
     far its largest tensor) only there when the model takes ``logits_to_keep``. ``logits``: the
     logits at every position (batch, longest, vocab). Neither: the pass runs for its hooks only.
+    ``grad``: keep the autograd graph (for training a steering vector through the frozen model,
+    :mod:`steerwatch.extract.optimise`); otherwise the pass runs under ``inference_mode``.
     """
     import torch
 
@@ -96,7 +99,7 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
 
         handle = decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
     try:
-        with torch.inference_mode():
+        with torch.enable_grad() if grad else torch.inference_mode():
             out = lm.model(input_ids=ids.to(lm.device), attention_mask=att.to(lm.device), use_cache=False, **kwargs)
     except StopForward:
         return None
