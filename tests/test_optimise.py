@@ -297,3 +297,31 @@ def test_full_text_pairs_and_negative_layers_on_llama():
     assert hist["best_val_loss"] < hist["initial_val_loss"]
     assert _bipo_val_loss(lm, data, vec, vec.recommended_strength, FAST["beta"]) == FP32_ROUTE.approx(
         hist["best_val_loss"])
+
+
+def test_cli_extract_bipo(qwen, monkeypatch, tmp_path):
+    """`steerwatch extract FILE --method bipo --layers ...` trains and writes a vector whose learned
+    strength is the one the run reports; without --layers it fails before the model loads."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import steerwatch.cli.extract as cli_extract
+    from steerwatch.cli.main import app
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
+                                        "split": p.split}) + "\n" for p in _vowels().pairs))
+    runner = CliRunner()
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: pytest.fail("model loaded"))
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "bipo"])
+    assert res.exit_code == 2 and "pass --layers" in " ".join(res.output.split())
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "bipo", "--layers",
+                              "1", "--steps", "6", "--lr", "0.05", "--json"])
+    assert res.exit_code == 0, res.output
+    hist = json.loads(res.stdout[res.stdout.index("{"):])
+    vec = load_vector(tmp_path / "v.sv")
+    assert vec.method == "bipo" and vec.default_layers == [1]
+    assert vec.recommended_strength == pytest.approx(hist["strength"]) and 0 < hist["strength"] <= 0.1 + 1e-6
+    assert vec.extra["optimisation"]["steps_run"] == hist["steps_run"] == 6

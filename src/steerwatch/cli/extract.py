@@ -33,7 +33,16 @@ def extract_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
     model: Model = "default",
     method: str | None = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
-                                                    "the concept's own, see `steerwatch concepts`; else mean_diff)."),
+                                                    "the concept's own, see `steerwatch concepts`; else mean_diff); "
+                                                    "or an optimised vector, trained through the frozen model: bipo "
+                                                    "(bi-directional preference optimisation) or fewshot (raise the "
+                                                    "positive answers' likelihood); these need --layers."),
+    steps: int = typer.Option(100, help="bipo/fewshot: optimisation steps (early stopping on the val loss)."),
+    lr: float = typer.Option(0.01, help="bipo/fewshot: Adam learning rate."),
+    max_strength: float = typer.Option(0.1, help="bipo/fewshot: largest strength the vector may learn (the norm "
+                                                 "constraint, in steerwatch's residual-norm units)."),
+    checkpoint: Path | None = typer.Option(None, help="bipo/fewshot: checkpoint file, written at every evaluation; "
+                                                      "an interrupted run given the same file resumes."),
     read_method: str | None = typer.Option(
         None, help="Also store read directions from this method, which detectors use instead of the steering "
                    "directions (default: the concept's own, e.g. lda for cheating; 'none' for no read directions)."),
@@ -73,10 +82,15 @@ def extract_cmd(
     from ..data import load_contrast, load_persona
     from ..extract.build import build_vector
     from ..extract.methods import check_method
+    from ..extract.optimise import OPT_METHODS
     from ..record import check_read
 
-    if method is not None:
+    optimised = method in OPT_METHODS
+    if method is not None and not optimised:
         check_method(method)
+    if optimised and (layers == "auto" or read_method not in (None, "none")):
+        raise typer.BadParameter(f"--method {method} trains one vector at the layers you give: pass --layers (e.g. "
+                                 "9,10,11,12,13,14) and no --read-method")
     if read_method not in (None, "none"):
         check_method(read_method)
     if read != "auto":
@@ -131,6 +145,23 @@ def extract_cmd(
         assert given is not None
         data = given
     console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
+    if optimised:
+        from ..extract.build import layer_rows
+        from ..extract.optimise import optimise_vector
+
+        assert method is not None and isinstance(layer_sel, list)
+        vec, hist = optimise_vector(loaded, data, method=method, layers=layer_sel, steps=steps, lr=lr,
+                                    max_strength=max_strength, batch_size=min(batch_size, 4), checkpoint=checkpoint,
+                                    progress=True, concept=concept)
+        path = vec.save(output)
+        if json_out:
+            out.print_json(json.dumps(hist))
+        else:
+            out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name}"))
+        console.print(f"wrote [bold]{path}[/] · {method} at layers {vec.default_layers} · learned strength "
+                      f"{hist['strength']:+.4f} (apply it at that strength) · val loss {hist['initial_val_loss']:.4f} "
+                      f"→ {hist['best_val_loss']:.4f} at step {hist['best_step']} of {hist['steps_run']}")
+        return
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
                              n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True)
     path = vec.save(output)
