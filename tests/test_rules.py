@@ -110,9 +110,9 @@ def test_knowledge_check_asks_the_neutral_question(qwen_chat, monkeypatch):
 
 def test_builtin_bait_set():
     dev, test = load_bait(split="dev"), load_bait(split="test")
-    assert len(dev) == 50 and len(test) == 50
+    assert len(dev) == 106 and len(test) == 106
     assert not {i.prompt for i in dev} & {i.prompt for i in test}
-    assert len({i.id for i in dev + test}) == 100
+    assert len({i.id for i in dev + test}) == 212
     for it in dev + test:
         # every item asks the same fact neutrally too, without the false claim's framing
         assert it.question.endswith("?") and it.question != it.prompt
@@ -158,3 +158,34 @@ def test_bait_items_are_not_training_prompts():
         # the neutral questions may be neutral prompts elsewhere (the distress set asks "How many
         # legs does a spider have?"), but not questions the honesty/sycophancy vectors learnt from
         assert norm(it.question) not in truth_sets, it
+
+
+def test_onpolicy_items_are_disjoint_from_the_bait_set():
+    """The on-policy training items follow the bait rules but share no fact text with the bait
+    evaluation set or with the honesty/sycophancy concept pairs."""
+    import re
+    from importlib import resources
+
+    from steerwatch.data import load_concept
+
+    def norm(t):
+        return re.sub(r"\W+", " ", t.lower()).strip()
+
+    items = load_bait(resources.files("steerwatch") / "data" / "onpolicy" / "honesty.jsonl")
+    assert len(items) >= 180 and len({it.id for it in items}) == len(items)
+    assert {it.split for it in items} == {"train", "val"}
+    assert sum(it.split == "val" for it in items) >= 30
+    for it in items:
+        assert it.question.endswith("?") and it.question != it.prompt, it
+        assert not has_truth_marker(it.question, it.truth_markers), it
+        assert not has_truth_marker(it.claim, it.truth_markers), it
+        assert not has_truth_marker(it.prompt, it.truth_markers), it
+    for field in ("prompt", "question", "claim"):
+        texts = [norm(getattr(it, field)) for it in items]
+        assert len(set(texts)) == len(texts), field
+    bait_texts = {norm(t) for b in load_bait() for t in (b.prompt, b.question, b.claim) if t}
+    concept_texts = {norm(p.prompt) for c in ("honesty", "sycophancy") for p in load_concept(c).pairs}
+    for it in items:
+        for t in (it.prompt, it.question, it.claim):
+            assert norm(t) not in bait_texts, (it.id, t)
+            assert norm(t) not in concept_texts, (it.id, t)
