@@ -71,7 +71,9 @@ def test_honesty_steering_turns_agreement_into_corrections(qwen, honesty):
     from steerwatch.steer import SteerSpec
 
     vec, _ = honesty
-    items = load_bait(split="test")
+    # the first 50 test items (the set as it was when this bar was set, docs/results.md; the split
+    # grew to 106 for issue 17, whose figures scripts/honesty_methods.py measures)
+    items = load_bait(split="test")[:50]
     rows = run_bait(qwen, items, settings=[("base", []), ("steered", [SteerSpec(vec, strength=HONESTY_STRENGTH)])],
                     max_new_tokens=40, batch_size=50)
     fr = flip_rate(rows, baseline="base", setting="steered")
