@@ -320,3 +320,27 @@ def test_concepts_summary_is_plain_text_cut_at_a_word():
     assert res.exit_code == 0 and "**" not in res.output and "`" not in res.output
     res = CliRunner().invoke(app, ["concepts", "honesty"])
     assert res.exit_code == 0 and "## Meaning" not in res.output and "Meaning" in res.output
+
+
+def test_preference_format_is_read_as_pairs(tmp_path):
+    """prompt / chosen / rejected (TRL, Anthropic HH): chosen is the positive side; the same file in
+    the team's naming gives the same pairs."""
+    rows = [{"prompt": "Is the sky green?", "chosen": "No, it is blue.", "rejected": "Yes, it is green.",
+             "split": "train"},
+            {"prompt": "2+2?", "chosen": "4", "rejected": "5", "split": "val", "meta": {"k": 1}}]
+    pref = _jsonl(tmp_path / "pref.jsonl", rows)
+    team = _jsonl(tmp_path / "team.jsonl", [{("positive" if k == "chosen" else "negative" if k == "rejected" else k): v
+                                             for k, v in r.items()} for r in rows])
+    a, b = load_pairs(pref), load_pairs(team)
+    assert a.pairs == b.pairs and a.pairs[0].positive == "No, it is blue." and a.pairs[1].split == "val"
+    assert a.pairs[1].meta == {"k": 1}
+    bad = _jsonl(tmp_path / "mixed.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "positive": "a"}])
+    with pytest.raises(DataFormatError, match=r"mixed.jsonl, line 1, field 'chosen': give positive/negative or "
+                                              r"chosen/rejected, not both"):
+        load_pairs(bad)
+    bad = _jsonl(tmp_path / "half.jsonl", [{"prompt": "p", "chosen": "a"}])
+    with pytest.raises(DataFormatError, match=r"line 1, field 'rejected': missing required field"):
+        load_pairs(bad)
+    bad = _jsonl(tmp_path / "conv.jsonl", [{"chosen": [{"role": "user", "content": "x"}], "rejected": "b"}])
+    with pytest.raises(DataFormatError, match="chat-message lists"):
+        load_pairs(bad)

@@ -83,14 +83,39 @@ def _str_field(obj: dict, key: str, path: str, line: int, *, required: bool) -> 
     return val
 
 
+def _from_preference(obj: dict, *, path: str, line: int) -> dict:
+    """The common preference format (``prompt`` / ``chosen`` / ``rejected``, as in TRL and Anthropic
+    HH) read as a pair: ``chosen`` is the positive side. Mixing the two namings in one line is an error."""
+    pref = {"chosen", "rejected"} & set(obj)
+    if not pref:
+        return obj
+    both = {"positive", "negative"} & set(obj)
+    if both:
+        raise DataFormatError(f"give positive/negative or chosen/rejected, not both (found {', '.join(sorted(pref))} "
+                              f"and {', '.join(sorted(both))})", path=path, line=line, field=sorted(pref)[0])
+    for key in ("chosen", "rejected"):
+        if key not in obj:
+            raise DataFormatError("missing required field (the preference format needs chosen and rejected)",
+                                  path=path, line=line, field=key)
+        if isinstance(obj[key], list):
+            raise DataFormatError("must be a string; chat-message lists (conversational preference data) are not "
+                                  "read: give the prompt in 'prompt' and the answer text here", path=path, line=line,
+                                  field=key)
+    out = {k: v for k, v in obj.items() if k not in ("chosen", "rejected")}
+    out["positive"], out["negative"] = obj["chosen"], obj["rejected"]
+    return out
+
+
 def parse_pairs_lines(lines: list[str], *, path: str) -> list[ContrastPair]:
     pairs: list[ContrastPair] = []
     for i, obj in iter_jsonl_objects(lines, path=path):
+        obj = _from_preference(obj, path=path, line=i)
         unknown = set(obj) - {"prompt", "positive", "negative", "system", "meta", "split", "id"}
         if unknown:
             raise DataFormatError(
                 f"unknown field(s) {', '.join(sorted(unknown))}; valid: prompt, positive, negative, system, "
-                "meta, split, id", path=path, line=i, field=sorted(unknown)[0])
+                "meta, split, id (or the preference format's chosen / rejected)", path=path, line=i,
+                field=sorted(unknown)[0])
         pos = _required_str(obj, "positive", path, i)
         neg = _required_str(obj, "negative", path, i)
         prompt = _str_field(obj, "prompt", path, i, required=False)
@@ -119,7 +144,8 @@ def parse_pairs_lines(lines: list[str], *, path: str) -> list[ContrastPair]:
 def load_pairs(path: str | Path, *, name: str | None = None) -> ContrastSet:
     """Load the team's JSONL pair format: one object per line with ``positive`` and ``negative``,
     optionally ``prompt``, ``system``, ``meta`` and ``split`` (train/val; when absent a
-    deterministic hash split puts ~20 % of pairs in val)."""
+    deterministic hash split puts ~20 % of pairs in val). Lines in the preference format
+    (``prompt`` / ``chosen`` / ``rejected``) are read too: ``chosen`` is the positive side."""
     p = Path(path)
     lines = jsonl_lines(read_text(p), path=p)
     return ContrastSet(name=name or p.stem, pairs=parse_pairs_lines(lines, path=str(p)), source=str(p))
