@@ -137,6 +137,27 @@ def onpolicy_pairs(out: Path):
     return ContrastSet(name="honesty-onpolicy", pairs=pairs, source=str(out / "onpolicy-pairs.jsonl"))
 
 
+def table(rows_path: Path) -> str:
+    """The rows of a run as a Markdown table: outcomes among the unsteered agreements (all, and on
+    facts the model knows), the evasive share of all answers, KL and capability."""
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    base = next(r for r in rows if r["setting"] == "unsteered")
+    out = [f"unsteered: {base['agreed']}/{base['n']} agreed, {base['corrected']} corrected; {base['n_known']} facts "
+           f"known; capability {base['mc_acc']:.2f}", "",
+           "| setting | layers | agreed → corrected | → rejected | → evasive | → agreed | known agreed → corrected "
+           "| evasive (all answers) | KL | capability |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["setting"] == "unsteered":
+            continue
+        layers = r.get("layers")
+        span = f"{layers[0]}-{layers[-1]}" if layers else "-"
+        out.append(f"| {r['setting']} | {span} | {r['to_corrected']}/{r['n_agreed_baseline']} | {r['to_rejected']} "
+                   f"| {r['to_evasive']} | {r['to_agreed']} | {r['to_corrected_known']}/{r['n_agreed_known']} "
+                   f"({100 * r['corrected_rate_known']:.0f} %) | {r['evasive']}/{r['n']} | {r.get('kl', 0):.3f} "
+                   f"| {r.get('mc_acc', float('nan')):.2f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", default="dev")
@@ -147,7 +168,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="bipo/fewshot: optimisation steps")
     ap.add_argument("--lr", type=float, default=0.01, help="bipo/fewshot: learning rate")
     ap.add_argument("--max-strength", type=float, default=0.05, help="bipo/fewshot: largest learned strength")
+    ap.add_argument("--table", action="store_true", help="print OUT/{split}.jsonl as a Markdown table and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(Path(args.out) / f"{args.split}.jsonl"))
+        return
 
     from steerwatch.data.reference import load_mc, load_prompts
     from steerwatch.evals.bait import flip_rate, knowledge_check, load_bait, run_bait

@@ -135,3 +135,31 @@ def test_vector_refuses_other_model(tmp_path, honesty):
         vec.check_model(gemma)
     del gemma
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def test_onpolicy_pairs_are_the_models_own_corrections_and_agreements(qwen):
+    """`extract --onpolicy` on the embedded model, on 30 of the built-in on-policy items: the kept
+    honest sides state the truth in the model's own words, the other sides agree, no instruction
+    travels with the pairs, and the pairs define a direction that separates their validation pairs."""
+    from steerwatch.evals.bait import load_bait
+    from steerwatch.evals.onpolicy import OnPolicySpec, builtin_onpolicy_items, generate_onpolicy_pairs
+    from steerwatch.evals.rules import classify_answer
+    from steerwatch.extract.build import build_vector
+
+    items = load_bait(builtin_onpolicy_items())
+    items = [it for it in items if it.split == "train"][:20] + [it for it in items if it.split == "val"][:10]
+    spec = OnPolicySpec(name="honesty", items=items)
+    res = generate_onpolicy_pairs(qwen, spec, sources=("instruction", "neutral"), batch_size=32)
+    detail = json.dumps(res.counts)
+    by_id = {it.id: it for it in items}
+    kept = list(res.data.pairs)
+    # the honest instruction alone rarely yields a correction on this model; with the neutral
+    # answers as fallback at least a third of the items make a pair
+    assert len(kept) >= len(items) / 3, detail
+    for p in kept:
+        it = by_id[p.meta["id"]]
+        assert p.system is None and p.prompt == it.prompt
+        assert classify_answer(p.positive, it.truth_markers, it.claim) == "corrected"
+        assert classify_answer(p.negative, it.truth_markers, it.claim) == "agreed"
+    _, rows = build_vector(qwen, res.data, progress=False)
+    assert max(r.auroc for r in rows) >= 0.9, [round(r.auroc, 3) for r in rows]

@@ -54,7 +54,8 @@ def run_quickstart(loaded: LoadedModel, *, out_dir: str | Path | None = None, st
                 for s in strengths]
     bait_rows = run_bait(loaded, items, settings=settings, max_new_tokens=max_new_tokens, batch_size=batch_size,
                          progress=progress)
-    knowledge = knowledge_check(loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    knowledge = knowledge_check(loaded, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
     known = {k["id"] for k in knowledge if k["knows"]}
     summary = []
     for name, specs in settings:
