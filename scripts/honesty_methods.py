@@ -16,9 +16,9 @@ Methods (``--methods``):
   corrected vs agreed (:mod:`steerwatch.evals.onpolicy`); mean difference over the answer tokens;
 - ``onpolicy_lda``: the same pairs, LDA;
 - ``bipo``, ``fewshot``: a vector trained through the frozen model on the on-policy pairs
-  (:mod:`steerwatch.extract.optimise`) at the on-policy vector's layers, learned strength capped at
-  ``--max-strength``, ``--steps`` steps, early stopping on the val loss; applied at the setting's
-  strength like every other vector (``bipo@learned``: at the strength it learned).
+  (:mod:`steerwatch.extract.optimise`) at ``--opt-layers`` (default 9-14, the built-in vector's),
+  learned strength capped at ``--max-strength``, ``--steps`` steps, early stopping on the val
+  loss; applied at the setting's strength like every other vector (``bipo@learned``: at the strength it learned).
 
 Settings are named ``METHOD+STRENGTH`` (at the vector's auto layers), ``prompt`` (honest system
 prompt, no vector) and ``prompt/METHOD+STRENGTH``. Rows go to ``OUT/{split}.jsonl`` (one per
@@ -52,20 +52,26 @@ def default_settings() -> list[str]:
     return out
 
 
-def parse(name: str) -> tuple[bool, str | None, float | None]:
-    """``name`` -> (honest system prompt?, method or None, strength; None: the vector's learned one)."""
+def parse(name: str) -> tuple[bool, str | None, float | None, list[int] | None]:
+    """``name`` -> (honest system prompt?, method or None, strength (None: the vector's learned one),
+    layers (None: the vector's default layers; ``METHOD@LO-HI+S`` gives a window))."""
     prompt = name == "prompt" or name.startswith("prompt/")
     rest = name.split("/", 1)[1] if name.startswith("prompt/") else ("" if name in ("prompt", "unsteered") else name)
     if not rest:
-        return prompt, None, 0.0
+        return prompt, None, 0.0, None
     if rest.endswith("@learned"):
-        return prompt, rest[: -len("@learned")], None
+        return prompt, rest[: -len("@learned")], None, None
     for sign in ("+", "-"):
         if sign in rest:
             m, s = rest.split(sign, 1)
+            layers = None
+            if "@" in m:
+                m, span = m.split("@")
+                lo, hi = (int(x) for x in span.split("-"))
+                layers = list(range(lo, hi + 1))
             if m not in METHODS:
                 raise SystemExit(f"unknown method {m!r} in setting {name!r}; valid: {', '.join(METHODS)}")
-            return prompt, m, float(sign + s)
+            return prompt, m, float(sign + s), layers
     raise SystemExit(f"cannot parse setting {name!r} (e.g. onpolicy+0.03, prompt, prompt/mean_diff+0.03)")
 
 
@@ -83,9 +89,10 @@ def build(loaded, method: str, out: Path, log, args=None) -> object:
     if method in ("bipo", "fewshot"):
         from steerwatch.extract.optimise import optimise_vector
 
-        base = build(loaded, "onpolicy", out, log)
+        build(loaded, "onpolicy", out, log)  # generates the on-policy pairs
         data = onpolicy_pairs(out)
-        vec, hist = optimise_vector(loaded, data, method=method, layers=list(base.default_layers),
+        lo, hi = (int(x) for x in args.opt_layers.split("-"))
+        vec, hist = optimise_vector(loaded, data, method=method, layers=list(range(lo, hi + 1)),
                                     steps=args.steps, lr=args.lr, max_strength=args.max_strength, batch_size=4,
                                     eval_every=5, patience=3, checkpoint=out / f"{method}.ckpt", progress=True,
                                     concept="honesty")
@@ -168,6 +175,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="bipo/fewshot: optimisation steps")
     ap.add_argument("--lr", type=float, default=0.01, help="bipo/fewshot: learning rate")
     ap.add_argument("--max-strength", type=float, default=0.05, help="bipo/fewshot: largest learned strength")
+    ap.add_argument("--opt-layers", default="9-14", help="bipo/fewshot: the layers the vector is trained at")
     ap.add_argument("--table", action="store_true", help="print OUT/{split}.jsonl as a Markdown table and stop")
     args = ap.parse_args()
     if args.table:
@@ -211,13 +219,14 @@ def main() -> None:
     for name in settings:
         if name in done:
             continue
-        prompt, method, strength = parse(name)
+        prompt, method, strength, layers = parse(name)
         specs = []
         if method is not None:
             if method not in vectors:
                 vectors[method] = build(loaded, method, out, log, args)
             vec = vectors[method]
-            specs = [SteerSpec(vec, strength=vec.recommended_strength if strength is None else strength)]
+            specs = [SteerSpec(vec, strength=vec.recommended_strength if strength is None else strength,
+                               layers=tuple(layers) if layers else None)]
         t0 = time.time()
         system = HONEST_SYSTEM if prompt else None
         brows = run_bait(loaded, items, settings=[(name, specs)], max_new_tokens=args.max_new_tokens, batch_size=50,
@@ -239,7 +248,7 @@ def main() -> None:
             row["mc_acc"] = sum(mc_correct(loaded, mc, steer=specs or None, batch_size=16, system=system)) / len(mc)
         row["seconds"] = round(time.time() - t0, 1)
         if specs:
-            row["layers"] = list(specs[0].vector.default_layers)
+            row["layers"] = list(specs[0].resolved_layers)
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[name] = row
