@@ -212,7 +212,8 @@ def generate_onpolicy_pairs(loaded: LoadedModel, spec: OnPolicySpec, *, sources:
         cands[i][side].append((label, ans))
     for i, ans in enumerate(steered_answers):
         cands[i]["pos"].append(("steered", ans))
-    rows, pairs = [], []
+    rows: list[dict[str, Any]] = []
+    pairs: list[ContrastPair] = []
     for i, it in enumerate(items):
         pos_c = sorted(cands[i]["pos"], key=lambda c: (order[c[0].rstrip("0123456789")], c[0]))
         pos_c = [c for c in pos_c if c[0].rstrip("0123456789") in sources]
