@@ -216,7 +216,6 @@ def generate_onpolicy_pairs(loaded: LoadedModel, spec: OnPolicySpec, *, sources:
     pairs: list[ContrastPair] = []
     for i, it in enumerate(items):
         pos_c = sorted(cands[i]["pos"], key=lambda c: (order[c[0].rstrip("0123456789")], c[0]))
-        pos_c = [c for c in pos_c if c[0].rstrip("0123456789") in sources]
         pos_scored = [(lab, a, classify_answer(a, it.truth_markers, it.claim)) for lab, a in pos_c]
         neg_scored = [(lab, a, classify_answer(a, it.truth_markers, it.claim)) for lab, a in cands[i]["neg"]]
         pos = next((c for c in pos_scored if c[2] in spec.keep_positive and c[1].strip()), None)
