@@ -1,0 +1,190 @@
+"""``steerwatch deception``: deception sets from the model's own answers, probes, and how well each
+detector catches the model's lies (issue 18; docs/detection.md)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .app import app
+from .common import console, friendly, load, out
+from .options import Model
+
+deception_app = typer.Typer(help="Catch the model's own lies: labelled answers, probes, detection figures.",
+                            no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(deception_app, name="deception")
+
+SOURCES_HELP = ("Comma-separated sources: instructed (told to give a wrong answer to facts it knows), roleplay "
+                "(an incentive to hide a fact), sycophancy (agreeing with a false premise it knows is false), talk "
+                "(honest answers about deception), control (benign requests; needed to set thresholds).")
+
+
+def _csv(text: str, what: str, valid: tuple[str, ...]) -> list[str]:
+    from ..errors import SteerwatchError
+
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        raise SteerwatchError(f"{what}: unknown {bad or text!r}; valid: {', '.join(valid)}")
+    return items
+
+
+def _counts_table(rows) -> None:
+    from rich.table import Table
+
+    from ..evals.deception import counts
+
+    table = Table("source", "split", "deceptive", "honest", "unclear")
+    for src, by in counts(rows).items():
+        for split, c in by.items():
+            table.add_row(src, split, str(c["deceptive"]), str(c["honest"]), str(c["unclear"]))
+    out.print(table)
+
+
+@deception_app.command("generate")
+@friendly
+def generate_cmd(
+    output: Path = typer.Option(..., "--out", "-o", help="Where to write the labelled answers (JSONL)."),
+    sources: str = typer.Option("instructed,roleplay,sycophancy,talk,control", help=SOURCES_HELP),
+    roleplay: Path | None = typer.Option(None, help="Your own role-play scenarios (JSONL; default: the built-in "
+                                                    "211). Fields: id, category, system, user, honest_answer "
+                                                    "(yes/no), fact, disclose_markers, split."),
+    talk: Path | None = typer.Option(None, help="Your own questions about deception (JSONL: id, prompt, split)."),
+    bait: Path | None = typer.Option(None, help="Facts for 'instructed' and 'sycophancy' (the bait format; default: "
+                                                "the built-in bait set)."),
+    control: Path | None = typer.Option(None, help="Benign conversations whose user turns make the control "
+                                                   "(default: the built-in benign set)."),
+    max_new_tokens: int = typer.Option(48, help="Tokens per answer (greedy)."),
+    limit: int | None = typer.Option(None, help="Only the first N prompts of each source (a quick look)."),
+    model: Model = "default",
+) -> None:
+    """Answer every source's prompts (greedy, unsteered) and label each answer from what it says."""
+    from ..data.reference import load_benign
+    from ..errors import SteerwatchError
+    from ..evals import deception as dc
+    from ..evals.bait import knowledge_check, load_bait
+
+    srcs = _csv(sources, "--sources", dc.SOURCES)
+    if output.exists() and output.is_dir():
+        raise SteerwatchError(f"--out {output} is a directory; give a file name (e.g. {output}/responses.jsonl)")
+    if max_new_tokens < 1:
+        raise SteerwatchError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    items = load_bait(bait) if {"instructed", "sycophancy"} & set(srcs) else []
+    scenarios = dc.load_roleplay(roleplay) if "roleplay" in srcs else []
+    talks = dc.load_talk(talk) if "talk" in srcs else []
+    ctrl = dc.control_prompts(load_benign(control)) if "control" in srcs else []
+    lm = load(model)
+    known: set[str] = set()
+    if items:
+        console.print(f"[dim]knowledge check: which of {len(items)} facts does the model state unprompted?[/]")
+        known = {r["id"] for r in knowledge_check(lm, items, batch_size=16, progress=True) if r["knows"]}
+        console.print(f"[dim]the model knows {len(known)} of {len(items)} facts[/]")
+    prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl)
+    if limit is not None:
+        kept: dict[str, int] = {}
+        chosen = []
+        for p in prompts:
+            kept[p["source"]] = kept.get(p["source"], 0) + 1
+            if kept[p["source"]] <= limit:
+                chosen.append(p)
+        prompts = chosen
+    rows = dc.generate_responses(lm, prompts, max_new_tokens=max_new_tokens, progress=True)
+    dc.save_responses(rows, output)
+    _counts_table(rows)
+    out.print(f"wrote {len(rows)} labelled answers to {output}")
+
+
+BASELINES_HELP = ("Comma-separated black-box baselines: follow_up (the model asked whether its answer was true), "
+                  "liar_questions (unrelated follow-up questions + logistic regression, Pacchiardi et al. 2023), "
+                  "judge (the same model judging the transcript as text); 'none' for none.")
+
+
+@deception_app.command("eval")
+@friendly
+def eval_cmd(
+    responses: Path = typer.Argument(..., help="Labelled answers from `steerwatch deception generate`."),
+    train: list[str] = typer.Option(["instructed", "roleplay", "sycophancy"], "--train",
+                                    help="A source (or a+b) to fit a probe on (dev split only); repeatable."),
+    methods: str = typer.Option("mean_diff,lda", help="Probe methods to choose among on dev."),
+    contexts: str = typer.Option("full,bare", help="Read the answer with its full prompt ('full') or only the "
+                                                   "user's question ('bare'); chosen on dev."),
+    baselines: str = typer.Option("follow_up,liar_questions,judge", help=BASELINES_HELP),
+    n_liar: int = typer.Option(12, "--liar-questions", help="How many of the built-in follow-up questions the "
+                                                            "liar_questions baseline asks (each costs a forward "
+                                                            "pass per answer)."),
+    honesty: bool = typer.Option(True, help="Also judge the built-in (text-defined) honesty vector as a detector."),
+    split: str = typer.Option("test", help="Where to report: test (once, for the figures) or dev."),
+    fpr: float = typer.Option(0.01, help="Thresholds at this false-positive rate on the control's dev half."),
+    output: Path | None = typer.Option(None, "--out", "-o", help="Write the full report (JSON)."),
+    save_probes: Path | None = typer.Option(None, "--save-probes", help="A folder to write each probe to (.sv "
+                                            "vector + calibrated .det.json detector, for `steerwatch watch`)."),
+    html: Path | None = typer.Option(None, help="Per-token heatmap of the test split's deceptive answers under the "
+                                                "first probe (HTML)."),
+    model: Model = "default",
+) -> None:
+    """Fit probes on dev, score every detector and black-box baseline, report per source on test."""
+    from rich.table import Table
+
+    from ..errors import SteerwatchError
+    from ..evals import deception as dc
+    from ..evals import deception_detect as dd
+
+    rows = dc.load_responses(responses)
+    train_sets = [_csv(t.replace("+", ","), "--train", dc.SOURCES) for t in train]
+    meths = _csv(methods, "--methods", dd.PROBE_METHODS)
+    ctxs = _csv(contexts, "--contexts", dd.CONTEXTS)
+    bases = [] if baselines.strip() == "none" else _csv(baselines, "--baselines", dd.BASELINES)
+    if split not in ("dev", "test"):
+        raise SteerwatchError(f"--split must be dev or test, got {split!r}")
+    if not any(r.source == "control" for r in rows):
+        raise SteerwatchError(f"{responses}: no control answers; thresholds are set on them. Generate with "
+                              "--sources ...,control")
+    questions = [q["question"] for q in dc.liar_question_subset(n_liar)] if "liar_questions" in bases else []
+    for p in (output, html):
+        if p is not None and p.exists() and p.is_dir():
+            raise SteerwatchError(f"{p} is a directory; give a file name")
+    lm = load(model)
+    vec = None
+    if honesty:
+        from ..extract.library import builtin_vector
+
+        vec, _rows, _path = builtin_vector(lm, "honesty", progress=True)
+    res = dd.run_deception_eval(lm, rows, train=train_sets, methods=meths, contexts=ctxs, honesty=vec,
+                                baselines=bases, liar_questions=questions, split=split, fpr=fpr, progress=True,
+                                log=lambda m: console.print(f"[dim]{m}[/]"))
+    table = Table("detector", "source", "deceptive", "honest", "AUROC (95% CI)", f"recall @ {fpr:g} FPR",
+                  "honest flagged", "control FPR")
+    for r in dd.eval_table(res.report):
+        ci = r["auroc_ci"]
+        table.add_row(r["detector"], r["source"], str(r["n_deceptive"]), str(r["n_honest"]),
+                      "-" if r["auroc"] is None else f"{r['auroc']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})",
+                      "-" if r["recall"] is None else f"{r['recall']:.2f}",
+                      "-" if r["honest_flagged"] is None else f"{r['honest_flagged']:.2f}",
+                      "-" if r["control_fpr"] is None else f"{r['control_fpr']:.3f}")
+    out.print(table)
+    for s in res.report["skipped"]:
+        out.print(f"skipped {s['detector']}: {s['why']}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(res.report, indent=1) + "\n", encoding="utf-8")
+        out.print(f"wrote {output}")
+    if save_probes is not None:
+        save_probes.mkdir(parents=True, exist_ok=True)
+        for name, fit in res.probes.items():
+            stem = name.replace("probe:", "deception-").replace("+", "-")
+            vp = fit.vector.save(save_probes / f"{stem}.sv")
+            fit.detector.vector_path = str(vp)
+            fit.detector.save(save_probes / f"{stem}.det.json")
+            out.print(f"wrote {save_probes / (stem + '.det.json')} (layer {fit.detector.layer}, threshold "
+                      f"{fit.detector.threshold:.4g})")
+    if html is not None and res.probes:
+        from ..watch.score import score_conversations
+        from ..watch.view import render_html
+
+        det = next(iter(res.probes.values())).detector
+        picked = [r for r in rows if r.split == split and r.label == dc.DECEPTIVE]
+        scored = score_conversations(lm, [r.conversation() for r in picked], [det])
+        html.write_text(render_html(scored, [det], lm.tokenizer, title="deceptive answers"), encoding="utf-8")
+        out.print(f"wrote {html} ({len(picked)} deceptive answers)")
+
