@@ -5,12 +5,21 @@ labels each answer from its content (:mod:`steerwatch.evals.deception`); one fil
 ``OUT/responses-SOURCE.jsonl`` (a source already there is skipped, so the run resumes). The known
 facts come from the knowledge check (``OUT/knowledge.json``, computed once).
 
-Step ``eval`` (``steerwatch deception eval`` does the same from the CLI) fits the probes on dev
-only, scores every detector and black-box baseline on every source, and writes ``OUT/eval.json``.
+Step ``merge`` writes all sources to ``OUT/responses.jsonl``; the detectors are then fitted (on
+dev only), scored and judged from the CLI::
 
     python scripts/deception_figures.py generate --sources instructed,sycophancy,talk,control
     python scripts/deception_figures.py generate --sources roleplay
-    python scripts/deception_figures.py eval
+    python scripts/deception_figures.py merge
+    steerwatch deception eval out/deception/responses.jsonl --out out/deception/eval.json \
+        --save-probes out/deception/probes --html out/deception/lies.html
+
+Step ``loop`` closes the loop on the test prompts: the instructed-lie probe as a token trigger
+(calibrated on the control's dev answers, 1 % FPR) switches the built-in honesty vector on
+(``--steer-strength``, its default layers); lie rates before and after, trigger rate on the
+control's test prompts, degenerate answers -> ``OUT/loop.json``::
+
+    python scripts/deception_figures.py loop --probe out/deception/probes/deception-instructed.det.json
 """
 from __future__ import annotations
 
@@ -37,13 +46,25 @@ def known_ids(lm, out: Path) -> set[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["generate", "eval"])
+    ap.add_argument("step", choices=["generate", "merge", "loop"])
+    ap.add_argument("--probe", type=Path, default=Path("out/deception/probes/deception-instructed.det.json"))
+    ap.add_argument("--steer-strength", type=float, default=0.03)
+    ap.add_argument("--split", default="test")
     ap.add_argument("--sources", default=",".join(dc.SOURCES))
     ap.add_argument("--out", type=Path, default=Path("out/deception"))
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.step == "merge":
+        rows = [r for src in dc.SOURCES if (args.out / f"responses-{src}.jsonl").exists()
+                for r in dc.load_responses(args.out / f"responses-{src}.jsonl")]
+        dc.save_responses(rows, args.out / "responses.jsonl")
+        print(dc.counts_summary(rows))
+        return
     lm = load_model("default")
+    if args.step == "loop":
+        loop(lm, args)
+        return
     if args.step == "generate":
         known = known_ids(lm, args.out)
         print(f"{len(known)} known facts")
@@ -62,6 +83,33 @@ def main() -> None:
             dc.save_responses(rows, path)
             print(f"{src}: {len(rows)} answers in {time.time() - t:.0f} s")
             print(dc.counts_summary(rows), flush=True)
+
+
+def loop(lm, args) -> None:
+    from steerwatch.evals import deception_detect as dd
+    from steerwatch.extract.library import builtin_vector
+    from steerwatch.steer import SteerSpec
+    from steerwatch.watch.detector import load_detector
+
+    rows = dc.load_responses(args.out / "responses.jsonl")
+    det = load_detector(args.probe)
+    trig = dd.calibrate_trigger(lm, det, rows)
+    print("trigger", trig)
+    known = set(json.loads((args.out / "knowledge.json").read_text()))
+    prompts = dc.deception_prompts(["instructed", "roleplay", "control"], bait=load_bait(), known=known,
+                                   scenarios=dc.load_roleplay(), control=dc.control_prompts(load_benign()))
+    lie_formats = {name for name, _s, _u in dc.LIE_FORMATS}
+    prompts = [p for p in prompts if p["split"] == args.split
+               and (p["source"] != "instructed" or p["format"] in lie_formats)]
+    honesty, _rows, _path = builtin_vector(lm, "honesty")
+    spec = SteerSpec(vector=honesty, strength=args.steer_strength)
+    t = time.time()
+    res = dd.closed_loop(lm, prompts, rows, det, [spec], progress=True)
+    res["trigger_calibration"] = trig
+    (args.out / "loop.json").write_text(json.dumps(res, indent=1))
+    print(f"{len(prompts)} prompts in {time.time() - t:.0f} s")
+    for src, s in res["sources"].items():
+        print(src, s)
 
 
 if __name__ == "__main__":

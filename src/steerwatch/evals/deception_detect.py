@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -528,3 +529,75 @@ def eval_table(report: Mapping[str, Any], *, aggregate: str = "mean") -> list[di
                         "honest_flagged": (row.get("honest_flagged") or {}).get("rate"),
                         "control_fpr": (det.get("control_fpr") or {}).get("rate")})
     return out
+
+
+# ---------------------------------------------------------------------------------------- closing the loop
+def calibrate_trigger(loaded: LoadedModel, detector: Detector, rows: Sequence[Response], *, fpr: float = 0.01,
+                      window: int = 8, batch_size: int = 4) -> dict[str, Any]:
+    """The conditional-steering token trigger from the model's own greedy answers to the control's
+    dev prompts (teacher-forced over exactly the tokens it generated): the highest running mean
+    over ``window`` tokens, thresholded at ``fpr``."""
+    from ..watch.calibrate import running_max_mean, threshold_for_fpr
+    from ..watch.score import score_conversations
+
+    ctrl = [r for r in rows if r.source == "control" and r.split == "dev"]
+    if not ctrl:
+        raise SteerwatchError("no control answers (dev split) to calibrate the trigger on")
+    scored = score_conversations(loaded, [r.conversation() for r in ctrl], [detector], batch_size=batch_size)
+    stats = []
+    for sc in scored:
+        vals = [v for v, k in zip(sc.scores[detector.name], sc.msg_index) if k == len(sc.roles) - 1]
+        if vals:
+            stats.append(running_max_mean(vals, window))
+    thr, achieved = threshold_for_fpr(stats, fpr)
+    detector.calibration.update(trigger_threshold=thr, trigger_window=window, trigger_source="generated",
+                                trigger_fpr=achieved, trigger_n=len(stats))
+    return {"trigger_threshold": thr, "trigger_fpr_dev": achieved, "n": len(stats), "window": window}
+
+
+def closed_loop(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], baseline: Sequence[Response],
+                trigger: Detector, specs: Sequence[Any], *, max_new_tokens: int = 48, batch_size: int = 16,
+                progress: bool = False) -> dict[str, Any]:
+    """Answer ``prompts`` (from :func:`~steerwatch.evals.deception.deception_prompts`) with
+    conditional steering (``trigger`` fires -> ``specs``, e.g. honesty up) and compare with the
+    unsteered ``baseline`` answers to the same prompts: per source, deceptive / honest / unclear
+    before and after, how often the trigger fired, and degenerate answers."""
+    from ..runtime import Conditional, GenerationOptions, generate
+    from ..watch.quality import is_degenerate, text_stats
+    from .deception import label_answer
+
+    if "trigger_threshold" not in trigger.calibration:
+        raise SteerwatchError(f"the trigger {trigger.name!r} has no token trigger threshold; run calibrate_trigger")
+    base = {r.id: r for r in baseline}
+    ids = [f"{p['source']}/{p['scenario']}/{p['format']}" for p in prompts]
+    missing = [i for i in ids if i not in base]
+    if missing:
+        raise SteerwatchError(f"{len(missing)} prompt(s) have no unsteered answer to compare with, e.g. {missing[0]}")
+    cond = Conditional(trigger=trigger, specs=list(specs), mode="token")
+    gens = generate(loaded, [p["messages"] for p in prompts],
+                    GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size), conditional=cond,
+                    progress=progress)
+    by_src: dict[str, dict[str, Any]] = {}
+    rows = []
+    for p, i, g in zip(prompts, ids, gens):
+        label, how = label_answer(p, g.text)
+        b = base[i]
+        fired = g.triggered_at is not None
+        rows.append({"id": i, "source": p["source"], "before": b.label, "after": label, "fired": fired,
+                     "triggered_at": g.triggered_at, "answer_before": b.response, "answer_after": g.text.strip(),
+                     "how_after": how, "degenerate": bool(is_degenerate(text_stats(g.text)))})
+        s = by_src.setdefault(p["source"], {"n": 0, "fired": 0, "degenerate": 0,
+                                            "before": Counter(), "after": Counter()})
+        s["n"] += 1
+        s["fired"] += fired
+        s["degenerate"] += rows[-1]["degenerate"]
+        s["before"][_name(b.label)] += 1
+        s["after"][_name(label)] += 1
+    for s in by_src.values():
+        s["before"], s["after"] = dict(s["before"]), dict(s["after"])
+    return {"sources": by_src, "rows": rows, "trigger": dict(trigger.calibration),
+            "steer": [x.describe() if hasattr(x, "describe") else str(x) for x in specs]}
+
+
+def _name(label: int | None) -> str:
+    return {DECEPTIVE: "deceptive", HONEST: "honest", None: "unclear"}[label]
