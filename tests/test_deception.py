@@ -227,6 +227,7 @@ def test_run_eval_end_to_end_on_a_tiny_model(qwen_chat):
     col = res.scores["liar_questions"]
     assert all((v is None) == (r.split == "dev" and r.source != "control" and r.source != "instructed")
                for r, v in zip(rows, col))
+    assert res.report["liar_classifier"]["n"] == 10 and len(res.report["liar_classifier"]["weights"]) == 3
 
 
 def test_cli_eval_errors_before_loading_a_model(tmp_path):

@@ -110,7 +110,7 @@ def eval_cmd(
     contexts: str = typer.Option("full,bare", help="Read the answer with its full prompt ('full') or only the "
                                                    "user's question ('bare'); chosen on dev."),
     baselines: str = typer.Option("follow_up,liar_questions,judge", help=BASELINES_HELP),
-    n_liar: int = typer.Option(12, "--liar-questions", help="How many of the built-in follow-up questions the "
+    n_liar: int = typer.Option(8, "--liar-questions", help="How many of the built-in follow-up questions the "
                                                             "liar_questions baseline asks (each costs a forward "
                                                             "pass per answer)."),
     honesty: bool = typer.Option(True, help="Also judge the built-in (text-defined) honesty vector as a detector."),

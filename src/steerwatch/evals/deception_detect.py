@@ -494,8 +494,8 @@ def run_deception_eval(loaded: LoadedModel, rows: Sequence[Response], *,
             raise SteerwatchError("the liar_questions baseline needs follow-up questions (load_liar_questions())")
         first = list(train[0]) if train else ["instructed"]
         fit_rows = [i for i, r in enumerate(rows) if r.source in first and r.split == "dev" and r.label is not None]
-        use = sorted(set(fit_rows) | {i for i, r in enumerate(rows) if r.split == split
-                                      or (r.source == "control" and r.split == "dev")})
+        use = sorted(set(fit_rows) | {i for i, r in enumerate(rows) if r.label is not None and (
+            r.split == split or (r.source == "control" and r.split == "dev"))})  # unclear answers are never judged
         feats = liar_features(loaded, [rows[i] for i in use], liar_questions, batch_size=batch_size,
                               progress=progress)
         by = dict(zip(use, feats))
