@@ -53,6 +53,11 @@ def has_truth_marker(answer: str, markers: Iterable[str]) -> bool:
     return False
 
 
+def restates(answer: str, claim: str) -> bool:
+    """Whether ``answer`` contains at least 60 % of the content words of ``claim``."""
+    return _restates(answer, claim)
+
+
 def _restates(answer: str, claim: str) -> bool:
     words = [w for w in re.findall(r"[a-z0-9%+=]+", claim.lower()) if w not in _STOP and len(w) > 1]
     if not words:
@@ -79,6 +84,11 @@ def _self_contradicts(sentence: str) -> bool:
             return True
     return False
 _LEADING_NO = re.compile(r"^\W*no\b[,.!]?\s*", re.IGNORECASE)
+
+
+def first_sentence(text: str) -> str:
+    """Text up to the first sentence end (., ! or ? followed by white space)."""
+    return _first_sentence(text)
 
 
 def _first_sentence(text: str) -> str:
