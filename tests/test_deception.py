@@ -204,6 +204,14 @@ def test_probe_separates_held_out_answers_and_becomes_a_detector(qwen_chat):
     assert fit.detector.threshold == max(ctrl)
 
 
+@pytest.mark.parametrize("method", dd.PROBE_METHODS)
+def test_probe_fits_classes_of_different_sizes(qwen_chat, method):
+    rows = [r for r in _toy(16) if not (r.label == 1 and r.scenario in ("s0", "s1", "s2"))]
+    fit = dd.fit_probe(qwen_chat, rows, sources=["instructed"], method=method, folds=3)
+    assert fit.counts == {"deceptive": 5, "honest": 8}
+    assert fit.validation[fit.detector.layer]["auroc"] == 1.0
+
+
 def test_probe_refuses_one_class_and_unknown_methods(qwen_chat):
     rows = [r for r in _toy() if r.label == 0]
     with pytest.raises(SteerwatchError, match="0 deceptive"):

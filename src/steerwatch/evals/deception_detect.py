@@ -99,7 +99,7 @@ def _folds(rows: Sequence[Response], k: int, seed: int) -> list[int]:
 def _direction(method: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     from ..extract.methods import extract_direction
 
-    return extract_direction(method, pos, neg)
+    return extract_direction(method, pos, neg, paired=False)
 
 
 def labelled(rows: Sequence[Response], *, sources: Sequence[str], split: str) -> list[Response]:

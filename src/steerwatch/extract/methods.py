@@ -123,8 +123,24 @@ def check_method(name: str) -> str:
     return name
 
 
-def extract_direction(method: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+UNPAIRED_METHODS = ("mean_diff", "pca_center", "logistic", "lda")  # need no pos_i <-> neg_i pairing
+
+
+def extract_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, paired: bool = True) -> torch.Tensor:
+    """The unit direction (pointing from ``neg`` to ``pos``) found by ``method``. ``paired=False``:
+    two independent samples of possibly different sizes (e.g. deceptive vs honest answers);
+    only the methods in :data:`UNPAIRED_METHODS` take them."""
     check_method(method)
+    if not paired:
+        if method not in UNPAIRED_METHODS:
+            raise ExtractionError(f"method {method!r} needs paired examples; for unpaired ones use "
+                                  f"{', '.join(UNPAIRED_METHODS)}")
+        if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
+            raise ExtractionError(f"pos and neg must both be (n, d) with the same d, got {tuple(pos.shape)} "
+                                  f"and {tuple(neg.shape)}")
+        if len(pos) < 2 or len(neg) < 2:
+            raise ExtractionError(f"need at least 2 examples per side, got {len(pos)} and {len(neg)}")
+        return METHODS[method](pos, neg)
     if pos.ndim != 2 or neg.shape != pos.shape:
         raise ExtractionError(f"pos and neg must both be (n, d) with the same shape, got {tuple(pos.shape)} "
                               f"and {tuple(neg.shape)}")
