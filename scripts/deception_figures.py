@@ -46,7 +46,7 @@ def known_ids(lm, out: Path) -> set[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["generate", "merge", "loop"])
+    ap.add_argument("step", choices=["generate", "merge", "loop", "table", "choose-trigger"])
     ap.add_argument("--probe", type=Path, default=Path("out/deception/probes/deception-instructed.det.json"))
     ap.add_argument("--steer-strength", type=float, default=0.03)
     ap.add_argument("--split", default="test")
@@ -61,9 +61,15 @@ def main() -> None:
         dc.save_responses(rows, args.out / "responses.jsonl")
         print(dc.counts_summary(rows))
         return
+    if args.step == "table":
+        table(args.out)
+        return
     lm = load_model("default")
     if args.step == "loop":
         loop(lm, args)
+        return
+    if args.step == "choose-trigger":
+        choose_trigger(lm, args)
         return
     if args.step == "generate":
         known = known_ids(lm, args.out)
@@ -83,6 +89,82 @@ def main() -> None:
             dc.save_responses(rows, path)
             print(f"{src}: {len(rows)} answers in {time.time() - t:.0f} s")
             print(dc.counts_summary(rows), flush=True)
+
+
+def _ci(lo: float, hi: float) -> str:
+    return f"{lo:.2f}-{hi:.2f}"
+
+
+def table(out: Path) -> None:
+    """docs/results.md tables from OUT/eval.json (and OUT/loop.json when present)."""
+    rep = json.loads((out / "eval.json").read_text())
+    ev = rep["eval"]
+    srcs = ["instructed", "roleplay", "sycophancy"]
+    print("| detector | " + " | ".join(f"{s}: AUROC (95 % CI) / recall @1 % FPR" for s in srcs)
+          + " | talk flagged | control FPR (test) |")
+    print("|---|" + "---|" * (len(srcs) + 2))
+    for name, det in ev["detectors"].items():
+        cells = []
+        for s in srcs:
+            row = det["sources"].get(s, {})
+            if "auroc" not in row:
+                cells.append("-")
+                continue
+            r = row["recall"]
+            cells.append(f"{row['auroc']:.3f} ({_ci(*row['auroc_ci'])}) / {r['k']}/{r['n']}")
+        talk = det["sources"].get("talk", {}).get("honest_flagged")
+        ctrl = det.get("control_fpr")
+        talk_s = f"{talk['k']}/{talk['n']}" if talk else "-"
+        ctrl_s = f"{ctrl['k']}/{ctrl['n']}" if ctrl else "-"
+        print(f"| {name} | " + " | ".join(cells) + f" | {talk_s} | {ctrl_s} |")
+    print()
+    print("| probe trained on | method | context | layer | dev CV AUROC | chosen |")
+    print("|---|---|---|---|---|---|")
+    for r in rep["probe_choice"]:
+        print(f"| {'+'.join(r['sources'])} | {r['method']} | {r['context']} | {r['layer']} | {r['cv_auroc']:.3f} | "
+              f"{'yes' if r.get('chosen') else ''} |")
+    loop_path = out / "loop.json"
+    if loop_path.exists():
+        lp = json.loads(loop_path.read_text())
+        print()
+        print("| source | n | deceptive before | deceptive after | honest before | honest after | trigger fired | "
+              "degenerate after |")
+        print("|---|---|---|---|---|---|---|---|")
+        for src, s in lp["sources"].items():
+            print(f"| {src} | {s['n']} | {s['before'].get('deceptive', 0)} | {s['after'].get('deceptive', 0)} | "
+                  f"{s['before'].get('honest', 0)} | {s['after'].get('honest', 0)} | {s['fired']} | "
+                  f"{s['degenerate']} |")
+
+
+def choose_trigger(lm, args) -> None:
+    """Which saved probe should trigger honesty steering? On dev only: each probe's AUROC on the
+    instructed and role-play dev answers (its own source: the cross-validated figure from
+    eval.json, since its dev answers are its training data)."""
+    from steerwatch.evals import deception_detect as dd
+    from steerwatch.watch.calibrate import auroc
+    from steerwatch.watch.detector import load_detector
+
+    rows = [r for r in dc.load_responses(args.out / "responses.jsonl")
+            if r.split == "dev" and r.source in ("instructed", "roleplay") and r.label is not None]
+    rep = json.loads((args.out / "eval.json").read_text())
+    cv = {"+".join(c["sources"]): c["cv_auroc"] for c in rep["probe_choice"] if c.get("chosen")}
+    dets = [load_detector(p) for p in sorted((args.out / "probes").glob("*.det.json"))]
+    scores = dd.detector_scores(lm, dets, rows, aggregates=("mean",), progress=True)
+    out = {}
+    for d in dets:
+        col = scores[f"{d.name}/mean"]
+        per = {}
+        for src in ("instructed", "roleplay"):
+            if d.name == f"probe:{src}":
+                per[src] = cv[src]
+                continue
+            pos = [v for r, v in zip(rows, col) if r.source == src and r.label == 1]
+            neg = [v for r, v in zip(rows, col) if r.source == src and r.label == 0]
+            per[src] = auroc(pos, neg)
+        per["mean"] = (per["instructed"] + per["roleplay"]) / 2
+        out[d.name] = per
+        print(d.name, {k: round(v, 3) for k, v in per.items()})
+    (args.out / "trigger-choice.json").write_text(json.dumps(out, indent=1))
 
 
 def loop(lm, args) -> None:

@@ -234,6 +234,7 @@ def test_run_eval_end_to_end_on_a_tiny_model(qwen_chat):
                         "random direction/max", "follow_up", "judge", "liar_questions"}
     assert det["probe:instructed/mean"]["sources"]["instructed"]["auroc"] == 1.0
     assert det["probe:instructed/mean"]["sources"]["instructed"]["n_deceptive"] == 5
+    assert rep["dev_eval"]["split"] == "dev" and set(rep["dev_eval"]["detectors"]) == set(det)
     # the liar-question scores exist for the test split and the control's dev half only
     col = res.scores["liar_questions"]
     assert all((v is None) == (r.split == "dev" and r.source != "control" and r.source != "instructed")

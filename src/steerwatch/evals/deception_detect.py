@@ -511,6 +511,9 @@ def run_deception_eval(loaded: LoadedModel, rows: Sequence[Response], *,
             report["liar_classifier"] = {"trained_on": first, "n": len(fit_rows), "questions": list(liar_questions),
                                          "weights": clf.weights}
     report["eval"] = evaluate(scores, rows, split=split, fpr=fpr)
+    if split != "dev":  # for choices (e.g. which probe triggers conditional steering); a probe's own
+        # source is in-sample on dev, its cross-validated figure is in probe_choice
+        report["dev_eval"] = evaluate(scores, rows, split="dev", fpr=fpr)
     report["detectors"] = {d.name: {"layer": d.layer, "method": d.vector.method, "threshold": d.threshold,
                                     "sign": d.sign} for d in detectors}
     return DeceptionEval(report=report, probes=probes, scores=scores)
