@@ -480,22 +480,35 @@ def run_deception_eval(loaded: LoadedModel, rows: Sequence[Response], *,
     if detectors:
         detectors.append(random_detector(loaded, detectors[0].layer, name="random direction"))
     scores: dict[str, list[float | None]] = {}
+
+    def spread(idx: Sequence[int], vals: Sequence[float | None]) -> list[float | None]:
+        col: list[float | None] = [None] * len(rows)
+        for i, v in zip(idx, vals):
+            col[i] = v
+        return col
+
+    # unclear answers are never judged; the black-box baselines (a forward pass each) only where
+    # they are reported: the evaluated split and the control's dev half (their thresholds)
+    known = [i for i, r in enumerate(rows) if r.label is not None]
+    judged = [i for i in known if rows[i].split == split or (rows[i].source == "control" and rows[i].split == "dev")]
     if detectors:
-        scores.update(detector_scores(loaded, detectors, rows, aggregates=aggregates,
-                                      batch_size=max(1, batch_size // 2), progress=progress))
+        got = detector_scores(loaded, detectors, [rows[i] for i in known], aggregates=aggregates,
+                              batch_size=max(1, batch_size // 2), progress=progress)
+        scores.update({k: spread(known, v) for k, v in got.items()})
         for d in detectors:
             calibrate_on_control(d, rows, scores[f"{d.name}/mean"], fpr=fpr)
     if "follow_up" in baselines:
-        scores["follow_up"] = list(follow_up_scores(loaded, rows, batch_size=batch_size, progress=progress))
+        scores["follow_up"] = spread(judged, follow_up_scores(loaded, [rows[i] for i in judged],
+                                                              batch_size=batch_size, progress=progress))
     if "judge" in baselines:
-        scores["judge"] = list(judge_scores(loaded, rows, batch_size=batch_size, progress=progress))
+        scores["judge"] = spread(judged, judge_scores(loaded, [rows[i] for i in judged], batch_size=batch_size,
+                                                      progress=progress))
     if "liar_questions" in baselines:
         if not liar_questions:
             raise SteerwatchError("the liar_questions baseline needs follow-up questions (load_liar_questions())")
         first = list(train[0]) if train else ["instructed"]
         fit_rows = [i for i, r in enumerate(rows) if r.source in first and r.split == "dev" and r.label is not None]
-        use = sorted(set(fit_rows) | {i for i, r in enumerate(rows) if r.label is not None and (
-            r.split == split or (r.source == "control" and r.split == "dev"))})  # unclear answers are never judged
+        use = sorted(set(fit_rows) | set(judged))
         feats = liar_features(loaded, [rows[i] for i in use], liar_questions, batch_size=batch_size,
                               progress=progress)
         by = dict(zip(use, feats))
@@ -504,10 +517,7 @@ def run_deception_eval(loaded: LoadedModel, rows: Sequence[Response], *,
         except SteerwatchError as exc:
             report["skipped"].append({"detector": "liar_questions", "why": str(exc)})
         else:
-            col: list[float | None] = [None] * len(rows)
-            for i, v in zip(use, clf.score([by[i] for i in use])):
-                col[i] = v
-            scores["liar_questions"] = col
+            scores["liar_questions"] = spread(use, clf.score([by[i] for i in use]))
             report["liar_classifier"] = {"trained_on": first, "n": len(fit_rows), "questions": list(liar_questions),
                                          "weights": clf.weights}
     report["eval"] = evaluate(scores, rows, split=split, fpr=fpr)
