@@ -64,13 +64,14 @@ def main() -> None:
     if args.step == "table":
         table(args.out)
         return
+    if args.step == "choose-trigger":
+        choose_trigger(args.out)
+        return
     lm = load_model("default")
     if args.step == "loop":
         loop(lm, args)
         return
-    if args.step == "choose-trigger":
-        choose_trigger(lm, args)
-        return
+
     if args.step == "generate":
         known = known_ids(lm, args.out)
         print(f"{len(known)} known facts")
@@ -136,35 +137,24 @@ def table(out: Path) -> None:
                   f"{s['degenerate']} |")
 
 
-def choose_trigger(lm, args) -> None:
-    """Which saved probe should trigger honesty steering? On dev only: each probe's AUROC on the
-    instructed and role-play dev answers (its own source: the cross-validated figure from
-    eval.json, since its dev answers are its training data)."""
-    from steerwatch.evals import deception_detect as dd
-    from steerwatch.watch.calibrate import auroc
-    from steerwatch.watch.detector import load_detector
-
-    rows = [r for r in dc.load_responses(args.out / "responses.jsonl")
-            if r.split == "dev" and r.source in ("instructed", "roleplay") and r.label is not None]
-    rep = json.loads((args.out / "eval.json").read_text())
+def choose_trigger(out: Path) -> None:
+    """Which probe should trigger honesty steering? On dev only (``dev_eval`` in eval.json): each
+    probe's AUROC on the instructed and role-play dev answers; for its own source, whose dev
+    answers are its training data, the cross-validated figure from ``probe_choice``."""
+    rep = json.loads((out / "eval.json").read_text())
     cv = {"+".join(c["sources"]): c["cv_auroc"] for c in rep["probe_choice"] if c.get("chosen")}
-    dets = [load_detector(p) for p in sorted((args.out / "probes").glob("*.det.json"))]
-    scores = dd.detector_scores(lm, dets, rows, aggregates=("mean",), progress=True)
-    out = {}
-    for d in dets:
-        col = scores[f"{d.name}/mean"]
-        per = {}
-        for src in ("instructed", "roleplay"):
-            if d.name == f"probe:{src}":
-                per[src] = cv[src]
-                continue
-            pos = [v for r, v in zip(rows, col) if r.source == src and r.label == 1]
-            neg = [v for r, v in zip(rows, col) if r.source == src and r.label == 0]
-            per[src] = auroc(pos, neg)
+    res = {}
+    for name, det in rep["dev_eval"]["detectors"].items():
+        if not name.startswith("probe:") or not name.endswith("/mean"):
+            continue
+        own = name[len("probe:"):-len("/mean")]
+        per = {src: (cv[src] if src == own else det["sources"][src]["auroc"]) for src in ("instructed", "roleplay")}
         per["mean"] = (per["instructed"] + per["roleplay"]) / 2
-        out[d.name] = per
-        print(d.name, {k: round(v, 3) for k, v in per.items()})
-    (args.out / "trigger-choice.json").write_text(json.dumps(out, indent=1))
+        res[name] = per
+        print(name, {k: round(v, 3) for k, v in per.items()})
+    best = max(res, key=lambda k: res[k]["mean"])
+    print("chosen:", best)
+    (out / "trigger-choice.json").write_text(json.dumps({"scores": res, "chosen": best}, indent=1))
 
 
 def loop(lm, args) -> None:
