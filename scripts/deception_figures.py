@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--probe", type=Path, default=Path("out/deception/probes/deception-instructed.det.json"))
     ap.add_argument("--steer-strength", type=float, default=0.03)
     ap.add_argument("--split", default="test")
+    ap.add_argument("--lie-formats", default=",".join(name for name, _s, _u in dc.LIE_FORMATS),
+                    help="loop: which instructed-lie wordings to answer again")
     ap.add_argument("--sources", default=",".join(dc.SOURCES))
     ap.add_argument("--out", type=Path, default=Path("out/deception"))
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -170,7 +172,7 @@ def loop(lm, args) -> None:
     known = set(json.loads((args.out / "knowledge.json").read_text()))
     prompts = dc.deception_prompts(["instructed", "roleplay", "control"], bait=load_bait(), known=known,
                                    scenarios=dc.load_roleplay(), control=dc.control_prompts(load_benign()))
-    lie_formats = {name for name, _s, _u in dc.LIE_FORMATS}
+    lie_formats = set(args.lie_formats.split(","))
     prompts = [p for p in prompts if p["split"] == args.split
                and (p["source"] != "instructed" or p["format"] in lie_formats)]
     honesty, _rows, _path = builtin_vector(lm, "honesty")

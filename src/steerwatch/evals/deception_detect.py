@@ -577,7 +577,6 @@ def closed_loop(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], baseline
     before and after, how often the trigger fired, and degenerate answers."""
     from ..runtime import Conditional, GenerationOptions, generate
     from ..watch.quality import is_degenerate, text_stats
-    from .deception import label_answer
 
     if "trigger_threshold" not in trigger.calibration:
         raise SteerwatchError(f"the trigger {trigger.name!r} has no token trigger threshold; run calibrate_trigger")
@@ -590,10 +589,10 @@ def closed_loop(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], baseline
     gens = generate(loaded, [p["messages"] for p in prompts],
                     GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size), conditional=cond,
                     progress=progress)
+    labels = loop_labels(prompts, [g.text for g in gens], baseline)
     by_src: dict[str, dict[str, Any]] = {}
     rows = []
-    for p, i, g in zip(prompts, ids, gens):
-        label, how = label_answer(p, g.text)
+    for p, i, g, (label, how) in zip(prompts, ids, gens, labels):
         b = base[i]
         fired = g.triggered_at is not None
         rows.append({"id": i, "source": p["source"], "before": b.label, "after": label, "fired": fired,
@@ -610,6 +609,32 @@ def closed_loop(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], baseline
         s["before"], s["after"] = dict(s["before"]), dict(s["after"])
     return {"sources": by_src, "rows": rows, "trigger": dict(trigger.calibration),
             "steer": [x.describe() if hasattr(x, "describe") else str(x) for x in specs]}
+
+
+def loop_labels(prompts: Sequence[dict[str, Any]], answers: Sequence[str], baseline: Sequence[Response]
+                ) -> list[tuple[int | None, str]]:
+    """Labels of new answers to ``prompts``, decided exactly as the baseline's were: instructed
+    answers go through the same check against the model's honest answer (the baseline's honest-
+    instruction rows), so an unchanged answer keeps its label."""
+    from dataclasses import replace
+
+    from .deception import HONEST_FORMATS, check_instructed, label_answer
+
+    honest_names = {name for name, _s, _u in HONEST_FORMATS}
+    new = []
+    for p, text in zip(prompts, answers):
+        label, how = label_answer(p, text)
+        new.append(Response(id=f"{p['source']}/{p['scenario']}/{p['format']}", source=p["source"],
+                            scenario=p["scenario"], split=p["split"], messages=p["messages"], response=text.strip(),
+                            label=label, how=how, meta={"format": p["format"]}))
+    scen = {r.scenario for r in new if r.source == "instructed"}
+    ref = [replace(b, meta=dict(b.meta)) for b in baseline
+           if b.source == "instructed" and b.meta.get("format") in honest_names and b.scenario in scen]
+    if ref:  # the honest-instruction answers' raw labels: honest when they state the fact
+        for r in ref:
+            r.label = HONEST if r.how.startswith("states the fact") else DECEPTIVE
+        check_instructed(new + ref)
+    return [(r.label, r.how) for r in new]
 
 
 def _name(label: int | None) -> str:
