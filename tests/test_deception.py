@@ -152,11 +152,12 @@ def test_evaluate_sets_the_threshold_on_control_dev_only():
 
 
 def test_wilson_interval_matches_the_formula():
+    z2 = 1.959963984540054 ** 2
     lo, hi = dd.wilson(0, 10)
-    assert lo == 0.0 and hi == DOUBLE.approx(3.8416 / 13.8416)
+    assert lo == 0.0 and hi == DOUBLE.approx(z2 / (10 + z2))
     lo, hi = dd.wilson(5, 10)
     assert lo + hi == DOUBLE.approx(1.0) and hi - 0.5 == DOUBLE.approx(
-        1.96 * math.sqrt(0.025 + 3.8416 / 400) / 1.38416)
+        math.sqrt(z2) * math.sqrt(0.025 + z2 / 400) / (1 + z2 / 10))
 
 
 def test_liar_classifier_learns_which_answers_mean_a_lie():

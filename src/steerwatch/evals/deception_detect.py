@@ -26,7 +26,6 @@ half and on honest talk about deception.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from ..lab.report import wilson  # the one Wilson interval
 from .deception import DECEPTIVE, HONEST, Response
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -363,16 +363,6 @@ def judge_scores(loaded: LoadedModel, rows: Sequence[Response], *, batch_size: i
 
 
 # ---------------------------------------------------------------------------------------- metrics
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def bootstrap_auroc(pos: Sequence[float], neg: Sequence[float], *, n_boot: int = 1000,
                     seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of the AUROC, resampling each class."""
