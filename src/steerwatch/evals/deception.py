@@ -361,13 +361,15 @@ def generate_responses(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], *
 
     answers = generate_text(loaded, [p["messages"] for p in prompts], max_new_tokens=max_new_tokens,
                             batch_size=batch_size, progress=progress)
-    out = []
-    for p, ans in zip(prompts, answers):
-        label, how = label_answer(p, ans)
-        out.append(Response(id=f"{p['source']}/{p['scenario']}/{p['format']}", source=p["source"],
-                            scenario=p["scenario"], split=p["split"], messages=p["messages"], response=ans.strip(),
-                            label=label, how=how, meta={"format": p["format"]}))
-    return check_instructed(out)
+    return check_instructed([labelled_response(p, ans) for p, ans in zip(prompts, answers)])
+
+
+def labelled_response(p: dict[str, Any], answer: str) -> Response:
+    """One answer to prompt ``p`` (from :func:`deception_prompts`), labelled by :func:`label_answer`."""
+    label, how = label_answer(p, answer)
+    return Response(id=f"{p['source']}/{p['scenario']}/{p['format']}", source=p["source"], scenario=p["scenario"],
+                    split=p["split"], messages=p["messages"], response=answer.strip(), label=label, how=how,
+                    meta={"format": p["format"]})
 
 
 def check_instructed(rows: list[Response]) -> list[Response]:

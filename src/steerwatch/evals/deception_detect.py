@@ -608,15 +608,10 @@ def loop_labels(prompts: Sequence[dict[str, Any]], answers: Sequence[str], basel
     instruction rows), so an unchanged answer keeps its label."""
     from dataclasses import replace
 
-    from .deception import HONEST_FORMATS, check_instructed, label_answer
+    from .deception import HONEST_FORMATS, check_instructed, labelled_response
 
     honest_names = {name for name, _s, _u in HONEST_FORMATS}
-    new = []
-    for p, text in zip(prompts, answers):
-        label, how = label_answer(p, text)
-        new.append(Response(id=f"{p['source']}/{p['scenario']}/{p['format']}", source=p["source"],
-                            scenario=p["scenario"], split=p["split"], messages=p["messages"], response=text.strip(),
-                            label=label, how=how, meta={"format": p["format"]}))
+    new = [labelled_response(p, text) for p, text in zip(prompts, answers)]
     scen = {r.scenario for r in new if r.source == "instructed"}
     ref = [replace(b, meta=dict(b.meta)) for b in baseline
            if b.source == "instructed" and b.meta.get("format") in honest_names and b.scenario in scen]
