@@ -126,6 +126,12 @@ def table(out: Path) -> None:
     for r in rep["probe_choice"]:
         print(f"| {'+'.join(r['sources'])} | {r['method']} | {r['context']} | {r['layer']} | {r['cv_auroc']:.3f} | "
               f"{'yes' if r.get('chosen') else ''} |")
+    from steerwatch.vector import load_vector
+
+    for path in sorted((out / "probes").glob("*.sv")):  # the chosen probes, read on the token embeddings
+        v = load_vector(path)
+        print(f"{path.stem}: CV AUROC at layer 0 {v.validation[0]['auroc']:.3f}, at layer {v.default_layers[0]} "
+              f"{v.validation[v.default_layers[0]]['auroc']:.3f}")
     loop_path = out / "loop.json"
     if loop_path.exists():
         lp = json.loads(loop_path.read_text())
