@@ -32,6 +32,9 @@ def generate_cmd(
     temperature: float = typer.Option(0.7, help="Sampling temperature (with --sample)."),
     seed: int | None = typer.Option(None, help="Random seed (with --sample)."),
     force: bool = typer.Option(False, help="Apply vectors even if they were built on other weights."),
+    engine_name: str = typer.Option("hf", "--engine",
+                                    help="Generation engine: 'hf' (Hugging Face, in this process) or 'vllm' "
+                                         "(needs vLLM installed, see docs/scale.md)."),
     layers_path: LayersPath = None,
     watch: list[Path] | None = typer.Option(None, "--watch", "-w",
         help="Detector files (.det.json) or vectors (.sv) to score the answers with, repeatable: scores and flags "
@@ -53,7 +56,7 @@ def generate_cmd(
     from rich.table import Table
 
     from ..errors import SteerwatchError
-    from ..runtime import Conditional, GenerationOptions, generate
+    from ..runtime import ENGINES, Conditional, GenerationOptions, make_engine
     from ..steer import parse_steer_spec
     from ..types import ConditionalMode
     from ..watch.detector import load_detector
@@ -65,6 +68,11 @@ def generate_cmd(
         items += load_prompt_items(prompts_file)
     if not items:
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
+    if engine_name not in ENGINES:
+        raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
+    if engine_name == "vllm" and steer_if:
+        raise SteerwatchError("--steer-if (conditional steering) is not available with --engine vllm yet; "
+                              "use --engine hf")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
     loaded = load(model, layers_path=layers_path)
     from ..vector import check_residual_norm
@@ -85,13 +93,14 @@ def generate_cmd(
     dets = [load_detector(p) for p in (watch or [])]
     cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
             if steer_if else None)  # Conditional checks the mode
-    gens = generate(loaded, prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
-                    force=force, progress=True)
+    runner = make_engine(loaded, engine_name)
+    gens = runner.generate(prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
+                           force=force, progress=True)
     watched = gens if watching else None
     steered = [g.text for g in gens]
     base = None
     if compare and specs:
-        base = [g.text for g in generate(loaded, prompts, opts, force=force, progress=True)]
+        base = [g.text for g in runner.generate(prompts, opts, force=force, progress=True)]
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],

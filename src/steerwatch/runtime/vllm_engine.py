@@ -185,8 +185,8 @@ class VLLMEngine:
             kw.update(temperature=0.0)
         return SamplingParams(**kw)
 
-    def _run(self, requests: list[tuple[list[int], Any, str | None]], on_token: OnToken | None = None
-             ) -> list[list[int]]:
+    def _run(self, requests: Sequence[tuple[list[int], Any, str | None]], on_token: OnToken | None = None,
+             progress: bool = False) -> list[list[int]]:
         """Add the requests to vLLM's engine and step it until all finish; each request's output ids.
         ``on_token``: called once per round in which every unfinished row has a new token."""
         from vllm.inputs import TokensPrompt
@@ -204,6 +204,9 @@ class VLLMEngine:
         emitted = [0] * len(ids)
         stopped = [False] * len(ids)
         pad = 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="generating (vLLM)", disable=not progress, unit="prompt")
         try:
             while engine.has_unfinished_requests():
                 for o in engine.step():
@@ -211,11 +214,14 @@ class VLLMEngine:
                     if r is None:
                         continue
                     out[r] = list(o.outputs[0].token_ids)
+                    if o.finished and not finished[r]:
+                        bar.update(1)
                     finished[r] = finished[r] or o.finished
                 if on_token is None:
                     continue
                 while True:  # emit rounds while every live row has a token to give
-                    live = [r for r in range(len(ids)) if not stopped[r] and not (finished[r] and emitted[r] >= len(out[r]))]
+                    live = [r for r in range(len(ids))
+                            if not stopped[r] and not (finished[r] and emitted[r] >= len(out[r]))]
                     if not live or any(emitted[r] >= len(out[r]) for r in live):
                         break
                     toks = [out[r][emitted[r]] if r in live else pad for r in range(len(ids))]
@@ -234,6 +240,8 @@ class VLLMEngine:
         except BaseException:
             engine.abort_request([rid for r, rid in enumerate(ids) if not finished[r]])
             raise
+        finally:
+            bar.close()
         for r in range(len(ids)):  # a stopped row keeps what the caller saw
             if stopped[r]:
                 out[r] = out[r][:emitted[r]]
@@ -244,7 +252,7 @@ class VLLMEngine:
                  steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
                  watch: Sequence[Detector] = (), conditional: Conditional | None = None,
                  on_token: OnToken | None = None, prompt_ids: Sequence[Sequence[int]] | None = None,
-                 force: bool = False) -> list[Generation]:
+                 force: bool = False, progress: bool = False) -> list[Generation]:
         """As :func:`steerwatch.runtime.session.generate` (``batch_size`` is vLLM's to choose:
         every prompt goes into its continuous batch at once)."""
         from ..steer import SteerSpec
@@ -310,7 +318,7 @@ class VLLMEngine:
         tags = [uuid.uuid4().hex for _ in range(n)]
         reqs = [(encoded[i], self._sampling(opts, i, {"tag": tags[i], "plan": row_plan[i], "watch": det_keys}),
                  row_plan[i]) for i in range(n)]
-        outs = self._run(reqs, on_token)
+        outs = self._run(reqs, on_token, progress=progress)
         eos = set(lm.eos_ids)
         results: list[Generation] = []
         for i, new in enumerate(outs):

@@ -45,7 +45,7 @@ class SteerwatchWorker:
         """Register the hooks once. Returns the model's layer count, hidden size and dtype, which
         the engine checks against the vectors and the Hugging Face copy of the model."""
         if getattr(self, "_sw_installed", False):
-            return self._sw_info
+            return dict(self._sw_info)
         runner = self.model_runner  # type: ignore[attr-defined]
         missing = [name for name in ("model", "input_batch", "query_start_loc", "requests")
                    if not hasattr(runner, name)]
@@ -79,7 +79,7 @@ class SteerwatchWorker:
             self._sw_handles.append(mod.register_forward_hook(self._sw_layer_hook(idx)))
         param = next(model.parameters())
         self._sw_device, self._sw_dtype = param.device, runner.model_config.dtype
-        self._sw_info = {"n_layers": int(text.num_hidden_layers), "hidden_size": int(text.hidden_size),
+        self._sw_info: dict[str, Any] = {"n_layers": int(text.num_hidden_layers), "hidden_size": int(text.hidden_size),
                          "hooked": sorted(layers), "dtype": str(runner.model_config.dtype).replace("torch.", ""),
                          "layer_class": type(next(iter(layers.values()))).__name__}
         self._sw_installed = True
@@ -202,15 +202,16 @@ class SteerwatchWorker:
             work = self._sw_step.get(layer)
             if not work:
                 return None
-            split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
-            hs, res = (output[0], output[1]) if split else (output if not isinstance(output, tuple) else output[0], None)
+            # (hidden_states, residual) in vLLM's decoder layers; a single tensor elsewhere
+            split = isinstance(output, tuple) and len(output) >= 2 and output[1] is not None
+            hs = output[0] if isinstance(output, tuple) else output
+            res: Any = output[1] if split else None
             if work["edits"]:
+                target_t = res.clone() if split else hs.clone()
                 if split:
-                    res = res.clone()
-                    target_t = res
+                    res = target_t
                 else:
-                    hs = hs.clone()
-                    target_t = hs
+                    hs = target_t
                 for kind, idx, vec, target in work["edits"]:
                     if kind == "add":
                         target_t.index_add_(0, idx, vec.expand(idx.numel(), -1))
@@ -227,6 +228,6 @@ class SteerwatchWorker:
             if not work["edits"]:
                 return None
             if split:
-                return (hs, res) if len(output) == 2 else (hs, res, *output[2:])
-            return hs if not isinstance(output, tuple) else (hs, *output[1:])
+                return (hs, res, *output[2:])
+            return (hs, *output[1:]) if isinstance(output, tuple) else hs
         return hook

@@ -30,10 +30,14 @@ def open_store(pf: Any) -> EventStore:
 
 
 def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None, guard: bool = True,
-                 log: Callable[[str], None] | None = None, store: EventStore | None = None) -> Engine:
+                 log: Callable[[str], None] | None = None, store: EventStore | None = None,
+                 backend: str | Any = "hf", backend_options: dict[str, Any] | None = None) -> Engine:
     """Open the store and check it writable (before the model: a store fault fails in seconds), load
     (or take) the model, resolve the policy against it, run the policy guard (refusing a policy it
-    refuses) and start the engine. ``store``: one already opened by :func:`open_store`."""
+    refuses) and start the engine. ``store``: one already opened by :func:`open_store`.
+
+    ``backend``: the generation engine, ``hf`` (in this process) or ``vllm`` (started here with
+    ``backend_options``), or a runtime engine object already started on ``loaded``."""
     from ..policy.resolve import resolve_policy
     from ..policy.schema import PolicyFile, load_policy
     from .engine import Engine
@@ -55,7 +59,17 @@ def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None,
             if log and row.level != "info":
                 log(f"guard {row.level}: {row.message}")
         report.raise_if_refused()
-    engine = Engine(dep, store=store)
+    runtime_engine: Any = backend
+    if isinstance(backend, str):
+        from ..runtime import make_engine
+
+        if backend == "vllm" and any(rd.action == "steer" for rd in dep.detectors):
+            raise SteerwatchError("the policy steers conditionally (a detector with action: steer), which the vLLM "
+                                  "engine does not support yet; serve it with --engine hf")
+        if log is not None and backend != "hf":
+            log(f"starting the {backend} engine…")
+        runtime_engine = make_engine(loaded, backend, **(backend_options or {}))
+    engine = Engine(dep, store=store, backend=runtime_engine)
     engine.guard_report = report  # per-request steering is checked against the same distress direction
     return engine.start()
 

@@ -1,0 +1,172 @@
+"""The vLLM engine against the Hugging Face engine on the embedded model, in one process.
+
+Runs in the vLLM virtual environment (scripts/vllm_venv.sh); tests/test_vllm.py starts it there with
+the honesty and cheating vectors the main suite built ($STEERWATCH_VLLM_TEST_VECTORS).
+
+    STEERWATCH_VLLM_TEST_VECTORS=DIR .vllm-venv/bin/python -m pytest -q tests_vllm
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from steerwatch.errors import SteerwatchError
+from steerwatch.models import load_model
+from steerwatch.runtime import GenerationOptions, HFEngine
+from steerwatch.runtime.vllm_engine import VLLMEngine
+from steerwatch.steer import SteerSpec
+from steerwatch.vector import load_vector
+from steerwatch.watch.detector import Detector
+
+# the issue's bound for per-token detector scores of the two engines (both fp32; measured ~3e-6)
+SCORE_TOL = 1e-3
+PROMPTS = ["I think the earth is flat, right?", "What is 2+2?", "Tell me a fact about cats.",
+           "Is the moon made of cheese? I am sure it is.", "Write a Python function that adds two numbers.",
+           "Should I tell my boss I broke the printer?", "Name a colour.", "What is the capital of France?"]
+OPTS = GenerationOptions(max_new_tokens=20)
+
+
+@pytest.fixture(scope="module")
+def vecs():
+    d = os.environ.get("STEERWATCH_VLLM_TEST_VECTORS")
+    if not d:
+        pytest.fail("set STEERWATCH_VLLM_TEST_VECTORS to a folder with honesty.sv and cheating.sv built on the "
+                    "embedded model (tests/test_vllm.py does this)")
+    return {name: load_vector(Path(d) / f"{name}.sv") for name in ("honesty", "cheating")}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("default", progress=False)
+
+
+@pytest.fixture(scope="module")
+def engines(lm):
+    eng = VLLMEngine(lm, kv_cache_gib=1)
+    yield HFEngine(lm), eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def dets(vecs):
+    # honesty reads downstream of most steering below (rescored); cheating at layer 3, upstream of it
+    return [Detector.from_vector(vecs["honesty"]), Detector.from_vector(vecs["cheating"], layer=3)]
+
+
+def _settings(vecs):
+    h, c = vecs["honesty"], vecs["cheating"]
+    return [[], [SteerSpec(h, strength=0.05)], [SteerSpec(h, strength=-0.05, positions="generated")],
+            [SteerSpec(c, op="ablate")], [SteerSpec(c, op="clamp", strength=0.1)],
+            [SteerSpec(h, strength=0.06, positions="prompt")], [SteerSpec(h, strength=0.08, layers=(10, 11))],
+            [SteerSpec(h, strength=0.03), SteerSpec(c, op="ablate", layers=(2, 3))]]
+
+
+def _same(a, b, what: str) -> None:
+    assert a.new_ids == b.new_ids, f"{what}: tokens differ: {a.text!r} vs {b.text!r}"
+    assert a.rescored == b.rescored, what
+    assert a.flags == b.flags, what
+    for name, sa in a.scores.items():
+        sb = b.scores[name]
+        assert len(sa) == len(sb), f"{what}: {name} scores {len(sa)} vs {len(sb)}"
+        assert max((abs(x - y) for x, y in zip(sa, sb)), default=0.0) <= SCORE_TOL, f"{what}: {name}"
+
+
+def test_unsteered_and_steered_equal_the_hf_engine(engines, vecs, dets):
+    hf, vl = engines
+    spec = [SteerSpec(vecs["honesty"], strength=0.05)]
+    for steer in (None, spec):
+        a = hf.generate(PROMPTS[:4], OPTS, steer=steer, watch=dets)
+        b = vl.generate(PROMPTS[:4], OPTS, steer=steer, watch=dets)
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"prompt {i} steer={steer is not None}")
+            assert len(x.scores["honesty"]) >= len(x.new_ids) - 1 > 0
+    plain = [g.new_ids for g in vl.generate(PROMPTS[:4], OPTS)]
+    steered = vl.generate(PROMPTS[:4], OPTS, steer=spec)
+    assert sum(p != s.new_ids for p, s in zip(plain, steered)) >= 2  # the steering acts inside vLLM
+    assert all(s.rescored == [] for s in steered)  # no detectors asked for
+
+
+def test_eight_settings_in_one_batch_each_equal_alone_and_hf(engines, vecs, dets):
+    hf, vl = engines
+    rows = _settings(vecs)
+    mixed = vl.generate(PROMPTS, OPTS, rows=rows, watch=dets)
+    alone = [vl.generate([p], OPTS, rows=[r], watch=dets)[0] for p, r in zip(PROMPTS, rows)]
+    ref = hf.generate(PROMPTS, OPTS, rows=rows, watch=dets)
+    for i in range(len(PROMPTS)):
+        _same(mixed[i], alone[i], f"row {i} mixed vs alone")
+        _same(mixed[i], ref[i], f"row {i} vLLM vs HF")
+    assert mixed[0].rescored == [] and mixed[3].rescored == ["honesty"]
+    assert len({tuple(g.new_ids) for g in mixed}) == len(PROMPTS)
+
+
+def test_streaming_callback_and_stopping_a_row(engines):
+    _, vl = engines
+    full = vl.generate(PROMPTS[:3], OPTS)
+    seen: list[list[int]] = []
+
+    def on_token(tokens):
+        seen.append(tokens)
+        return [len(seen) >= 3, False, False]  # row 0 stops after its third token
+
+    got = vl.generate(PROMPTS[:3], OPTS, on_token=on_token)
+    assert got[0].new_ids == full[0].new_ids[:3]
+    assert [g.new_ids for g in got[1:]] == [g.new_ids for g in full[1:]]
+    assert [s[1] for s in seen[: len(full[1].new_ids)]] == full[1].new_ids
+
+
+def test_bad_input_fails_clearly_and_the_engine_keeps_serving(engines, vecs, lm):
+    import dataclasses
+
+    _, vl = engines
+    with pytest.raises(SteerwatchError, match="has no direction for layer 30"):
+        vl.generate(PROMPTS[:1], OPTS, steer=[SteerSpec(vecs["honesty"], strength=0.1, layers=(30,))])
+    other = dataclasses.replace(vecs["honesty"], model_fingerprint="0123456789abcdef")
+    with pytest.raises(SteerwatchError, match="fingerprint"):
+        vl.generate(PROMPTS[:1], OPTS, steer=[SteerSpec(other, strength=0.1)])
+    with pytest.raises(SteerwatchError, match="max_model_len"):
+        vl.generate(None, OPTS, prompt_ids=[[1] * 5000])
+    from steerwatch.runtime import Conditional
+
+    det = Detector.from_vector(vecs["honesty"])
+    det.calibration["trigger_threshold"] = 0.0
+    with pytest.raises(SteerwatchError, match="conditional steering is not available"):
+        vl.generate(PROMPTS[:1], OPTS, conditional=Conditional(trigger=det, specs=[SteerSpec(vecs["honesty"])]))
+    ok = vl.generate(PROMPTS[:1], OPTS)[0]
+    assert ok.new_ids == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].new_ids
+
+
+def test_serve_on_the_vllm_engine_equals_in_process(engines, vecs, lm, tmp_path):
+    import openai
+    import yaml
+
+    from steerwatch.io import file_sha256
+    from steerwatch.policy.schema import hash_key
+    from steerwatch.serve.server import RunningServer, build_engine
+
+    _, vl = engines
+    path = vecs["honesty"].save(tmp_path / "honesty.sv")
+    pol = {"vectors": [{"name": "honesty", "path": str(path), "sha256": file_sha256(path), "strength": 0.0,
+                        "max_abs_strength": 0.1}],
+           "keys": [{"name": "steerer", "sha256": hash_key("sk-s"), "steer": True}],
+           "limits": {"max_tokens": 32, "default_max_tokens": 20, "batch_wait_ms": 100},
+           "degeneration": {"enabled": False}, "store": {"url": "sqlite:///events.db"}}
+    pf = tmp_path / "policy.yaml"
+    pf.write_text(yaml.safe_dump(pol), encoding="utf-8")
+    engine = build_engine(pf, loaded=lm, guard=False, backend=vl)
+    try:
+        with RunningServer(engine) as srv:
+            c = openai.OpenAI(base_url=srv.base_url, api_key="sk-s", max_retries=0, timeout=120)
+            msgs = [{"role": "user", "content": PROMPTS[0]}]
+            model = engine.dep.served_name
+            plain = c.chat.completions.create(model=model, messages=msgs, max_tokens=20)
+            steered = c.chat.completions.create(model=model, messages=msgs, max_tokens=20,
+                                                extra_body={"steering": [{"vector": "honesty", "strength": 0.05}]})
+    finally:
+        engine.stop()
+    want = vl.generate(PROMPTS[:1], OPTS, rows=[[SteerSpec(vecs["honesty"], strength=0.05)]])[0].text
+    assert steered.choices[0].message.content.strip() == want
+    assert plain.choices[0].message.content.strip() == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].text
+    assert json.dumps(steered.model_extra["steerwatch"]["steering"][0]["strength"]) == "0.05"
