@@ -19,7 +19,7 @@ def serve_cmd(
     engine_name: str = typer.Option("hf", "--engine",
                                     help="Generation engine: 'hf' (Hugging Face, in this process) or 'vllm' "
                                          "(vLLM's continuous batching; needs vLLM installed, see docs/scale.md)."),
-    kv_cache_gib: float | None = typer.Option(None, "--kv-cache-gib",
+    kv_cache_gib: int | None = typer.Option(None, "--kv-cache-gib",
                                               help="With --engine vllm on CPU: the KV cache size in GiB."),
     tensor_parallel: int = typer.Option(1, "--tensor-parallel", help="With --engine vllm: tensor-parallel size."),
 ) -> None:

@@ -1,7 +1,8 @@
 """The engine interface: what the server, the evals and the lab need from a generation backend.
 
 :class:`HFEngine` implements it on a Hugging Face model in this process (the runtime's
-:func:`~steerwatch.runtime.session.generate`); a vLLM engine implements the same interface.
+:func:`~steerwatch.runtime.session.generate`);
+:class:`~steerwatch.runtime.vllm_engine.VLLMEngine` implements it on vLLM (docs/scale.md).
 """
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ class VLLMEngine:
     other keyword go to ``vllm.LLM`` unchanged (see docs/scale.md)."""
 
     def __init__(self, lm: LoadedModel, *, model: str | None = None, max_model_len: int | None = 4096,
-                 kv_cache_gib: float | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
+                 kv_cache_gib: int | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
@@ -116,6 +116,8 @@ class VLLMEngine:
 
         self.lm = lm
         if kv_cache_gib is not None:
+            if isinstance(kv_cache_gib, bool) or not isinstance(kv_cache_gib, int) or kv_cache_gib < 1:
+                raise SteerwatchError(f"kv_cache_gib must be a whole number of GiB >= 1, got {kv_cache_gib!r}")
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         if llm_kwargs.get("enforce_eager") is False:
             raise SteerwatchError("the vLLM engine steers with Python hooks and needs enforce_eager=True")
@@ -142,6 +144,7 @@ class VLLMEngine:
         self._plans: set[str] = set()
         self._dets: set[str] = set()
         self._ids = itertools.count()
+        self.finish_times: list[float] = []  # the last generate call's generation phase: when each row finished (s)
 
     # ------------------------------------------------------------------ helpers
     def close(self) -> None:
@@ -172,6 +175,16 @@ class VLLMEngine:
             self._plans |= set(new_p)
             self._dets |= set(new_d)
 
+    def _take(self, tags: list[str]) -> dict[str, dict[str, dict[int, float]]]:
+        """The workers' recorded scores, merged: with pipeline parallelism each worker holds its own
+        layers' detectors; with tensor parallelism every worker holds the same values."""
+        merged: dict[str, dict[str, dict[int, float]]] = {tag: {} for tag in tags}
+        for part in self.llm.collective_rpc("steerwatch_take", args=(tags,)):
+            for tag, by_det in part.items():
+                for key, vals in by_det.items():
+                    merged[tag].setdefault(key, {}).update(vals)
+        return merged
+
     def _sampling(self, opts: GenerationOptions, i: int, extra: dict[str, Any], max_tokens: int | None = None):
         from vllm import SamplingParams
 
@@ -189,9 +202,12 @@ class VLLMEngine:
              progress: bool = False) -> list[list[int]]:
         """Add the requests to vLLM's engine and step it until all finish; each request's output ids.
         ``on_token``: called once per round in which every unfinished row has a new token."""
+        import time
+
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
+        t0 = time.perf_counter()
         ids = [f"sw-{next(self._ids)}" for _ in requests]
         for rid, (prompt, params, salt) in zip(ids, requests):
             tp = TokensPrompt(prompt_token_ids=list(prompt))
@@ -203,6 +219,7 @@ class VLLMEngine:
         finished = [False] * len(ids)
         emitted = [0] * len(ids)
         stopped = [False] * len(ids)
+        done_at = [0.0] * len(ids)
         pad = 0
         from tqdm.auto import tqdm
 
@@ -216,6 +233,7 @@ class VLLMEngine:
                     out[r] = list(o.outputs[0].token_ids)
                     if o.finished and not finished[r]:
                         bar.update(1)
+                        done_at[r] = time.perf_counter() - t0
                     finished[r] = finished[r] or o.finished
                 if on_token is None:
                     continue
@@ -242,6 +260,8 @@ class VLLMEngine:
             raise
         finally:
             bar.close()
+        end = time.perf_counter() - t0
+        self.finish_times = [t or end for t in done_at]
         for r in range(len(ids)):  # a stopped row keeps what the caller saw
             if stopped[r]:
                 out[r] = out[r][:emitted[r]]
@@ -319,6 +339,7 @@ class VLLMEngine:
         reqs = [(encoded[i], self._sampling(opts, i, {"tag": tags[i], "plan": row_plan[i], "watch": det_keys}),
                  row_plan[i]) for i in range(n)]
         outs = self._run(reqs, on_token, progress=progress)
+        finish = list(self.finish_times)
         eos = set(lm.eos_ids)
         results: list[Generation] = []
         for i, new in enumerate(outs):
@@ -328,7 +349,7 @@ class VLLMEngine:
                                       prompt_ids=encoded[i], new_ids=new_ids))
         if not detectors:
             return results
-        taken = self.llm.collective_rpc("steerwatch_take", args=(tags,))[0]
+        taken = self._take(tags)
         for i, g in enumerate(results):
             k = _n_scored(g.new_ids, eos)
             start = len(g.prompt_ids)
@@ -352,7 +373,7 @@ class VLLMEngine:
                          "watch_from": len(g.prompt_ids)}
                 rreqs.append((seq, self._sampling(GenerationOptions(max_new_tokens=1), 0, extra, max_tokens=1), tag))
             self._run(rreqs)
-            retaken = self.llm.collective_rpc("steerwatch_take", args=(rtags,))[0]
+            retaken = self._take(rtags)
             for (i, which), tag in zip(todo, rtags):
                 g = results[i]
                 start, k = len(g.prompt_ids), _n_scored(g.new_ids, eos)
@@ -361,6 +382,7 @@ class VLLMEngine:
                     vals = got.get(det_keys[j], {})
                     g.scores[detectors[j].name] = [vals[p] for p in range(start, start + k) if p in vals]
                 g.rescored = [detectors[j].name for j in which]
+        self.finish_times = finish
         for g in results:
             for det in detectors:
                 g.response[det.name] = det.response(g.scores[det.name])
