@@ -55,8 +55,8 @@ def test_plan_ops_compile_the_hf_units(qwen):
 @pytest.mark.embedded
 def test_vllm_engine_equals_the_hf_engine_on_the_embedded_model(builtin_vector, tmp_path):
     """tests_vllm/ in the vLLM environment: greedy tokens and detector scores of the two engines
-    (unsteered, steered, eight settings in one batch vs each alone), streaming and stopping, bad
-    input, and the server on the vLLM engine."""
+    (unsteered, steered, eight settings in one batch vs each alone), conditional steering (token and
+    prompt mode), streaming and stopping, bad input, and the server on the vLLM engine."""
     py = os.environ.get("STEERWATCH_VLLM_PYTHON")
     if not py:
         pytest.fail("set STEERWATCH_VLLM_PYTHON to the python of the vLLM environment (scripts/vllm_venv.sh builds "
@@ -69,4 +69,4 @@ def test_vllm_engine_equals_the_hf_engine_on_the_embedded_model(builtin_vector, 
     tail = res.stdout[-8000:] + "\n" + res.stderr[-4000:]
     assert res.returncode == 0, tail
     summary = res.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b5 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail
+    assert re.search(r"\b6 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail

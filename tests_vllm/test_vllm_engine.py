@@ -128,12 +128,6 @@ def test_bad_input_fails_clearly_and_the_engine_keeps_serving(engines, vecs, lm)
         vl.generate(PROMPTS[:1], OPTS, steer=[SteerSpec(other, strength=0.1)])
     with pytest.raises(SteerwatchError, match="max_model_len"):
         vl.generate(None, OPTS, prompt_ids=[[1] * 5000])
-    from steerwatch.runtime import Conditional
-
-    det = Detector.from_vector(vecs["honesty"])
-    det.calibration["trigger_threshold"] = 0.0
-    with pytest.raises(SteerwatchError, match="conditional steering is not available"):
-        vl.generate(PROMPTS[:1], OPTS, conditional=Conditional(trigger=det, specs=[SteerSpec(vecs["honesty"])]))
     ok = vl.generate(PROMPTS[:1], OPTS)[0]
     assert ok.new_ids == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].new_ids
 
@@ -170,3 +164,41 @@ def test_serve_on_the_vllm_engine_equals_in_process(engines, vecs, lm, tmp_path)
     assert steered.choices[0].message.content.strip() == want
     assert plain.choices[0].message.content.strip() == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].text
     assert json.dumps(steered.model_extra["steerwatch"]["steering"][0]["strength"]) == "0.05"
+
+
+def _running_max(scores: list[float], w: int) -> float:
+    return max(sum(scores[max(0, i - w + 1): i + 1]) / len(scores[max(0, i - w + 1): i + 1])
+               for i in range(len(scores)))
+
+
+def test_conditional_steering_equals_the_hf_gate(engines, vecs, lm):
+    """Token mode: the trigger's running mean read live in vLLM's worker fires at the same token as on
+    the HF engine, and the steering switched on from the next step gives the same answer. Prompt mode:
+    the same rows fire. The threshold sits between the rows' unsteered maxima, so some fire, some not."""
+    from steerwatch.runtime import Conditional
+    from steerwatch.watch.score import score_conversations
+
+    hf, vl = engines
+    trig = Detector.from_vector(vecs["honesty"], name="trigger")
+    base = hf.generate(PROMPTS, OPTS, watch=[trig])
+    peaks = sorted(_running_max(g.scores["trigger"], 4) for g in base if g.scores["trigger"])
+    trig.calibration.update(trigger_threshold=(peaks[1] + peaks[-2]) / 2, trigger_window=4)
+    cond = Conditional(trigger=trig, specs=[SteerSpec(vecs["honesty"], strength=-0.08)])
+    a = hf.generate(PROMPTS, OPTS, conditional=cond, watch=[Detector.from_vector(vecs["cheating"], layer=3)])
+    b = vl.generate(PROMPTS, OPTS, conditional=cond, watch=[Detector.from_vector(vecs["cheating"], layer=3)])
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x.triggered_at == y.triggered_at, f"row {i}"
+        _same(x, y, f"conditional row {i}")
+    fired = [g for g in a if g.triggered_at is not None]
+    assert 1 <= len(fired) < len(PROMPTS)
+    assert any(g.new_ids != u.new_ids for g, u in zip(a, base) if g.triggered_at is not None)
+
+    pre = score_conversations(lm, [[{"role": "user", "content": p}] for p in PROMPTS], [trig])
+    ps = sorted(sc.prompt_score("trigger") for sc in pre)
+    trig.calibration["prompt_threshold"] = (ps[1] + ps[2]) / 2
+    pcond = Conditional(trigger=trig, specs=[SteerSpec(vecs["honesty"], strength=-0.08)], mode="prompt")
+    a = hf.generate(PROMPTS, OPTS, conditional=pcond)
+    b = vl.generate(PROMPTS, OPTS, conditional=pcond)
+    assert [g.triggered_at for g in a] == [g.triggered_at for g in b]
+    assert [g.new_ids for g in a] == [g.new_ids for g in b]
+    assert 2 <= sum(g.triggered_at == 0 for g in b) < len(PROMPTS)

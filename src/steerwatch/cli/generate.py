@@ -70,9 +70,6 @@ def generate_cmd(
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     if engine_name not in ENGINES:
         raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
-    if engine_name == "vllm" and steer_if:
-        raise SteerwatchError("--steer-if (conditional steering) is not available with --engine vllm yet; "
-                              "use --engine hf")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
     loaded = load(model, layers_path=layers_path)
     from ..vector import check_residual_norm

