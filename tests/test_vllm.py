@@ -61,7 +61,7 @@ def test_vllm_engine_equals_the_hf_engine_on_the_embedded_model(builtin_vector, 
     if not py:
         pytest.fail("set STEERWATCH_VLLM_PYTHON to the python of the vLLM environment (scripts/vllm_venv.sh builds "
                     "it; .ci/run does so and sets it)")
-    for concept in ("honesty", "cheating"):
+    for concept in ("honesty", "cheating", "distress"):
         builtin_vector(concept)[0].save(tmp_path / f"{concept}.sv")
     env = {**os.environ, "STEERWATCH_VLLM_TEST_VECTORS": str(tmp_path), "VLLM_CPU_KVCACHE_SPACE": "1"}
     res = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests_vllm"], cwd=ROOT, env=env,
@@ -69,4 +69,4 @@ def test_vllm_engine_equals_the_hf_engine_on_the_embedded_model(builtin_vector, 
     tail = res.stdout[-8000:] + "\n" + res.stderr[-4000:]
     assert res.returncode == 0, tail
     summary = res.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b6 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail
+    assert re.search(r"\b7 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail

@@ -202,3 +202,29 @@ def test_conditional_steering_equals_the_hf_gate(engines, vecs, lm):
     assert [g.triggered_at for g in a] == [g.triggered_at for g in b]
     assert [g.new_ids for g in a] == [g.new_ids for g in b]
     assert 2 <= sum(g.triggered_at == 0 for g in b) < len(PROMPTS)
+
+
+def test_cli_generate_on_the_vllm_engine(engines, vecs, tmp_path):
+    """`steerwatch generate --engine vllm` end to end (its own engine, started by the CLI): the written
+    answers and detector scores are the Python engine's."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+
+    _, vl = engines
+    d = Path(os.environ["STEERWATCH_VLLM_TEST_VECTORS"])
+    vec_path = vecs["honesty"].save(tmp_path / "honesty.sv")
+    cpath = vecs["cheating"].save(tmp_path / "cheating.sv")
+    det = Detector.from_vector(vecs["cheating"], layer=3, vector_path=str(cpath))
+    det_path = det.save(tmp_path / "cheating.det.json")
+    out = tmp_path / "out.jsonl"
+    res = CliRunner().invoke(app, ["generate", PROMPTS[0], PROMPTS[1], "--steer", f"{vec_path}:+0.02",
+                                   "--engine", "vllm", "--max-new-tokens", "20", "-w", str(det_path),
+                                   "--distress", str(d / "distress.sv"), "--acknowledge-distress", "test",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    want = vl.generate(PROMPTS[:2], OPTS, steer=[SteerSpec(vecs["honesty"], strength=0.02)], watch=[det])
+    assert [r["output"] for r in rows] == [g.text for g in want]
+    for r, g in zip(rows, want):
+        assert r["token_scores"]["cheating"] == pytest.approx(g.scores["cheating"], abs=SCORE_TOL)

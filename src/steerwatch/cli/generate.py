@@ -91,13 +91,18 @@ def generate_cmd(
     cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
             if steer_if else None)  # Conditional checks the mode
     runner = make_engine(loaded, engine_name)
-    gens = runner.generate(prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
-                           force=force, progress=True)
+    try:
+        gens = runner.generate(prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
+                               force=force, progress=True)
+        base = None
+        if compare and specs:
+            base = [g.text for g in runner.generate(prompts, opts, force=force, progress=True)]
+    finally:
+        close = getattr(runner, "close", None)
+        if close is not None:  # the vLLM engine's processes
+            close()
     watched = gens if watching else None
     steered = [g.text for g in gens]
-    base = None
-    if compare and specs:
-        base = [g.text for g in runner.generate(prompts, opts, force=force, progress=True)]
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
