@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,8 @@ def test_bad_input_fails_clearly_and_the_engine_keeps_serving(engines, vecs, lm)
 
 
 def test_serve_on_the_vllm_engine_equals_in_process(engines, vecs, lm, tmp_path):
+    """Eight clients, staggered, each its own steering (half of them streaming): every answer equals
+    the request alone; the server's batch workers ran calls side by side in vLLM's batch."""
     import openai
     import yaml
 
@@ -150,20 +154,34 @@ def test_serve_on_the_vllm_engine_equals_in_process(engines, vecs, lm, tmp_path)
     pf = tmp_path / "policy.yaml"
     pf.write_text(yaml.safe_dump(pol), encoding="utf-8")
     engine = build_engine(pf, loaded=lm, guard=False, backend=vl)
+    strengths = [0.0, 0.05, -0.05, 0.03, -0.03, 0.08, -0.08, 0.01]
     try:
+        assert len(engine._threads) == vl.max_concurrent_calls  # batch workers share vLLM's batch
         with RunningServer(engine) as srv:
-            c = openai.OpenAI(base_url=srv.base_url, api_key="sk-s", max_retries=0, timeout=120)
-            msgs = [{"role": "user", "content": PROMPTS[0]}]
-            model = engine.dep.served_name
-            plain = c.chat.completions.create(model=model, messages=msgs, max_tokens=20)
-            steered = c.chat.completions.create(model=model, messages=msgs, max_tokens=20,
-                                                extra_body={"steering": [{"vector": "honesty", "strength": 0.05}]})
+            def ask(i: int, stream: bool = False):
+                time.sleep(0.6 * (i % 4))  # staggered: later requests arrive while earlier calls run
+                c = openai.OpenAI(base_url=srv.base_url, api_key="sk-s", max_retries=0, timeout=300)
+                body = {"steering": [{"vector": "honesty", "strength": strengths[i]}]} if strengths[i] else {}
+                msgs = [{"role": "user", "content": PROMPTS[i]}]
+                if stream:
+                    chunks = c.chat.completions.create(model=engine.dep.served_name, messages=msgs, max_tokens=20,
+                                                       stream=True, extra_body=body)
+                    return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+                r = c.chat.completions.create(model=engine.dep.served_name, messages=msgs, max_tokens=20,
+                                              extra_body=body)
+                return r.choices[0].message.content
+
+            vl.peak_calls = 0
+            with ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(lambda i: ask(i, stream=i % 2 == 1), range(8)))
     finally:
         engine.stop()
-    want = vl.generate(PROMPTS[:1], OPTS, rows=[[SteerSpec(vecs["honesty"], strength=0.05)]])[0].text
-    assert steered.choices[0].message.content.strip() == want
-    assert plain.choices[0].message.content.strip() == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].text
-    assert json.dumps(steered.model_extra["steerwatch"]["steering"][0]["strength"]) == "0.05"
+    rows = [[SteerSpec(vecs["honesty"], strength=x)] if x else [] for x in strengths]
+    want = [vl.generate([p], OPTS, rows=[r])[0].text for p, r in zip(PROMPTS, rows)]
+    assert [g.strip() for g in got] == want
+    assert want[0] == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].text
+    assert engine.stats["batches"] >= 2 and engine.stats["failed"] == 0
+    assert vl.peak_calls >= 2  # a request that arrived mid-call joined the running batch
 
 
 def _running_max(scores: list[float], w: int) -> float:

@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,16 +100,86 @@ def model_source(lm: LoadedModel) -> str:
     return lm.spec
 
 
+class _Call:
+    """One ``generate`` call's rows while vLLM runs them: outputs, streaming rounds, stops."""
+
+    def __init__(self, n: int, on_token: OnToken | None, progress: bool) -> None:
+        import time
+
+        from tqdm.auto import tqdm
+
+        self.ids: list[str] = []
+        self.on_token = on_token
+        self.out: list[list[int]] = [[] for _ in range(n)]
+        self.finished = [False] * n
+        self.emitted = [0] * n
+        self.stopped = [False] * n
+        self.done_at = [0.0] * n
+        self.t0 = time.perf_counter()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.bar = tqdm(total=n, desc="generating (vLLM)", disable=not progress, unit="prompt")
+
+    def update(self, r: int, tokens: list[int], finished: bool) -> None:
+        import time
+
+        self.out[r] = tokens
+        if finished and not self.finished[r]:
+            self.finished[r] = True
+            self.done_at[r] = time.perf_counter() - self.t0
+            self.bar.update(1)
+
+    def emit(self) -> list[str]:
+        """Streaming rounds while every live row has a token to give; the request ids to abort."""
+        abort: list[str] = []
+        if self.on_token is None:
+            return abort
+        n = len(self.out)
+        while True:
+            live = [r for r in range(n) if not self.stopped[r] and not (self.finished[r] and
+                                                                       self.emitted[r] >= len(self.out[r]))]
+            if not live or any(self.emitted[r] >= len(self.out[r]) for r in live):
+                return abort
+            toks = [self.out[r][self.emitted[r]] if r in live else 0 for r in range(n)]
+            for r in live:
+                self.emitted[r] += 1
+            got = self.on_token(toks)
+            if got is None:
+                continue
+            for r, s in enumerate(got):
+                if s and not self.stopped[r]:
+                    self.stopped[r] = True
+                    if not self.finished[r]:
+                        abort.append(self.ids[r])
+                        self.update(r, self.out[r], True)
+
+    def complete(self) -> bool:
+        return all(self.finished)
+
+    def finish_times(self) -> list[float]:
+        import time
+
+        end = time.perf_counter() - self.t0
+        return [t or end for t in self.done_at]
+
+    def results(self) -> list[list[int]]:
+        """Each row's tokens; a stopped row keeps what the caller saw."""
+        return [o[:e] if s else o for o, e, s in zip(self.out, self.emitted, self.stopped)]
+
+
 class VLLMEngine:
     """The runtime's engine interface on vLLM.
 
     ``lm``: the model as steerwatch loaded it (tokenizer, chat template, weights fingerprint that
     vectors are checked against). ``kv_cache_gib``: the CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``);
     ``tensor_parallel_size`` / ``pipeline_parallel_size`` / ``distributed_executor_backend`` and any
-    other keyword go to ``vllm.LLM`` unchanged (see docs/scale.md)."""
+    other keyword go to ``vllm.LLM`` unchanged (see docs/scale.md). ``max_concurrent_calls``: how
+    many ``generate`` calls the server may run at once (from its batch workers); all of them share
+    vLLM's continuous batch, so a request arriving mid-call starts at the next step."""
 
     def __init__(self, lm: LoadedModel, *, model: str | None = None, max_model_len: int | None = 4096,
-                 kv_cache_gib: int | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
+                 kv_cache_gib: int | None = None, seed: int = 0, max_concurrent_calls: int = 4,
+                 **llm_kwargs: Any) -> None:
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
@@ -119,6 +190,11 @@ class VLLMEngine:
         from vllm import LLM
 
         self.lm = lm
+        self._lock = threading.RLock()
+        self.hf_lock = threading.Lock()
+        if isinstance(max_concurrent_calls, bool) or not isinstance(max_concurrent_calls, int) \
+                or max_concurrent_calls < 1:
+            raise SteerwatchError(f"max_concurrent_calls must be a whole number >= 1, got {max_concurrent_calls!r}")
         if kv_cache_gib is not None:
             if isinstance(kv_cache_gib, bool) or not isinstance(kv_cache_gib, int) or kv_cache_gib < 1:
                 raise SteerwatchError(f"kv_cache_gib must be a whole number of GiB >= 1, got {kv_cache_gib!r}")
@@ -149,13 +225,21 @@ class VLLMEngine:
         self._dets: set[str] = set()
         self._ids = itertools.count()
         self.finish_times: list[float] = []  # the last generate call's generation phase: when each row finished (s)
+        # calls from several threads (the server's batch workers) share vLLM's continuous batch: one
+        # driver thread steps the engine; every use of the engine holds the lock
+        self._calls: list[_Call] = []
+        self._owner: dict[str, tuple[_Call, int]] = {}
+        self._driver: threading.Thread | None = None
+        self.max_concurrent_calls = max_concurrent_calls
+        self.peak_calls = 0  # the most calls that shared the engine at once
 
     # ------------------------------------------------------------------ helpers
     def close(self) -> None:
         """Shut vLLM's engine and workers down (also on garbage collection)."""
         llm = getattr(self, "llm", None)
         if llm is not None:
-            self.llm = None
+            with self._lock:
+                self.llm = None
             engine = getattr(llm, "llm_engine", None)
             shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
                                                                     "shutdown", None)
@@ -175,7 +259,8 @@ class VLLMEngine:
         new_p = {k: v for k, v in plans.items() if k not in self._plans}
         new_d = {k: v for k, v in dets.items() if k not in self._dets}
         if new_p or new_d:
-            self.llm.collective_rpc("steerwatch_register", args=(new_p, new_d))
+            with self._lock:
+                self.llm.collective_rpc("steerwatch_register", args=(new_p, new_d))
             self._plans |= set(new_p)
             self._dets |= set(new_d)
 
@@ -183,7 +268,9 @@ class VLLMEngine:
         """The workers' recorded scores and trigger steps, merged: with pipeline parallelism each
         worker holds its own layers' detectors; with tensor parallelism every worker holds the same."""
         merged: dict[str, dict[str, Any]] = {tag: {"scores": {}, "triggered_at": None} for tag in tags}
-        for part in self.llm.collective_rpc("steerwatch_take", args=(tags,)):
+        with self._lock:
+            parts = self.llm.collective_rpc("steerwatch_take", args=(tags,))
+        for part in parts:
             for tag, got in part.items():
                 for key, vals in got["scores"].items():
                     merged[tag]["scores"].setdefault(key, {}).update(vals)
@@ -206,72 +293,83 @@ class VLLMEngine:
 
     def _run(self, requests: Sequence[tuple[list[int], Any, str | None]], on_token: OnToken | None = None,
              progress: bool = False) -> list[list[int]]:
-        """Add the requests to vLLM's engine and step it until all finish; each request's output ids.
-        ``on_token``: called once per round in which every unfinished row has a new token."""
-        import time
-
+        """Add the requests to vLLM's engine and wait until all finish; each request's output ids.
+        ``on_token``: called once per round in which every unfinished row has a new token (in the
+        driver thread). Calls from several threads share vLLM's continuous batch."""
         from vllm.inputs import TokensPrompt
 
-        engine = self.llm.llm_engine
-        t0 = time.perf_counter()
+        call = _Call(len(requests), on_token, progress)
         ids = [f"sw-{next(self._ids)}" for _ in requests]
-        for rid, (prompt, params, salt) in zip(ids, requests):
-            tp = TokensPrompt(prompt_token_ids=list(prompt))
-            if salt is not None:
-                tp["cache_salt"] = salt
-            engine.add_request(rid, tp, params)
-        index = {rid: r for r, rid in enumerate(ids)}
-        out: list[list[int]] = [[] for _ in ids]
-        finished = [False] * len(ids)
-        emitted = [0] * len(ids)
-        stopped = [False] * len(ids)
-        done_at = [0.0] * len(ids)
-        pad = 0
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ids), desc="generating (vLLM)", disable=not progress, unit="prompt")
+        call.ids = ids
+        with self._lock:
+            engine = self.llm.llm_engine
+            try:
+                for r, (rid, (prompt, params, salt)) in enumerate(zip(ids, requests)):
+                    tp = TokensPrompt(prompt_token_ids=list(prompt))
+                    if salt is not None:
+                        tp["cache_salt"] = salt
+                    engine.add_request(rid, tp, params)
+                    self._owner[rid] = (call, r)
+            except BaseException:
+                self._drop(call, abort=True)
+                raise
+            self._calls.append(call)
+            self.peak_calls = max(self.peak_calls, len(self._calls))
+            if self._driver is None:
+                self._driver = threading.Thread(target=self._drive, name="steerwatch-vllm", daemon=True)
+                self._driver.start()
         try:
-            while engine.has_unfinished_requests():
-                for o in engine.step():
-                    r = index.get(o.request_id)
-                    if r is None:
-                        continue
-                    out[r] = list(o.outputs[0].token_ids)
-                    if o.finished and not finished[r]:
-                        bar.update(1)
-                        done_at[r] = time.perf_counter() - t0
-                    finished[r] = finished[r] or o.finished
-                if on_token is None:
-                    continue
-                while True:  # emit rounds while every live row has a token to give
-                    live = [r for r in range(len(ids))
-                            if not stopped[r] and not (finished[r] and emitted[r] >= len(out[r]))]
-                    if not live or any(emitted[r] >= len(out[r]) for r in live):
-                        break
-                    toks = [out[r][emitted[r]] if r in live else pad for r in range(len(ids))]
-                    for r in live:
-                        emitted[r] += 1
-                    got = on_token(toks)
-                    if got is not None:
-                        stop = [r for r, s in enumerate(got) if s and not stopped[r]]
-                        for r in stop:
-                            stopped[r] = True
-                        todo = [ids[r] for r in stop if not finished[r]]
-                        if todo:
-                            engine.abort_request(todo)
-                            for r in stop:
-                                finished[r] = True
+            call.done.wait()
         except BaseException:
-            engine.abort_request([rid for r, rid in enumerate(ids) if not finished[r]])
+            with self._lock:
+                self._drop(call, abort=True)
             raise
-        finally:
-            bar.close()
-        end = time.perf_counter() - t0
-        self.finish_times = [t or end for t in done_at]
-        for r in range(len(ids)):  # a stopped row keeps what the caller saw
-            if stopped[r]:
-                out[r] = out[r][:emitted[r]]
-        return out
+        call.bar.close()
+        if call.error is not None:
+            raise call.error
+        self.finish_times = call.finish_times()
+        return call.results()
+
+    def _drop(self, call: _Call, *, abort: bool) -> None:
+        """Forget a call's requests (lock held); abort those vLLM still runs."""
+        live = [rid for r, rid in enumerate(call.ids) if not call.finished[r]]
+        if abort and live:
+            try:
+                self.llm.llm_engine.abort_request(live)
+            except Exception:  # the engine is down
+                pass
+        for rid in call.ids:
+            self._owner.pop(rid, None)
+        if call in self._calls:
+            self._calls.remove(call)
+        call.done.set()
+
+    def _drive(self) -> None:
+        """Step vLLM's engine while any call waits; hand each output to its call."""
+        while True:
+            with self._lock:
+                if not self._calls:
+                    self._driver = None
+                    return
+                try:
+                    if self.llm is None:
+                        raise SteerwatchError("the vLLM engine was closed while this call was running")
+                    engine = self.llm.llm_engine
+                    outs = engine.step()
+                    for o in outs:
+                        owner = self._owner.get(o.request_id)
+                        if owner is not None:
+                            owner[0].update(owner[1], list(o.outputs[0].token_ids), bool(o.finished))
+                    for call in list(self._calls):
+                        stop = call.emit()
+                        if stop:
+                            engine.abort_request(stop)
+                        if call.complete():
+                            self._drop(call, abort=False)
+                except Exception as exc:  # a failed step fails every waiting call, not the process
+                    for call in list(self._calls):
+                        call.error = exc
+                        self._drop(call, abort=True)
 
     # ------------------------------------------------------------------ the interface
     def generate(self, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
@@ -330,8 +428,9 @@ class VLLMEngine:
             from ..chat import prompt_messages
             from ..watch.score import score_conversations
 
-            pre = score_conversations(lm, [prompt_messages(p, opts.system) for p in prompts], [conditional.trigger],
-                                      force=force)
+            with self.hf_lock:  # hooks on the Hugging Face copy: one call at a time
+                pre = score_conversations(lm, [prompt_messages(p, opts.system) for p in prompts],
+                                          [conditional.trigger], force=force)
             thr = float(conditional.threshold or 0.0)
             fired = [(v := sc.prompt_score(conditional.trigger.name)) is not None and v > thr for sc in pre]
         plans: dict[str, list[dict[str, Any]]] = {}

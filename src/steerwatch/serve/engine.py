@@ -24,6 +24,7 @@ response that degenerates cannot be taken back: the event is recorded and flagge
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -75,6 +76,7 @@ class Engine:
         self.guard_report: Any = None  # set by build_engine when the policy guard ran
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0, "failed": 0, "cancelled": 0, "stopped": 0,
                       "rejected": 0}
@@ -84,17 +86,26 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Engine:
+        """Start the batch workers: one, or as many as the runtime engine runs calls at once
+        (``max_concurrent_calls``: the vLLM engine, whose calls share one continuous batch)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="steerwatch-engine", daemon=True)
-            self._thread.start()
+            n = max(1, int(getattr(self.backend, "max_concurrent_calls", 1) or 1))
+            self._threads = [threading.Thread(target=self._loop, name=f"steerwatch-engine-{i}", daemon=True)
+                             for i in range(n)]
+            self._thread = self._threads[0]
+            for t in self._threads:
+                t.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
             self._stopping.set()
-            self._queue.put(None)
-            self._thread.join(timeout=60)
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join(timeout=60)
             self._thread = None
+            self._threads = []
 
     def submit(self, req: GenRequest) -> None:
         if self._thread is None:
@@ -195,7 +206,8 @@ class Engine:
                 self._fail(req, exc)
 
     def _fail(self, req: GenRequest, exc: BaseException | None) -> None:
-        self.stats["failed"] += 1
+        with self._count_lock:
+            self.stats["failed"] += 1
         if exc is None:
             log.error("request %s failed: its batch failed after part of its stream was sent", req.request_id)
         else:
@@ -207,11 +219,13 @@ class Engine:
     # ------------------------------------------------------------------ one batch
     def run_batch(self, reqs: list[GenRequest]) -> list[GenResult]:
         """Generate, watch, guard and store one batch (synchronously, in the calling thread)."""
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(reqs)
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
+        with self._count_lock:
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(reqs)
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
         gens, state = self._generate(reqs, [list(r.steering) for r in reqs], self.conditional)
-        self.stats["stopped"] += state.reason.count("cancelled")  # clients that hung up mid-generation
+        with self._count_lock:
+            self.stats["stopped"] += state.reason.count("cancelled")  # clients that hung up mid-generation
         results = [self._finish_row(req, gen, state, i, batch_size=len(reqs), conditional=self.conditional)
                    for i, (req, gen) in enumerate(zip(reqs, gens))]
         self._degeneration_guard(reqs, results)
@@ -292,7 +306,9 @@ class Engine:
         if deg.max_ppl is not None:
             from ..watch.quality import continuation_ppl
 
-            ppl = continuation_ppl(self.loaded, req.prompt_ids, res.token_ids)
+            # the Hugging Face copy, shared with a vLLM engine's hooks: one user at a time
+            with getattr(self.backend, "hf_lock", None) or contextlib.nullcontext():
+                ppl = continuation_ppl(self.loaded, req.prompt_ids, res.token_ids)
             if ppl > deg.max_ppl:
                 reasons.append(f"unsteered perplexity {ppl:.1f} > {deg.max_ppl:g}")
         if not reasons:
