@@ -28,10 +28,13 @@ def test_vllm_missing_is_a_clear_error(qwen, monkeypatch):
         make_engine(qwen, "tgi")
 
 
-def test_cli_rejects_an_unknown_engine_before_loading_anything():
+@pytest.mark.parametrize("argv", [["generate", "hi"], ["eval", "missing.sv", "--strength", "0.1"],
+                                  ["sweep", "missing.sv", "--ab", "missing.json"],
+                                  ["serve", "--policy", "missing.yaml"]])
+def test_cli_rejects_an_unknown_engine_before_loading_anything(argv):
     from steerwatch.cli.main import app
 
-    res = CliRunner().invoke(app, ["generate", "hi", "--engine", "tgi"])
+    res = CliRunner().invoke(app, [*argv, "--engine", "tgi"])
     assert res.exit_code == 2
     assert "unknown --engine 'tgi'; valid: hf, vllm" in res.output
 
@@ -69,4 +72,4 @@ def test_vllm_engine_equals_the_hf_engine_on_the_embedded_model(builtin_vector, 
     tail = res.stdout[-8000:] + "\n" + res.stderr[-4000:]
     assert res.returncode == 0, tail
     summary = res.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b7 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail
+    assert re.search(r"\b8 passed\b", summary) and "skipped" not in summary and "failed" not in summary, tail

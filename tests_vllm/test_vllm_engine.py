@@ -246,3 +246,30 @@ def test_cli_generate_on_the_vllm_engine(engines, vecs, tmp_path):
     assert [r["output"] for r in rows] == [g.text for g in want]
     for r, g in zip(rows, want):
         assert r["token_scores"]["cheating"] == pytest.approx(g.scores["cheating"], abs=SCORE_TOL)
+
+
+def test_cli_eval_open_ended_answers_on_the_vllm_engine(vecs, tmp_path):
+    """`steerwatch eval --open builtin --engine vllm`: the open-ended answers come from vLLM, the
+    scoring stays teacher-forced; rows and answers equal the default engine's."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+
+    vec_path = vecs["honesty"].save(tmp_path / "honesty.sv")
+    got = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"{engine}.jsonl"
+        res = CliRunner().invoke(app, ["eval", str(vec_path), "--strength", "0.05", "--open", "builtin",
+                                       "--open-split", "dev", "--limit", "4", "--no-side-effects",
+                                       "--max-new-tokens", "24", "--engine", engine, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        answers = [json.loads(line) for line in out.with_suffix(".answers.jsonl").read_text().splitlines()]
+        got[engine] = (rows, answers)
+    (rows_h, ans_h), (rows_v, ans_v) = got["hf"], got["vllm"]
+    assert len(ans_h) == 8 and [a["answer"] for a in ans_v] == [a["answer"] for a in ans_h]
+    for a, b in zip(rows_h, rows_v):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-6) if isinstance(a[k], float) else a[k] == b[k], k
+    assert any(a["answer"] != b["answer"] for a, b in zip(ans_v[:4], ans_v[4:]))  # the vector acts in vLLM

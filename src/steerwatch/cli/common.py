@@ -62,3 +62,29 @@ def parse_layers(text: str):
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None
+
+
+def check_engine(name: str) -> None:
+    """``--engine``: one of the runtime's engines (checked before the model loads)."""
+    from ..errors import SteerwatchError
+    from ..runtime import ENGINES
+
+    if name not in ENGINES:
+        raise SteerwatchError(f"unknown --engine {name!r}; valid: {', '.join(ENGINES)}")
+
+
+def start_engine(loaded: Any, name: str, *, needed: bool = True) -> Any:
+    """The ``--engine`` to generate with: None for the default Hugging Face path (or when nothing is
+    generated), else a started engine; give it back to :func:`stop_engine`."""
+    if name == "hf" or not needed:
+        return None
+    from ..runtime import make_engine
+
+    console.print(f"[dim]starting the {name} engine…[/]")
+    return make_engine(loaded, name)
+
+
+def stop_engine(engine: Any) -> None:
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()

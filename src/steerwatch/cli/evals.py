@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import console, friendly, load, out, parse_floats
+from .common import check_engine, console, friendly, load, out, parse_floats, start_engine, stop_engine
 from .options import Model
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
@@ -163,6 +163,8 @@ def sweep_cmd(
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder; needs steerwatch[plots]."),
+    engine_name: str = typer.Option("hf", "--engine", help="Engine for the open-ended answers and samples: 'hf' or "
+                                                            "'vllm' (docs/scale.md); the rest is teacher-forced."),
     model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
@@ -178,6 +180,7 @@ def sweep_cmd(
     from .common import parse_layers
 
     _check_png(png)  # before a sweep that may take many minutes
+    check_engine(engine_name)
     vec = load_vector(vector)
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
     if layers and any(x == "auto" or not x for x in layer_sets):
@@ -196,10 +199,21 @@ def sweep_cmd(
     vec.check_model(loaded)
     dets = load_detectors(detector, loaded)
     answers_path = output.with_suffix(".answers.jsonl")
-    rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
-                 answers_path=answers_path if data.open_items else None, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
-                 judge=judge)
+    runner = start_engine(loaded, engine_name, needed=bool(data.open_items or sample_prompts))
+    try:
+        rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
+                     answers_path=answers_path if data.open_items else None, batch_size=batch_size,
+                     max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
+                     judge=judge, engine=runner)
+        samples = []
+        if sample_prompts:
+            from ..data.prompts import load_prompt_items
+            from ..evals.sweep import sample_answers
+
+            prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
+            samples = sample_answers(loaded, vec, prompts, grid, batch_size=batch_size, engine=runner)
+    finally:
+        stop_engine(runner)
     print_rows(rows, f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
     rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
                     objective=objective)
@@ -211,13 +225,7 @@ def sweep_cmd(
     if write:
         apply_recommendation(vec, rec).save(vector)
         console.print(f"wrote the recommendation into {vector}")
-    samples = []
     if sample_prompts:
-        from ..data.prompts import load_prompt_items
-        from ..evals.sweep import sample_answers
-
-        prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
-        samples = sample_answers(loaded, vec, prompts, grid, batch_size=batch_size)
         path = output.with_suffix(".samples.jsonl")
         path.write_text("".join(json.dumps(x) + "\n" for x in samples), encoding="utf-8")
         console.print(f"samples in {path}")
@@ -276,6 +284,8 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="Use only the first N items of every set."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows here: CSV when the name ends "
                                           "in .csv, else JSON Lines; open-ended answers go to OUTPUT.answers.jsonl."),
+    engine_name: str = typer.Option("hf", "--engine", help="Engine for the open-ended answers and samples: 'hf' or "
+                                                            "'vllm' (docs/scale.md); the rest is teacher-forced."),
     model: Model = "default",
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
@@ -286,6 +296,7 @@ def eval_cmd(
     from ..vector import load_vector
     from .common import parse_layers
 
+    check_engine(engine_name)
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None
     if layer_list == "auto" or (layers and not layer_list):
@@ -303,9 +314,14 @@ def eval_cmd(
     answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
     if answers_path is not None and answers_path.exists():
         answers_path.unlink()
-    rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system, baseline=baseline,
-                    answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens, detectors=dets,
-                    log=lambda m: console.print(f"[dim]{m}[/]"), judge=judge)
+    runner = start_engine(loaded, engine_name, needed=bool(data.open_items))
+    try:
+        rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system,
+                        baseline=baseline, answers_path=answers_path, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
+                        judge=judge, engine=runner)
+    finally:
+        stop_engine(runner)
     print_rows(rows, f"{vec.concept} on {loaded.name}")
     if output is not None:
         write_rows(rows, output)

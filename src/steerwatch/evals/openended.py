@@ -29,6 +29,7 @@ from .rules import OUTCOMES, classify_answer
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
+    from ..runtime import Engine
     from ..steer import SteerSpec
     from ..watch.detector import Detector
     from .bait import BaitItem
@@ -67,17 +68,24 @@ def detector_scores(loaded: LoadedModel, prompts: Sequence[str], answers: Sequen
 def open_ended(loaded: LoadedModel, items: Sequence[BaitItem], *, steer: Sequence[SteerSpec] | None = None,
                system: str | None = None, max_new_tokens: int = 48, detectors: Sequence[Detector] = (),
                bounds: CoherenceBounds = CoherenceBounds(), batch_size: int = 8, force: bool = False,
-               judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+               judge: Judge | None = None, engine: Engine | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Answer every item (greedy, steered with ``steer``, under ``system``) and score the answers
     unsteered (and by ``judge``, when given, with each item's true fact as a hint). Returns
-    (summary columns, one row per answer)."""
+    (summary columns, one row per answer). ``engine``: the runtime engine that generates the answers
+    (e.g. vLLM; default: the Hugging Face engine on ``loaded``); the scoring stays teacher-forced on
+    ``loaded``."""
+    from ..runtime import GenerationOptions
     from ..runtime import generate_text as generate
 
     if not items:
         raise SteerwatchError("the open-ended prompt set is empty; give at least one prompt")
     prompts = [it.prompt for it in items]
-    answers = generate(loaded, prompts, steer=list(steer) if steer else None, system=system,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, force=force)
+    if engine is not None:
+        opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+        answers = [g.text for g in engine.generate(prompts, opts, steer=list(steer) if steer else None, force=force)]
+    else:
+        answers = generate(loaded, prompts, steer=list(steer) if steer else None, system=system,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, force=force)
     outcomes = [classify_answer(a, it.truth_markers, it.claim) for a, it in zip(answers, items)]
     coh = coherence_rows(loaded, prompts, answers, bounds=bounds, system=system, batch_size=batch_size)
     dets = detector_scores(loaded, prompts, answers, detectors, system=system, batch_size=batch_size,

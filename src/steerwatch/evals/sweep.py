@@ -31,6 +31,7 @@ from .openended import open_columns, open_ended
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.reference import MCItem
     from ..models import LoadedModel
+    from ..runtime import Engine
     from ..vector import Vector
     from ..watch.detector import Detector
     from .bait import BaitItem
@@ -101,7 +102,7 @@ def measure(loaded: LoadedModel, vector: Vector, data: SweepData, *, setting: st
             layers: Sequence[int] | None = None, system_prompt: str | None = None, max_new_tokens: int = 48,
             detectors: Sequence[Detector] = (), bounds: CoherenceBounds = CoherenceBounds(),
             batch_size: int = 8, force: bool = False, reuse: dict[str, Any] | None = None,
-            judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            judge: Judge | None = None, engine: Engine | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One setting's row, and its open-ended answers (one row each; empty without open items).
 
     ``reuse``: the ``steer`` row of the same strength and layers, when already measured; a
@@ -135,7 +136,7 @@ def measure(loaded: LoadedModel, vector: Vector, data: SweepData, *, setting: st
     if data.open_items:
         cols, answers = open_ended(loaded, data.open_items, steer=steer, system=system, max_new_tokens=max_new_tokens,
                                    detectors=detectors, bounds=bounds, batch_size=batch_size, force=force,
-                                   judge=judge)
+                                   judge=judge, engine=engine)
         row.update(cols)
         tag = {"setting": setting, "strength": float(strength), "resolved_layers": resolved}
         answers = [{**tag, **a} for a in answers]
@@ -153,11 +154,13 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
           out_path: str | Path | None = None, answers_path: str | Path | None = None, batch_size: int = 8,
           max_new_tokens: int = 48, detectors: Sequence[Detector] = (),
           bounds: CoherenceBounds = CoherenceBounds(), force: bool = False,
-          log: Callable[[str], None] | None = None, judge: Judge | None = None) -> list[dict[str, Any]]:
+          log: Callable[[str], None] | None = None, judge: Judge | None = None,
+          engine: Engine | None = None) -> list[dict[str, Any]]:
     """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
     baseline (the instruction alone, and together with each steering setting). With open-ended
     items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given, and
-    labelled by ``judge`` too when given."""
+    labelled by ``judge`` too when given. ``engine``: generates the open-ended answers (e.g. the
+    vLLM engine); every teacher-forced measurement runs on ``loaded``."""
     if judge is not None and not data.open_items:
         raise SteerwatchError("an LLM judge labels open-ended answers: give open-ended items too (--open)")
     if not strengths:
@@ -198,7 +201,7 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
                                system_prompt=system_prompt, max_new_tokens=max_new_tokens, detectors=detectors,
                                bounds=bounds, batch_size=batch_size, force=force,
                                reuse=steer_rows.get(row_key[1:]) if setting == "prompt+steer" else None,
-                               judge=judge)
+                               judge=judge, engine=engine)
         if setting == "steer":
             steer_rows[row_key[1:]] = row
         rows.append(row)
@@ -212,7 +215,7 @@ def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths:
              answers_path: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 48,
              detectors: Sequence[Detector] = (), bounds: CoherenceBounds = CoherenceBounds(),
              force: bool = False, log: Callable[[str], None] | None = None,
-             judge: Judge | None = None) -> list[dict[str, Any]]:
+             judge: Judge | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
     """``steerwatch eval``: the rows of :func:`sweep` at the given strengths on one layer set (the
     vector's default layers when None), with the unsteered row first when ``baseline``; no
     recommendation, nothing resumed."""
@@ -221,7 +224,7 @@ def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths:
         grid = [0.0, *grid]
     return sweep(loaded, vector, data, strengths=grid, layer_sets=[layers], system_prompt=system_prompt,
                  answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                 detectors=detectors, bounds=bounds, force=force, log=log, judge=judge)
+                 detectors=detectors, bounds=bounds, force=force, log=log, judge=judge, engine=engine)
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -325,15 +328,19 @@ def apply_recommendation(vector: Vector, rec: dict[str, Any]) -> Vector:
 
 
 def sample_answers(loaded: LoadedModel, vector: Vector, prompts: Sequence[Any], strengths: Sequence[float], *,
-                   max_new_tokens: int = 48, batch_size: int = 8) -> list[dict[str, Any]]:
+                   max_new_tokens: int = 48, batch_size: int = 8, engine: Engine | None = None) -> list[dict[str, Any]]:
     """The vector's answers to ``prompts`` at each strength (0: unsteered), for a report's sample
     table: rows ``{"strength", "prompt", "output"}``."""
-    from ..runtime import generate_text
+    from ..runtime import GenerationOptions, generate_text
     from ..steer import SteerSpec
 
     rows = []
     for strength in strengths:
         spec = [SteerSpec(vector, strength=strength)] if strength else None
-        outs = generate_text(loaded, prompts, steer=spec, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        if engine is not None:
+            opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size)
+            outs = [g.text for g in engine.generate(prompts, opts, steer=spec)]
+        else:
+            outs = generate_text(loaded, prompts, steer=spec, max_new_tokens=max_new_tokens, batch_size=batch_size)
         rows += [{"strength": strength, "prompt": p, "output": o} for p, o in zip(prompts, outs)]
     return rows
