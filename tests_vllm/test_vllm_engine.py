@@ -130,6 +130,10 @@ def test_bad_input_fails_clearly_and_the_engine_keeps_serving(engines, vecs, lm)
         vl.generate(PROMPTS[:1], OPTS, steer=[SteerSpec(other, strength=0.1)])
     with pytest.raises(SteerwatchError, match="max_model_len"):
         vl.generate(None, OPTS, prompt_ids=[[1] * 5000])
+    with pytest.raises(SteerwatchError, match=r"kv_cache_gib must be a whole number of GiB >= 1, got 0\.5"):
+        VLLMEngine(lm, kv_cache_gib=0.5)  # type: ignore[arg-type]
+    with pytest.raises(SteerwatchError, match="vLLM could not start on /nonexistent/model"):
+        VLLMEngine(lm, model="/nonexistent/model", kv_cache_gib=1)
     ok = vl.generate(PROMPTS[:1], OPTS)[0]
     assert ok.new_ids == HFEngine(lm).generate(PROMPTS[:1], OPTS)[0].new_ids
 

@@ -91,7 +91,11 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
         k = max(len(p) for p in logits_at)
         keep = torch.tensor([list(p) + [p[-1]] * (k - len(p)) for p in logits_at], dtype=torch.long)
         if _accepts_logits_to_keep(lm.model):
-            kwargs["logits_to_keep"] = keep.to(lm.device)
+            # one 1-D index tensor (the union of the rows' positions), which every transformers release
+            # with logits_to_keep reads the same way; each row's positions are picked from it below
+            union = torch.unique(keep)
+            kwargs["logits_to_keep"] = union.to(lm.device)
+            keep = torch.searchsorted(union, keep)
     handle = None
     if stop_after is not None:
         def stop(*_a: Any) -> None:
@@ -109,6 +113,6 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
     if keep is None and not logits:
         return None
     result = out.logits.float().cpu()
-    if keep is not None and "logits_to_keep" not in kwargs:
+    if keep is not None:
         result = torch.take_along_dim(result, keep[..., None], dim=1)
     return result
