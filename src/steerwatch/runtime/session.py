@@ -96,25 +96,13 @@ def _n_scored(new_ids: list[int], eos: set[int]) -> int:
     return len(new_ids) - (1 if new_ids and new_ids[-1] in eos else 0)
 
 
-def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
-             steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
-             watch: Sequence[Detector] = (), conditional: Conditional | None = None,
-             on_token: OnToken | None = None, prompt_ids: Sequence[Sequence[int]] | None = None,
-             force: bool = False, progress: bool = False) -> list[Generation]:
-    """Generate one answer per prompt (a user message string or a list of chat messages), steered,
-    watched and conditionally steered as asked (see the module docstring).
-
-    ``prompt_ids``: already tokenised prompts instead of ``prompts`` (raw completions; the system
-    prompt is then ignored and the conditional ``prompt`` mode is unavailable). ``force``: apply
-    vectors built on other weights."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..batch import pad, pad_id
-    from ..steer import attach
-    from ..watch.score import ProjectionHooks, score_continuations, score_conversations
-
-    opts = options or GenerationOptions()
+def check_request(lm: LoadedModel, prompts: Sequence[Prompt] | None, prompt_ids: Sequence[Sequence[int]] | None,
+                  opts: GenerationOptions, *, steer: Sequence[SteerSpec] | None,
+                  rows: Sequence[Sequence[SteerSpec]] | None, watch: Sequence[Detector]
+                  ) -> tuple[list[list[int]], list[Detector]]:
+    """The checks every engine makes before generating: the prompts tokenised (chat template and
+    system prompt) or the token ids taken as given, one steering list per prompt, unique detector
+    names. Returns (token ids per prompt, detectors)."""
     if prompt_ids is not None:
         encoded = [[int(t) for t in p] for p in prompt_ids]
         if not encoded or any(not p for p in encoded):
@@ -135,6 +123,30 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
     names = [d.name for d in detectors]
     if len(set(names)) != len(names):
         raise SteerwatchError(f"detector names must be unique, got {names}")
+    return encoded, detectors
+
+
+def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: GenerationOptions | None = None, *,
+             steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
+             watch: Sequence[Detector] = (), conditional: Conditional | None = None,
+             on_token: OnToken | None = None, prompt_ids: Sequence[Sequence[int]] | None = None,
+             force: bool = False, progress: bool = False) -> list[Generation]:
+    """Generate one answer per prompt (a user message string or a list of chat messages), steered,
+    watched and conditionally steered as asked (see the module docstring).
+
+    ``prompt_ids``: already tokenised prompts instead of ``prompts`` (raw completions; the system
+    prompt is then ignored and the conditional ``prompt`` mode is unavailable). ``force``: apply
+    vectors built on other weights."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..batch import pad, pad_id
+    from ..steer import attach
+    from ..watch.score import ProjectionHooks, score_continuations, score_conversations
+
+    opts = options or GenerationOptions()
+    encoded, detectors = check_request(lm, prompts, prompt_ids, opts, steer=steer, rows=rows, watch=watch)
+    n = len(encoded)
     for d in detectors + ([conditional.trigger] if conditional else []):
         d.vector.check_model(lm, force=force)
 
@@ -210,6 +222,12 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
         for i, sc in zip(idx, score_continuations(lm, seqs, dets, batch_size=opts.batch_size)):
             results[i].scores.update(sc)
             results[i].rescored = list(key)
+    return judge_responses(results, detectors)
+
+
+def judge_responses(results: list[Generation], detectors: Sequence[Detector]) -> list[Generation]:
+    """Each detector's response score from its token scores, and the flags of the calibrated ones
+    it crosses (in place; returns ``results``)."""
     for g in results:
         for det in detectors:
             g.response[det.name] = det.response(g.scores[det.name])

@@ -34,10 +34,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..chat import Prompt, encode_chat
+from ..chat import Prompt
 from ..errors import SteerwatchError
 from .options import GenerationOptions
-from .session import Generation, OnToken, _n_scored, _steered_layers
+from .session import Generation, OnToken, _n_scored, _steered_layers, check_request, judge_responses
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -385,25 +385,9 @@ class VLLMEngine:
             raise SteerwatchError("this vLLM engine was closed; start a new one")
         opts = options or GenerationOptions()
         lm = self.lm
-        if prompt_ids is not None:
-            encoded = [[int(t) for t in p] for p in prompt_ids]
-            if not encoded or any(not p for p in encoded):
-                raise SteerwatchError("prompt_ids must be a non-empty list of non-empty token id lists")
-        elif prompts is None:
-            raise SteerwatchError("give prompts (or prompt_ids)")
-        else:
-            encoded = [encode_chat(lm.tokenizer, p, system=opts.system) for p in prompts]
+        encoded, detectors = check_request(lm, prompts, prompt_ids, opts, steer=steer, rows=rows, watch=watch)
         n = len(encoded)
-        if rows is not None and len(rows) != n:
-            raise SteerwatchError(f"rows has {len(rows)} entries but there are {n} prompts; give one "
-                                  "list of steering specs per prompt")
-        if steer is not None and rows is not None:
-            raise SteerwatchError("give steer=... (all prompts) or rows=... (per prompt), not both")
         row_specs = [list(rows[i]) if rows is not None else list(steer or []) for i in range(n)]
-        detectors = list(watch)
-        names = [d.name for d in detectors]
-        if len(set(names)) != len(names):
-            raise SteerwatchError(f"detector names must be unique, got {names}")
         limit = self.llm.llm_engine.model_config.max_model_len
         for i, p in enumerate(encoded):
             if len(p) >= limit:
@@ -529,9 +513,4 @@ class VLLMEngine:
                     g.scores[detectors[j].name] = [vals[p] for p in range(start, start + k) if p in vals]
                 g.rescored = [detectors[j].name for j in which]
         self.finish_times = finish
-        for g in results:
-            for det in detectors:
-                g.response[det.name] = det.response(g.scores[det.name])
-                if det.flagged(g.response[det.name]):
-                    g.flags.append(det.name)
-        return results
+        return judge_responses(results, detectors)
