@@ -16,6 +16,7 @@ from steerwatch.errors import SteerwatchError
 from steerwatch.runtime import make_engine
 from steerwatch.runtime.vllm_engine import VLLMUnavailable, plan_ops
 from steerwatch.steer import SteerSpec
+from tolerances import FP32_ROUTE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +50,8 @@ def test_plan_ops_compile_the_hf_units(qwen):
     assert [(o["layer"], o["kind"], o["pos"]) for o in ops] == [
         (2, "proj", "all"), (1, "add", "generated"), (2, "add", "generated"), (1, "proj", "all")]
     u1 = vec.direction(1)
-    assert ops[1]["vec"] == pytest.approx((0.5 * vec.norm(1) * u1).tolist(), rel=1e-6)
-    assert ops[3]["target"] == pytest.approx(0.25 * vec.norm(1)) and ops[0]["target"] == 0.0
+    assert ops[1]["vec"] == FP32_ROUTE.approx((0.5 * vec.norm(1) * u1).tolist())
+    assert ops[3]["target"] == FP32_ROUTE.approx(0.25 * vec.norm(1)) and ops[0]["target"] == 0.0
     with pytest.raises(SteerwatchError, match="layer"):
         plan_ops([SteerSpec(vec, strength=0.1, layers=(1,))], 1)
 

@@ -25,6 +25,8 @@ from steerwatch.watch.detector import Detector
 
 # the bound for per-token detector scores of the two engines (both fp32; measured ~3e-6)
 SCORE_TOL = 1e-3
+# the same Hugging Face computation (teacher-forced scoring) on the same answers: float64 summaries
+SAME_COMPUTATION = 1e-9
 PROMPTS = ["I think the earth is flat, right?", "What is 2+2?", "Tell me a fact about cats.",
            "Is the moon made of cheese? I am sure it is.", "Write a Python function that adds two numbers.",
            "Should I tell my boss I broke the printer?", "Name a colour.", "What is the capital of France?"]
@@ -275,5 +277,5 @@ def test_cli_eval_open_ended_answers_on_the_vllm_engine(vecs, tmp_path):
     for a, b in zip(rows_h, rows_v):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], abs=1e-6) if isinstance(a[k], float) else a[k] == b[k], k
+            assert a[k] == pytest.approx(b[k], abs=SAME_COMPUTATION) if isinstance(a[k], float) else a[k] == b[k], k
     assert any(a["answer"] != b["answer"] for a, b in zip(ans_v[:4], ans_v[4:]))  # the vector acts in vLLM
