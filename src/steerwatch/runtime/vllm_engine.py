@@ -82,6 +82,12 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _det_entry(det: Detector) -> tuple[str, dict[str, Any]]:
+    """A detector as the worker reads it (layer, signed unit read direction), keyed by content."""
+    entry = {"layer": det.layer, "unit": det.unit().float().tolist()}
+    return _key(entry), entry
+
+
 def model_source(lm: LoadedModel) -> str:
     """The directory (or hub id) vLLM loads for this model: the embedded models' safetensors cache,
     a local Hugging Face directory, or a hub id. A bare .gguf file must be converted first."""
@@ -292,8 +298,9 @@ class VLLMEngine:
         return SamplingParams(**kw)
 
     def _run(self, requests: Sequence[tuple[list[int], Any, str | None]], on_token: OnToken | None = None,
-             progress: bool = False) -> list[list[int]]:
-        """Add the requests to vLLM's engine and wait until all finish; each request's output ids.
+             progress: bool = False) -> tuple[list[list[int]], list[float]]:
+        """Add the requests to vLLM's engine and wait until all finish; each request's output ids,
+        and when each finished (seconds after it was added).
         ``on_token``: called once per round in which every unfinished row has a new token (in the
         driver thread). Calls from several threads share vLLM's continuous batch."""
         from vllm.inputs import TokensPrompt
@@ -327,8 +334,7 @@ class VLLMEngine:
         call.bar.close()
         if call.error is not None:
             raise call.error
-        self.finish_times = call.finish_times()
-        return call.results()
+        return call.results(), call.finish_times()
 
     def _drop(self, call: _Call, *, abort: bool) -> None:
         """Forget a call's requests (lock held); abort those vLLM still runs."""
@@ -427,21 +433,14 @@ class VLLMEngine:
             if key is not None:
                 plans[key] = ops
             row_plan.append(key)
-        det_keys = []
-        dets: dict[str, dict[str, Any]] = {}
-        for d in detectors:
-            unit = d.unit().float().tolist()
-            key = _key({"layer": d.layer, "unit": unit})
-            dets[key] = {"layer": d.layer, "unit": unit}
-            det_keys.append(key)
+        entries = [_det_entry(d) for d in detectors]
+        dets = dict(entries)
+        det_keys = [key for key, _ in entries]  # one per detector (two with the same read share a key)
         cond_extra = None
         if conditional is not None and conditional.mode == "token":
             cops = plan_ops(conditional.specs, lm.n_layers)
             if cops:
-                trig = conditional.trigger
-                unit = trig.unit().float().tolist()
-                tkey = _key({"layer": trig.layer, "unit": unit})
-                dets[tkey] = {"layer": trig.layer, "unit": unit}
+                tkey, dets[tkey] = _det_entry(conditional.trigger)
                 plans[_key(cops)] = cops
                 cond_extra = {"det": tkey, "plan": _key(cops), "threshold": float(conditional.threshold or 0.0),
                               "window": int(conditional.window or 1)}
@@ -456,8 +455,7 @@ class VLLMEngine:
                 extra["cond"] = cond_extra
                 salt = _key([row_plan[i], cond_extra["plan"]])
             reqs.append((encoded[i], self._sampling(opts, i, extra), salt))
-        outs = self._run(reqs, on_token, progress=progress)
-        finish = list(self.finish_times)
+        outs, self.finish_times = self._run(reqs, on_token, progress=progress)
         eos = set(lm.eos_ids)
         results: list[Generation] = []
         for i, new in enumerate(outs):
@@ -474,7 +472,6 @@ class VLLMEngine:
                 for i, g in enumerate(results):
                     g.triggered_at = 0 if fired[i] else None
         if not detectors:
-            self.finish_times = finish
             return results
         taken = self._take(tags) if cond_extra is None else taken
         for i, g in enumerate(results):
@@ -512,5 +509,4 @@ class VLLMEngine:
                     vals = got.get(det_keys[j], {})
                     g.scores[detectors[j].name] = [vals[p] for p in range(start, start + k) if p in vals]
                 g.rescored = [detectors[j].name for j in which]
-        self.finish_times = finish
         return judge_responses(results, detectors)
