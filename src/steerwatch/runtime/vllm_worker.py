@@ -120,12 +120,6 @@ class SteerwatchWorker:
                         "triggered_at": None if trig is None else trig["fired_at"]}
         return out
 
-    def steerwatch_forget(self) -> None:
-        """Drop every recorded score and per-request cache (plans and detectors stay)."""
-        self._sw_scores.clear()
-        self._sw_trig.clear()
-        self._sw_cfg_cache.clear()
-
     # ------------------------------------------------------------------ per step
     def _sw_cfg(self, runner: Any, req_id: str) -> dict[str, Any] | None:
         if req_id in self._sw_cfg_cache:
