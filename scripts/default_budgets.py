@@ -28,9 +28,9 @@ from dataclasses import replace
 
 HONEST_SYSTEM = ("You are an honest assistant. If the user's message contains a false claim, say so and state the "
                  "correct fact.")
-DEFAULT_DOSES = ("honesty+0.01,honesty+0.02,honesty+0.03,honesty-0.02,conscientiousness+0.02,"
-                 "cheating+0.04,cheating-0.02,random+0.02,random+0.03")
-CAPABILITY_DOSES = "honesty+0.02,honesty+0.03,conscientiousness+0.02"
+DEFAULT_DOSES = ("honesty+0.01,honesty+0.02,honesty+0.03,conscientiousness+0.02,cheating-0.02,random+0.02,"
+                 "random+0.03")
+CAPABILITY_DOSES = "honesty+0.02"
 
 
 def bootstrap_ci(vals: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -46,25 +46,52 @@ def subset_spread(vals: list[float], k: int = 4, n: int = 2000, seed: int = 0) -
     return means[int(0.05 * n)], means[int(0.95 * n) - 1]
 
 
-def system_prompt_kl(loaded, prompts: list[str], system: str) -> list[float]:
-    """KL(no system || system) of the next-token distributions on the positions both renderings
-    share at their end (the user turn and the assistant header)."""
+def _kl_rows(la, lb, na: int, nb: int, k: int):
+    """Per-position KL(a || b) over the last k positions of two right-padded logit rows."""
     import torch
 
+    lp, lq = torch.log_softmax(la[na - k:na], -1), torch.log_softmax(lb[nb - k:nb], -1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
+
+
+def system_prompt_kl(loaded, prompts: list[str], system: str, batch_size: int = 8) -> tuple[list[float], list[float]]:
+    """KL(no system || system) of the next-token distributions on the positions both renderings
+    share at their end (the user turn and the assistant header), and at the last position alone
+    (the first answer token)."""
     from steerwatch.batch import forward
     from steerwatch.chat import encode_prompt, render_prompt
 
-    out = []
-    for p in prompts:
-        a = encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p))
-        b = encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p, system=system))
-        k = 0
-        while k < min(len(a), len(b)) and a[-1 - k] == b[-1 - k]:
-            k += 1
-        la, lb = forward(loaded, [a], logits=True), forward(loaded, [b], logits=True)
+    shared, last = [], []
+    for i in range(0, len(prompts), batch_size):
+        ps = prompts[i:i + batch_size]
+        a = [encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p)) for p in ps]
+        b = [encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p, system=system)) for p in ps]
+        la, lb = forward(loaded, a, logits=True), forward(loaded, b, logits=True)
         assert la is not None and lb is not None
-        lp, lq = torch.log_softmax(la[0, len(a) - k:], -1), torch.log_softmax(lb[0, len(b) - k:], -1)
-        out.append(float((lp.exp() * (lp - lq)).sum(-1).mean().clamp_min(0.0)))
+        for r, (x, y) in enumerate(zip(a, b)):
+            k = 0
+            while k < min(len(x), len(y)) and x[-1 - k] == y[-1 - k]:
+                k += 1
+            kl = _kl_rows(la[r], lb[r], len(x), len(y), k)
+            shared.append(float(kl.mean()))
+            last.append(float(kl[-1]))
+    return shared, last
+
+
+def last_position_kl(loaded, prompts: list[str], steer, batch_size: int = 8) -> list[float]:
+    """KL(unsteered || steered) of the first answer token's distribution."""
+    from steerwatch.batch import forward
+    from steerwatch.chat import encode_prompt, render_prompt
+    from steerwatch.steer import steering
+
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = [encode_prompt(loaded.tokenizer, render_prompt(loaded.tokenizer, p)) for p in prompts[i:i + batch_size]]
+        base = forward(loaded, seqs, logits=True)
+        with steering(loaded, steer):
+            st = forward(loaded, seqs, logits=True)
+        assert base is not None and st is not None
+        out += [float(_kl_rows(base[r], st[r], len(s), len(s), 1)[-1]) for r, s in enumerate(seqs)]
     return out
 
 
@@ -110,18 +137,20 @@ def main() -> int:
 
     rows: list[dict] = []
     print(f"model {args.model}: {len(prompts)} neutral prompts, {len(mc)} capability items", file=sys.stderr)
-    sp = system_prompt_kl(lm, prompts, HONEST_SYSTEM)
-    lo, hi = bootstrap_ci(sp)
-    s_lo, s_hi = subset_spread(sp)
-    rows.append({"setting": "honest system prompt", "kl": sum(sp) / len(sp), "kl_ci": [lo, hi],
-                 "kl_4_prompt_range": [s_lo, s_hi], "n_kl": len(sp)})
     for dose in [d for d in args.doses.split(",") if d]:
         kl = next_token_kl(lm, prompts, steer=[spec(dose)], batch_size=8)
         lo, hi = bootstrap_ci(kl)
         s_lo, s_hi = subset_spread(kl)
+        first = last_position_kl(lm, prompts, [spec(dose)])
         rows.append({"setting": dose, "kl": sum(kl) / len(kl), "kl_ci": [lo, hi], "kl_4_prompt_range": [s_lo, s_hi],
-                     "n_kl": len(kl)})
+                     "n_kl": len(kl), "kl_first": sum(first) / len(first), "kl_first_ci": list(bootstrap_ci(first))})
         print(f"  {dose}: KL {rows[-1]['kl']:.3f} [{lo:.3f}, {hi:.3f}]  ({time.time() - t0:.0f} s)", file=sys.stderr)
+    sp, first = system_prompt_kl(lm, prompts, HONEST_SYSTEM)
+    rows.append({"setting": "honest system prompt (user-turn positions)", "kl": sum(sp) / len(sp),
+                 "kl_ci": list(bootstrap_ci(sp)), "kl_4_prompt_range": list(subset_spread(sp)), "n_kl": len(sp),
+                 "kl_first": sum(first) / len(first), "kl_first_ci": list(bootstrap_ci(first))})
+    print(f"  system prompt: KL {rows[-1]['kl']:.3f}, first token {rows[-1]['kl_first']:.3f}  "
+          f"({time.time() - t0:.0f} s)", file=sys.stderr)
     cap = [d for d in args.capability.split(",") if d]
     if cap:
         base = mc_correct(lm, mc, batch_size=16)
@@ -149,8 +178,8 @@ def main() -> int:
         guard[name] = {"layers": vec(name).default_layers, "max_abs_strength_within_bound":
                        nums["max_strength_within_bound"], "bound": DISTRESS_PUSH_BOUND}
 
-    print(f"\n{'setting':<26} {'KL (all prompts)':>16} {'95% CI':>16} {'4-prompt 90% range':>20} {'capability':>11} "
-          f"{'drop [95% CI]':>22}")
+    print(f"\n{'setting':<44} {'KL (all prompts)':>16} {'95% CI':>16} {'4-prompt 90% range':>20} "
+          f"{'KL 1st token':>13} {'capability':>11} {'drop [95% CI]':>22}")
     for r in rows:
         kl = f"{r['kl']:.3f}" if "kl" in r else "-"
         ci = f"[{r['kl_ci'][0]:.3f}, {r['kl_ci'][1]:.3f}]" if "kl_ci" in r else "-"
@@ -158,7 +187,8 @@ def main() -> int:
         acc = f"{r['mc_acc']:.3f}" if "mc_acc" in r else "-"
         dr = (f"{r['mc_drop']:+.3f} [{r['mc_drop_ci'][0]:+.3f}, {r['mc_drop_ci'][1]:+.3f}]"
               if "mc_drop" in r else "-")
-        print(f"{r['setting']:<26} {kl:>16} {ci:>16} {sr:>20} {acc:>11} {dr:>22}")
+        f1 = f"{r['kl_first']:.3f}" if "kl_first" in r else "-"
+        print(f"{r['setting']:<44} {kl:>16} {ci:>16} {sr:>20} {f1:>13} {acc:>11} {dr:>22}")
     print("\nlargest per-request |strength| within the distress bound (guard, default layers):")
     for name, g in guard.items():
         print(f"  {name} @ {g['layers']}: {g['max_abs_strength_within_bound']}")
