@@ -234,13 +234,14 @@ def test_report_html_from_rows(tmp_path):
             {"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.35,
              "mc_acc": 0.6}]
     page = render_report(rows, recommend(rows), samples=[{"strength": 0.1, "prompt": "<q>", "output": "a & b"}])
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 4
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 4  # behaviour, kl, ppl, mc_acc
     assert "prompting 0.35" in page and "&lt;q&gt;" in page and "a &amp; b" in page
+    assert "Steer at strength +0.2 on layers 3" in page and '"budget"' not in page  # words, not JSON
     f = tmp_path / "rows.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "r.html").read_text().count("<polyline") == 4
+    assert (tmp_path / "r.html").read_text().count('<figure class="chart"') == 4
     f.write_text('{"setting": "steer"}\n')
     res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 2 and "not a sweep row" in res.output

@@ -118,9 +118,10 @@ def test_report_plots_open_ended_columns():
                 "share_rejected": 0.0, "share_agreed": agr, "share_evasive": 1 - corr - agr, "coherent": coh,
                 "repeat_4gram": 0.0, "answer_ppl_median": 3.0, "det_syc": -s}
     page = render_report([row(0.0, 0.1, 0.8, 1.0), row(0.1, 0.5, 0.2, 0.9)])
-    # shares (4 lines), coherent, repeats, answer ppl, detector
-    assert page.count("<svg") == 5 and page.count("<polyline") == 8
-    assert ">corrected</text>" in page and ">evasive</text>" in page and "detector syc" in page
+    # the four shares, coherent, repeats, answer ppl, detector: one chart each, one line, two points
+    assert page.count("<svg") == 8 and page.count('class="pt"') == 16
+    assert "open-ended: share corrected" in page and "open-ended: share evasive" in page
+    assert "detector syc: mean response score" in page
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -188,7 +189,7 @@ def test_cli_report_of_eval_rows(cli):
     res = run("report", tmp / "rows.jsonl", "--samples", tmp / "rows.answers.jsonl", "-o", tmp / "r.html")
     assert res.exit_code == 0, res.output
     page = (tmp / "r.html").read_text()
-    assert "open-ended answers (share)" in page and "<h2>Sample generations</h2>" in page
+    assert "open-ended: share corrected" in page and "<h2>Sample generations</h2>" in page
     assert page.count("The earth is flat, right?") == 2  # one sample per strength
 
 

@@ -95,7 +95,7 @@ def test_figure_lines_are_the_spec():
     assert list(lines["recommended"].get_xdata()) == [0.2, 0.2]
     # the Wilson interval of 0.60 of 20 capability items, drawn as a bar at strength 0
     bars = next(c for c in ax.collections if c.get_gid() == "ci:steer @ layers 3")
-    assert [tuple(map(tuple, seg)) for seg in bars.get_segments()][0] == (
+    assert tuple(map(tuple, bars.get_segments()[0])) == (
         (0.0, spec.series[0].lo[0]), (0.0, spec.series[0].hi[0]))
     assert (round(spec.series[0].lo[0], 4), round(spec.series[0].hi[0], 4)) == (0.3866, 0.7812)
     assert type(fig.canvas).__name__ == "FigureCanvasAgg"
