@@ -157,6 +157,15 @@ def test_sweep_rows_zero_is_unsteered_and_resumable(qwen_chat, tmp_path, monkeyp
     assert zero["ppl"] == perplexity(text_nll(qwen_chat, _data().reference_texts))
     assert zero["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS)) / 3
     assert rows[1]["kl"] > 0 and rows[1]["resolved_layers"] == [1, 2]
+    # each row carries 95 % intervals of its means (see steerwatch.evals.intervals): from the per-item values
+    from steerwatch.evals.intervals import mean_ci95, ppl_ci95
+
+    assert zero["behaviour_ci95"] == mean_ci95(ab_behaviour_probs(qwen_chat, ITEMS)) and zero["kl_ci95"] == [0.0, 0.0]
+    steered = [SteerSpec(v, strength=1.0, layers=(1, 2))]
+    assert rows[1]["kl_ci95"] == mean_ci95(real_kl(qwen_chat, _data().neutral_prompts, steer=steered))
+    assert rows[1]["ppl_ci95"] == ppl_ci95(text_nll(qwen_chat, _data().reference_texts, steer=steered))
+    assert rows[1]["kl_ci95"][0] < rows[1]["kl"] < rows[1]["kl_ci95"][1]
+    assert rows[1]["ppl_ci95"][0] <= rows[1]["ppl"] <= rows[1]["ppl_ci95"][1]
     assert "kl" not in rows[2] and rows[2]["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS,
                                                                                    system="Be honest.")) / 3
     assert len(out.read_text().splitlines()) == 4

@@ -75,6 +75,11 @@ def test_detector_column_is_the_mean_response_score(qwen_chat):
     assert [a["det_syc"] for a in answers] == FP32_BATCH.approx(want)
     assert cols["det_syc"] == FP32_BATCH.approx(sum(want) / 3)
     assert cols["det_syc_flagged"] == sum(w > 0 for w in want) / 3
+    from steerwatch.evals.intervals import mean_ci95
+
+    assert cols["det_syc_ci95"] == FP32_BATCH.approx(mean_ci95(want))  # mean ± 1.96 SE over the answers
+    assert cols["repeat_4gram_ci95"] == mean_ci95([a["repeat_4gram"] for a in answers])
+    assert cols["answer_ppl_median_ci95"] is None  # 3 answers: too few for a 95 % interval of a median
 
 
 def test_resume_reuses_rows_and_recomputes_when_columns_are_missing(qwen_chat, tmp_path, monkeypatch):

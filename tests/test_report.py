@@ -80,7 +80,7 @@ def test_report_page_content(report):
     assert "&lt;b&gt;yes&lt;/b&gt;" in page
     # the recommendation in words, with the evidence and the rejected doses: no JSON dump
     assert "Steer at strength -0.02 on layers 4-6: the largest shift of share_corrected+share_rejected" in page
-    assert '"budget"' not in page and "{" not in page.split("<h2>Recommendation</h2>", 1)[1].split("<h2>", 1)[0]
+    assert '"budget"' not in page and "{" not in page.split(">Recommendation</h2>", 1)[1].split("<h2", 1)[0]
     assert "KL 0.192 &gt; 0.1" in page  # -0.04 on layers 8-13, rejected
     assert "A/B items: <b>50</b>" in page and "open-ended prompts: <b>20</b>" in page
     # 16 charts (behaviour, kl, ppl, mc_acc, 8 shares, judge agreement, coherent, answer ppl, 2 detector)
