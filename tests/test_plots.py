@@ -8,15 +8,8 @@ import sys
 import pytest
 
 from steerwatch.errors import SteerwatchError
-from steerwatch.evals.plots import (
-    NO_INTERVAL,
-    figure_for,
-    numeric_metrics,
-    plot_specs,
-    point_interval,
-    svg_for,
-    write_pngs,
-)
+from steerwatch.evals.intervals import NO_INTERVAL, point_interval
+from steerwatch.evals.plots import figure_for, numeric_metrics, plot_specs, svg_for, write_pngs
 
 
 def _row(setting, s, layers, behaviour, *, kl=None, ppl=None, acc=0.6, **extra):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
+from .intervals import NO_INTERVAL, metric_bounds, point_interval
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -55,19 +56,6 @@ COLOURS = ("#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#1
            "#ad494a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 RECOMMENDED_COLOUR = "#2ca02c"
-# metrics whose values are shares or means of values in [0, 1]
-UNIT_METRICS = frozenset({"behaviour", "mc_acc", "coherent", "repeat_4gram", "distinct_2", "judge_unparsed",
-                          "judge_rule_agreement"})
-# yes/no outcomes counted over n: Wilson intervals (det_*_flagged too)
-WILSON_METRICS = frozenset({"mc_acc", "coherent", "judge_unparsed", "judge_rule_agreement",
-                            *(f"{p}share_{o}" for p in ("", "judge_") for o in ("corrected", "rejected", "agreed",
-                                                                                   "evasive"))})
-# how a stored ``<metric>_ci95`` was computed (see steerwatch.evals.intervals)
-CI_METHODS = {"behaviour": "mean ± 1.96 SE over items", "kl": "mean ± 1.96 SE over prompts",
-              "ppl": "bootstrap over texts", "answer_ppl_median": "order statistics of the median"}
-NO_INTERVAL = "none: the rows carry no per-item spread"
-
-
 def metric_title(metric: str) -> str:
     """A metric's plot title."""
     if metric in LABELS:
@@ -77,51 +65,6 @@ def metric_title(metric: str) -> str:
         return f"detector {name[:-8]}: share of answers flagged" if name.endswith("_flagged") else \
             f"detector {name}: mean response score"
     return metric
-
-
-def metric_bounds(metric: str) -> tuple[float | None, float | None]:
-    """The values a metric can take: (low, high), None where unbounded."""
-    if metric in UNIT_METRICS or metric.startswith(("share_", "judge_share_")) or (
-            metric.startswith("det_") and metric.endswith("_flagged")):
-        return 0.0, 1.0
-    if metric in ("ppl", "answer_ppl", "answer_ppl_median"):
-        return 1.0, None
-    if metric in ("kl", "answer_words"):
-        return 0.0, None
-    return None, None
-
-
-def point_n(row: dict[str, Any], metric: str) -> int | None:
-    """How many items, prompts, texts or answers the row's ``metric`` was measured on."""
-    n_col = {"behaviour": "n_ab", "kl": "n_kl", "ppl": "n_ppl", "mc_acc": "n_mc", "judge_unparsed": "n_judged"}
-    n: Any
-    if metric in n_col:
-        n = row.get(n_col[metric])
-    elif metric.startswith("judge_"):  # shares of the answers the judge could label
-        nj: Any = row.get("n_judged")
-        unp: Any = row.get("judge_unparsed")
-        n = round(nj * (1 - unp)) if _is_number(nj) and _is_number(unp) else None
-    else:
-        n = row.get("n_open")
-    return int(n) if _is_number(n) else None
-
-
-def point_interval(row: dict[str, Any], metric: str) -> tuple[tuple[float, float] | None, int | None, str]:
-    """(95 % interval or None, n or None, how the interval was made) of ``row[metric]``: the row's
-    own ``<metric>_ci95`` when it carries one, else a Wilson interval from the value and n for
-    shares (and, conservatively, for the A/B behaviour probability), else none."""
-    from .intervals import CI_SUFFIX, wilson
-
-    n = point_n(row, metric)
-    ci = row.get(metric + CI_SUFFIX)
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_number(v) for v in ci):
-        default = "mean ± 1.96 SE over answers" if "n_open" in row else "stored in the rows"
-        return (float(ci[0]), float(ci[1])), n, CI_METHODS.get(metric, default)
-    flagged = metric.startswith("det_") and metric.endswith("_flagged")
-    if (metric in WILSON_METRICS or flagged or metric == "behaviour") and n and _is_number(row.get(metric)):
-        how = "Wilson" if metric != "behaviour" else "Wilson (conservative for a mean probability)"
-        return wilson(float(row[metric]), n), n, how
-    return None, n, NO_INTERVAL
 
 
 def layers_label(layers: Sequence[int]) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .intervals import wilson
-from .plots import UNIT_METRICS, layers_label, numeric_metrics, plot_specs, point_interval, svg_for
+from .intervals import UNIT_METRICS, point_interval, wilson
+from .plots import layers_label, numeric_metrics, plot_specs, svg_for
 
 # the measures charted, in this order (detector columns follow, one chart each)
 REPORT_METRICS = ("behaviour", "kl", "ppl", "mc_acc", "share_corrected", "share_rejected", "share_agreed",
