@@ -4,6 +4,7 @@ from pathlib import Path
 
 import typer
 
+from ..evals.budgets import DEFAULT_MAX_CAPABILITY_DROP, DEFAULT_MAX_KL, MIN_BUDGET_PROMPTS
 from .app import app
 from .common import check_engine, console, friendly, load, out, parse_floats, start_engine, stop_engine
 from .options import Model
@@ -154,8 +155,10 @@ def sweep_cmd(
     objective: str = typer.Option("behaviour", help="What the recommendation maximises (times --direction): "
                                                     "behaviour (the A/B probability) or any row column or sum of "
                                                     "columns, e.g. share_corrected+share_rejected with --open."),
-    max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token) vs. unsteered on neutral prompts."),
-    max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop (fraction)."),
+    max_kl: float = typer.Option(DEFAULT_MAX_KL, help="Budget: KL (nats/token) vs. unsteered on neutral prompts "
+                                                      "(the default's basis: docs/evals.md, Default budgets)."),
+    max_capability_drop: float = typer.Option(DEFAULT_MAX_CAPABILITY_DROP,
+                                              help="Budget: capability accuracy drop (fraction)."),
     write: bool = typer.Option(False, help="Write the recommended strength and its evidence into the vector file."),
     sample_prompts: Path | None = typer.Option(
         None, help="Prompts (JSONL or text) to answer at every steering strength; written to OUTPUT.samples.jsonl "
@@ -191,6 +194,10 @@ def sweep_cmd(
     grid = parse_floats(strengths, "--strengths")
     if 0.0 not in grid:
         grid = [0.0, *grid]
+    if data.neutral_prompts and len(data.neutral_prompts) < MIN_BUDGET_PROMPTS:
+        console.print(f"[yellow]caution:[/] KL is measured on {len(data.neutral_prompts)} neutral prompts; below "
+                      f"{MIN_BUDGET_PROMPTS} the KL budget (--max-kl {max_kl:g}) decides on noise (docs/evals.md, "
+                      "Default budgets). Drop --limit or give more --neutral prompts for a recommendation to trust.")
     open_cols = [c for c in objective_columns(objective) if c != "behaviour" and c not in ("kl", "ppl", "mc_acc")]
     if open_cols and not data.open_items:
         raise SteerwatchError(f"--objective {objective} needs open-ended answers: give --open FILE (or --open builtin)")
@@ -218,6 +225,11 @@ def sweep_cmd(
     rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
                     objective=objective)
     out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
+    if rec.get("kl_budget_uncertain"):
+        console.print("[yellow]caution:[/] the KL 95 % interval of strength(s) "
+                      + ", ".join(f"{s:+g}" for s in rec["kl_budget_uncertain"])
+                      + f" contains the budget {max_kl:g}: whether they fit it is within the noise of "
+                      f"{rows[0].get('n_kl', '?')} neutral prompts")
     if png:
         from ..evals.plots import write_pngs
 
@@ -337,8 +349,8 @@ def report_cmd(
                                                       "open-ended answers (OUTPUT.answers.jsonl)."),
     direction: int = typer.Option(1, help="+1 or -1, as for sweep."),
     objective: str = typer.Option("behaviour", help="As for sweep."),
-    max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token)."),
-    max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop."),
+    max_kl: float = typer.Option(DEFAULT_MAX_KL, help="Budget: KL (nats/token)."),
+    max_capability_drop: float = typer.Option(DEFAULT_MAX_CAPABILITY_DROP, help="Budget: capability accuracy drop."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
                                                            "into this folder."),
 ) -> None:

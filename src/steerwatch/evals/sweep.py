@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from ..io import jsonl_lines
+from .budgets import DEFAULT_MAX_CAPABILITY_DROP, DEFAULT_MAX_KL
 from .coherence import CoherenceBounds
 from .intervals import mean_ci95, ppl_ci95
 from .metrics import ab_behaviour_probs, mc_correct, next_token_kl, perplexity, text_nll
@@ -260,8 +261,8 @@ def _objective(row: dict[str, Any], cols: Sequence[str]) -> float:
     return sum(float(row[c]) for c in cols)
 
 
-def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: float = 0.1,
-              max_capability_drop: float = 0.02, objective: str = "behaviour") -> dict[str, Any]:
+def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: float = DEFAULT_MAX_KL,
+              max_capability_drop: float = DEFAULT_MAX_CAPABILITY_DROP, objective: str = "behaviour") -> dict[str, Any]:
     """The steering row with the largest shift of ``objective`` in ``direction`` (+1: raise it,
     -1: lower it) among rows whose KL <= ``max_kl`` and whose capability accuracy is at most
     ``max_capability_drop`` below the unsteered row's. ``objective``: ``behaviour`` (the A/B
@@ -288,6 +289,7 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
                                   "with the same data for every setting")
     ok: list[tuple[dict[str, Any], list[str]]] = []
     rejected: list[tuple[dict[str, Any], list[str]]] = []
+    uncertain: list[float] = []  # strengths whose KL 95 % interval contains the budget
     for r in steer_rows:
         if r["strength"] == 0:
             continue
@@ -297,6 +299,9 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
         if base["mc_acc"] - r["mc_acc"] > max_capability_drop + 1e-12:
             reasons.append(f"capability drop {base['mc_acc'] - r['mc_acc']:.3f} > {max_capability_drop}")
         (rejected if reasons else ok).append((r, reasons))
+        ci = r.get("kl_ci95")
+        if ci and ci[0] is not None and ci[1] is not None and ci[0] <= max_kl <= ci[1]:
+            uncertain.append(r["strength"])
     b0 = _objective(base, cols)
     best = max(ok, key=lambda t: (direction * (_objective(t[0], cols) - b0), -abs(t[0]["strength"])), default=None)
     prompt = next((r for r in rows if r["setting"] == "prompt"), None)
@@ -306,6 +311,8 @@ def recommend(rows: Sequence[dict[str, Any]], *, direction: int = 1, max_kl: flo
         "baseline": {"value": b0, "behaviour": base.get("behaviour"), "mc_acc": base["mc_acc"], "ppl": base.get("ppl")},
         "rejected": [{"strength": r["strength"], "layers": r["resolved_layers"], "why": w} for r, w in rejected],
     }
+    if uncertain:
+        out["kl_budget_uncertain"] = uncertain
     if best is None or direction * (_objective(best[0], cols) - b0) <= 0:
         out.update(strength=None, reason=f"no strength within the budget moves {objective} in the wanted direction")
         return out
