@@ -7,8 +7,8 @@ from typing import Any, cast
 import typer
 
 from .app import app
-from .common import console, friendly, load, out
-from .options import LayersPath, Model
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype, LayersPath, Model
 
 
 @app.command("generate")
@@ -21,6 +21,8 @@ def generate_cmd(
              "and +0.08 turns answers incoherent), ablate, clamp=VALUE. POSITIONS: all (default), prompt, "
              "generated."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     system: str | None = typer.Option(None, help="System prompt."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
@@ -71,7 +73,7 @@ def generate_cmd(
     if engine_name not in ENGINES:
         raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
-    loaded = load(model, layers_path=layers_path)
+    loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
     from ..vector import check_residual_norm
 
     for spec in specs:
@@ -120,7 +122,7 @@ def generate_cmd(
         with output.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        console.print(f"wrote {len(rows)} rows to [bold]{output}[/]")
+        console.print(f"wrote {len(rows)} rows to {output}")
         return
 
     if base is not None:
@@ -131,7 +133,7 @@ def generate_cmd(
     else:
         for row in rows:
             if len(rows) > 1:
-                out.print(f"[bold]> {row['prompt']}[/]")
+                out.print(f"> {row['prompt']}", style="bold", highlight=False)
             out.print(row["output"], highlight=False)
     if watched is not None:
         wt = Table("prompt", *[f"{n} score" for n in (rows[0]["scores"] or {})], "flags",
@@ -146,7 +148,7 @@ def generate_cmd(
 def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: str | None) -> None:
     """The policy guard's distress check, as the server applies it to a request's steering: above the
     bound it refuses unless acknowledged (then it warns, quoting the reason)."""
-    from rich.markup import escape
+    from rich.text import Text
 
     from ..errors import SteerwatchError
     from ..policy.guard import check_request
@@ -159,7 +161,7 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     else:
         from ..policy.distress import builtin_distress
 
-        dvec, _ = builtin_distress(loaded, log=lambda m: console.print(f"[dim]{m}[/]"))
+        dvec, _ = builtin_distress(loaded, log=note)
     ack = acknowledge.strip() if acknowledge and acknowledge.strip() else None
     row = check_request(specs, dvec, acknowledge=ack, subject="--steer")
     if row is None:
@@ -167,4 +169,4 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     if row.level == "error":
         raise SteerwatchError(f"the policy guard refuses this steering: {row.message}. Lower the strength, or "
                               "state why it is needed: --acknowledge-distress \"<reason>\" (docs/serve-guard.md)")
-    console.print(f"[yellow]warning:[/] {escape(row.message)}", highlight=False)
+    console.print(Text.assemble(("warning:", "yellow"), " ", row.message), highlight=False)
