@@ -358,10 +358,16 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
             raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
         name = path.resolve().name
     elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        from .hub import hub_mode, unreachable
+
+        mode, why = hub_mode()  # seconds, not the minute transformers spends retrying an unreachable hub
+        local = mode == "offline"  # then only the local hub cache is tried
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-            tok = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=local, **kwargs)
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=local)
         except OSError as exc:
+            if local:
+                raise unreachable(spec, why, exc) from exc
             raise _offline_hint(spec, exc) from exc
         except Exception as exc:  # network errors surface as several types
             if "connect" in str(exc).lower() or "resolve" in str(exc).lower() or "offline" in str(exc).lower():
