@@ -24,6 +24,11 @@ def generate_cmd(
     device: Device = "auto",
     dtype: Dtype = None,
     system: str | None = typer.Option(None, help="System prompt."),
+    raw: bool | None = typer.Option(None, "--raw/--chat",
+        help="--raw: continue each prompt as plain text (no chat template, no User:/Assistant: wrapping) and print "
+             "only the continuation: completion for base models. --chat: render a chat (the model's template, else "
+             "the plain User:/Assistant: format). Default: --chat, or --raw for a model without a chat template "
+             "(e.g. gemma-3-270m)."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
         help="JSONL ({'prompt'} or {'messages'}, optional 'id') or a text file with one prompt per line."),
@@ -73,7 +78,21 @@ def generate_cmd(
     if engine_name not in ENGINES:
         raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
+    chat_input = [it["id"] for it in items if not isinstance(it["prompt"], str)]
+    if raw and chat_input:
+        raise SteerwatchError(f"--raw continues text prompts; item {chat_input[0]!r} of --prompts-file is a chat "
+                              "(messages): drop --raw")
+    if raw and system:
+        raise SteerwatchError("--system needs a chat; --raw feeds the text as it is: drop one of them")
+    if raw and steer_if and if_mode == "prompt":
+        raise SteerwatchError("--if-mode prompt scores a chat prompt; use --if-mode token with --raw")
     loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    if raw is None:  # a model without a chat template continues text, unless the input asks for a chat
+        raw = (not loaded.has_chat_template and not chat_input and not system
+               and not (steer_if and if_mode == "prompt"))
+        if raw:
+            note(f"{loaded.name} has no chat template: each prompt is continued as raw text (--chat wraps it as "
+                 "User:/Assistant:)")
     from ..vector import check_residual_norm
 
     for spec in specs:
@@ -83,7 +102,7 @@ def generate_cmd(
         _guard(loaded, specs, distress, acknowledge_distress)
     prompts = [it["prompt"] for it in items]
     opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
-                             temperature=temperature, seed=seed, system=system)
+                             temperature=temperature, seed=seed, system=system, raw=raw)
     watching = bool(watch or steer_if)
     if steer_if and not specs:
         raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
@@ -108,7 +127,7 @@ def generate_cmd(
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
-               "output": steered[k]}
+               "mode": "raw" if raw else "chat", "output": steered[k]}
         if base is not None:
             row["unsteered_output"] = base[k]
         if watched is not None:

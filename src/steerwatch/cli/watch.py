@@ -228,11 +228,14 @@ def view_cmd(
     detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
     ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
     html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also list every token's score per detector "
+                                                          "(▲: above the detector's threshold)."),
     model: Model = "default",
     device: Device = "auto",
     dtype: Dtype = None,
 ) -> None:
-    """Show conversations with every token tinted by each detector's score (terminal and HTML)."""
+    """Show conversations with each detector's response score, threshold and flag, and every token
+    tinted by its score (terminal and HTML)."""
     from ..data.conversations import load_conversations
     from ..errors import SteerwatchError
     from ..watch.score import score_conversations
@@ -250,7 +253,7 @@ def view_cmd(
     scored = score_conversations(loaded, convs, dets)
     for sc in scored:
         out.rule(sc.id)
-        out.print(render_terminal(sc, dets, loaded.tokenizer))
+        out.print(render_terminal(sc, dets, loaded.tokenizer, tokens=tokens))
     if html:
         html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
                         encoding="utf-8")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..chat import Prompt, encode_chat, prompt_messages
+from ..chat import Prompt, encode_chat, encode_raw, prompt_messages
 from ..errors import SteerwatchError
 from .conditional import Conditional, Gate
 from .options import GenerationOptions
@@ -111,6 +111,8 @@ def check_request(lm: LoadedModel, prompts: Sequence[Prompt] | None, prompt_ids:
             raise SteerwatchError(f"{len(prompts)} prompts but {len(encoded)} prompt_ids; give one or the other")
     elif prompts is None:
         raise SteerwatchError("give prompts (or prompt_ids)")
+    elif opts.raw:
+        encoded = [encode_raw(lm.tokenizer, p) for p in prompts]  # type: ignore[arg-type]  # it checks
     else:
         encoded = [encode_chat(lm.tokenizer, p, system=opts.system) for p in prompts]
     n = len(encoded)
@@ -152,8 +154,9 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
 
     fired = [False] * n
     if conditional is not None and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
-        if prompts is None:
-            raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
+        if prompts is None or opts.raw:
+            raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids or raw "
+                                  "text")
         pre = score_conversations(lm, [prompt_messages(p, opts.system) for p in prompts], [conditional.trigger],
                                   force=force)
         thr = float(conditional.threshold or 0.0)  # calibrated: Conditional checked it
