@@ -101,6 +101,17 @@ class LoadedModel:
     _fingerprint: str | None = field(default=None, repr=False)
     measured_norms: dict[int, float] | None = field(default=None, repr=False)  # vector.measured_residual_norms
 
+    def __repr__(self) -> str:
+        """One line: the model object's module tree stays out of it."""
+        try:
+            param = next(self.model.parameters())
+            where = f"{param.device} {str(param.dtype).replace('torch.', '')}"
+            shape = f"{self.n_layers} layers, d_model {self.hidden_size}"
+        except Exception:  # a half-built object: still printable
+            where, shape = "?", "?"
+        chat = "chat template" if self.has_chat_template else "no chat template"
+        return f"<LoadedModel {self.name!r} (spec {self.spec!r}): {shape}, {where}, {chat}>"
+
     @property
     def n_layers(self) -> int:
         from .layers import n_layers

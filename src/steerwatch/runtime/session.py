@@ -61,6 +61,26 @@ class Generation:
     triggered_at: int | None = None
     rescored: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """One line: the text clipped, each detector's response score and the flags, never the
+        token lists."""
+        text = self.text if len(self.text) <= 60 else self.text[:59] + "…"
+        parts = [f"{len(self.new_ids)} tokens: {text!r}"]
+        parts += [f"{k} {'-' if v is None else f'{v:+.3f}'}" for k, v in list(self.response.items())[:4]]
+        if self.flags:
+            parts.append("flagged: " + ", ".join(self.flags))
+        if self.triggered_at is not None:
+            parts.append(f"steering fired at token {self.triggered_at}")
+        return "<Generation " + " · ".join(parts) + ">"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{'-' if v is None else f'{v:+.3f}'}</td>"
+                       f"<td>{'FLAGGED' if k in self.flags else ''}</td></tr>" for k, v in self.response.items())
+        table = f"<table><tr><th>detector</th><th>score</th><th></th></tr>{rows}</table>" if rows else ""
+        return f"<div><pre style='white-space:pre-wrap'>{html.escape(self.text)}</pre>{table}</div>"
+
 
 class _TokenStream:
     """Hugging Face's streamer and stopping-criterion protocols around ``on_token``."""
