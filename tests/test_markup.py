@@ -149,3 +149,11 @@ def test_data_check_table_keeps_brackets_in_the_file_name(tmp_path, monkeypatch)
     res = _invoke(["data", "check", "pairs[v2].jsonl"])
     assert res.exit_code == 1  # the length-balance check fails
     assert "│ pairs[v2] │ schema" in res.output
+
+
+def test_help_text_keeps_its_brackets(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    res = _invoke(["generate", "--help"])
+    assert res.exit_code == 0 and "PATH[@LAYERS]:OP[:POSITIONS]" in res.output
+    res = _invoke(["sweep", "--help"])
+    assert res.exit_code == 0 and "steerwatch[plots]" in " ".join(res.output.split())
