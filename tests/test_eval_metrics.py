@@ -157,6 +157,15 @@ def test_sweep_rows_zero_is_unsteered_and_resumable(qwen_chat, tmp_path, monkeyp
     assert zero["ppl"] == perplexity(text_nll(qwen_chat, _data().reference_texts))
     assert zero["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS)) / 3
     assert rows[1]["kl"] > 0 and rows[1]["resolved_layers"] == [1, 2]
+    # each row carries 95 % intervals of its means (see steerwatch.evals.intervals): from the per-item values
+    from steerwatch.evals.intervals import mean_ci95, ppl_ci95
+
+    assert zero["behaviour_ci95"] == mean_ci95(ab_behaviour_probs(qwen_chat, ITEMS)) and zero["kl_ci95"] == [0.0, 0.0]
+    steered = [SteerSpec(v, strength=1.0, layers=(1, 2))]
+    assert rows[1]["kl_ci95"] == mean_ci95(real_kl(qwen_chat, _data().neutral_prompts, steer=steered))
+    assert rows[1]["ppl_ci95"] == ppl_ci95(text_nll(qwen_chat, _data().reference_texts, steer=steered))
+    assert rows[1]["kl_ci95"][0] < rows[1]["kl"] < rows[1]["kl_ci95"][1]
+    assert rows[1]["ppl_ci95"][0] <= rows[1]["ppl"] <= rows[1]["ppl_ci95"][1]
     assert "kl" not in rows[2] and rows[2]["behaviour"] == sum(ab_behaviour_probs(qwen_chat, ITEMS,
                                                                                    system="Be honest.")) / 3
     assert len(out.read_text().splitlines()) == 4
@@ -234,13 +243,14 @@ def test_report_html_from_rows(tmp_path):
             {"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.35,
              "mc_acc": 0.6}]
     page = render_report(rows, recommend(rows), samples=[{"strength": 0.1, "prompt": "<q>", "output": "a & b"}])
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 4
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 4  # behaviour, kl, ppl, mc_acc
     assert "prompting 0.35" in page and "&lt;q&gt;" in page and "a &amp; b" in page
+    assert "Steer at strength +0.2 on layers 3" in page and '"budget"' not in page  # words, not JSON
     f = tmp_path / "rows.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "r.html").read_text().count("<polyline") == 4
+    assert (tmp_path / "r.html").read_text().count('<figure class="chart"') == 4
     f.write_text('{"setting": "steer"}\n')
     res = CliRunner().invoke(app, ["report", str(f), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 2 and "not a sweep row" in res.output

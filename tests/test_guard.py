@@ -351,9 +351,14 @@ def test_cli_init_then_check_exit_codes(world, qwen, monkeypatch):
     world.distress.save(world.tmp / "distress_ref.sv")
     det = detector_file(world.tmp, "orth")
     out = world.tmp / "sub" / "policy.yaml"
-    res = _cli(["policy", "init", "--vector", f"dis={world.tmp / 'dis.sv'}:0.1", "--vector",
-                f"orth={world.tmp / 'orth.sv'}", "--detector", f"watch={det}:steer=orth@0.05", "-o", str(out)])
-    assert res.exit_code == 0, res.output
+    args = ["policy", "init", "--vector", f"dis={world.tmp / 'dis.sv'}:0.1", "--vector",
+            f"orth={world.tmp / 'orth.sv'}", "--detector", f"watch={det}:steer=orth@0.05", "-o", str(out)]
+    # fitted to the guard (the default): dis at +0.1 pushes 0.2 along distress, so nothing is written
+    res = _cli([*args, "--distress", str(world.tmp / "distress_ref.sv")])
+    assert res.exit_code == 1 and "not written" in res.output and "distress-push" in res.output, res.output
+    assert not out.exists()
+    res = _cli([*args, "--no-check"])
+    assert res.exit_code == 0 and "not checked" in res.output, res.output
     data = yaml.safe_load(out.read_text())
     assert data["model_fingerprint"] == qwen.fingerprint
     assert data["vectors"][0] == {"name": "dis", "path": "../dis.sv", "sha256": file_sha256(world.tmp / "dis.sv"),
@@ -373,6 +378,32 @@ def test_cli_init_then_check_exit_codes(world, qwen, monkeypatch):
     out.write_text(yaml.safe_dump(data))
     res = _cli(check)
     assert res.exit_code == 2 and "vectors.0" in res.output and "max_abs_strength" in res.output
+
+
+def test_policy_init_fits_per_request_ranges_to_the_guard(world, qwen, monkeypatch):
+    """policy init lowers a range the guard would refuse at a steering key to the largest |strength|
+    within the distress bound (rounded down to 0.001), leaves ranges within it alone, and the policy
+    it writes is accepted by policy check with a key that may steer (issue 21 item 4)."""
+    import steerwatch.cli.policy as cli_policy
+
+    monkeypatch.setattr(cli_policy, "load", lambda spec, **kw: qwen)
+    world.distress.save(world.tmp / "distress_ref.sv")
+    out = world.tmp / "fit.yaml"
+    res = _cli(["policy", "init", "--vector", f"ang={world.tmp / 'ang.sv'}", "--vector",
+                f"orth={world.tmp / 'orth.sv'}", "--distress", str(world.tmp / "distress_ref.sv"), "-o", str(out)])
+    assert res.exit_code == 0 and "fitted to the guard" in res.output, res.output
+    data = yaml.safe_load(out.read_text())
+    limit = DISTRESS_PUSH_BOUND / (F32(0.6) * len(LAYERS))  # cos 0.6 at each of the 2 policy layers
+    want = math.floor(limit * 1000) / 1000
+    assert [v["max_abs_strength"] for v in data["vectors"]] == [want, 0.05]
+    assert f"ang: max_abs_strength 0.05 -> {want:g}" in res.output
+    data["keys"] = [{"name": "alice", "sha256": hash_key("a key long enough for tests"), "steer": True}]
+    out.write_text(yaml.safe_dump(data))
+    res = _cli(["policy", "check", str(out), "--distress", str(world.tmp / "distress_ref.sv")])
+    assert res.exit_code == 0 and "accepted" in res.output, res.output
+    data["vectors"][0]["max_abs_strength"] = 0.05  # the unfitted range: refused at the same key
+    out.write_text(yaml.safe_dump(data))
+    assert _cli(["policy", "check", str(out), "--distress", str(world.tmp / "distress_ref.sv")]).exit_code == 1
 
 
 def test_cli_init_rejects_bad_arguments(world):
@@ -462,3 +493,46 @@ def test_embedded_guard_per_layer_pushes_do_not_cancel(builtin_vector, capsys):
     with capsys.disabled():
         print(f"\ncheating vs distress at layers {cheat.default_layers}: cos "
               + " ".join(f"{c:+.3f}" for c in cos.values()) + f"; largest per-request |strength| {limit:.3f}")
+
+
+@pytest.mark.embedded
+def test_embedded_policy_init_and_serve_docs_strengths_pass_the_guard(builtin_vector, embedded_qwen, tmp_path):
+    """Issue 21 item 4 on the embedded model: the starter policy for the built-in vectors, fitted by
+    policy init, is accepted by the guard at a key that may steer (the unfitted ±0.05 range is
+    refused for honesty), and every honesty strength in docs/serve.md's examples is within the bound."""
+    import re
+    from pathlib import Path
+
+    from steerwatch.policy.guard import check_steering
+    from steerwatch.policy.starter import STARTER_MAX_ABS_STRENGTH, fit_to_guard, new_policy
+    from steerwatch.steer import SteerSpec
+
+    dvec, _ = builtin_vector("distress")
+    args = []
+    for concept in ("honesty", "cheating", "conscientiousness"):
+        vec, _ = builtin_vector(concept)
+        vec.save(tmp_path / f"{concept}.sv")
+        args.append(f"{concept}={tmp_path / f'{concept}.sv'}")
+    out = tmp_path / "policy.yaml"
+    data = new_policy(vectors=args, detectors=[], output=out)
+    unfitted = policy_from_dict({**data, "keys": [{"name": "k", "sha256": "0" * 64, "steer": True}]}, path=out)
+    assert not check_policy(unfitted, embedded_qwen, distress=dvec).ok
+    notes, report = fit_to_guard(data, out, embedded_qwen, distress=dvec)
+    assert report.ok, [r.message for r in report.errors]
+    honesty, _ = builtin_vector("honesty")
+    cos = [honesty.cosine(dvec, layer) for layer in honesty.default_layers]
+    limit = DISTRESS_PUSH_BOUND / max(sum(max(c, 0.0) for c in cos), sum(max(-c, 0.0) for c in cos))
+    fitted = {v["name"]: v["max_abs_strength"] for v in data["vectors"]}
+    assert fitted["honesty"] == math.floor(limit * 1000) / 1000 < STARTER_MAX_ABS_STRENGTH
+    assert any(n.startswith("honesty: max_abs_strength") for n in notes)
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    vp = next(v for v in example["vectors"] if v["name"] == "honesty")
+    strengths = [vp["strength"], vp["max_abs_strength"],
+                 *[s["strength"] for d in example["detectors"] for s in d.get("steer", []) if s["vector"] == "honesty"],
+                 *[float(x) for x in re.findall(r'"vector": "honesty", "strength": ([-0-9.]+)', text)]]
+    assert len(strengths) >= 4
+    for s in strengths:
+        found = check_steering(SteerSpec(honesty, strength=s), dvec, subject=f"docs {s}", ranged=True)
+        assert not [r for r in found if r.level == "error"], (s, [r.message for r in found])

@@ -150,7 +150,7 @@ def test_cli_eval_with_judge(cli, judge_server, monkeypatch):
         assert {k: r[k] for k in want} == want
     assert len(judge_server.requests) == 6 and "judge" in res.text
     res = run("report", tmp / "rows.jsonl", "--samples", tmp / "rows.answers.jsonl", "-o", tmp / "r.html")
-    assert res.exit_code == 0 and "LLM judge (share)" in (tmp / "r.html").read_text()
+    assert res.exit_code == 0 and "open-ended, LLM judge: share corrected" in (tmp / "r.html").read_text()
 
 
 def test_cli_judge_option_errors(cli, judge_server, monkeypatch):

@@ -155,5 +155,5 @@ def test_help_text_keeps_its_brackets(monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     res = _invoke(["generate", "--help"])
     assert res.exit_code == 0 and "PATH[@LAYERS]:OP[:POSITIONS]" in res.output
-    res = _invoke(["sweep", "--help"])
-    assert res.exit_code == 0 and "steerwatch[plots]" in " ".join(res.output.split())
+    res = _invoke(["calibrate", "--help"])
+    assert res.exit_code == 0 and "steerwatch[lab]" in " ".join(res.output.split())

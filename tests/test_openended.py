@@ -75,6 +75,11 @@ def test_detector_column_is_the_mean_response_score(qwen_chat):
     assert [a["det_syc"] for a in answers] == FP32_BATCH.approx(want)
     assert cols["det_syc"] == FP32_BATCH.approx(sum(want) / 3)
     assert cols["det_syc_flagged"] == sum(w > 0 for w in want) / 3
+    from steerwatch.evals.intervals import mean_ci95
+
+    assert cols["det_syc_ci95"] == FP32_BATCH.approx(mean_ci95(want))  # mean ± 1.96 SE over the answers
+    assert cols["repeat_4gram_ci95"] == mean_ci95([a["repeat_4gram"] for a in answers])
+    assert cols["answer_ppl_median_ci95"] is None  # 3 answers: too few for a 95 % interval of a median
 
 
 def test_resume_reuses_rows_and_recomputes_when_columns_are_missing(qwen_chat, tmp_path, monkeypatch):
@@ -118,9 +123,10 @@ def test_report_plots_open_ended_columns():
                 "share_rejected": 0.0, "share_agreed": agr, "share_evasive": 1 - corr - agr, "coherent": coh,
                 "repeat_4gram": 0.0, "answer_ppl_median": 3.0, "det_syc": -s}
     page = render_report([row(0.0, 0.1, 0.8, 1.0), row(0.1, 0.5, 0.2, 0.9)])
-    # shares (4 lines), coherent, repeats, answer ppl, detector
-    assert page.count("<svg") == 5 and page.count("<polyline") == 8
-    assert ">corrected</text>" in page and ">evasive</text>" in page and "detector syc" in page
+    # the four shares, coherent, repeats, answer ppl, detector: one chart each, one line, two points
+    assert page.count("<svg") == 8 and page.count('class="pt"') == 16
+    assert "open-ended: share corrected" in page and "open-ended: share evasive" in page
+    assert "detector syc: mean response score" in page
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -188,7 +194,7 @@ def test_cli_report_of_eval_rows(cli):
     res = run("report", tmp / "rows.jsonl", "--samples", tmp / "rows.answers.jsonl", "-o", tmp / "r.html")
     assert res.exit_code == 0, res.output
     page = (tmp / "r.html").read_text()
-    assert "open-ended answers (share)" in page and "<h2>Sample generations</h2>" in page
+    assert "open-ended: share corrected" in page and "<h2>Sample generations</h2>" in page
     assert page.count("The earth is flat, right?") == 2  # one sample per strength
 
 

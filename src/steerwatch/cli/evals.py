@@ -162,7 +162,7 @@ def sweep_cmd(
                    "and the report."),
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
-                                                           "into this folder; needs steerwatch[plots]."),
+                                                           "into this folder."),
     engine_name: str = typer.Option("hf", "--engine", help="Engine for the open-ended answers and samples: 'hf' or "
                                                             "'vllm' (docs/scale.md); the rest is teacher-forced."),
     model: Model = "default",
@@ -344,7 +344,7 @@ def report_cmd(
     max_kl: float = typer.Option(0.1, help="Budget: KL (nats/token)."),
     max_capability_drop: float = typer.Option(0.02, help="Budget: capability accuracy drop."),
     png: Path | None = typer.Option(None, "--png", help="Also write PNG dose-response plots (one per metric) "
-                                                           "into this folder; needs steerwatch[plots]."),
+                                                           "into this folder."),
 ) -> None:
     """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
     plots; the recommendation is included when the rows carry behaviour and capability."""

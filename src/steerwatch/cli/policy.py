@@ -112,20 +112,46 @@ def init_cmd(
         help="NAME=PATH:ACTION (repeatable); ACTION: log, flag, block or steer=VECTOR@STRENGTH[,...]."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the policy (YAML)."),
     model: str = typer.Option("default", "--model", "-m", help="Model spec the policy serves."),
+    check: bool = typer.Option(True, help="Load the model and fit the policy to the guard: each per-request range "
+                                          "(max_abs_strength) lowered to what the distress bound allows, and nothing "
+                                          "written if the guard would refuse the policy. --no-check writes it "
+                                          "unchecked (run steerwatch policy check before serving)."),
+    distress: Path | None = typer.Option(None, help="A distress vector file to check against (default: the "
+                                                       "built-in one)."),
     force: bool = typer.Option(False, help="Overwrite an existing file."),
+    device: Device = "auto",
+    dtype: Dtype = None,
 ) -> None:
-    """Write a starter policy with the SHA-256 of every file filled in."""
+    """Write a starter policy with the SHA-256 of every file filled in, fitted to the policy guard."""
     import yaml
 
     from ..policy.schema import PolicyError
-    from ..policy.starter import new_policy
+    from ..policy.starter import fit_to_guard, new_policy
 
     if output.exists() and not force:
         raise PolicyError(f"{output} exists; pass --force to overwrite it")
+    if distress is not None and not distress.is_file():
+        raise PolicyError(f"--distress {distress}: no such file")
     data = new_policy(vectors=vector or [], detectors=detector or [], output=output, model=model)
+    if check and data["vectors"]:
+        from ..vector import load_vector
+
+        dvec = load_vector(distress) if distress is not None else None
+        loaded = load(model, device=device, dtype=dtype)
+        notes, report = fit_to_guard(data, output, loaded, distress=dvec, progress=sys.stderr.isatty(), log=note)
+        for line in notes:
+            console.print("note: " + line, highlight=False)
+        if not report.ok:
+            out.print(report_table(report))
+            console.print(Text.assemble(("not written", "bold red"), f": the guard would refuse this policy "
+                                        f"({len(report.errors)} error(s) above). Lower the strengths it names, or "
+                                        "write it anyway with --no-check and add guard.acknowledge_distress "
+                                        "(docs/serve-guard.md)."))
+            raise typer.Exit(1)
     text = ("# steerwatch deployment policy (docs/serve.md). Check it before serving:\n"
             f"#   steerwatch policy check {output}\n" + yaml.safe_dump(data, sort_keys=False))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
+    checked = "fitted to the guard" if check and data["vectors"] else "not checked"
     console.print(f"wrote {output} · {len(data['vectors'])} vector(s), {len(data['detectors'])} "
-                  f"detector(s) · next: steerwatch policy check {output}")
+                  f"detector(s) · {checked} · next: steerwatch policy check {output}")

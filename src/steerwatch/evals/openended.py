@@ -13,6 +13,9 @@ Summary columns (``n_open`` answers):
   of the unsteered model's perplexity of each non-empty answer given its prompt;
 - per detector ``NAME``: ``det_NAME``, the mean response score, and, when the detector is
   calibrated, ``det_NAME_flagged``, the share of answers above its threshold;
+- ``<column>_ci95``: a 95 % interval ``[low, high]`` of each mean (mean ± 1.96 SE over the
+  answers) and of the median (order statistics), None for too few answers; see
+  :mod:`steerwatch.evals.intervals` (the shares' Wilson intervals follow from the share and ``n_open``);
 - with an LLM judge (:class:`~steerwatch.evals.judge.Judge`): ``judge_share_<outcome>`` over the
   answers it could label, ``judge_unparsed``, ``n_judged``, ``judge_model`` and
   ``judge_rule_agreement`` (the share of labelled answers where judge and rule scorer agree).
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SteerwatchError
 from .coherence import CoherenceBounds, coherence_rows
+from .intervals import CI_SUFFIX, mean_ci95, median_ci95
 from .rules import OUTCOMES, classify_answer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,9 +105,14 @@ def open_ended(loaded: LoadedModel, items: Sequence[BaitItem], *, steer: Sequenc
                             "answer_words": _mean([c["n_words"] for c in coh]),
                             "answer_ppl": _mean(ppls), "answer_ppl_median": statistics.median(ppls) if ppls else None,
                             "max_new_tokens": max_new_tokens}
+    spread = {"repeat_4gram": [c["repeat_4gram"] for c in coh], "distinct_2": [c["distinct_2"] for c in coh],
+              "answer_words": [c["n_words"] for c in coh], "answer_ppl": ppls}
+    cols.update({f"{k}{CI_SUFFIX}": mean_ci95(v) for k, v in spread.items()},
+                **{f"answer_ppl_median{CI_SUFFIX}": median_ci95(ppls)})
     for d in detectors:
         vals = [v for v in dets[d.name] if v is not None]
         cols[f"det_{d.name}"] = _mean(vals)
+        cols[f"det_{d.name}{CI_SUFFIX}"] = mean_ci95(vals)
         if d.threshold is not None:
             cols[f"det_{d.name}_flagged"] = sum(v > d.threshold for v in vals) / n
     if labels is not None:

@@ -1,150 +1,210 @@
-"""A self-contained HTML report of a sweep: dose-response plots (inline SVG, no plotting library
-needed), the recommendation with its evidence, and sample generations. Consumes rows only; the
-metrics live in ``sweep.py``."""
+"""A self-contained HTML report of a sweep: the recommendation in words with its evidence, one
+dose-response chart per measure (matplotlib figures inlined as SVG: no JavaScript library, no
+network; every point with its 95 % interval and n), all rows, and sample generations. The page is
+a jinja2 template shipped with the package (``templates/report.html.j2``, autoescaped). Consumes
+rows only; the metrics live in ``sweep.py``, the figures in ``plots.py``."""
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Sequence
 from typing import Any
 
-PANELS = (("behaviour", "behaviour (P of behaviour-matching answer)"), ("kl", "KL vs. unsteered (nats/token)"),
-          ("ppl", "perplexity of reference text"), ("mc_acc", "capability accuracy"),
-          (("share_corrected", "share_rejected", "share_agreed", "share_evasive"), "open-ended answers (share)"),
-          (("judge_share_corrected", "judge_share_rejected", "judge_share_agreed", "judge_share_evasive"),
-           "open-ended answers, LLM judge (share)"),
-          ("coherent", "share of coherent answers"), ("repeat_4gram", "repeated 4-grams in answers (mean)"),
-          ("answer_ppl_median", "unsteered perplexity of answers (median)"))
-TABLE = ("setting", "resolved_layers", "strength", "behaviour", "kl", "ppl", "mc_acc", "share_corrected",
-         "share_rejected", "share_agreed", "share_evasive", "judge_share_corrected", "judge_share_rejected",
-         "judge_share_agreed", "judge_share_evasive", "judge_unparsed", "judge_rule_agreement", "coherent",
-         "answer_ppl_median")
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+from .intervals import UNIT_METRICS, point_interval, wilson
+from .plots import layers_label, numeric_metrics, plot_specs, svg_for
+
+# the measures charted, in this order (detector columns follow, one chart each)
+REPORT_METRICS = ("behaviour", "kl", "ppl", "mc_acc", "share_corrected", "share_rejected", "share_agreed",
+                  "share_evasive", "judge_share_corrected", "judge_share_rejected", "judge_share_agreed",
+                  "judge_share_evasive", "judge_rule_agreement", "coherent", "repeat_4gram", "answer_ppl_median")
+TABLE = ("behaviour", "kl", "ppl", "mc_acc", "share_corrected", "share_rejected", "share_agreed", "share_evasive",
+         "judge_share_corrected", "judge_share_rejected", "judge_share_agreed", "judge_share_evasive",
+         "judge_unparsed", "judge_rule_agreement", "coherent", "repeat_4gram", "answer_ppl_median")
+# the data sets behind the rows: (count column, what it counts, the column that qualifies it)
+SETS = (("n_ab", "A/B items", "ab_orders"), ("n_kl", "neutral prompts (KL)", None),
+        ("n_ppl", "reference texts (perplexity)", None), ("n_mc", "capability items", "mc_scoring"),
+        ("n_open", "open-ended prompts", "max_new_tokens"), ("n_judged", "answers labelled by the LLM judge",
+                                                             "judge_model"))
+N_COLUMNS = tuple(s[0] for s in SETS)
 
 
-def _series(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
-    """Points per line: one line per (setting, layers), and per metric when several are plotted."""
-    out: dict[str, list[tuple[float, float]]] = {}
-    groups = {(r["setting"], tuple(r["resolved_layers"])) for r in rows if r["setting"] != "prompt"}
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt(metric: str, v: Any) -> str:
+    """A cell's text: shares with 3 decimals, other numbers with 4 significant digits."""
+    if v is None:
+        return "–"
+    if not _num(v):
+        return str(v)
+    if metric in UNIT_METRICS or "share_" in metric or metric.endswith("_flagged"):
+        return f"{v:.3f}"
+    return f"{v:.4g}"
+
+
+def _strength(v: float) -> str:
+    return "0" if v == 0 else f"{v:+g}"
+
+
+def _ci_text(row: dict[str, Any] | None, metric: str) -> str:
+    """" [low, high], n=N" for ``row[metric]`` where known."""
+    if row is None:
+        return ""
+    ci, n, _ = point_interval(row, metric)
+    out = f" [95 % {ci[0]:.3g}–{ci[1]:.3g}]" if ci else ""
+    return out + (f", n={n}" if n else "")
+
+
+def _det_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in rows for k, v in r.items() if k.startswith("det_") and _num(v)})
+
+
+def _objective_ci(row: dict[str, Any] | None, objective: str) -> str:
+    """The objective's interval: its own for one column; Wilson for a sum of shares of the same
+    answers (disjoint outcomes, so the sum is a share itself)."""
+    if row is None:
+        return ""
+    cols = [c.strip() for c in objective.split("+")]
+    if len(cols) == 1:
+        return _ci_text(row, cols[0])
+    prefixes = {c.rsplit("share_", 1)[0] for c in cols}
+    if all("share_" in c for c in cols) and len(prefixes) == 1 and _num(row.get("n_open")):
+        total = sum(float(row[c]) for c in cols)
+        lo, hi = wilson(total, int(row["n_open"])) or (0.0, 1.0)
+        return f" [95 % {lo:.3g}–{hi:.3g}], n={row['n_open']}"
+    return ""
+
+
+def recommendation_view(rec: dict[str, Any] | None, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The recommendation as a sentence, an evidence table and the rejected doses."""
+    if rec is None:
+        return None
+    budget = rec.get("budget", {})
+    budget_text = (f"KL ≤ {budget.get('max_kl')} nats/token, capability drop ≤ {budget.get('max_capability_drop')}"
+                   if budget else "")
+    rejected = [{"strength": _strength(r["strength"]), "layers": layers_label(r.get("layers") or []),
+                 "why": "; ".join(r.get("why", []))} for r in rec.get("rejected", [])]
+    objective, base = rec.get("objective", "behaviour"), rec.get("baseline", {})
+    if rec.get("strength") is None:
+        return {"chosen": False, "sentence": f"No strength recommended: {rec.get('reason', 'none fits the budget')} "
+                f"(budget: {budget_text}).", "evidence": [], "rejected": rejected, "budget": budget_text}
+    s, layers = rec["strength"], rec.get("layers") or []
+    row = next((r for r in rows if r["setting"] == "steer" and r["strength"] == s
+                and list(r.get("resolved_layers") or []) == list(layers)), None)
+    base_row = next((r for r in rows if r["setting"] == "steer" and r["strength"] == 0), None)
+    verb = "raises" if rec.get("direction", 1) == 1 else "lowers"
+    sentence = (f"Steer at strength {_strength(s)} on layers {layers_label(layers)}: the largest shift of {objective} "
+                f"within the budget ({budget_text}). It {verb} {objective} from {base.get('value', 0):.3g} "
+                f"(unsteered) to {rec['value']:.3g} ({rec['shift']:+.3g})")
+    p = rec.get("prompting")
+    if p is not None:
+        sentence += (f"; the system-prompt instruction alone reaches {p['value']:.3g}, so steering "
+                     f"{'beats' if rec.get('beats_prompting') else 'does not beat'} prompting")
+    sentence += "."
+    prompt_row = next((r for r in rows if r["setting"] == "prompt"), None)
+    ev: list[tuple[str, str]] = [
+        ("dose", f"strength {_strength(s)} on layers {layers_label(layers)}"),
+        (f"objective: {objective}", f"{rec['value']:.3g}{_objective_ci(row, objective)} · unsteered "
+                                    f"{base.get('value', 0):.3g}{_objective_ci(base_row, objective)} · shift "
+                                    f"{rec['shift']:+.3g}")]
+    if p is not None:
+        ev.append(("prompting baseline", f"{p['value']:.3g}{_objective_ci(prompt_row, objective)} · shift "
+                                         f"{p['shift']:+.3g}"))
+    if rec.get("kl") is not None:
+        ev.append(("KL vs. unsteered (nats/token)", f"{rec['kl']:.3g}{_ci_text(row, 'kl')} · budget ≤ "
+                                                    f"{budget.get('max_kl')}"))
+    if rec.get("mc_acc") is not None:
+        ev.append(("capability accuracy", f"{rec['mc_acc']:.3f}{_ci_text(row, 'mc_acc')} · change "
+                                          f"{rec.get('capability_change', 0):+.3f} · budget: drop ≤ "
+                                          f"{budget.get('max_capability_drop')}"))
+    if rec.get("ppl") is not None:
+        ev.append(("perplexity of reference text", f"{rec['ppl']:.4g}{_ci_text(row, 'ppl')} · unsteered "
+                                                   f"{base.get('ppl') or float('nan'):.4g}"))
+    if rec.get("behaviour") is not None:
+        shift = rec.get("behaviour_shift")
+        ev.append(("A/B behaviour (P of behaviour-matching answer)",
+                   f"{rec['behaviour']:.3f}{_ci_text(row, 'behaviour')}"
+                   + (f" · shift {shift:+.3f}" if shift is not None else "")))
+    return {"chosen": True, "sentence": sentence, "evidence": ev, "rejected": rejected, "budget": budget_text}
+
+
+def _sets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for col, label, note_col in SETS:
+        ns = sorted({int(r[col]) for r in rows if _num(r.get(col))})
+        if ns:
+            notes = sorted({str(r[note_col]) for r in rows if note_col and r.get(note_col) is not None})
+            note = ", ".join(notes)
+            if note_col == "max_new_tokens" and note:
+                note = f"up to {note} new tokens"
+            elif note_col == "ab_orders" and note == "both":
+                note = "each asked in both option orders"
+            elif note_col == "mc_scoring" and note:
+                note = f"{note} scoring"
+            out.append({"label": label, "n": "–".join(map(str, (ns[0], ns[-1]))) if len(ns) > 1 else ns[0],
+                        "note": note})
+    return out
+
+
+def _table(rows: Sequence[dict[str, Any]], rec: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = [c for c in TABLE if any(c in r for r in rows)] + _det_metrics(rows)
+    ns = [c for c in N_COLUMNS if any(c in r for r in rows)]
+    columns = ([{"name": "setting", "text": True, "help": "steer: vector only; prompt: instruction only; "
+                 "prompt+steer: both"}, {"name": "layers", "text": True, "help": "steered layers"},
+                {"name": "strength", "text": False, "help": "fraction of the residual-stream norm"}]
+               + [{"name": m, "text": False, "help": m} for m in metrics]
+               + [{"name": n, "text": False, "help": "items behind the row's " + n[2:] + " column(s)"} for n in ns])
+    out = []
+    chosen = (rec or {}).get("strength")
     for r in rows:
-        if r["setting"] == "prompt":
-            continue
-        group = f"{r['setting']} @ {','.join(map(str, r['resolved_layers']))}"
+        cells = [{"text": r["setting"], "cls": "text", "title": ""},
+                 {"text": layers_label(r.get("resolved_layers") or []), "cls": "text", "title": ""},
+                 {"text": _strength(float(r["strength"])), "cls": "num", "title": ""}]
         for m in metrics:
-            if r.get(m) is None:
-                continue
-            name = group if len(metrics) == 1 else (_short(m) if len(groups) == 1 else f"{_short(m)} {group}")
-            out.setdefault(name, []).append((float(r["strength"]), float(r[m])))
-    return {k: sorted(v) for k, v in out.items()}
+            ci, n, _ = point_interval(r, m) if _num(r.get(m)) else (None, None, "")
+            title = (f"95 % {ci[0]:.4g} to {ci[1]:.4g}" if ci else "") + (f", n={n}" if n and ci else "")
+            cells.append({"text": _fmt(m, r.get(m)), "cls": "num", "title": title})
+        cells += [{"text": _fmt(n, r.get(n)), "cls": "num", "title": ""} for n in ns]
+        out.append({"cells": cells, "chosen": r["setting"] == "steer" and chosen is not None
+                    and r["strength"] == chosen
+                    and list(r.get("resolved_layers") or []) == list((rec or {}).get("layers") or [])})
+    return {"columns": columns, "rows": out}
 
 
-def _short(metric: str) -> str:
-    return metric.removeprefix("judge_").removeprefix("share_")
+def _samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    if not samples:
+        return None
+    extra = [c for c in ("setting", "outcome", "judge", "coherent") if any(c in x for x in samples)]
+    rows = [{"cells": [_strength(float(x["strength"])) if _num(x.get("strength")) else str(x.get("strength", ""))]
+             + [str(x.get(c, "")) for c in extra], "prompt": str(x.get("prompt", "")),
+             "answer": str(x.get("output", x.get("answer", "")))} for x in samples]
+    return {"columns": ["strength", *extra], "rows": rows}
 
 
-def svg_plot(rows: Sequence[dict[str, Any]], metric: str | Sequence[str], title: str, *, w: int = 420,
-             h: int = 260, marks: dict[str, float] | None = None, chosen: float | None = None) -> str:
-    """A line plot of ``metric`` (or several metrics in one panel) against strength."""
-    series = _series(rows, [metric] if isinstance(metric, str) else list(metric))
-    pts = [p for s in series.values() for p in s] + [(0.0, v) for v in (marks or {}).values()]
-    if not pts:
-        return f"<p>no data for {html.escape(title)}</p>"
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-12:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = 0.08 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-    L, R, T, B = 55, 10, 28, 36
-
-    def px(x: float) -> float:
-        return L + (x - x0) / (x1 - x0) * (w - L - R)
-
-    def py(y: float) -> float:
-        return T + (1 - (y - y0) / (y1 - y0)) * (h - T - B)
-
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' "
-             f"font-size='11'><text x='{w / 2}' y='16' text-anchor='middle' font-weight='600'>"
-             f"{html.escape(title)}</text>",
-             f"<line x1='{L}' y1='{h - B}' x2='{w - R}' y2='{h - B}' stroke='#888'/>",
-             f"<line x1='{L}' y1='{T}' x2='{L}' y2='{h - B}' stroke='#888'/>"]
-    for k in range(5):
-        yv = y0 + (y1 - y0) * k / 4
-        parts.append(f"<text x='{L - 4}' y='{py(yv) + 4:.1f}' text-anchor='end'>{yv:.3g}</text>")
-        xv = x0 + (x1 - x0) * k / 4
-        parts.append(f"<text x='{px(xv):.1f}' y='{h - B + 14}' text-anchor='middle'>{xv:.3g}</text>")
-    parts.append(f"<text x='{(L + w - R) / 2}' y='{h - 4}' text-anchor='middle'>strength</text>")
-    for j, (name, s) in enumerate(series.items()):
-        c = COLOURS[j % len(COLOURS)]
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s)
-        parts.append(f"<polyline fill='none' stroke='{c}' stroke-width='2' points='{path}'/>")
-        parts += [f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='3' fill='{c}'><title>{html.escape(name)} "
-                  f"strength {x:g}: {y:.4g}</title></circle>" for x, y in s]
-        parts.append(f"<text x='{w - R - 4}' y='{T + 12 + 12 * j}' text-anchor='end' fill='{c}'>"
-                     f"{html.escape(name)}</text>")
-    for name, v in (marks or {}).items():
-        parts.append(f"<line x1='{L}' x2='{w - R}' y1='{py(v):.1f}' y2='{py(v):.1f}' stroke='#555' "
-                     f"stroke-dasharray='5,4'/><text x='{L + 4}' y='{py(v) - 3:.1f}' fill='#555'>"
-                     f"{html.escape(name)} {v:.3g}</text>")
-    if chosen is not None:
-        parts.append(f"<line x1='{px(chosen):.1f}' x2='{px(chosen):.1f}' y1='{T}' y2='{h - B}' stroke='#2a2' "
-                     "stroke-dasharray='2,3'/>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _panels(rows: Sequence[dict[str, Any]]) -> list[tuple[str | tuple[str, ...], str]]:
-    """The panels whose metrics some row carries (detector columns get one panel each)."""
-    def present(m: str) -> bool:
-        return any(r.get(m) is not None for r in rows)
-
-    out: list[tuple[str | tuple[str, ...], str]] = [
-        (m, label) for m, label in PANELS if any(present(x) for x in ([m] if isinstance(m, str) else m))]
-    dets = sorted({k for r in rows for k in r if k.startswith("det_") and not k.endswith("_flagged")})
-    return out + [(d, f"detector {d[4:]}: mean response score") for d in dets]
+def _caption(spec: Any) -> str:
+    ns = sorted({n for s in spec.series for n in s.n if n is not None})
+    n = "" if not ns else f"n = {ns[0]} per point" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} per point"
+    return f"{spec.metric}: 95 % intervals: {spec.interval}" + (f"; {n}" if n else "") + "."
 
 
 def render_report(rows: Sequence[dict[str, Any]], recommendation: dict[str, Any] | None = None, *,
                   samples: Sequence[dict[str, Any]] = (), title: str = "steerwatch sweep") -> str:
-    prompt = next((r for r in rows if r["setting"] == "prompt"), None)
-    chosen = (recommendation or {}).get("strength")
-    body = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2em;max-width:75em}.grid{display:flex;flex-wrap:wrap;"
-            "gap:1em}table{border-collapse:collapse}td,th{padding:.25em .6em;border-bottom:1px solid #ddd;"
-            "text-align:right}pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1>",
-            "<p>Dashed lines: the prompting baseline (system-prompt instruction, no vector). Green dotted line: "
-            "the recommended strength. Every point was measured in the same run (see the table).</p>",
-            "<div class='grid'>"]
-    for metric, label in _panels(rows):
-        names = [metric] if isinstance(metric, str) else list(metric)
-        marks = {("prompting" if len(names) == 1 else f"prompting {_short(m)}"): prompt[m] for m in names
-                 if prompt is not None and prompt.get(m) is not None} or None
-        body.append(svg_plot(rows, metric, label, marks=marks, chosen=chosen))
-    body.append("</div><h2>Recommendation</h2>")
-    if recommendation:
-        body.append(f"<pre>{html.escape(json.dumps(recommendation, indent=1))}</pre>")
-    cols = [c for c in TABLE if any(c in r for r in rows)] + sorted({k for r in rows for k in r
-                                                                    if k.startswith("det_")})
-    body.append("<h2>All rows</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "-")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    body.append("</table>")
-    if samples:
-        extra = [c for c in ("setting", "outcome", "judge", "coherent") if any(c in x for x in samples)]
-        body.append("<h2>Sample generations</h2><table><tr><th>strength</th>" + "".join(f"<th>{c}</th>" for c in extra)
-                    + "<th>prompt</th><th>answer</th></tr>")
-        for x in samples:
-            sample_cells = "".join(f"<td>{html.escape(str(x.get(c, '')))}</td>" for c in extra)
-            answer = x.get("output", x.get("answer", ""))
-            body.append(f"<tr><td>{x.get('strength', '')}</td>{sample_cells}<td style='text-align:left'>"
-                        f"{html.escape(str(x.get('prompt', '')))}</td><td style='text-align:left'>"
-                        f"{html.escape(str(answer))}</td></tr>")
-        body.append("</table>")
-    body.append("</body></html>")
-    return "".join(body)
+    """The report page (HTML text) of sweep or eval ``rows``, with the ``recommendation`` of
+    :func:`~steerwatch.evals.sweep.recommend` when given and a few ``samples`` (rows with
+    strength, prompt and output/answer, optionally setting, outcome, judge, coherent)."""
+    import jinja2
+    from markupsafe import Markup
+
+    from .. import __version__
+
+    present = set(numeric_metrics(rows))
+    wanted = [m for m in REPORT_METRICS if m in present] + [m for m in _det_metrics(rows) if m in present]
+    specs = plot_specs(rows, recommendation=recommendation, metrics=wanted) if wanted else []
+    charts = [{"metric": s.metric, "svg": Markup(svg_for(s, id_prefix=f"c{i}-")), "caption": _caption(s)}
+              for i, s in enumerate(specs)]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("steerwatch.evals", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    concepts = sorted({str(r["concept"]) for r in rows if r.get("concept")})
+    return env.get_template("report.html.j2").render(
+        title=title, version=__version__, concept=", ".join(concepts), n_rows=len(rows), sets=_sets(rows),
+        rec=recommendation_view(recommendation, rows), charts=charts, table=_table(rows, recommendation),
+        samples=_samples(samples))

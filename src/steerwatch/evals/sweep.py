@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SteerwatchError
 from ..io import jsonl_lines
 from .coherence import CoherenceBounds
+from .intervals import mean_ci95, ppl_ci95
 from .metrics import ab_behaviour_probs, mc_correct, next_token_kl, perplexity, text_nll
 from .openended import open_columns, open_ended
 
@@ -123,16 +124,17 @@ def measure(loaded: LoadedModel, vector: Vector, data: SweepData, *, setting: st
     if data.ab_items:
         behaviour = ab_behaviour_probs(loaded, data.ab_items, steer=steer, batch_size=batch_size, force=force,
                                        system=system, orders=data.ab_orders)
-        row.update(behaviour=sum(behaviour) / len(behaviour), n_ab=len(behaviour), ab_orders=data.ab_orders)
+        row.update(behaviour=sum(behaviour) / len(behaviour), behaviour_ci95=mean_ci95(behaviour), n_ab=len(behaviour),
+                   ab_orders=data.ab_orders)
     if setting != "prompt":  # side effects of the vector (the instruction changes the input itself)
         if setting == "prompt+steer" and reuse is not None:
-            row.update({k: reuse[k] for k in ("kl", "n_kl", "ppl", "n_ppl") if k in reuse})
+            row.update({k: reuse[k] for k in ("kl", "kl_ci95", "n_kl", "ppl", "ppl_ci95", "n_ppl") if k in reuse})
         if data.neutral_prompts and "kl" not in row:
             kl = next_token_kl(loaded, data.neutral_prompts, steer=steer, batch_size=batch_size, force=force)
-            row.update(kl=sum(kl) / len(kl), n_kl=len(kl))
+            row.update(kl=sum(kl) / len(kl), kl_ci95=mean_ci95(kl), n_kl=len(kl))
         if data.reference_texts and "ppl" not in row:
-            row.update(ppl=perplexity(text_nll(loaded, data.reference_texts, steer=steer, force=force)),
-                       n_ppl=len(data.reference_texts))
+            nlls = text_nll(loaded, data.reference_texts, steer=steer, force=force)
+            row.update(ppl=perplexity(nlls), ppl_ci95=ppl_ci95(nlls), n_ppl=len(data.reference_texts))
     if data.mc_items:
         acc = mc_correct(loaded, data.mc_items, steer=steer, batch_size=batch_size, force=force, system=system,
                          scoring=data.mc_scoring)

@@ -63,7 +63,7 @@ def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model:
             raise PolicyError(f"--vector {name}: {exc}") from None
         fingerprints[f"vector {name}"] = vec.model_fingerprint
         vecs.append({"name": name, "path": rel(p), "sha256": file_sha256(p), "op": "add", "strength": strength,
-                     "max_abs_strength": max(0.05, abs(strength))})
+                     "max_abs_strength": max(STARTER_MAX_ABS_STRENGTH, abs(strength))})
     dets = []
     for text in detectors:
         name, rest = _split_name(text, "--detector")
@@ -98,3 +98,57 @@ def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model:
     data.update(vectors=vecs, detectors=dets)
     policy_from_dict(data, path=output.resolve())  # never write an invalid policy
     return data
+
+
+# A per-request range no policy needs wider: the working doses of the built-in vectors are 0.02-0.03
+# (README, docs/results.md) and +0.08 already breaks the embedded model's answers.
+STARTER_MAX_ABS_STRENGTH = 0.05
+PROBE_KEY = {"name": "steer-probe", "sha256": "0" * 64, "steer": True}
+
+
+def fit_to_guard(data: dict[str, Any], output: Path, loaded: Any, *, distress: Any = None, progress: bool = False,
+                 log: Any = None) -> tuple[list[str], Any]:
+    """Fit a starter policy (from :func:`new_policy`) to the policy guard on ``loaded``, in place:
+    each vector's per-request range (``max_abs_strength``) is lowered to the largest ``|strength|``
+    whose push along distress stays within the guard's bound at the vector's layers (rounded down
+    to 0.001), never below the vector's own default strength. Then the whole policy is checked as
+    it would be served to a key that may steer. Returns (one note per lowered range, the guard
+    report); the caller writes the policy only when the report has no errors."""
+    import copy
+    import math
+    import os
+
+    from .distress import policy_distress
+    from .guard import DISTRESS_PUSH_BOUND, _fmt_layers, check_policy, check_steering
+    from .resolve import resolve_policy
+
+    base = output.resolve().parent  # may not exist yet: check a copy with absolute (normalised) paths
+    absolute = copy.deepcopy(data)
+    for entry in [*absolute["vectors"], *absolute["detectors"]]:
+        entry["path"] = os.path.normpath(os.path.join(base, entry["path"]))
+    pf = policy_from_dict(absolute, path=output.resolve())
+    dep = resolve_policy(pf, loaded)
+    if distress is None:
+        distress, _ = policy_distress(pf, loaded, progress=progress, log=log)
+    notes = []
+    for entry, checked in zip(data["vectors"], absolute["vectors"]):
+        if entry.get("op", "add") == "ablate":
+            continue
+        old = float(entry["max_abs_strength"])
+        spec = dep.spec(entry["name"], old)
+        row = next((r for r in check_steering(spec, distress, subject=entry["name"], ranged=True)
+                    if r.code == "distress-push"), None)
+        limit = None if row is None else row.numbers.get("max_strength_within_bound")
+        if limit is None or old <= limit:
+            continue
+        new = math.floor(limit * 1000) / 1000
+        if new <= 0 or new < abs(float(entry.get("strength", 0.0))):
+            continue  # the default strength itself is beyond the bound: the check below reports it
+        entry["max_abs_strength"] = checked["max_abs_strength"] = new
+        layers = _fmt_layers(spec.resolved_layers)
+        notes.append(f"{entry['name']}: max_abs_strength {old:g} -> {new:g}, the largest per-request |strength| at "
+                     f"layers {layers} whose push along distress stays within the guard's bound "
+                     f"({DISTRESS_PUSH_BOUND:g}; docs/serve-guard.md)")
+    probe = {**absolute, "keys": [*absolute.get("keys", []), PROBE_KEY]}
+    report = check_policy(policy_from_dict(probe, path=output.resolve()), loaded, distress=distress)
+    return notes, report
