@@ -14,7 +14,7 @@ ROOT = Path(steerwatch.__file__).parent
 
 # lowest first; a module may import its own floor and the floors below it
 FLOORS = [
-    ("ground", ["steerwatch", "errors", "types", "extras", "layers", "io", "chat", "models"]),
+    ("ground", ["steerwatch", "errors", "types", "extras", "layers", "io", "chat", "hub", "models"]),
     ("core", ["batch", "record", "vector", "steer"]),
     ("data", ["data"]),
     ("watch", ["watch"]),

@@ -79,6 +79,17 @@ def prompt_messages(prompt: Prompt, system: str | None) -> list[dict]:
     return msgs
 
 
+def encode_raw(tokenizer: Any, text: str) -> list[int]:
+    """Raw completion: the text's own token ids (with the tokenizer's BOS, if it adds one), no chat
+    rendering, so the model continues the text itself."""
+    if not isinstance(text, str):
+        raise SteerwatchError("raw completion takes text prompts, not chat messages; drop raw (--raw) to send a chat")
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids:
+        raise SteerwatchError("raw completion needs a non-empty prompt")
+    return ids
+
+
 def encode_chat(tokenizer: Any, prompt: Prompt, *, system: str | None = None) -> list[int]:
     """The token ids of a prompt rendered as a chat that the assistant answers next."""
     return encode_prompt(tokenizer, render_messages(tokenizer, prompt_messages(prompt, system)))

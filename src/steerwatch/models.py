@@ -101,6 +101,17 @@ class LoadedModel:
     _fingerprint: str | None = field(default=None, repr=False)
     measured_norms: dict[int, float] | None = field(default=None, repr=False)  # vector.measured_residual_norms
 
+    def __repr__(self) -> str:
+        """One line: the model object's module tree stays out of it."""
+        try:
+            param = next(self.model.parameters())
+            where = f"{param.device} {str(param.dtype).replace('torch.', '')}"
+            shape = f"{self.n_layers} layers, d_model {self.hidden_size}"
+        except Exception:  # a half-built object: still printable
+            where, shape = "?", "?"
+        chat = "chat template" if self.has_chat_template else "no chat template"
+        return f"<LoadedModel {self.name!r} (spec {self.spec!r}): {shape}, {where}, {chat}>"
+
     @property
     def n_layers(self) -> int:
         from .layers import n_layers
@@ -258,6 +269,51 @@ def _offline_hint(spec: str, exc: Exception) -> ModelLoadError:
     )
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def check_dtype(dtype: str | None) -> None:
+    """A model dtype name: None (as stored) or one of :data:`DTYPES`; checked before any loading."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device a model is loaded onto: ``auto`` picks CUDA, then Apple MPS, else the CPU;
+    ``cuda``, ``cuda:N`` and ``mps`` must be available here, else a ModelLoadError says so and
+    suggests ``cpu``."""
+    import torch
+
+    name = device.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:]
+        if name.startswith("cuda:") and not index.isdigit():
+            raise ModelLoadError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine (no NVIDIA GPU found, "
+                                 f"or torch {torch.__version__} was built without CUDA); use device 'cpu' "
+                                 "(--device cpu), or 'auto' to take a GPU when there is one")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                 f"numbered from 0; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return name
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelLoadError(f"device {device!r}: Apple MPS is not available on this machine; use device 'cpu' "
+                                 "(--device cpu), or 'auto'")
+        return "mps"
+    raise ModelLoadError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+
+
 def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None = None,
                layers_path: str | None = None, progress: bool = True,
                log: Callable[[str], None] | None = None) -> LoadedModel:
@@ -265,18 +321,17 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
 
     spec: ``default`` (embedded Qwen2.5-Coder-0.5B-Instruct), ``gemma-3-270m`` (embedded Gemma 3
     270M), a local Hugging Face directory, a local ``.gguf`` file, or a hub id such as
-    ``Qwen/Qwen2.5-0.5B-Instruct``. ``dtype``: None (as stored; fp32 for GGUF), ``float32``,
-    ``bfloat16`` or ``float16``. ``layers_path`` overrides where decoder blocks are found.
+    ``Qwen/Qwen2.5-0.5B-Instruct``. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or
+    ``auto`` (CUDA, then MPS, else CPU); an unavailable device is an error before anything loads.
+    ``dtype``: None (as stored; fp32 for GGUF), ``float32``, ``bfloat16`` or ``float16``.
+    ``layers_path`` overrides where decoder blocks are found.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = None
-    if dtype is not None:
-        valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype not in valid:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(valid)}")
-        torch_dtype = valid[dtype]
+    check_dtype(dtype)
+    device = resolve_device(device)
+    torch_dtype = None if dtype is None else getattr(torch, dtype)
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -314,10 +369,16 @@ def load_model(spec: str = "default", *, device: str = "cpu", dtype: str | None 
             raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
         name = path.resolve().name
     elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        from .hub import hub_mode, unreachable
+
+        mode, why = hub_mode()  # seconds, not the minute transformers spends retrying an unreachable hub
+        local = mode == "offline"  # then only the local hub cache is tried
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-            tok = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=local, **kwargs)
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=local)
         except OSError as exc:
+            if local:
+                raise unreachable(spec, why, exc) from exc
             raise _offline_hint(spec, exc) from exc
         except Exception as exc:  # network errors surface as several types
             if "connect" in str(exc).lower() or "resolve" in str(exc).lower() or "offline" in str(exc).lower():

@@ -27,6 +27,10 @@ class QuickstartResult:
     # the neutral question of each bait item answered unsteered (evals.bait.knowledge_check)
     knowledge: list[dict[str, Any]] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return (f"<QuickstartResult: vectors {', '.join(self.vectors) or 'none'} · {len(self.bait_rows)} bait answers"
+                f" · {len(self.summary)} settings · {len(self.knowledge)} knowledge checks>")
+
 
 def run_quickstart(loaded: LoadedModel, *, out_dir: str | Path | None = None, steer_concept: str = "honesty",
                    strengths: Sequence[float] = DEFAULT_STRENGTHS, split: str = "test", max_new_tokens: int = 40,

@@ -9,8 +9,16 @@ from typing import Any
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
-out = Console()
+# Markup is off on both consoles: user text (paths, prompts, model output, error messages) keeps its
+# [square brackets]. Style with style= or rich.text.Text, never with [tags] in strings
+# (tests/test_markup.py checks this).
+console = Console(stderr=True, markup=False)
+out = Console(markup=False)
+
+
+def note(message: str) -> None:
+    """A dim progress note on stderr."""
+    console.print(message, style="dim", highlight=False)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,9 +31,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SteerwatchError as exc:
-            from rich.markup import escape
+            from rich.text import Text
 
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+            console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
@@ -34,13 +42,19 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load(spec: str, *, layers_path: str | None = None, dtype: str | None = None, quiet: bool = False):
-    from ..models import load_model
+def load(spec: str, *, layers_path: str | None = None, device: str = "auto", dtype: str | None = None,
+         quiet: bool = False):
+    """Load a model for a command: ``--device`` and ``--dtype`` are checked before anything loads."""
+    from ..models import check_dtype, load_model, resolve_device
 
-    log = None if quiet else (lambda m: console.print(f"[dim]{m}[/]"))
+    check_dtype(dtype)
+    resolved = resolve_device(device)
+
+    log = None if quiet else note
     if not quiet:
-        console.print(f"[dim]loading model {spec!r}…[/]")
-    return load_model(spec, layers_path=layers_path, dtype=dtype, progress=not quiet and sys.stderr.isatty(), log=log)
+        note(f"loading model {spec!r} on {resolved}" + (f" as {dtype}" if dtype else "") + "…")
+    return load_model(spec, layers_path=layers_path, device=resolved, dtype=dtype,
+                      progress=not quiet and sys.stderr.isatty(), log=log)
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -80,7 +94,7 @@ def start_engine(loaded: Any, name: str, *, needed: bool = True) -> Any:
         return None
     from ..runtime import make_engine
 
-    console.print(f"[dim]starting the {name} engine…[/]")
+    note(f"starting the {name} engine…")
     return make_engine(loaded, name)
 
 

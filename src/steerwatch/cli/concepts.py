@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from .app import app
-from .common import friendly, out
+from .common import friendly, note, out
 
 
 @app.command("concepts")
@@ -12,6 +11,7 @@ from .common import friendly, out
 def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card in full.")) -> None:
     """List the built-in concept sets with their sizes and cards."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..data import concept_card, list_concepts, load_concept
     from ..extract.build import DEFAULT_METHOD
@@ -22,7 +22,8 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
 
     if name:
         ds = load_concept(name)
-        out.print(f"[bold]{name}[/]: {len(ds.train)} train / {len(ds.val)} val pairs · method {methods(ds)}")
+        out.print(Text.assemble((name, "bold"),
+                                f": {len(ds.train)} train / {len(ds.val)} val pairs · method {methods(ds)}"))
         card = concept_card(name)
         if card:
             from rich.markdown import Markdown
@@ -35,9 +36,9 @@ def concepts_cmd(name: str = typer.Argument(None, help="Show this concept's card
     for c in list_concepts():
         ds = load_concept(c)
         card = concept_card(c) or ""
-        table.add_row(c, str(len(ds.train)), str(len(ds.val)), methods(ds), escape(card_summary(card)))
+        table.add_row(c, str(len(ds.train)), str(len(ds.val)), methods(ds), card_summary(card))
     out.print(table)
-    out.print("[dim]steerwatch concepts NAME shows a concept's whole card.[/]")
+    note("steerwatch concepts NAME shows a concept's whole card.")
 
 
 def card_summary(card: str, width: int = 90) -> str:

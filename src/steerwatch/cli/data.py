@@ -3,9 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, out
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype
 
 data_app = typer.Typer(help="Check contrast data and reference sets.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -31,6 +33,8 @@ def check_cmd(
     model: str | None = typer.Option(None, "--model", "-m",
                                         help="Also build each concept's vector on this model and report its "
                                              "validation AUROC by layer, and the cosine matrix between concepts."),
+    device: Device = "auto",
+    dtype: Dtype = None,
     save: Path | None = typer.Option(None, help="With --model: write each concept's vector to DIR/<name>.sv."),
     method: str | None = typer.Option(None, help="Extraction method for --model (default: each concept's own, "
                                                     "see `steerwatch concepts`; mean_diff for files)."),
@@ -54,7 +58,7 @@ def check_cmd(
     rows = run_checks(targets)
     table = Table("set", "check", "status", "detail", title="data checks")
     for r in rows:
-        table.add_row(r.target, r.check, f"[{_STYLE[r.status]}]{r.status}[/]", r.detail)
+        table.add_row(r.target, r.check, Text(r.status, style=_STYLE[r.status]), r.detail)
     out.print(table)
     result: dict = {"checks": [r.as_dict() for r in rows]}
     failed = [r for r in rows if r.status == "fail"]
@@ -62,9 +66,9 @@ def check_cmd(
     if model and concepts and not failed:
         from ..extract.library import build_library, cosine_matrix
 
-        loaded = load(model)
+        loaded = load(model, device=device, dtype=dtype)
         vectors, quality = build_library(loaded, concepts, method=method, batch_size=batch_size, save_dir=save,
-                                         log=lambda m: console.print(f"[dim]{m}[/]"))
+                                         log=note)
         qt = Table("concept", "method", "train/val", "best layer", "best val AUROC", "paired acc", "default layers",
                    "read directions (detectors)",
                    title=f"validation AUROC by layer · {loaded.name}")
@@ -92,7 +96,7 @@ def check_cmd(
         result["cosine"] = cos
         result["model"] = loaded.name
     elif model and failed:
-        console.print("[yellow]skipping --model: fix the failing checks first[/]")
+        console.print("skipping --model: fix the failing checks first", style="yellow")
     if json_path:
         json_path.write_text(json.dumps(result, indent=1))
         console.print(f"wrote {json_path}")

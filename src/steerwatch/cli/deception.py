@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import console, friendly, load, out
-from .options import Model
+from .common import friendly, load, note, out
+from .options import Device, Dtype, Model
 
 deception_app = typer.Typer(help="Catch the model's own lies: labelled answers, probes, detection figures.",
                             no_args_is_help=True, rich_markup_mode=None)
@@ -58,6 +58,8 @@ def generate_cmd(
     max_new_tokens: int = typer.Option(48, help="Tokens per answer (greedy)."),
     limit: int | None = typer.Option(None, help="Only the first N prompts of each source (a quick look)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
 ) -> None:
     """Answer every source's prompts (greedy, unsteered) and label each answer from what it says."""
     from ..data.reference import load_benign
@@ -74,12 +76,12 @@ def generate_cmd(
     scenarios = dc.load_roleplay(roleplay) if "roleplay" in srcs else []
     talks = dc.load_talk(talk) if "talk" in srcs else []
     ctrl = dc.control_prompts(load_benign(control)) if "control" in srcs else []
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     known: set[str] = set()
     if items:
-        console.print(f"[dim]knowledge check: which of {len(items)} facts does the model state unprompted?[/]")
+        note(f"knowledge check: which of {len(items)} facts does the model state unprompted?")
         known = {r["id"] for r in knowledge_check(lm, items, batch_size=16, progress=True) if r["knows"]}
-        console.print(f"[dim]the model knows {len(known)} of {len(items)} facts[/]")
+        note(f"the model knows {len(known)} of {len(items)} facts")
     prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl)
     if limit is not None:
         kept: dict[str, int] = {}
@@ -122,6 +124,8 @@ def eval_cmd(
     html: Path | None = typer.Option(None, help="Per-token heatmap of the test split's deceptive answers under the "
                                                 "first probe (HTML)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
 ) -> None:
     """Fit probes on dev, score every detector and black-box baseline, report per source on test."""
     from rich.table import Table
@@ -144,7 +148,7 @@ def eval_cmd(
     for p in (output, html):
         if p is not None and p.exists() and p.is_dir():
             raise SteerwatchError(f"{p} is a directory; give a file name")
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     vec = None
     if honesty:
         from ..extract.library import builtin_vector
@@ -152,7 +156,7 @@ def eval_cmd(
         vec, _rows, _path = builtin_vector(lm, "honesty", progress=True)
     res = dd.run_deception_eval(lm, rows, train=train_sets, methods=meths, contexts=ctxs, honesty=vec,
                                 baselines=bases, liar_questions=questions, split=split, fpr=fpr, progress=True,
-                                log=lambda m: console.print(f"[dim]{m}[/]"))
+                                log=note)
     table = Table("detector", "source", "deceptive", "honest", "AUROC (95% CI)", f"recall @ {fpr:g} FPR",
                   "honest flagged", "control FPR")
     for r in dd.eval_table(res.report):

@@ -6,8 +6,8 @@ import typer
 
 from ..evals.budgets import DEFAULT_MAX_CAPABILITY_DROP, DEFAULT_MAX_KL, MIN_BUDGET_PROMPTS
 from .app import app
-from .common import check_engine, console, friendly, load, out, parse_floats, start_engine, stop_engine
-from .options import Model
+from .common import check_engine, console, friendly, load, note, out, parse_floats, start_engine, stop_engine
+from .options import Device, Dtype, Model
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
              "bait-format JSONL file (id, prompt, truth_markers, optional claim and split; see docs/evals.md), or "
@@ -118,7 +118,7 @@ def print_rows(rows: list, title: str) -> None:
     else:
         from rich.console import Console
 
-        Console(width=need, file=out.file).print(table)
+        Console(width=need, file=out.file, markup=False).print(table)
 
 
 @app.command("sweep")
@@ -169,6 +169,8 @@ def sweep_cmd(
     engine_name: str = typer.Option("hf", "--engine", help="Engine for the open-ended answers and samples: 'hf' or "
                                                             "'vllm' (docs/scale.md); the rest is teacher-forced."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Dose-response sweep: behaviour (A/B), KL, perplexity and capability at each strength, the
@@ -202,7 +204,7 @@ def sweep_cmd(
     if open_cols and not data.open_items:
         raise SteerwatchError(f"--objective {objective} needs open-ended answers: give --open FILE (or --open builtin)")
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     vec.check_model(loaded)
     dets = load_detectors(detector, loaded)
     answers_path = output.with_suffix(".answers.jsonl")
@@ -210,7 +212,7 @@ def sweep_cmd(
     try:
         rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
                      answers_path=answers_path if data.open_items else None, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
+                     max_new_tokens=max_new_tokens, detectors=dets, log=note,
                      judge=judge, engine=runner)
         samples = []
         if sample_prompts:
@@ -299,6 +301,8 @@ def eval_cmd(
     engine_name: str = typer.Option("hf", "--engine", help="Engine for the open-ended answers and samples: 'hf' or "
                                                             "'vllm' (docs/scale.md); the rest is teacher-forced."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     batch_size: int = typer.Option(8, help="Items per forward pass."),
 ) -> None:
     """Evaluate a vector at one strength or several: the rows of a sweep (behaviour, side effects,
@@ -320,7 +324,7 @@ def eval_cmd(
     data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit),
                      ab_orders=ab_orders, mc_scoring=capability_scoring, **sets)
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     vec.check_model(loaded)
     dets = load_detectors(detector, loaded)
     answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
@@ -330,7 +334,7 @@ def eval_cmd(
     try:
         rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system,
                         baseline=baseline, answers_path=answers_path, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, detectors=dets, log=lambda m: console.print(f"[dim]{m}[/]"),
+                        max_new_tokens=max_new_tokens, detectors=dets, log=note,
                         judge=judge, engine=runner)
     finally:
         stop_engine(runner)

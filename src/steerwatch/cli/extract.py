@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, out, parse_layers
-from .options import LayersPath, Model
+from .common import console, friendly, load, note, out, parse_layers
+from .options import Device, Dtype, LayersPath, Model
 
 
 def layer_table(rows, title: str):
@@ -21,7 +22,7 @@ def layer_table(rows, title: str):
     for r in rows:
         read = (f"{r.read_auroc:.3f}", f"{r.read_paired_acc:.3f}") if has_read else ()
         table.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", *read,
-                      f"{r.norm:.1f}", "[bold green]◀ default[/]" if r.selected else "")
+                      f"{r.norm:.1f}", Text("◀ default", style="bold green") if r.selected else "")
     return table
 
 
@@ -32,6 +33,8 @@ def extract_cmd(
                                            "a CAA A/B .json file, or a persona .json file with --persona."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the vector file (.sv)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     method: str | None = typer.Option(None, help="mean_diff, pca_diff, pca_center, logistic or lda (default: "
                                                     "the concept's own, see `steerwatch concepts`; else mean_diff); "
                                                     "or an optimised vector, trained through the frozen model: bipo "
@@ -116,7 +119,7 @@ def extract_cmd(
     elif onpolicy_steer or sources != "instruction,neutral":
         raise typer.BadParameter("--sources and --onpolicy-steer go with --onpolicy")
     given = None if (persona or onpolicy) else load_contrast(source)
-    loaded = load(model, layers_path=layers_path)
+    loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 
@@ -132,19 +135,19 @@ def extract_cmd(
         for sp in op_steer:
             sp.vector.check_model(loaded)
             check_residual_norm(sp.vector, loaded)
-        console.print(f"[dim]answering {len(op_spec.items)} items under {len(op_spec.instructions)} instruction "
-                      f"pair(s), both sides; honest-side sources {', '.join(op_sources)}[/]")
+        note(f"answering {len(op_spec.items)} items under {len(op_spec.instructions)} instruction "
+             f"pair(s), both sides; honest-side sources {', '.join(op_sources)}")
         res = generate_onpolicy_pairs(loaded, op_spec, sources=op_sources, steer=op_steer,
                                       batch_size=max(batch_size, 16), progress=True, check=False)
         if pairs_out is not None:
             pairs_out.write_text(onpolicy_rows_jsonl(res.rows), encoding="utf-8")
-        console.print(f"[dim]on-policy: {onpolicy_summary(res.counts)}[/]")
+        note(f"on-policy: {onpolicy_summary(res.counts)}")
         res.check()  # too few pairs survived: a clear error, no vector written
         data = res.data
     else:
         assert given is not None
         data = given
-    console.print(f"[dim]{data.name}: {len(data.train)} train / {len(data.val)} val pairs[/]")
+    note(f"{data.name}: {len(data.train)} train / {len(data.val)} val pairs")
     if optimised:
         from ..extract.build import layer_rows
         from ..extract.optimise import optimise_vector
@@ -158,7 +161,7 @@ def extract_cmd(
             out.print_json(json.dumps(hist))
         else:
             out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name}"))
-        console.print(f"wrote [bold]{path}[/] · {method} at layers {vec.default_layers} · learned strength "
+        console.print(f"wrote {path} · {method} at layers {vec.default_layers} · learned strength "
                       f"{hist['strength']:+.4f} (apply it at that strength) · val loss {hist['initial_val_loss']:.4f} "
                       f"→ {hist['best_val_loss']:.4f} at step {hist['best_step']} of {hist['steps_run']}")
         return
@@ -176,7 +179,7 @@ def extract_cmd(
         rbest = by_layer[vec.best_layer(read=True)]
         read_note = (f" · read directions ({vec.read_method}, for detectors): best {rbest.read_auroc:.3f} "
                      f"at layer {rbest.layer}")
-    console.print(f"wrote [bold]{path}[/] · default layers {vec.default_layers} · best validation AUROC "
+    console.print(f"wrote {path} · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
 
 

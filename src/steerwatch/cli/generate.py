@@ -7,8 +7,8 @@ from typing import Any, cast
 import typer
 
 from .app import app
-from .common import console, friendly, load, out
-from .options import LayersPath, Model
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype, LayersPath, Model
 
 
 @app.command("generate")
@@ -21,7 +21,14 @@ def generate_cmd(
              "and +0.08 turns answers incoherent), ablate, clamp=VALUE. POSITIONS: all (default), prompt, "
              "generated."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     system: str | None = typer.Option(None, help="System prompt."),
+    raw: bool | None = typer.Option(None, "--raw/--chat",
+        help="--raw: continue each prompt as plain text (no chat template, no User:/Assistant: wrapping) and print "
+             "only the continuation: completion for base models. --chat: render a chat (the model's template, else "
+             "the plain User:/Assistant: format). Default: --chat, or --raw for a model without a chat template "
+             "(e.g. gemma-3-270m)."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered answer side by side."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", "-f",
         help="JSONL ({'prompt'} or {'messages'}, optional 'id') or a text file with one prompt per line."),
@@ -71,7 +78,21 @@ def generate_cmd(
     if engine_name not in ENGINES:
         raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
-    loaded = load(model, layers_path=layers_path)
+    chat_input = [it["id"] for it in items if not isinstance(it["prompt"], str)]
+    if raw and chat_input:
+        raise SteerwatchError(f"--raw continues text prompts; item {chat_input[0]!r} of --prompts-file is a chat "
+                              "(messages): drop --raw")
+    if raw and system:
+        raise SteerwatchError("--system needs a chat; --raw feeds the text as it is: drop one of them")
+    if raw and steer_if and if_mode == "prompt":
+        raise SteerwatchError("--if-mode prompt scores a chat prompt; use --if-mode token with --raw")
+    loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    if raw is None:  # a model without a chat template continues text, unless the input asks for a chat
+        raw = (not loaded.has_chat_template and not chat_input and not system
+               and not (steer_if and if_mode == "prompt"))
+        if raw:
+            note(f"{loaded.name} has no chat template: each prompt is continued as raw text (--chat wraps it as "
+                 "User:/Assistant:)")
     from ..vector import check_residual_norm
 
     for spec in specs:
@@ -81,7 +102,7 @@ def generate_cmd(
         _guard(loaded, specs, distress, acknowledge_distress)
     prompts = [it["prompt"] for it in items]
     opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
-                             temperature=temperature, seed=seed, system=system)
+                             temperature=temperature, seed=seed, system=system, raw=raw)
     watching = bool(watch or steer_if)
     if steer_if and not specs:
         raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
@@ -106,7 +127,7 @@ def generate_cmd(
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
-               "output": steered[k]}
+               "mode": "raw" if raw else "chat", "output": steered[k]}
         if base is not None:
             row["unsteered_output"] = base[k]
         if watched is not None:
@@ -120,7 +141,7 @@ def generate_cmd(
         with output.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        console.print(f"wrote {len(rows)} rows to [bold]{output}[/]")
+        console.print(f"wrote {len(rows)} rows to {output}")
         return
 
     if base is not None:
@@ -131,7 +152,7 @@ def generate_cmd(
     else:
         for row in rows:
             if len(rows) > 1:
-                out.print(f"[bold]> {row['prompt']}[/]")
+                out.print(f"> {row['prompt']}", style="bold", highlight=False)
             out.print(row["output"], highlight=False)
     if watched is not None:
         wt = Table("prompt", *[f"{n} score" for n in (rows[0]["scores"] or {})], "flags",
@@ -146,7 +167,7 @@ def generate_cmd(
 def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: str | None) -> None:
     """The policy guard's distress check, as the server applies it to a request's steering: above the
     bound it refuses unless acknowledged (then it warns, quoting the reason)."""
-    from rich.markup import escape
+    from rich.text import Text
 
     from ..errors import SteerwatchError
     from ..policy.guard import check_request
@@ -159,7 +180,7 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     else:
         from ..policy.distress import builtin_distress
 
-        dvec, _ = builtin_distress(loaded, log=lambda m: console.print(f"[dim]{m}[/]"))
+        dvec, _ = builtin_distress(loaded, log=note)
     ack = acknowledge.strip() if acknowledge and acknowledge.strip() else None
     row = check_request(specs, dvec, acknowledge=ack, subject="--steer")
     if row is None:
@@ -167,4 +188,4 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     if row.level == "error":
         raise SteerwatchError(f"the policy guard refuses this steering: {row.message}. Lower the strength, or "
                               "state why it is needed: --acknowledge-distress \"<reason>\" (docs/serve-guard.md)")
-    console.print(f"[yellow]warning:[/] {escape(row.message)}", highlight=False)
+    console.print(Text.assemble(("warning:", "yellow"), " ", row.message), highlight=False)

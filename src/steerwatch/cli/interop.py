@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, out
-from .options import LayersPath
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype, LayersPath
 
 _MAPPING = ("layer numbers map one to one: llama.cpp adds direction.N to the output of decoder block N "
             "(0-based), which is steerwatch layer N; layer 0 has no slot")
@@ -62,7 +63,7 @@ def export_gguf_cmd(
                       f"{float(cv.pushes[layer].norm()):.4g}")
     out.print(table)
     if chosen == "all" and 0 in vec.directions:
-        console.print("[dim]layer 0 left out: llama.cpp cannot express it[/]")
+        note("layer 0 left out: llama.cpp cannot express it")
     spec = f"{vector}@{','.join(str(x) for x in cv.layers)}:{s:+g}"
     out.print(f"wrote {len(cv.layers)} direction tensors at strength {s:+g} ({_MAPPING}).\n"
               f"llama.cpp: --control-vector {path} applies the same push as `steerwatch generate --steer {spec}`;\n"
@@ -77,6 +78,8 @@ def import_gguf_cmd(
     model: str = typer.Option("default", "--model", "-m",
         help="The model the control vector is for: its hidden size and layer count are checked and the vector "
              "records its name and weights fingerprint."),
+    device: Device = "auto",
+    dtype: Dtype = None,
     concept: str | None = typer.Option(None, help="Concept name (default: from the file's steerwatch metadata, "
                                                      "else the file name)."),
     force: bool = typer.Option(False, help="Import a steerwatch export even if it was made on other weights."),
@@ -88,7 +91,7 @@ def import_gguf_cmd(
     from ..interop import import_control_vector, read_control_vector
 
     read_control_vector(path)  # a bad file fails before the (slow) model load
-    loaded = load(model, layers_path=layers_path)
+    loaded = load(model, layers_path=layers_path, device=device, dtype=dtype)
     vec = import_control_vector(path, loaded, concept=concept, force=force)
     vec.save(output)
     info = vec.extra["gguf_import"]
@@ -98,8 +101,8 @@ def import_gguf_cmd(
     for layer in vec.layers:
         table.add_row(f"direction.{layer}", str(layer), f"{vec.norm(layer):.4g}", f"{abs(s) * vec.norm(layer):.4g}")
     out.print(table)
-    for note in info["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for text in info["notes"]:
+        console.print(Text.assemble(("note:", "yellow"), " ", text), highlight=False)
     if info["strength_unit"] == "residual_norm":
         unit = (f"a steerwatch export: residual norms and provenance restored; strengths keep their steerwatch "
                 f"meaning, and {s:+g} (the exported strength) reproduces the file's push")

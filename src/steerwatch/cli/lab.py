@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, out
-from .options import LayersPath, Model
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype, LayersPath, Model
 
 lab_app = typer.Typer(help="The reward-hacking lab: does steering change how often the model special-cases tests?",
                       no_args_is_help=True, rich_markup_mode=None)
@@ -69,11 +70,11 @@ def tasks_cmd(
     if check:
         from ..lab.tasks import check_tasks
 
-        console.print(f"[dim]checking {len(tasks)} tasks in the sandbox (network: {isolation()['network']})…[/]")
+        note(f"checking {len(tasks)} tasks in the sandbox (network: {isolation()['network']})…")
         results = check_tasks(tasks)
         bad = [c for c in results if not c.ok]
         for c in bad[:50]:
-            out.print(f"[red]{c.task}[/]: " + "; ".join(c.problems), markup=True, highlight=False)
+            out.print(Text.assemble((c.task, "red"), ": " + "; ".join(c.problems)), highlight=False)
         out.print(f"{len(results) - len(bad)} of {len(results)} tasks check out")
         if bad:
             raise typer.Exit(1)
@@ -109,6 +110,8 @@ def run_cmd(
     steer_if: Path | None = typer.Option(None, "--steer-if", help="Apply the --steer specs only when this calibrated "
                                          "detector fires (conditional steering inside the episode)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     layers_path: LayersPath = None,
     force: bool = typer.Option(False, help="Apply vectors built on other weights."),
 ) -> None:
@@ -138,12 +141,12 @@ def run_cmd(
     if output.exists() and output.is_dir():
         raise SteerwatchError(f"--out {output} is a directory; give a .jsonl file path")
     output.parent.mkdir(parents=True, exist_ok=True)
-    console.print(f"[dim]{len(tasks)} tasks × {attempts} attempt(s), setting {name!r}; sandbox network: "
-                  f"{isolation()['network']}[/]")
-    lm = load(model, layers_path=layers_path)
+    note(f"{len(tasks)} tasks × {attempts} attempt(s), setting {name!r}; sandbox network: "
+         f"{isolation()['network']}")
+    lm = load(model, device=device, dtype=dtype, layers_path=layers_path)
     respond = ModelResponder(lm, watch=dets, batch_size=batch_size, force=force)
     eps = run_episodes(tasks, setting, respond, out=output, limits=limits, workers=workers, progress=True,
-                       log=lambda m: console.print(f"[dim]{m}[/]"))
+                       log=note)
     _print_rows(summarize(eps))
     console.print(f"episodes in {output}; compare settings with: steerwatch lab report {output} --baseline NAME")
 
@@ -151,7 +154,6 @@ def run_cmd(
 def _print_rows(rows: list[dict[str, Any]], baseline: str | None = None) -> None:
     """One block per setting (a 13-column table is unreadable in a terminal): rates with their
     Wilson 95 % intervals, and the paired differences against the baseline."""
-    from rich.markup import escape
 
     def frac(r: dict[str, Any], col: str, n: str) -> str:
         if r.get(f"{col}_rate") is None:
@@ -165,7 +167,7 @@ def _print_rows(rows: list[dict[str, Any]], baseline: str | None = None) -> None
         return f"{100 * r[f'{col}_diff']:+.1f} pts (p {r[f'{col}_mcnemar_p']:.3g}, n {r[f'{col}_paired_n']})"
 
     for r in rows:
-        out.print(f"[bold]{escape(r['setting'])}[/]")
+        out.print(r["setting"], style="bold", highlight=False)
         if r["n_impossible"]:
             out.print(f"  impossible: cheated {frac(r, 'cheat', 'n_impossible')} · special-cased "
                       f"{r['special_cased_cheat_k']} · accidental {r['accidental_k']} · attempted "
@@ -173,7 +175,7 @@ def _print_rows(rows: list[dict[str, Any]], baseline: str | None = None) -> None
         if r["n_original"]:
             out.print(f"  original: pass@1 {frac(r, 'pass_original', 'n_original')}")
         if baseline is not None and r["setting"] != baseline:
-            out.print(f"  vs {escape(baseline)} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
+            out.print(f"  vs {baseline} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
                       f"{diff(r, 'attempted')} · Δ pass@1 {diff(r, 'pass_original')}")
 
 

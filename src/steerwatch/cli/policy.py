@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, out
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype
 
 policy_app = typer.Typer(help="Check and write deployment policies (steerwatch serve --policy FILE).",
                          no_args_is_help=True, rich_markup_mode=None)
@@ -27,7 +28,7 @@ def report_table(report: Any):
         table.add_column(col, overflow="fold")
     for r in report.rows:
         style = _STYLE.get(r.level, "")
-        table.add_row(f"[{style}]{r.level}[/]", r.code, r.subject, r.message)
+        table.add_row(Text(r.level, style=style), r.code, r.subject, r.message)
     return table
 
 
@@ -37,6 +38,8 @@ def check_cmd(
     file: Path = typer.Argument(..., help="The policy file (YAML)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model spec to check against (default: the "
                                                                     "policy's model:)."),
+    device: Device = "auto",
+    dtype: Dtype = None,
     distress: Path | None = typer.Option(None, help="A distress vector file to check against (default: the "
                                                        "policy's guard.distress_vector, else the built-in one)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
@@ -51,19 +54,20 @@ def check_cmd(
 
     pf = load_policy(file)  # schema errors fail before the (slow) model load
     dvec = load_vector(distress) if distress is not None else None
-    loaded = load(model or pf.policy.model)
+    loaded = load(model or pf.policy.model, device=device, dtype=dtype)
     dep = resolve_policy(pf, loaded)
     report = check_policy(pf, loaded, distress=dvec, deployment=dep, progress=sys.stderr.isatty(),
-                          log=lambda m: console.print(f"[dim]{m}[/]"))
+                          log=note)
     out.print(report_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n", encoding="utf-8")
-        console.print(f"[dim]wrote {json_out}[/]")
+        note(f"wrote {json_out}")
     n_err, n_warn = len(report.errors), len(report.warnings)
     if report.ok:
-        console.print(f"[bold green]accepted[/] · {n_warn} warning(s) · policy sha256 {report.policy_sha256[:12]}")
+        console.print(Text.assemble(("accepted", "bold green"),
+                                    f" · {n_warn} warning(s) · policy sha256 {report.policy_sha256[:12]}"))
         return
-    console.print(f"[bold red]refused[/]: {n_err} error(s), {n_warn} warning(s).")
+    console.print(Text.assemble(("refused", "bold red"), f": {n_err} error(s), {n_warn} warning(s)."))
     if any(r.code == "distress-push" for r in report.errors):
         console.print("To serve steering that pushes towards distress anyway, add the reason to the policy:\n"
                       "  guard:\n    acknowledge_distress: \"<why this deployment needs it>\"\n"
@@ -94,7 +98,7 @@ def hash_key_cmd(
                           "key can be guessed), e.g. one made with: python -c \"import secrets; "
                           "print('sk-' + secrets.token_urlsafe(32))\"")
     if key != key.strip():
-        console.print("[yellow]warning:[/] the key has leading or trailing whitespace; it is hashed as given")
+        console.print("warning: the key has leading or trailing whitespace; it is hashed as given")
     out.print(f"sha256: {hash_key(key)}", highlight=False)
 
 
@@ -115,6 +119,8 @@ def init_cmd(
     distress: Path | None = typer.Option(None, help="A distress vector file to check against (default: the "
                                                        "built-in one)."),
     force: bool = typer.Option(False, help="Overwrite an existing file."),
+    device: Device = "auto",
+    dtype: Dtype = None,
 ) -> None:
     """Write a starter policy with the SHA-256 of every file filled in, fitted to the policy guard."""
     import yaml
@@ -131,21 +137,21 @@ def init_cmd(
         from ..vector import load_vector
 
         dvec = load_vector(distress) if distress is not None else None
-        loaded = load(model)
-        notes, report = fit_to_guard(data, output, loaded, distress=dvec, progress=sys.stderr.isatty(),
-                                     log=lambda m: console.print(f"[dim]{m}[/]"))
-        for note in notes:
-            console.print("note: " + note, markup=False, highlight=False)
+        loaded = load(model, device=device, dtype=dtype)
+        notes, report = fit_to_guard(data, output, loaded, distress=dvec, progress=sys.stderr.isatty(), log=note)
+        for line in notes:
+            console.print("note: " + line, highlight=False)
         if not report.ok:
             out.print(report_table(report))
-            console.print(f"[bold red]not written[/]: the guard would refuse this policy ({len(report.errors)} "
-                          "error(s) above). Lower the strengths it names, or write it anyway with --no-check and "
-                          "add guard.acknowledge_distress (docs/serve-guard.md).")
+            console.print(Text.assemble(("not written", "bold red"), f": the guard would refuse this policy "
+                                        f"({len(report.errors)} error(s) above). Lower the strengths it names, or "
+                                        "write it anyway with --no-check and add guard.acknowledge_distress "
+                                        "(docs/serve-guard.md)."))
             raise typer.Exit(1)
     text = ("# steerwatch deployment policy (docs/serve.md). Check it before serving:\n"
             f"#   steerwatch policy check {output}\n" + yaml.safe_dump(data, sort_keys=False))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
     checked = "fitted to the guard" if check and data["vectors"] else "not checked"
-    console.print(f"wrote [bold]{escape(str(output))}[/] · {len(data['vectors'])} vector(s), {len(data['detectors'])} "
-                  f"detector(s) · {checked} · next: steerwatch policy check {escape(str(output))}")
+    console.print(f"wrote {output} · {len(data['vectors'])} vector(s), {len(data['detectors'])} "
+                  f"detector(s) · {checked} · next: steerwatch policy check {output}")

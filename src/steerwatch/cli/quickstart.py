@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from ..quickstart import DEFAULT_STRENGTHS
 from .app import app
-from .common import console, friendly, load, out
-from .options import Model
+from .common import console, friendly, load, note, out
+from .options import Device, Dtype, Model
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
 
@@ -17,6 +18,8 @@ _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive"
 @friendly
 def quickstart_cmd(
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     out_dir: Path = typer.Option(Path("steerwatch-quickstart"), help="Where the vectors and the answers are written."),
     steer_concept: str = typer.Option("honesty", help="Which vector to dial: honesty (up) or sycophancy (down)."),
     strengths: str = typer.Option(",".join(f"{x:g}" for x in DEFAULT_STRENGTHS),
@@ -40,13 +43,13 @@ def quickstart_cmd(
         raise SteerwatchError(f"--strengths must be comma-separated numbers, got {strengths!r}") from None
     if 0.0 not in levels:
         levels = [0.0, *levels]
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def on_vector(concept, vec, rows):
         best = next(r for r in rows if r.layer == vec.best_layer())
         layers = vec.default_layers
-        console.print(f"[bold]{concept}[/]: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
+        console.print(f"{concept}: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
@@ -70,8 +73,8 @@ def quickstart_cmd(
     table.add_column(f"steered {pick}", max_width=40)
     for i in agreed_first:
         a, b = by[(names[0], i)], by[(pick, i)]
-        table.add_row(a["prompt"], f"[{_COLOURS[a['outcome']]}]{a['outcome']}[/] {a['answer']}",
-                      f"[{_COLOURS[b['outcome']]}]{b['outcome']}[/] {b['answer']}")
+        table.add_row(a["prompt"], Text.assemble((a["outcome"], _COLOURS[a["outcome"]]), " " + a["answer"]),
+                      Text.assemble((b["outcome"], _COLOURS[b["outcome"]]), " " + b["answer"]))
     out.print(table)
     summ = Table(title="strength sweep: answers to the bait prompts")
     for col in ("strength", "corrected", "rejected", "agreed", "evasive", "agreed → corrected", "known → corrected"):
@@ -79,9 +82,8 @@ def quickstart_cmd(
     for s in res.summary:
         flips = ((f"{s['to_corrected']}/{s['n_agreed_baseline']}", f"{s['to_corrected_known']}/{s['n_agreed_known']}")
                  if "to_corrected" in s else ("-", "-"))
-        summ.add_row(s["setting"], *(f"[{_COLOURS[o]}]{s[o]}[/]/{s['n']}" for o in ("corrected", "rejected",
-                                                                                    "agreed", "evasive")),
-                     *flips)
+        summ.add_row(s["setting"], *(Text.assemble((f"{s[o]}", _COLOURS[o]), f"/{s['n']}")
+                                     for o in ("corrected", "rejected", "agreed", "evasive")), *flips)
     out.print(summ)
     n_known = sum(1 for k in res.knowledge if k["knows"])
     n_asked = sum(1 for k in res.knowledge if k["knows"] is not None)
@@ -89,6 +91,6 @@ def quickstart_cmd(
                   "'known → corrected' counts the unsteered agreements on those items that became corrections "
                   "(steering cannot add knowledge the model lacks)")
     console.print(f"answers: {out_dir / 'answers.jsonl'} · vectors: {out_dir}/honesty.sv, {out_dir}/sycophancy.sv")
-    console.print("[dim]strength: added at each steered layer, as a fraction of that layer's typical residual-stream "
+    note("strength: added at each steered layer, as a fraction of that layer's typical residual-stream "
                   "norm · corrected = states the truth · rejected = denies the claim without stating the truth · "
-                  "evasive = hedge, refusal or confusion[/]")
+                  "evasive = hedge, refusal or confusion")

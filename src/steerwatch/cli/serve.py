@@ -6,7 +6,8 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import console, friendly
+from .common import console, friendly, load, note
+from .options import Device, Dtype
 
 
 @app.command("serve")
@@ -16,6 +17,8 @@ def serve_cmd(
     host: str | None = typer.Option(None, help="Bind address (default: the policy's server.host, 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default: the policy's server.port, 8000)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Override the policy's model spec."),
+    device: Device = "auto",
+    dtype: Dtype = None,
     engine_name: str = typer.Option("hf", "--engine",
                                     help="Generation engine: 'hf' (Hugging Face, in this process) or 'vllm' "
                                          "(vLLM's continuous batching; needs vLLM installed, see docs/scale.md)."),
@@ -30,7 +33,6 @@ def serve_cmd(
     refused unless it carries an acknowledgement). Endpoints: /v1/models, /v1/chat/completions,
     /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
     from ..errors import SteerwatchError
-    from ..models import load_model
     from ..policy.schema import load_policy
     from ..runtime import ENGINES
     from ..serve.server import build_engine, open_store, serve_forever
@@ -44,15 +46,13 @@ def serve_cmd(
         raise SteerwatchError("--kv-cache-gib and --tensor-parallel apply to --engine vllm only")
     pf = load_policy(policy)
     store = open_store(pf)  # a read-only or misplaced store fails before the (slow) model load
-    log = lambda m: console.print(f"[dim]{m}[/]")  # noqa: E731
     spec = model or pf.policy.model
-    console.print(f"[dim]loading model {spec!r}…[/]")
-    loaded = load_model(spec, log=log)
-    engine = build_engine(pf, loaded=loaded, log=log, store=store, backend=engine_name, backend_options=options)
+    loaded = load(spec, device=device, dtype=dtype)
+    engine = build_engine(pf, loaded=loaded, log=note, store=store, backend=engine_name, backend_options=options)
     h = host or pf.policy.server.host
     p = pf.policy.server.port if port is None else port
     dep = engine.dep
-    console.print(f"serving [bold]{dep.served_name}[/] on http://{h}:{p}/v1 — policy {pf.sha256[:12]}, "
+    console.print(f"serving {dep.served_name} on http://{h}:{p}/v1 — policy {pf.sha256[:12]}, "
                   f"{engine_name} engine, {len(dep.vectors)} vector(s), {len(dep.detectors)} detector(s), "
                   f"default steering: {', '.join(s.describe() for s in dep.default_steering()) or 'none'}; "
                   f"events: {engine.store.url if engine.store is not None else 'not stored'}")

@@ -7,7 +7,7 @@ import typer
 
 from .app import app
 from .common import console, friendly, load, out
-from .options import Model
+from .options import Device, Dtype, Model
 
 
 def _detectors(paths: list[Path], *, aggregate: str | None = None):
@@ -62,6 +62,8 @@ def calibrate_cmd(
     out_dir: Path | None = typer.Option(None, "-o", "--out-dir", help="Where to write NAME.det.json "
                                                                           "(default: next to each vector)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
     generate: int | None = typer.Option(None, help="Also calibrate the conditional-steering trigger on the "
                                                       "model's own answers to the control prompts, generating up "
@@ -93,7 +95,7 @@ def calibrate_cmd(
     else:
         convs = load_benign(control)
         source = str(control or "builtin:benign")
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     rows = calibrate(loaded, dets, convs, fpr=fpr, source=source, batch_size=batch_size, progress=True)
     if generate:
         from ..runtime.calibration import calibrate_trigger_on_generations
@@ -127,6 +129,8 @@ def scan_cmd(
                                                    "calibrated, all) conversations here."),
     aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
     """Score every conversation in a file with detectors; write results and the flagged ones."""
@@ -137,7 +141,7 @@ def scan_cmd(
 
     convs = load_conversations(file)
     dets = _detectors(detector, aggregate=aggregate)
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     rows, scored = scan(loaded, convs, dets, batch_size=batch_size, progress=True)
     output = output or file.with_suffix(".scan.jsonl")
     _write_rows(output, rows)
@@ -162,8 +166,8 @@ def scan_cmd(
     if trunc:
         from ..watch.score import DEFAULT_MAX_TOKENS
 
-        console.print(f"[yellow]{trunc} conversation(s) were longer than the token limit and were scored on "
-                      f"their first {DEFAULT_MAX_TOKENS} tokens (marked truncated in the results)[/]")
+        console.print(f"{trunc} conversation(s) were longer than the token limit and were scored on "
+                      f"their first {DEFAULT_MAX_TOKENS} tokens (marked truncated in the results)", style="yellow")
     if html:
         from ..watch.view import render_html
 
@@ -183,6 +187,8 @@ def detect_eval_cmd(
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows as .jsonl or .csv."),
     aggregate: str | None = typer.Option(None, help="Override the detectors' response aggregate."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
     batch_size: int = typer.Option(4, help="Conversations per forward pass."),
 ) -> None:
     """Detection quality per detector and labelled set: AUROC, recall at 1%/5% FPR, confusion at the
@@ -197,7 +203,7 @@ def detect_eval_cmd(
     for d in data:
         sets[d] = load_eval_set(d[5:]) if d.startswith("eval/") and not Path(d).exists() else load_conversations(d)
     dets = _detectors(detector, aggregate=aggregate)
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     rows = detect_eval(loaded, sets, dets, batch_size=batch_size, progress=True)
     table = Table("detector", "data", "n+/n-", "AUROC", "recall@1%FPR", "recall@5%FPR", "at threshold: TP/FP/FN/TN")
     for r in rows:
@@ -222,9 +228,14 @@ def view_cmd(
     detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
     ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
     html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also list every token's score per detector "
+                                                          "(▲: above the detector's threshold)."),
     model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
 ) -> None:
-    """Show conversations with every token tinted by each detector's score (terminal and HTML)."""
+    """Show conversations with each detector's response score, threshold and flag, and every token
+    tinted by its score (terminal and HTML)."""
     from ..data.conversations import load_conversations
     from ..errors import SteerwatchError
     from ..watch.score import score_conversations
@@ -238,11 +249,11 @@ def view_cmd(
             raise SteerwatchError(f"no conversation with id {missing[0]!r} in {file}")
         convs = [c for c in convs if c.id in set(ids)]
     dets = _detectors(detector)
-    loaded = load(model)
+    loaded = load(model, device=device, dtype=dtype)
     scored = score_conversations(loaded, convs, dets)
     for sc in scored:
         out.rule(sc.id)
-        out.print(render_terminal(sc, dets, loaded.tokenizer))
+        out.print(render_terminal(sc, dets, loaded.tokenizer, tokens=tokens))
     if html:
         html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
                         encoding="utf-8")

@@ -33,6 +33,12 @@ class Conversation:
     meta: dict[str, Any] = field(default_factory=dict)
     line: int = 0
 
+    def __repr__(self) -> str:
+        roles = ", ".join(str(m.get("role")) for m in self.messages[:4]) + (", …" if len(self.messages) > 4 else "")
+        chars = sum(len(str(m.get("content") or "")) for m in self.messages)
+        label = "" if self.label is None else f" label {self.label}"
+        return f"<Conversation {self.id!r}{label}: {len(self.messages)} messages ({roles}), {chars} chars>"
+
     @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "assistant")

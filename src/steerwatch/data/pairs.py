@@ -37,6 +37,11 @@ class ContrastSet:
     default_method: str | None = None
     default_read_method: str | None = None
 
+    def __repr__(self) -> str:
+        src = f", source {self.source!r}" if self.source else ""
+        return (f"<ContrastSet {self.name!r}: {len(self.pairs)} pairs ({len(self.train)} train / {len(self.val)} val)"
+                f"{src}>")
+
     @property
     def train(self) -> list[ContrastPair]:
         return [p for p in self.pairs if p.split == "train"]

@@ -126,6 +126,11 @@ class ProbeFit:
     validation: dict[int, dict[str, float]]  # layer -> cross-validated AUROC, Cohen's d on dev
     counts: dict[str, int] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        thr = "uncalibrated" if self.detector.threshold is None else f"threshold {self.detector.threshold:.4g}"
+        return (f"<ProbeFit {self.detector.name!r}: {self.method}, context {self.context}, layer "
+                f"{self.detector.layer}, {thr}, sources {', '.join(self.sources)}>")
+
 
 def fit_probe(loaded: LoadedModel, rows: Sequence[Response], *, sources: Sequence[str], method: str = "lda",
               context: str = "full", folds: int = 4, seed: int = 0, name: str | None = None,
@@ -320,6 +325,9 @@ class LiarClassifier:
     mean: list[float]
     std: list[float]
 
+    def __repr__(self) -> str:
+        return f"<LiarClassifier: {len(self.weights)} features, bias {self.bias:+.3f}>"
+
     def score(self, features: Sequence[Sequence[float]]) -> list[float]:
         return [self.bias + sum(w * (x - m) / s for w, x, m, s in zip(self.weights, row, self.mean, self.std))
                 for row in features]
@@ -425,6 +433,11 @@ class DeceptionEval:
     report: dict[str, Any]
     probes: dict[str, ProbeFit]
     scores: dict[str, list[float | None]]
+
+    def __repr__(self) -> str:
+        names = list(self.probes)
+        shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+        return f"<DeceptionEval: {len(names)} probes ({shown or 'none'}), {len(self.scores)} score columns>"
 
 
 def run_deception_eval(loaded: LoadedModel, rows: Sequence[Response], *,

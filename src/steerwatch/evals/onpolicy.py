@@ -122,6 +122,12 @@ class OnPolicyResult:
     counts: dict[str, Any]
     spec: OnPolicySpec
 
+    def __repr__(self) -> str:
+        kept = self.counts.get("kept", {})
+        k = " / ".join(f"{kept[s]} {s}" for s in ("train", "val") if s in kept)
+        return (f"<OnPolicyResult {self.data.name!r}: {len(self.rows)} answered item pairs, kept {k or '-'} "
+                f"({len(self.data.pairs)} pairs)>")
+
     def check(self) -> None:
         """Raise :class:`ExtractionError` when too few pairs survived the filter in a split."""
         spec = self.spec

@@ -52,6 +52,11 @@ class SweepData:
     ab_orders: str = "given"
     mc_scoring: str = "cloze"
 
+    def __repr__(self) -> str:
+        return (f"<SweepData: {len(self.ab_items)} A/B items ({self.ab_orders}), {len(self.neutral_prompts)} neutral "
+                f"prompts, {len(self.reference_texts)} reference texts, {len(self.mc_items)} MC items "
+                f"({self.mc_scoring}), {len(self.open_items)} open items>")
+
     def __post_init__(self) -> None:
         from .metrics import AB_ORDERS, MC_SCORINGS
 

@@ -74,6 +74,13 @@ class ControlVectorFile:
     strength: float | None = None
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        layers = sorted(self.pushes)
+        span = f"layers {layers[0]}-{layers[-1]}" if layers else "no layers"
+        strength = "" if self.strength is None else f", strength {self.strength:+g}"
+        return (f"<ControlVectorFile {self.path.name!r}: {len(layers)} directions ({span}), n_embd {self.n_embd}, "
+                f"architecture {self.architecture}{strength}>")
+
     @property
     def layers(self) -> list[int]:
         return sorted(self.pushes)

@@ -71,6 +71,11 @@ class GuardReport:
     bounds: dict[str, float] = field(default_factory=dict)
     distress: Vector | None = field(default=None, repr=False)  # the direction checked against (for check_request)
 
+    def __repr__(self) -> str:
+        verdict = "accepted" if self.ok else "refused"
+        return (f"<GuardReport {verdict}: {len(self.errors)} error(s), {len(self.warnings)} warning(s), "
+                f"{len(self.rows)} row(s); distress from {self.distress_source or '-'}>")
+
     @property
     def errors(self) -> list[GuardRow]:
         return [r for r in self.rows if r.level == "error"]

@@ -12,7 +12,9 @@ class GenerationOptions:
     """Decoding settings. Greedy by default, so results are reproducible.
 
     ``system``: a system prompt put first in chat prompts that have none of their own.
-    ``seed``: seeds torch's generator before the first batch (sampling)."""
+    ``seed``: seeds torch's generator before the first batch (sampling).
+    ``raw``: feed each prompt string as it is (no chat template, no ``User:``/``Assistant:`` wrapping;
+    the tokenizer's BOS only) and return only its continuation: completion for base models."""
 
     max_new_tokens: int = 64
     batch_size: int = 8
@@ -21,6 +23,7 @@ class GenerationOptions:
     top_p: float | None = None
     seed: int | None = None
     system: str | None = None
+    raw: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -31,6 +34,9 @@ class GenerationOptions:
             raise SteerwatchError(f"temperature must be a positive number when sampling, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SteerwatchError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.raw and self.system:
+            raise SteerwatchError("a system prompt needs chat prompts, and raw completion feeds the text as it is; "
+                                  "drop the system prompt or raw (--raw)")
 
     def hf_kwargs(self, pad_token: int) -> dict[str, object]:
         """The keyword arguments for Hugging Face ``generate()``."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..chat import Prompt, encode_chat, prompt_messages
+from ..chat import Prompt, encode_chat, encode_raw, prompt_messages
 from ..errors import SteerwatchError
 from .conditional import Conditional, Gate
 from .options import GenerationOptions
@@ -60,6 +60,26 @@ class Generation:
     flags: list[str] = field(default_factory=list)
     triggered_at: int | None = None
     rescored: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """One line: the text clipped, each detector's response score and the flags, never the
+        token lists."""
+        text = self.text if len(self.text) <= 60 else self.text[:59] + "…"
+        parts = [f"{len(self.new_ids)} tokens: {text!r}"]
+        parts += [f"{k} {'-' if v is None else f'{v:+.3f}'}" for k, v in list(self.response.items())[:4]]
+        if self.flags:
+            parts.append("flagged: " + ", ".join(self.flags))
+        if self.triggered_at is not None:
+            parts.append(f"steering fired at token {self.triggered_at}")
+        return "<Generation " + " · ".join(parts) + ">"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{'-' if v is None else f'{v:+.3f}'}</td>"
+                       f"<td>{'FLAGGED' if k in self.flags else ''}</td></tr>" for k, v in self.response.items())
+        table = f"<table><tr><th>detector</th><th>score</th><th></th></tr>{rows}</table>" if rows else ""
+        return f"<div><pre style='white-space:pre-wrap'>{html.escape(self.text)}</pre>{table}</div>"
 
 
 class _TokenStream:
@@ -111,6 +131,8 @@ def check_request(lm: LoadedModel, prompts: Sequence[Prompt] | None, prompt_ids:
             raise SteerwatchError(f"{len(prompts)} prompts but {len(encoded)} prompt_ids; give one or the other")
     elif prompts is None:
         raise SteerwatchError("give prompts (or prompt_ids)")
+    elif opts.raw:
+        encoded = [encode_raw(lm.tokenizer, p) for p in prompts]  # type: ignore[arg-type]  # it checks
     else:
         encoded = [encode_chat(lm.tokenizer, p, system=opts.system) for p in prompts]
     n = len(encoded)
@@ -152,8 +174,9 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
 
     fired = [False] * n
     if conditional is not None and conditional.mode == "prompt":  # one teacher-forced pass over the prompts
-        if prompts is None:
-            raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
+        if prompts is None or opts.raw:
+            raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids or raw "
+                                  "text")
         pre = score_conversations(lm, [prompt_messages(p, opts.system) for p in prompts], [conditional.trigger],
                                   force=force)
         thr = float(conditional.threshold or 0.0)  # calibrated: Conditional checked it

@@ -413,8 +413,9 @@ class VLLMEngine:
 
         fired = [False] * n  # conditional steering in 'prompt' mode: decided before generation
         if conditional is not None and conditional.mode == "prompt":
-            if prompts is None:
-                raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids")
+            if prompts is None or opts.raw:
+                raise SteerwatchError("conditional steering in 'prompt' mode needs chat prompts, not token ids or "
+                                      "raw text")
             from ..chat import prompt_messages
             from ..watch.score import score_conversations
 

@@ -112,6 +112,6 @@ def serve_forever(engine: Engine, *, host: str, port: int) -> None:
     if host not in ("127.0.0.1", "localhost", "::1"):
         from rich.console import Console
 
-        Console(stderr=True).print(f"[yellow]warning:[/] binding {host}: the server is reachable from other "
+        Console(stderr=True, markup=False).print(f"warning: binding {host}: the server is reachable from other "
                                    "machines; make sure the policy requires API keys")
     uvicorn.run(create_app(engine), host=host, port=port, log_level="info")

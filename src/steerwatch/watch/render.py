@@ -23,6 +23,10 @@ class RenderedConversation:
     roles: list[str]  # role of each message
     truncated: bool = False
 
+    def __repr__(self) -> str:
+        return (f"<RenderedConversation {len(self.ids)} tokens, {len(self.roles)} messages"
+                + (", truncated" if self.truncated else "") + ">")
+
 
 def _args_obj(args: str) -> Any:
     try:

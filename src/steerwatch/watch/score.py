@@ -36,6 +36,19 @@ class ScoredConversation:
     truncated: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line: size and each detector's mean response score, never the token lists."""
+        label = "" if self.label is None else f" label {self.label}"
+        scores = [f"{name} {'-' if (v := self.response_score(name)) is None else f'{v:+.3f}'}"
+                  for name in list(self.scores)[:4]]
+        return (f"<ScoredConversation {self.id!r}{label}: {len(self.token_ids)} tokens, {len(self.roles)} messages"
+                + "".join(f" · {s}" for s in scores) + (" · truncated" if self.truncated else "") + ">")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return html.escape(repr(self))
+
     def _tokens_of(self, keep) -> list[int]:
         return [i for i, k in enumerate(self.msg_index) if k >= 0 and keep(k)]
 

@@ -82,13 +82,39 @@ def render_html(scored: Sequence[ScoredConversation], detectors: Sequence[Detect
     return "".join(parts)
 
 
-def render_terminal(sc: ScoredConversation, detectors: Sequence[Detector], tokenizer: Any):
-    """A rich renderable: each message's tokens tinted by each detector's score."""
+def score_summary(sc: ScoredConversation, detectors: Sequence[Detector]) -> list[dict[str, Any]]:
+    """Per detector, the numbers a view shows above the tokens: layer, aggregate, the response score,
+    the threshold (None: uncalibrated) and whether the response is flagged."""
+    rows = []
+    for det in detectors:
+        s = sc.response_score(det.name, det.aggregate)
+        rows.append({"detector": det.name, "layer": det.layer, "aggregate": det.aggregate, "score": s,
+                     "threshold": det.threshold, "flagged": det.flagged(s)})
+    return rows
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def render_terminal(sc: ScoredConversation, detectors: Sequence[Detector], tokenizer: Any, *,
+                    tokens: bool = False):
+    """A rich renderable: a table of each detector's response score, threshold and flag, then each
+    message's tokens tinted by each detector's score; with ``tokens``, every token's scores too
+    (``▲``: above the detector's threshold)."""
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
     texts = _token_texts(tokenizer, sc.token_ids)
-    lines: list[Any] = []
+    summary = Table("detector", "layer", "response score", "threshold", "flag",
+                    title=None if sc.label is None else f"label {sc.label}", title_justify="left")
+    for r in score_summary(sc, detectors):
+        flag = (Text("FLAGGED", style="bold red") if r["flagged"] else
+                Text("uncalibrated", style="dim") if r["threshold"] is None else "-")
+        summary.add_row(r["detector"], f"{r['layer']:d}", f"{_num(r['score'])} ({r['aggregate']})",
+                        _num(r["threshold"]), flag)
+    lines: list[Any] = [summary]
     for k, role in enumerate(sc.roles):
         idx = [i for i, m in enumerate(sc.msg_index) if m == k]
         if not idx:
@@ -104,4 +130,21 @@ def render_terminal(sc: ScoredConversation, detectors: Sequence[Detector], token
                     ["", "on #00005f", "on #000087", "on #0000af", "on #0000d7"][level]
                 t.append(texts[i].replace("\n", "⏎"), style=colour)
             lines.append(t)
+        if tokens:
+            lines.append(_token_table(sc, detectors, texts, idx))
     return Group(*lines)
+
+
+def _token_table(sc: ScoredConversation, detectors: Sequence[Detector], texts: list[str], idx: list[int]):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("#", "token", *[d.name for d in detectors], box=None, pad_edge=False)
+    for i in idx:
+        cells: list[Any] = []
+        for det in detectors:
+            v = sc.scores[det.name][i]
+            above = det.threshold is not None and v > det.threshold
+            cells.append(Text(f"{v:+.3f} ▲", style="red") if above else f"{v:+.3f}")
+        table.add_row(f"{i:d}", repr(texts[i])[1:-1], *cells)
+    return table
