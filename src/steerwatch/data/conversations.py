@@ -9,6 +9,9 @@ One JSON object per line::
 (deception, cheating, ...) and 0 when it is not; ``true``/``false`` are accepted too. ``id``
 defaults to ``line-N``. Assistant messages may carry ``tool_calls`` (their ``function.arguments``
 are text and are scored like any other text); ``tool`` messages carry ``tool_call_id``.
+
+:func:`load_conversations` also reads Inspect AI eval logs (``.eval`` / ``.json``): see
+:mod:`steerwatch.data.inspect_logs`.
 """
 from __future__ import annotations
 
@@ -136,8 +139,14 @@ def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversati
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:
-    """Read a JSONL file of conversations (see the module docstring for the format)."""
+    """Read a JSONL file of conversations (see the module docstring for the format), or an Inspect
+    AI eval log (``.eval``, or ``.json`` as Inspect writes it): one conversation per sample and
+    epoch (:mod:`steerwatch.data.inspect_logs`)."""
     p = Path(path)
+    from .inspect_logs import is_inspect_log, load_inspect_log
+
+    if is_inspect_log(p):
+        return load_inspect_log(p)
     return parse_conversations_lines(jsonl_lines(read_text(p), path=p), path=str(p))
 
 
