@@ -118,17 +118,29 @@ def calibrate_cmd(
 SAMPLE_ROWS = 30  # samples of an Inspect log shown in the terminal (all of them are in the results file)
 
 
+def _served_steering(served: list) -> str:
+    """The steering steerwatch serve applied to a sample's last model call, as the log recorded it."""
+    steering = (served[-1].get("steering") or []) if served else []
+    return ", ".join(f"{st.get('vector')} {st.get('strength', 0):+g}" for st in steering if isinstance(st, dict)) \
+        or "none"
+
+
 def _inspect_table(convs, rows, dets, *, limit: int):
-    """Per sample of an Inspect log: Inspect's own scores next to each detector's score and flag."""
+    """Per sample of an Inspect log: Inspect's own scores (and, for a log of steerwatch serve, the
+    steering it applied) next to each detector's score and flag."""
     from rich.table import Table
 
-    table = Table("sample/epoch", "Inspect scores", *[f"{d.name} (layer {d.layer})" for d in dets],
-                  "flags", title="per sample: Inspect's scores and steerwatch's (white-box)")
+    served = any(c.meta.get("inspect", {}).get("served") for c in convs)
+    table = Table("sample/epoch", "Inspect scores", *(["served steering"] if served else []),
+                  *[f"{d.name} (layer {d.layer})" for d in dets], "flags",
+                  title="per sample: Inspect's scores and steerwatch's (white-box)")
     for conv, row in list(zip(convs, rows))[:limit]:
-        scores = conv.meta.get("inspect", {}).get("scores", {})
-        shown = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v)}" for k, v in scores.items())
+        info = conv.meta.get("inspect", {})
+        shown = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v)}"
+                          for k, v in info.get("scores", {}).items())
+        steer = [escape(_served_steering(info.get("served", [])))] if served else []
         cells = ["-" if row["scores"][d.name] is None else f"{row['scores'][d.name]:.3f}" for d in dets]
-        table.add_row(escape(row["id"]), escape(shown or "-"), *cells, escape(", ".join(row["flags"]) or "-"))
+        table.add_row(escape(row["id"]), escape(shown or "-"), *steer, *cells, escape(", ".join(row["flags"]) or "-"))
     return table
 
 

@@ -10,7 +10,10 @@ Each sample (and epoch) becomes one :class:`~steerwatch.data.conversations.Conve
   arguments (as JSON text), tool messages their ``tool_call_id``;
 - ``label``: None (Inspect's scores are not labels: they are kept in ``meta``);
 - ``meta["inspect"]``: task, model, sample id, epoch, target, Inspect's scores
-  (``{scorer: value}``) and the sample's error, if any.
+  (``{scorer: value}``), the sample's error, if any, and ``served``: for each model call that
+  ``steerwatch serve`` answered, the ``steerwatch`` extension Inspect recorded with the raw
+  response (``steering`` applied, ``scores``, ``flags``, ``stored_id``), so a log shows which
+  samples were steered.
 
 The logs are read with Inspect's own reader (``inspect_ai.log.read_eval_log``, attachments
 resolved), imported only when a log is read: ``pip install 'steerwatch[inspect]'``.
@@ -55,7 +58,7 @@ def _read_log(path: Path) -> Any:
     except ImportError:
         raise SteerwatchError(f"reading Inspect logs ({path.name}) needs Inspect AI: {INSTALL_HINT}") from None
     try:
-        return read_eval_log(str(path), resolve_attachments=True, exclude_fields={"events", "store"})
+        return read_eval_log(str(path), resolve_attachments=True, exclude_fields={"store"})
     except Exception as exc:  # Inspect raises many kinds (zip, JSON, pydantic) for a damaged log
         msg = " ".join(str(exc).split())[:300]
         raise DataFormatError(f"not a readable Inspect eval log ({type(exc).__name__}: {msg}); give a .eval or "
@@ -68,6 +71,21 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return str(value)
+
+
+SERVED_KEYS = ("steering", "scores", "flags", "stored_id")
+
+
+def _served(events: Any) -> list[dict[str, Any]]:
+    """The ``steerwatch`` extension of every model call a steerwatch server answered, in order."""
+    out = []
+    for ev in events or []:
+        call = getattr(ev, "call", None) if getattr(ev, "event", None) == "model" else None
+        response = getattr(call, "response", None)
+        ext = response.get("steerwatch") if isinstance(response, dict) else None
+        if isinstance(ext, dict):
+            out.append({k: _jsonable(ext.get(k)) for k in SERVED_KEYS})
+    return out
 
 
 def _message(m: Any, *, path: str, line: int, where: str) -> dict[str, Any]:
@@ -118,5 +136,8 @@ def load_inspect_log(path: str | Path) -> list[Conversation]:
                                             "target": _jsonable(s.target), "scores": scores}}
         if s.error is not None:
             meta["inspect"]["error"] = str(s.error.message)
+        served = _served(s.events)
+        if served:
+            meta["inspect"]["served"] = served
         convs.append(Conversation(id=cid, messages=msgs, label=None, meta=meta, line=i))
     return convs
