@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,11 @@ def parse_conversation(obj: dict, *, path: str, line: int) -> Conversation:
 
 
 def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversation]:
-    convs = [parse_conversation(obj, path=path, line=i) for i, obj in iter_jsonl_objects(lines, path=path)]
+    return _parse_records(iter_jsonl_objects(lines, path=path), path=path)
+
+
+def _parse_records(records: Iterable[tuple[int, dict]], *, path: str) -> list[Conversation]:
+    convs = [parse_conversation(obj, path=path, line=i) for i, obj in records]
     if not convs:
         raise DataFormatError("the file holds no conversations", path=path)
     seen: dict[str, int] = {}
@@ -143,10 +148,10 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     AI eval log (``.eval``, or ``.json`` as Inspect writes it): one conversation per sample and
     epoch (:mod:`steerwatch.data.inspect_logs`)."""
     p = Path(path)
-    from .inspect_logs import is_inspect_log, load_inspect_log
+    from .inspect_logs import inspect_log_records, is_inspect_log
 
-    if is_inspect_log(p):
-        return load_inspect_log(p)
+    if is_inspect_log(p):  # "line N" in its errors is sample N of the log
+        return _parse_records(inspect_log_records(p), path=str(p))
     return parse_conversations_lines(jsonl_lines(read_text(p), path=p), path=str(p))
 
 

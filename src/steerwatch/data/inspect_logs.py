@@ -1,7 +1,8 @@
 """Inspect AI eval logs (``.eval`` and ``.json``) as conversations, so ``steerwatch scan`` gives a
 user's existing Inspect evaluations white-box scores.
 
-Each sample (and epoch) becomes one :class:`~steerwatch.data.conversations.Conversation`:
+Each sample (and epoch) becomes one conversation record in the JSONL format of
+:mod:`steerwatch.data.conversations` (which validates and normalises it like any other line):
 
 - ``id``: ``SAMPLE_ID/EPOCH`` (e.g. ``fp-1/1``), unique within a log;
 - ``messages``: the sample's final message history (system, user, assistant, tool), each message's
@@ -12,8 +13,8 @@ Each sample (and epoch) becomes one :class:`~steerwatch.data.conversations.Conve
 - ``meta["inspect"]``: task, model, sample id, epoch, target, Inspect's scores
   (``{scorer: value}``), the sample's error, if any, and ``served``: for each model call that
   ``steerwatch serve`` answered, the ``steerwatch`` extension Inspect recorded with the raw
-  response (``steering`` applied, ``scores``, ``flags``, ``stored_id``), so a log shows which
-  samples were steered.
+  response (``steering`` applied, ``scores``, ``flags``, ``stored_id``, ``batch_size``), so a log
+  shows which samples were steered.
 
 The logs are read with Inspect's own reader (``inspect_ai.log.read_eval_log``, attachments
 resolved), imported only when a log is read: ``pip install 'steerwatch[inspect]'``.
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError, SteerwatchError
-from .conversations import ROLES, Conversation
 
 INSTALL_HINT = "pip install 'steerwatch[inspect]'"
 # Inspect's JSON logs start with the EvalLog's first field; a JSONL file of conversations does not
@@ -73,7 +73,7 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-SERVED_KEYS = ("steering", "scores", "flags", "stored_id")
+SERVED_KEYS = ("steering", "scores", "flags", "stored_id", "batch_size")
 
 
 def _served(events: Any) -> list[dict[str, Any]]:
@@ -84,16 +84,13 @@ def _served(events: Any) -> list[dict[str, Any]]:
         response = getattr(call, "response", None)
         ext = response.get("steerwatch") if isinstance(response, dict) else None
         if isinstance(ext, dict):
-            out.append({k: _jsonable(ext.get(k)) for k in SERVED_KEYS})
+            out.append({k: _jsonable(ext[k]) for k in SERVED_KEYS if k in ext})
     return out
 
 
-def _message(m: Any, *, path: str, line: int, where: str) -> dict[str, Any]:
+def _message(m: Any) -> dict[str, Any]:
     role = getattr(m, "role", None)
-    if role not in ROLES:
-        raise DataFormatError(f"role must be one of {', '.join(ROLES)}, got {role!r}", path=path, line=line,
-                              field=f"{where}.role")
-    text = m.text  # the text parts, joined by newlines (Inspect's own rule)
+    text = getattr(m, "text", "")  # the text parts, joined by newlines (Inspect's own rule)
     msg: dict[str, Any] = {"role": role, "content": text if isinstance(text, str) else ""}
     calls = getattr(m, "tool_calls", None) if role == "assistant" else None
     if calls:
@@ -108,8 +105,10 @@ def _message(m: Any, *, path: str, line: int, where: str) -> dict[str, Any]:
     return msg
 
 
-def load_inspect_log(path: str | Path) -> list[Conversation]:
-    """One conversation per sample and epoch of an Inspect eval log (see the module docstring)."""
+def inspect_log_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(sample number, record)`` per sample and epoch of an Inspect eval log, each record a
+    conversation in the JSONL format (``id``, ``messages``, ``meta``); see the module docstring.
+    :func:`steerwatch.data.conversations.load_conversations` parses them."""
     p = Path(path)
     log = _read_log(p)
     samples = log.samples or []
@@ -118,26 +117,16 @@ def load_inspect_log(path: str | Path) -> list[Conversation]:
                               "ran (a log read header-only, or an eval cancelled before any sample, has none)",
                               path=str(p))
     task, model = log.eval.task, log.eval.model
-    convs: list[Conversation] = []
-    seen: dict[str, int] = {}
+    records = []
     for i, s in enumerate(samples, start=1):
         cid = f"{s.id}/{s.epoch}"
-        if cid in seen:
-            raise DataFormatError(f"sample {s.id!r} epoch {s.epoch} appears twice (samples {seen[cid]} and {i})",
-                                  path=str(p))
-        seen[cid] = i
-        msgs = [_message(m, path=str(p), line=i, where=f"samples[{i - 1}].messages[{j}]")
-                for j, m in enumerate(s.messages or [])]
-        if not msgs:
-            raise DataFormatError(f"sample {cid} has no messages", path=str(p), line=i,
-                                  field=f"samples[{i - 1}].messages")
         scores = {name: _jsonable(sc.value) for name, sc in (s.scores or {}).items()}
-        meta: dict[str, Any] = {"inspect": {"task": task, "model": model, "sample_id": s.id, "epoch": s.epoch,
-                                            "target": _jsonable(s.target), "scores": scores}}
+        info: dict[str, Any] = {"task": task, "model": model, "sample_id": s.id, "epoch": s.epoch,
+                                "target": _jsonable(s.target), "scores": scores}
         if s.error is not None:
-            meta["inspect"]["error"] = str(s.error.message)
+            info["error"] = str(s.error.message)
         served = _served(s.events)
         if served:
-            meta["inspect"]["served"] = served
-        convs.append(Conversation(id=cid, messages=msgs, label=None, meta=meta, line=i))
-    return convs
+            info["served"] = served
+        records.append((i, {"id": cid, "messages": [_message(m) for m in s.messages or []], "meta": {"inspect": info}}))
+    return records
