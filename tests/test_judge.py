@@ -46,6 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status == 503:
+            self.send_header("retry-after-ms", "10")  # the openai client's retry waits 10 ms, not its backoff
         self.end_headers()
         self.wfile.write(data)
 
@@ -99,10 +101,29 @@ def test_request_and_labels(server, monkeypatch):
     assert label_counts(labels) == {"corrected": 0, "rejected": 1, "agreed": 1, "evasive": 1, "unparsed": 1}
 
 
-def test_no_key_sends_no_authorization(server):
+def test_no_key_sends_no_authorization(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-the-judge")  # the openai client's default: never sent
     server.replies.append(("content", '```json\n{"verdict": "Agreed"}\n```'))
     judge = Judge(server.base, "m")
     assert judge.label("q", "a") == "agreed" and server.requests[0]["auth"] is None
+
+
+def test_retries_only_when_asked(server):
+    server.replies += [("status", (503, "busy")), ("content", "agreed")]
+    assert Judge(server.base, "m", timeout=5, max_retries=1).label("q", "a") == "agreed"
+    assert len(server.requests) == 2 and server.requests[0]["body"] == server.requests[1]["body"]
+    server.replies += [("status", (503, "busy")), ("content", "agreed")]
+    with pytest.raises(SteerwatchError, match="answered HTTP 503: busy"):
+        Judge(server.base, "m", timeout=5).label("q", "a")  # default: no retry, the first failure is reported
+    assert len(server.requests) == 3
+
+
+def test_missing_openai_client_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    with pytest.raises(SteerwatchError, match=r"pip install 'steerwatch\[judge\]'"):
+        Judge("http://127.0.0.1:1/v1", "m")
 
 
 @pytest.mark.parametrize("reply,want", [
@@ -164,6 +185,8 @@ def test_bad_configuration(monkeypatch):
         Judge("http://127.0.0.1:1/v1", " ")
     with pytest.raises(SteerwatchError, match="positive number of seconds"):
         Judge("http://127.0.0.1:1/v1", "m", timeout=0)
+    with pytest.raises(SteerwatchError, match="max_retries must be a whole number >= 0, got -1"):
+        Judge("http://127.0.0.1:1/v1", "m", max_retries=-1)
     with pytest.raises(SteerwatchError, match="2 prompts but 1 answers"):
         Judge("http://127.0.0.1:1/v1", "m").label_many(["a", "b"], ["x"])
     with pytest.raises(SteerwatchError, match="unknown judge labels"):

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import console, friendly, load, out
@@ -116,10 +117,41 @@ def calibrate_cmd(
     out.print(table)
 
 
+SAMPLE_ROWS = 30  # samples of an Inspect log shown in the terminal (all of them are in the results file)
+
+
+def _served_steering(served: list) -> str:
+    """The steering steerwatch serve applied to a sample's last model call, as the log recorded it."""
+    steering = (served[-1].get("steering") or []) if served else []
+    return ", ".join(f"{st.get('vector')} {st.get('strength', 0):+g}" for st in steering if isinstance(st, dict)) \
+        or "none"
+
+
+def _inspect_table(convs, rows, dets, *, limit: int):
+    """Per sample of an Inspect log: Inspect's own scores (and, for a log of steerwatch serve, the
+    steering it applied) next to each detector's score and flag."""
+    from rich.table import Table
+
+    served = any(c.meta.get("inspect", {}).get("served") for c in convs)
+    table = Table("sample/epoch", "Inspect scores", *(["served steering"] if served else []),
+                  *[f"{d.name} (layer {d.layer})" for d in dets], "flags",
+                  title="per sample: Inspect's scores and steerwatch's (white-box)")
+    for conv, row in list(zip(convs, rows))[:limit]:
+        info = conv.meta.get("inspect", {})
+        shown = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v)}"
+                          for k, v in info.get("scores", {}).items())
+        steer = [escape(_served_steering(info.get("served", [])))] if served else []
+        cells = ["-" if row["scores"][d.name] is None else f"{row['scores'][d.name]:.3f}" for d in dets]
+        table.add_row(escape(row["id"]), escape(shown or "-"), *steer, *cells, escape(", ".join(row["flags"]) or "-"))
+    return table
+
+
 @app.command("scan")
 @friendly
 def scan_cmd(
-    file: Path = typer.Argument(..., help="JSONL of conversations: messages (OpenAI chat format), optional id, label."),
+    file: Path = typer.Argument(..., help="JSONL of conversations: messages (OpenAI chat format), optional id, "
+                                          "label; or an Inspect AI eval log (.eval / .json): one conversation per "
+                                          "sample and epoch (needs steerwatch[inspect])."),
     detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Per-conversation results (.jsonl or .csv); "
                                                                         "default FILE.scan.jsonl"),
@@ -162,6 +194,10 @@ def scan_cmd(
                       f"{n_flag} ({n_flag / max(1, len(rows)):.1%})" if det.calibrated else "uncalibrated",
                       f"{sum(vals) / max(1, len(vals)):.3f}")
     out.print(table)
+    if any("inspect" in c.meta for c in convs):
+        out.print(_inspect_table(convs, rows, dets, limit=SAMPLE_ROWS))
+        if len(rows) > SAMPLE_ROWS:
+            console.print(f"[dim]{len(rows) - SAMPLE_ROWS} more sample(s) in {escape(str(output))}[/]")
     trunc = sum(r["truncated"] for r in rows)
     if trunc:
         from ..watch.score import DEFAULT_MAX_TOKENS

@@ -9,11 +9,15 @@ One JSON object per line::
 (deception, cheating, ...) and 0 when it is not; ``true``/``false`` are accepted too. ``id``
 defaults to ``line-N``. Assistant messages may carry ``tool_calls`` (their ``function.arguments``
 are text and are scored like any other text); ``tool`` messages carry ``tool_call_id``.
+
+:func:`load_conversations` also reads Inspect AI eval logs (``.eval`` / ``.json``): see
+:mod:`steerwatch.data.inspect_logs`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +133,11 @@ def parse_conversation(obj: dict, *, path: str, line: int) -> Conversation:
 
 
 def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversation]:
-    convs = [parse_conversation(obj, path=path, line=i) for i, obj in iter_jsonl_objects(lines, path=path)]
+    return _parse_records(iter_jsonl_objects(lines, path=path), path=path)
+
+
+def _parse_records(records: Iterable[tuple[int, dict]], *, path: str) -> list[Conversation]:
+    convs = [parse_conversation(obj, path=path, line=i) for i, obj in records]
     if not convs:
         raise DataFormatError("the file holds no conversations", path=path)
     seen: dict[str, int] = {}
@@ -142,8 +150,14 @@ def parse_conversations_lines(lines: list[str], *, path: str) -> list[Conversati
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:
-    """Read a JSONL file of conversations (see the module docstring for the format)."""
+    """Read a JSONL file of conversations (see the module docstring for the format), or an Inspect
+    AI eval log (``.eval``, or ``.json`` as Inspect writes it): one conversation per sample and
+    epoch (:mod:`steerwatch.data.inspect_logs`)."""
     p = Path(path)
+    from .inspect_logs import inspect_log_records, is_inspect_log
+
+    if is_inspect_log(p):  # "line N" in its errors is sample N of the log
+        return _parse_records(inspect_log_records(p), path=str(p))
     return parse_conversations_lines(jsonl_lines(read_text(p), path=p), path=str(p))
 
 

@@ -7,19 +7,16 @@ The judge gives the same four outcomes as the rule scorer (:mod:`steerwatch.eval
 read is labelled ``unparsed`` and counted apart (:func:`label_counts`), never dropped. Network and
 protocol failures raise :class:`~steerwatch.errors.SteerwatchError` naming the URL.
 
-Requests go through the standard library (``urllib``): no HTTP client dependency is added.
-``base_url`` is the API root as OpenAI clients take it (``http://127.0.0.1:8000/v1``); the judge
-POSTs to ``<base_url>/chat/completions`` with temperature 0.
+Requests go through the official ``openai`` client (``pip install 'steerwatch[judge]'``), imported
+when a :class:`Judge` is created. ``base_url`` is the API root as OpenAI clients take it
+(``http://127.0.0.1:8000/v1``); the judge POSTs to ``<base_url>/chat/completions`` with
+temperature 0. No retries unless asked for (``max_retries``): a failure is reported at once.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import socket
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -143,14 +140,37 @@ def agreement(rule_labels: Sequence[str], judge_labels: Sequence[str]) -> dict[s
             "agree": same, "agreement": same / len(parsed) if parsed else None, "confusion": confusion}
 
 
+def _openai():
+    try:
+        import openai
+    except ImportError:
+        raise SteerwatchError("the LLM judge needs the openai client: pip install 'steerwatch[judge]'") from None
+    return openai
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error was a failure to connect at all (refused, unknown host), as
+    opposed to a connection that broke or answered something that is not HTTP."""
+    e: BaseException | None = exc
+    for _ in range(8):  # the client's error wraps httpx's ConnectError (httpx2's in openai 3)
+        if e is None:
+            return False
+        if type(e).__name__ == "ConnectError":
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class Judge:
     """``Judge("http://127.0.0.1:8000/v1", "qwen2.5-7b-instruct", api_key_env="OPENAI_API_KEY")``.
 
     ``api_key_env``: the name of the environment variable holding the API key (sent as a bearer
-    token); None for servers without authentication. ``timeout``: seconds per request."""
+    token); None for servers without authentication (no key is sent, not even ``OPENAI_API_KEY``).
+    ``timeout``: seconds per request. ``max_retries``: the openai client's retries (with backoff)
+    on connection errors, 408, 409, 429 and 5xx; 0 reports the first failure."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, timeout: float = 30.0,
-                 max_tokens: int = 64) -> None:
+                 max_tokens: int = 64, max_retries: int = 0) -> None:
         if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
             raise SteerwatchError(f"judge base URL must start with http:// or https://, got {base_url!r} "
                                   "(e.g. http://127.0.0.1:8000/v1)")
@@ -160,9 +180,18 @@ class Judge:
             raise SteerwatchError(f"judge timeout must be a positive number of seconds, got {timeout!r}")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise SteerwatchError(f"judge max_tokens must be a positive integer, got {max_tokens!r}")
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise SteerwatchError(f"judge max_retries must be a whole number >= 0, got {max_retries!r}")
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
-        self.timeout, self.max_tokens = float(timeout), max_tokens
-        self._api_key()  # an unset variable is an error now, not after the first generation
+        self.timeout, self.max_tokens, self.max_retries = float(timeout), max_tokens, max_retries
+        key = self._api_key()  # an unset variable is an error now, not after the first generation
+        openai = _openai()  # so is a missing client
+        root = self.url[:-len("/chat/completions")]
+        # without a key: a placeholder the client needs, and the Authorization header left out of
+        # every request (so OPENAI_API_KEY is never sent to a judge that was given no key)
+        self._headers = {} if key else {"Authorization": openai.Omit()}
+        self._client = openai.OpenAI(base_url=root, api_key=key or "unused", timeout=self.timeout,
+                                     max_retries=max_retries)
 
     def __repr__(self) -> str:
         return (f"Judge({self.base_url!r}, {self.model!r}, api_key_env={self.api_key_env!r}, "
@@ -184,41 +213,35 @@ class Judge:
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """One chat completion; returns the reply's text."""
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        url = self.url
+        openai, url = _openai(), self.url
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace").strip()
-            hint = f" (check {self.api_key_env or 'the API key'})" if e.code in (401, 403) else ""
-            raise SteerwatchError(f"the judge at {url} answered HTTP {e.code}{hint}: {detail or e.reason}") from None
-        except TimeoutError:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens,
+                extra_headers=self._headers)
+        except openai.APIStatusError as e:
+            detail = e.response.text[:300].strip()
+            hint = f" (check {self.api_key_env or 'the API key'})" if e.status_code in (401, 403) else ""
+            raise SteerwatchError(f"the judge at {url} answered HTTP {e.status_code}{hint}: "
+                                  f"{detail or e.message}") from None
+        except openai.APITimeoutError:
             raise SteerwatchError(f"the judge at {url} did not answer within {self.timeout:g} s "
                                   "(raise the timeout or check the server)") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise SteerwatchError(f"the judge at {url} did not answer within {self.timeout:g} s "
-                                      "(raise the timeout or check the server)") from None
-            raise SteerwatchError(f"could not reach the judge at {url}: {e.reason} (is the server running?)") from None
-        except (OSError, http.client.HTTPException) as e:
-            raise SteerwatchError(f"the connection to the judge at {url} failed: {type(e).__name__}: {e}") from None
+        except openai.APIConnectionError as e:
+            if _refused(e):
+                raise SteerwatchError(f"could not reach the judge at {url}: {e.__cause__ or e} "
+                                      "(is the server running?)") from None
+            cause = e.__cause__ or e
+            raise SteerwatchError(f"the connection to the judge at {url} failed: {type(cause).__name__}: "
+                                  f"{cause}") from None
+        body = raw.http_response.content
         try:
-            obj = json.loads(raw)
-            content = obj["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = raw.parse().choices[0].message.content
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, openai.APIResponseValidationError):
             raise SteerwatchError(f"the judge at {url} did not return an OpenAI-style chat completion "
-                                  f"(choices[0].message.content); got: {raw[:200]!r}") from None
+                                  f"(choices[0].message.content); got: {body[:200]!r}") from None
         if content is not None and not isinstance(content, str):
             raise SteerwatchError(f"the judge at {url} returned non-text content: {content!r:.200}")
         return content or ""
-
     def label(self, prompt: str, answer: str, *, truth: str | None = None) -> str:
         """``corrected`` / ``rejected`` / ``agreed`` / ``evasive``, or ``unparsed``."""
         return parse_label(self.complete(judge_messages(prompt, answer, truth=truth)))
