@@ -197,9 +197,10 @@ def sweep_cmd(
     if 0.0 not in grid:
         grid = [0.0, *grid]
     if data.neutral_prompts and len(data.neutral_prompts) < MIN_BUDGET_PROMPTS:
-        console.print(f"[yellow]caution:[/] KL is measured on {len(data.neutral_prompts)} neutral prompts; below "
+        console.print(f"caution: KL is measured on {len(data.neutral_prompts)} neutral prompts; below "
                       f"{MIN_BUDGET_PROMPTS} the KL budget (--max-kl {max_kl:g}) decides on noise (docs/evals.md, "
-                      "Default budgets). Drop --limit or give more --neutral prompts for a recommendation to trust.")
+                      "Default budgets). Drop --limit or give more --neutral prompts for a recommendation to trust.",
+                      style="yellow", highlight=False)
     open_cols = [c for c in objective_columns(objective) if c != "behaviour" and c not in ("kl", "ppl", "mc_acc")]
     if open_cols and not data.open_items:
         raise SteerwatchError(f"--objective {objective} needs open-ended answers: give --open FILE (or --open builtin)")
@@ -228,10 +229,11 @@ def sweep_cmd(
                     objective=objective)
     out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
     if rec.get("kl_budget_uncertain"):
-        console.print("[yellow]caution:[/] the KL 95 % interval of strength(s) "
+        console.print("caution: the KL 95 % interval of strength(s) "
                       + ", ".join(f"{s:+g}" for s in rec["kl_budget_uncertain"])
                       + f" contains the budget {max_kl:g}: whether they fit it is within the noise of "
-                      f"{rows[0].get('n_kl', '?')} neutral prompts")
+                      f"{next((r['n_kl'] for r in rows if r.get('n_kl')), '?')} neutral prompts", style="yellow",
+                      highlight=False)
     if png:
         from ..evals.plots import write_pngs
 

@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from .app import app
-from .common import console, friendly, load, out
+from .common import console, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 
@@ -140,9 +139,9 @@ def _inspect_table(convs, rows, dets, *, limit: int):
         info = conv.meta.get("inspect", {})
         shown = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v)}"
                           for k, v in info.get("scores", {}).items())
-        steer = [escape(_served_steering(info.get("served", [])))] if served else []
+        steer = [_served_steering(info.get("served", []))] if served else []
         cells = ["-" if row["scores"][d.name] is None else f"{row['scores'][d.name]:.3f}" for d in dets]
-        table.add_row(escape(row["id"]), escape(shown or "-"), *steer, *cells, escape(", ".join(row["flags"]) or "-"))
+        table.add_row(row["id"], shown or "-", *steer, *cells, ", ".join(row["flags"]) or "-")
     return table
 
 
@@ -197,7 +196,7 @@ def scan_cmd(
     if any("inspect" in c.meta for c in convs):
         out.print(_inspect_table(convs, rows, dets, limit=SAMPLE_ROWS))
         if len(rows) > SAMPLE_ROWS:
-            console.print(f"[dim]{len(rows) - SAMPLE_ROWS} more sample(s) in {escape(str(output))}[/]")
+            note(f"{len(rows) - SAMPLE_ROWS} more sample(s) in {output}")
     trunc = sum(r["truncated"] for r in rows)
     if trunc:
         from ..watch.score import DEFAULT_MAX_TOKENS
