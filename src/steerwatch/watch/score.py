@@ -6,7 +6,7 @@ activations, and the forward pass stops after the deepest layer any detector rea
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..data.conversations import Conversation
     from ..models import LoadedModel
+    from .readcache import ReadCache
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -147,11 +148,16 @@ def _as_messages(item: Any) -> tuple[str, int | None, list[dict], dict]:
 def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversation | list[dict]],
                         detectors: Sequence[Detector], *, batch_size: int = 4,
                         max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
-                        force: bool = False) -> list[ScoredConversation]:
+                        force: bool = False, sort_by_length: bool = True,
+                        cache: ReadCache | None = None) -> list[ScoredConversation]:
     """Teacher-forced per-token scores of every detector over every conversation.
 
-    Conversations longer than ``max_tokens`` are cut to their first ``max_tokens`` tokens and
-    marked ``truncated`` (reported, never silent)."""
+    Conversations are batched shortest first (``sort_by_length``; little padding) and returned in
+    the caller's order. Conversations longer than ``max_tokens`` are cut to their first
+    ``max_tokens`` tokens and marked ``truncated`` (reported, never silent). With ``cache`` (a
+    :class:`~steerwatch.watch.readcache.ReadCache`), the residual stream at each detector layer is
+    read from the cache when this model read these tokens before, else stored there, and the
+    scores are projected from it: any later detector at that layer skips the forward pass."""
     from tqdm.auto import tqdm
 
     if not detectors:
@@ -166,25 +172,102 @@ def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversatio
         cid, label, msgs, meta = _as_messages(item)
         rendered.append(render_conversation(loaded.tokenizer, msgs, max_tokens=max_tokens))
         info.append((cid or f"#{i + 1}", label, meta))
-    results: list[ScoredConversation | None] = [None] * len(rendered)
-    hooks = ProjectionHooks(loaded, detectors)
+    ids = [r.ids for r in rendered]
+    bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
     try:
-        bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
-        for idx in length_batches([len(r.ids) for r in rendered], batch_size):
-            forward(loaded, [rendered[i].ids or [pad_id(loaded.tokenizer)] for i in idx], stop_after=hooks.last)
+        proj = None
+        if cache is not None:
+            proj = _projections_via_cache(loaded, ids, detectors, cache, batch_size=batch_size,
+                                          sort=sort_by_length, bar=bar)
+        if proj is None:
+            proj = _projections(loaded, ids, detectors, batch_size=batch_size, sort=sort_by_length, bar=bar)
+    finally:
+        bar.close()
+    out = []
+    for i, (rc, p) in enumerate(zip(rendered, proj)):
+        cid, label, meta = info[i]
+        out.append(ScoredConversation(
+            id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
+            scores={d.name: p[:, j].tolist() for j, d in enumerate(detectors)}, truncated=rc.truncated, meta=meta))
+    return out
+
+
+def _batches(loaded: LoadedModel, ids: list[list[int]], batch_size: int, sort: bool
+             ) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """(indices, token ids) per forward batch; an empty conversation runs as one pad token."""
+    for idx in length_batches([len(s) for s in ids], batch_size, sort=sort):
+        yield idx, [ids[i] or [pad_id(loaded.tokenizer)] for i in idx]
+
+
+def _projections(loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector], *,
+                 batch_size: int, sort: bool, bar: Any) -> list[torch.Tensor]:
+    """Per conversation (n_tokens, n_detectors), projected inside the hooks (no activation kept)."""
+    out: list[Any] = [None] * len(ids)
+    with ProjectionHooks(loaded, detectors) as hooks:
+        for idx, seqs in _batches(loaded, ids, batch_size, sort):
+            forward(loaded, seqs, stop_after=hooks.last)
             proj = hooks.take()  # (batch, width, n_det)
             for r, i in enumerate(idx):
-                rc, n = rendered[i], len(rendered[i].ids)
-                cid, label, meta = info[i]
-                results[i] = ScoredConversation(
-                    id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
-                    scores={d.name: proj[r, :n, j].tolist() for j, d in enumerate(detectors)},
-                    truncated=rc.truncated, meta=meta)
+                out[i] = proj[r, :len(ids[i])]
             bar.update(len(idx))
-        bar.close()
-    finally:
-        hooks.remove()
-    return [r for r in results if r is not None]
+    return out
+
+
+def _projections_via_cache(loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector],
+                           cache: ReadCache, *, batch_size: int, sort: bool, bar: Any) -> list[torch.Tensor] | None:
+    """Per conversation (n_tokens, n_detectors), projected from the cached block outputs (read
+    now if absent); None when the cache cannot be written (the caller scores without it)."""
+    import numpy as np
+    import torch
+
+    from ..record import ReadHooks
+
+    by_layer: dict[int, list[int]] = {}
+    for j, det in enumerate(detectors):
+        if det.layer >= loaded.n_layers:
+            raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has {loaded.n_layers}")
+        by_layer.setdefault(det.layer, []).append(j)
+    keys = {layer: cache.key(loaded, ids, layer) for layer in by_layer}
+    arrays = {layer: a for layer in by_layer if (a := cache.load(keys[layer])) is not None}
+    missing = sorted(set(by_layer) - set(arrays))
+    starts = np.cumsum([0] + [len(s) for s in ids]).tolist()
+    if missing:
+        try:
+            fresh = {layer: cache.create(keys[layer]) for layer in missing}
+        except OSError as exc:
+            cache._say(f"cannot write the read cache ({exc}); scoring without it")
+            return None
+        rows: list[int] = []  # the conversations of the batch being read
+
+        def store(layer: int, h: torch.Tensor) -> None:  # h: (batch, width, d), copied out at once
+            h = h.cpu()
+            for r, i in enumerate(rows):
+                fresh[layer][starts[i]:starts[i + 1]] = h[r, :len(ids[i])].numpy()
+
+        try:
+            with ReadHooks(loaded, missing, store) as hooks:
+                for idx, seqs in _batches(loaded, ids, batch_size, sort):
+                    rows[:] = idx
+                    forward(loaded, seqs, stop_after=hooks.last)
+                    hooks.take()
+                    bar.update(len(idx))
+        except BaseException:
+            for arr in fresh.values():
+                cache.discard(arr)
+            raise
+        arrays.update({layer: cache.commit(keys[layer], fresh.pop(layer)) for layer in missing})
+    else:
+        bar.update(len(ids))
+    units = [d.unit().float().cpu() for d in detectors]  # (d,) each
+    out = []
+    for i in range(len(ids)):
+        full = torch.zeros(len(ids[i]), len(detectors))
+        for layer, idx in by_layer.items():
+            h = torch.from_numpy(np.array(arrays[layer][starts[i]:starts[i + 1]]))  # (n, d), a copy
+            for j in idx:  # one product per detector: its scores depend on nothing but h and its direction
+                full[:, j] = h @ units[j]
+        out.append(full)
+    return out
 
 
 def score_continuations(loaded: LoadedModel, seqs: Sequence[tuple[list[int], list[int]]],
