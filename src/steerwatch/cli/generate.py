@@ -159,7 +159,7 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     else:
         from ..policy.distress import builtin_distress
 
-        dvec, _ = builtin_distress(loaded, log=lambda m: console.print(f"[dim]{m}[/]"))
+        dvec, _ = builtin_distress(loaded, progress=True, log=lambda m: console.print(f"[dim]{m}[/]"))
     ack = acknowledge.strip() if acknowledge and acknowledge.strip() else None
     row = check_request(specs, dvec, acknowledge=ack, subject="--steer")
     if row is None:

@@ -250,7 +250,7 @@ def view_cmd(
         convs = [c for c in convs if c.id in set(ids)]
     dets = _detectors(detector)
     loaded = load(model)
-    scored = score_conversations(loaded, convs, dets)
+    scored = score_conversations(loaded, convs, dets, progress=True)
     for sc in scored:
         out.rule(sc.id)
         out.print(render_terminal(sc, dets, loaded.tokenizer))
