@@ -189,12 +189,15 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
         ids, att = pad([encoded[i] for i in idx], pad_token, side="left")  # the last prompt tokens line up
         width = ids.shape[1]
         kwargs = dict(gen_kwargs)
+        criteria: list[Any] = []
         if on_token is not None:
             stream = _TokenStream(on_token, len(idx))
-            kwargs.update(streamer=stream, stopping_criteria=[stream])
+            kwargs["streamer"] = stream
+            criteria.append(stream)
         if progress:
-            kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []),  # type: ignore[list-item]
-                                           _StepProgress(bar, opts.max_new_tokens)]
+            criteria.append(_StepProgress(bar, opts.max_new_tokens))
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         with contextlib.ExitStack() as stack:
             if rows is not None:
                 batch_rows = [list(rows[i]) for i in idx]
