@@ -2,6 +2,8 @@
 batch of 50 prompts used to sit at 0/50 until it ended) and names the work (the knowledge check)."""
 from __future__ import annotations
 
+import torch
+
 from steerwatch.evals.bait import BaitItem, knowledge_check
 from steerwatch.runtime import generate_text
 
@@ -23,3 +25,22 @@ def test_knowledge_check_has_a_named_bar(qwen_chat, capsys):
     assert [r["id"] for r in rows] == ["au"]
     err = capsys.readouterr().err
     assert "knowledge check" in err and "token 1/3" in err
+
+
+def test_sweep_settings_show_a_pass_counter_and_leave_no_hook(qwen_chat, capsys):
+    from conftest import make_vector
+    from steerwatch.evals.sweep import SweepData, pass_meter, sweep
+
+    v = make_vector(qwen_chat, seed=3, default_layers=(1, 2))
+    data = SweepData(neutral_prompts=["hello", "name a fruit"])
+    quiet = sweep(qwen_chat, v, data, strengths=[0.0, 1.0], batch_size=1)
+    capsys.readouterr()
+    shown = sweep(qwen_chat, v, data, strengths=[0.0, 1.0], batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet
+    assert "[1/2] steer +0" in err and "[2/2] steer +1" in err and "pass" in err
+    assert not qwen_chat.model._forward_pre_hooks  # the counter's hook is gone
+    with pass_meter(qwen_chat, "two passes") as bar, torch.inference_mode():
+        qwen_chat.model(input_ids=torch.tensor([[1, 2]]))
+        qwen_chat.model(input_ids=torch.tensor([[3]]))
+    assert bar.n == 2 and "two passes" in capsys.readouterr().err
