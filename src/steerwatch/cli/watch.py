@@ -114,7 +114,7 @@ def calibrate_cmd(
         dest = dest.with_name(dest.name + ".det.json")
         dest.parent.mkdir(parents=True, exist_ok=True)
         det.save(dest)
-        table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
+        table.add_row(escape(det.name), str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
                       f"{row['achieved_fpr']:.4f}", f"{row['fpr_upper95']:.4f}", str(row["n"]),
                       f"{det.calibration['trigger_threshold']:.3f} "
                       f"({det.calibration.get('trigger_source', 'reference')})",
