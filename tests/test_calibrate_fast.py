@@ -144,3 +144,14 @@ def test_cli_calibrate_warns_on_a_small_control_set_and_caches(qwen, tmp_path, m
     assert len(list((tmp_path / "cache" / "reads").glob("*.npy"))) == 1
     res = CliRunner().invoke(app, [*args, "--fpr", "0.1"])
     assert res.exit_code == 0 and "reusing cached reads at layer" in " ".join(res.output.split())
+
+
+def test_an_unwritable_cache_falls_back_to_plain_scoring(qwen, tmp_path):
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    said = []
+    cache = ReadCache(tmp_path / "blocked" / "reads", log=said.append)
+    det = Detector(vector=make_vector(qwen, seed=1, concept="one"), layer=1)
+    got = score_conversations(qwen, _control(5), [det], cache=cache)
+    want = score_conversations(qwen, _control(5), [det])
+    assert [s.scores for s in got] == [s.scores for s in want]  # the same (uncached) path, bit for bit
+    assert len(said) == 1 and said[0].startswith("cannot write the read cache")

@@ -59,7 +59,7 @@ class ReadCache:
         self.root = Path(root) if root is not None else cache_dir() / "reads"
         self.log = log
 
-    def _say(self, msg: str) -> None:
+    def say(self, msg: str) -> None:
         if self.log is not None:
             self.log(msg)
 
@@ -96,7 +96,7 @@ class ReadCache:
             return None
         if arr.shape != (key["n_tokens"], key["d_model"]) or arr.dtype != np.float32:
             return None
-        self._say(f"reusing cached reads at layer {key['layer']} ({arr.nbytes / 1e6:.0f} MB, {p})")
+        self.say(f"reusing cached reads at layer {key['layer']} ({arr.nbytes / 1e6:.0f} MB, {p})")
         return arr
 
     def create(self, key: dict[str, Any]) -> np.ndarray:
@@ -106,8 +106,15 @@ class ReadCache:
 
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.path(key).with_suffix(f".tmp{os.getpid()}.npy")
-        return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                         shape=(key["n_tokens"], key["d_model"]))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(key["n_tokens"], key["d_model"]))
+        if hasattr(os, "posix_fallocate"):  # reserve the blocks now: a full disk is an OSError here,
+            try:                             # not a crash when a page of the mapping is written
+                with open(tmp, "r+b") as fh:
+                    os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+            except OSError:
+                self.discard(arr)
+                raise
+        return arr
 
     def commit(self, key: dict[str, Any], arr: np.ndarray) -> np.ndarray:
         """Move a filled :meth:`create` array into place (atomically) and return it read-only."""
@@ -122,7 +129,7 @@ class ReadCache:
         meta_tmp.write_text(json.dumps(key, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         os.replace(meta_tmp, p.with_suffix(".json"))
         out = np.load(p, mmap_mode="r")
-        self._say(f"cached the reads at layer {key['layer']} for the next calibration "
+        self.say(f"cached the reads at layer {key['layer']} for the next calibration "
                   f"({out.nbytes / 1e6:.0f} MB, {p}; --no-cache skips this)")
         return out
 

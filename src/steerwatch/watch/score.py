@@ -232,10 +232,14 @@ def _projections_via_cache(loaded: LoadedModel, ids: list[list[int]], detectors:
     missing = sorted(set(by_layer) - set(arrays))
     starts = np.cumsum([0] + [len(s) for s in ids]).tolist()
     if missing:
+        fresh: dict[int, Any] = {}
         try:
-            fresh = {layer: cache.create(keys[layer]) for layer in missing}
+            for layer in missing:
+                fresh[layer] = cache.create(keys[layer])
         except OSError as exc:
-            cache._say(f"cannot write the read cache ({exc}); scoring without it")
+            for arr in fresh.values():
+                cache.discard(arr)
+            cache.say(f"cannot write the read cache ({exc}); scoring without it")
             return None
         rows: list[int] = []  # the conversations of the batch being read
 
