@@ -173,16 +173,22 @@ def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversatio
         rendered.append(render_conversation(loaded.tokenizer, msgs, max_tokens=max_tokens))
         info.append((cid or f"#{i + 1}", label, meta))
     ids = [r.ids for r in rendered]
+    # the cache's lookups and reservations come before the bar, its messages never inside it
+    plan = _CachePlan.make(loaded, ids, detectors, cache) if cache is not None else None
     bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
     try:
-        proj = None
-        if cache is not None:
-            proj = _projections_via_cache(loaded, ids, detectors, cache, batch_size=batch_size,
-                                          sort=sort_by_length, bar=bar)
-        if proj is None:
+        if plan is not None:
+            plan.fill(loaded, ids, batch_size=batch_size, sort=sort_by_length, bar=bar)
+        else:
             proj = _projections(loaded, ids, detectors, batch_size=batch_size, sort=sort_by_length, bar=bar)
+    except BaseException:
+        if plan is not None:
+            plan.discard()
+        raise
     finally:
         bar.close()
+    if plan is not None:
+        proj = plan.project(ids, detectors)
     out = []
     for i, (rc, p) in enumerate(zip(rendered, proj)):
         cid, label, meta = info[i]
@@ -213,65 +219,84 @@ def _projections(loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[
     return out
 
 
-def _projections_via_cache(loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector],
-                           cache: ReadCache, *, batch_size: int, sort: bool, bar: Any) -> list[torch.Tensor] | None:
-    """Per conversation (n_tokens, n_detectors), projected from the cached block outputs (read
-    now if absent); None when the cache cannot be written (the caller scores without it)."""
-    import numpy as np
-    import torch
+@dataclass
+class _CachePlan:
+    """What the cache has (``arrays``, memory-mapped) and what this pass must store (``fresh``,
+    reserved on disk) for each detector layer."""
 
-    from ..record import ReadHooks
+    cache: ReadCache
+    by_layer: dict[int, list[int]]  # layer -> detector indices
+    keys: dict[int, dict[str, Any]]
+    arrays: dict[int, Any]
+    fresh: dict[int, Any]
+    starts: list[int]  # conversation i's rows: starts[i]:starts[i + 1]
 
-    by_layer: dict[int, list[int]] = {}
-    for j, det in enumerate(detectors):
-        if det.layer >= loaded.n_layers:
-            raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has {loaded.n_layers}")
-        by_layer.setdefault(det.layer, []).append(j)
-    keys = {layer: cache.key(loaded, ids, layer) for layer in by_layer}
-    arrays = {layer: a for layer in by_layer if (a := cache.load(keys[layer])) is not None}
-    missing = sorted(set(by_layer) - set(arrays))
-    starts = np.cumsum([0] + [len(s) for s in ids]).tolist()
-    if missing:
-        fresh: dict[int, Any] = {}
+    @classmethod
+    def make(cls, loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector],
+             cache: ReadCache) -> _CachePlan | None:
+        """None when the cache cannot be written (the caller scores without it, and says so)."""
+        import numpy as np
+
+        by_layer: dict[int, list[int]] = {}
+        for j, det in enumerate(detectors):
+            if det.layer >= loaded.n_layers:
+                raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has "
+                                      f"{loaded.n_layers}")
+            by_layer.setdefault(det.layer, []).append(j)
+        keys = {layer: cache.key(loaded, ids, layer) for layer in by_layer}
+        arrays = {layer: a for layer in by_layer if (a := cache.load(keys[layer])) is not None}
+        plan = cls(cache, by_layer, keys, arrays, {}, np.cumsum([0] + [len(s) for s in ids]).tolist())
         try:
-            for layer in missing:
-                fresh[layer] = cache.create(keys[layer])
+            for layer in sorted(set(by_layer) - set(arrays)):
+                plan.fresh[layer] = cache.create(keys[layer])
         except OSError as exc:
-            for arr in fresh.values():
-                cache.discard(arr)
+            plan.discard()
             cache.say(f"cannot write the read cache ({exc}); scoring without it")
             return None
+        return plan
+
+    def fill(self, loaded: LoadedModel, ids: list[list[int]], *, batch_size: int, sort: bool, bar: Any) -> None:
+        """Read the missing layers in one pass over every conversation and store them."""
+        from ..record import ReadHooks
+
+        if not self.fresh:
+            bar.update(len(ids))
+            return
         rows: list[int] = []  # the conversations of the batch being read
 
         def store(layer: int, h: torch.Tensor) -> None:  # h: (batch, width, d), copied out at once
             h = h.cpu()
             for r, i in enumerate(rows):
-                fresh[layer][starts[i]:starts[i + 1]] = h[r, :len(ids[i])].numpy()
+                self.fresh[layer][self.starts[i]:self.starts[i + 1]] = h[r, :len(ids[i])].numpy()
 
-        try:
-            with ReadHooks(loaded, missing, store) as hooks:
-                for idx, seqs in _batches(loaded, ids, batch_size, sort):
-                    rows[:] = idx
-                    forward(loaded, seqs, stop_after=hooks.last)
-                    hooks.take()
-                    bar.update(len(idx))
-        except BaseException:
-            for arr in fresh.values():
-                cache.discard(arr)
-            raise
-        arrays.update({layer: cache.commit(keys[layer], fresh.pop(layer)) for layer in missing})
-    else:
-        bar.update(len(ids))
-    units = [d.unit().float().cpu() for d in detectors]  # (d,) each
-    out = []
-    for i in range(len(ids)):
-        full = torch.zeros(len(ids[i]), len(detectors))
-        for layer, idx in by_layer.items():
-            h = torch.from_numpy(np.array(arrays[layer][starts[i]:starts[i + 1]]))  # (n, d), a copy
-            for j in idx:  # one product per detector: its scores depend on nothing but h and its direction
-                full[:, j] = h @ units[j]
-        out.append(full)
-    return out
+        with ReadHooks(loaded, list(self.fresh), store) as hooks:
+            for idx, seqs in _batches(loaded, ids, batch_size, sort):
+                rows[:] = idx
+                forward(loaded, seqs, stop_after=hooks.last)
+                hooks.take()
+                bar.update(len(idx))
+
+    def discard(self) -> None:
+        while self.fresh:
+            self.cache.discard(self.fresh.popitem()[1])
+
+    def project(self, ids: list[list[int]], detectors: Sequence[Detector]) -> list[torch.Tensor]:
+        """Per conversation (n_tokens, n_detectors) from the stored reads (committing the new ones)."""
+        import numpy as np
+        import torch
+
+        for layer in sorted(self.fresh):
+            self.arrays[layer] = self.cache.commit(self.keys[layer], self.fresh.pop(layer))
+        units = [d.unit().float().cpu() for d in detectors]  # (d,) each
+        out = []
+        for i in range(len(ids)):
+            full = torch.zeros(len(ids[i]), len(detectors))
+            for layer, idx in self.by_layer.items():
+                h = torch.from_numpy(np.array(self.arrays[layer][self.starts[i]:self.starts[i + 1]]))  # (n, d)
+                for j in idx:  # one product per detector: its scores depend on nothing but h and its direction
+                    full[:, j] = h @ units[j]
+            out.append(full)
+        return out
 
 
 def score_continuations(loaded: LoadedModel, seqs: Sequence[tuple[list[int], list[int]]],
