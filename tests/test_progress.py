@@ -40,7 +40,11 @@ def test_sweep_settings_show_a_pass_counter_and_leave_no_hook(qwen_chat, capsys)
     assert shown == quiet
     assert "[1/2] steer +0" in err and "[2/2] steer +1" in err and "pass" in err
     assert not qwen_chat.model._forward_pre_hooks  # the counter's hook is gone
-    with pass_meter(qwen_chat, "two passes") as bar, torch.inference_mode():
-        qwen_chat.model(input_ids=torch.tensor([[1, 2]]))
-        qwen_chat.model(input_ids=torch.tensor([[3]]))
+    with torch.inference_mode():
+        want = qwen_chat.model(input_ids=torch.tensor([[1, 2]])).logits
+        with pass_meter(qwen_chat, "two passes") as bar:
+            bar.mininterval = bar.miniters = 0  # every update draws (and tqdm.update then returns True)
+            got = qwen_chat.model(input_ids=torch.tensor([[1, 2]])).logits
+            qwen_chat.model(input_ids=torch.tensor([[3]]))
     assert bar.n == 2 and "two passes" in capsys.readouterr().err
+    assert torch.equal(got, want)  # the counting hook leaves the inputs alone

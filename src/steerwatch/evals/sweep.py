@@ -162,7 +162,11 @@ def pass_meter(loaded: LoadedModel, desc: str, *, enabled: bool = True) -> Itera
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=desc, unit="pass", leave=False)
-    handle = loaded.model.register_forward_pre_hook(lambda *_a: bar.update(1))
+
+    def tick(*_args: Any) -> None:  # returns None: a pre-hook's return value would replace the inputs
+        bar.update(1)
+
+    handle = loaded.model.register_forward_pre_hook(tick)
     try:
         yield bar
     finally:
