@@ -16,8 +16,8 @@ Printed: seconds, padded tokens per pass, ratios to the old path, the cache's si
 the threshold difference for one detector between the old path and the warm cache (float32
 batch-shape rounding). Sorted batches were already steerwatch's path before the cache (since the
 runtime refactor); "old" is the unsorted baseline, so path 2 vs. 1 is what sorting buys and path 3
-vs. 2 what the cache buys. One unsorted and one sorted pass: 8 min for the default --n 40 on 2 CPU
-cores under a load average of 6-7 (2026-12-07).
+vs. 2 what the cache buys. One unsorted and one sorted pass: 4 to 8 min for the default --n 40 on
+2 CPU cores shared with other jobs (load average 5 to 7, 2026-12-07).
 """
 from __future__ import annotations
 
