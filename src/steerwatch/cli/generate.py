@@ -180,7 +180,7 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     else:
         from ..policy.distress import builtin_distress
 
-        dvec, _ = builtin_distress(loaded, log=note)
+        dvec, _ = builtin_distress(loaded, progress=True, log=note)
     ack = acknowledge.strip() if acknowledge and acknowledge.strip() else None
     row = check_request(specs, dvec, acknowledge=ack, subject="--steer")
     if row is None:

@@ -69,15 +69,21 @@ def calibrate_cmd(
                                                       "model's own answers to the control prompts, generating up "
                                                       "to this many tokens each (slow on CPU; recommended before "
                                                       "--steer-if)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither reuse nor store the control set's reads "
+                                  "(the residual stream at each detector's layer, under the cache dir's reads/, "
+                                  "~440 MB per layer for the built-in set on the default model): every run "
+                                  "does the full forward pass."),
 ) -> None:
     """Choose each detector's threshold for a target false-positive rate on benign data and write
-    a detector file next to the vector."""
+    a detector file next to the vector. The reads of the control set are cached per model and
+    layer, so calibrating another vector at a layer read before skips the model (--no-cache)."""
     from rich.table import Table
 
     from ..data.reference import load_benign
     from ..vector import load_vector
-    from ..watch.calibrate import calibrate
+    from ..watch.calibrate import calibrate, small_set_warning
     from ..watch.detector import Detector
+    from ..watch.readcache import ReadCache
 
     vecs = [load_vector(p) for p in vectors]
     dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
@@ -96,12 +102,13 @@ def calibrate_cmd(
         convs = load_benign(control)
         source = str(control or "builtin:benign")
     loaded = load(model, device=device, dtype=dtype)
-    rows = calibrate(loaded, dets, convs, fpr=fpr, source=source, batch_size=batch_size, progress=True)
+    cache = None if no_cache else ReadCache(log=note)
+    rows = calibrate(loaded, dets, convs, fpr=fpr, source=source, batch_size=batch_size, progress=True, cache=cache)
     if generate:
         from ..runtime.calibration import calibrate_trigger_on_generations
 
         calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
-    table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "n",
+    table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "FPR ≤ (95%)", "n",
                   "trigger (source)", "file")
     for det, row, p in zip(dets, rows, vectors):
         dest = (out_dir or p.parent) / (p.name[:-3] if p.name.endswith(".sv") else p.stem)
@@ -109,11 +116,14 @@ def calibrate_cmd(
         dest.parent.mkdir(parents=True, exist_ok=True)
         det.save(dest)
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
-                      f"{row['achieved_fpr']:.4f}", str(row["n"]),
+                      f"{row['achieved_fpr']:.4f}", f"{row['fpr_upper95']:.4f}", str(row["n"]),
                       f"{det.calibration['trigger_threshold']:.3f} "
                       f"({det.calibration.get('trigger_source', 'reference')})",
                       str(dest))
     out.print(table)
+    warning = small_set_warning(max(rows, key=lambda r: r["fpr_upper95"]))  # one line for the loosest
+    if warning:
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
 
 
 SAMPLE_ROWS = 30  # samples of an Inspect log shown in the terminal (all of them are in the results file)
@@ -285,7 +295,7 @@ def view_cmd(
         convs = [c for c in convs if c.id in set(ids)]
     dets = _detectors(detector)
     loaded = load(model, device=device, dtype=dtype)
-    scored = score_conversations(loaded, convs, dets)
+    scored = score_conversations(loaded, convs, dets, progress=True)
     for sc in scored:
         out.rule(sc.id)
         out.print(render_terminal(sc, dets, loaded.tokenizer, tokens=tokens))

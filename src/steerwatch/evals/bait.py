@@ -74,7 +74,8 @@ def run_bait(loaded: LoadedModel, items: Sequence[BaitItem], *, settings: Sequen
     rows = []
     for name, specs in settings:
         answers = generate(loaded, [it.prompt for it in items], steer=list(specs) or None, system=system,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                           desc=f"bait, {name}")
         for it, ans in zip(items, answers):
             rows.append({"setting": name, "id": it.id, "prompt": it.prompt, "answer": ans,
                          "outcome": classify_answer(ans, it.truth_markers, it.claim),
@@ -91,7 +92,7 @@ def knowledge_check(loaded: LoadedModel, items: Sequence[BaitItem], *, max_new_t
 
     asked = [it for it in items if it.question]
     answers = generate(loaded, [it.question for it in asked], max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, progress=progress) if asked else []
+                       batch_size=batch_size, progress=progress, desc="knowledge check") if asked else []
     by_id = {it.id: a for it, a in zip(asked, answers)}
     return [{"id": it.id, "question": it.question, "answer": by_id.get(it.id),
              "knows": has_truth_marker(by_id[it.id], it.truth_markers) if it.id in by_id else None}

@@ -15,9 +15,10 @@ with the same columns and item counts (resumable).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,18 +158,43 @@ def _append(path: Path | None, rows: Sequence[dict[str, Any]]) -> None:
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@contextlib.contextmanager
+def pass_meter(loaded: LoadedModel, desc: str, *, enabled: bool = True) -> Iterator[Any]:
+    """A progress bar that counts the model's forward passes (teacher-forced batches and generated
+    tokens alike) while the block runs: a forward pre-hook on the model, removed on exit. For
+    stretches of work made of many different measurements (a sweep's setting). Yields the bar
+    (``.n``: passes so far), or None when not ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="pass", leave=False)
+
+    def tick(*_args: Any) -> None:  # returns None: a pre-hook's return value would replace the inputs
+        bar.update(1)
+
+    handle = loaded.model.register_forward_pre_hook(tick)
+    try:
+        yield bar
+    finally:
+        handle.remove()
+        bar.close()
+
+
 def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Sequence[float],
           layer_sets: Sequence[Sequence[int] | None] = (None,), system_prompt: str | None = None,
           out_path: str | Path | None = None, answers_path: str | Path | None = None, batch_size: int = 8,
           max_new_tokens: int = 48, detectors: Sequence[Detector] = (),
           bounds: CoherenceBounds = CoherenceBounds(), force: bool = False,
           log: Callable[[str], None] | None = None, judge: Judge | None = None,
-          engine: Engine | None = None) -> list[dict[str, Any]]:
+          engine: Engine | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Evaluate the vector at every (layers, strength); with ``system_prompt``, also the prompting
     baseline (the instruction alone, and together with each steering setting). With open-ended
     items, each setting's answers are appended to ``answers_path`` (JSON Lines) when given, and
     labelled by ``judge`` too when given. ``engine``: generates the open-ended answers (e.g. the
-    vLLM engine); every teacher-forced measurement runs on ``loaded``."""
+    vLLM engine); every teacher-forced measurement runs on ``loaded``. ``progress``: a bar per
+    setting counting the model's forward passes (:func:`pass_meter`)."""
     if judge is not None and not data.open_items:
         raise SteerwatchError("an LLM judge labels open-ended answers: give open-ended items too (--open)")
     if not strengths:
@@ -205,11 +231,12 @@ def sweep(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths: Se
             continue
         if log:
             log(f"[{i + 1}/{len(settings)}] {setting} strength {s:+g} layers {layers or list(vector.default_layers)}")
-        row, answers = measure(loaded, vector, data, setting=setting, strength=s, layers=layers,
-                               system_prompt=system_prompt, max_new_tokens=max_new_tokens, detectors=detectors,
-                               bounds=bounds, batch_size=batch_size, force=force,
-                               reuse=steer_rows.get(row_key[1:]) if setting == "prompt+steer" else None,
-                               judge=judge, engine=engine)
+        with pass_meter(loaded, f"[{i + 1}/{len(settings)}] {setting} {s:+g}", enabled=progress):
+            row, answers = measure(loaded, vector, data, setting=setting, strength=s, layers=layers,
+                                   system_prompt=system_prompt, max_new_tokens=max_new_tokens, detectors=detectors,
+                                   bounds=bounds, batch_size=batch_size, force=force,
+                                   reuse=steer_rows.get(row_key[1:]) if setting == "prompt+steer" else None,
+                                   judge=judge, engine=engine)
         if setting == "steer":
             steer_rows[row_key[1:]] = row
         rows.append(row)
@@ -223,7 +250,7 @@ def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths:
              answers_path: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 48,
              detectors: Sequence[Detector] = (), bounds: CoherenceBounds = CoherenceBounds(),
              force: bool = False, log: Callable[[str], None] | None = None,
-             judge: Judge | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
+             judge: Judge | None = None, engine: Engine | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """``steerwatch eval``: the rows of :func:`sweep` at the given strengths on one layer set (the
     vector's default layers when None), with the unsteered row first when ``baseline``; no
     recommendation, nothing resumed."""
@@ -232,7 +259,8 @@ def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths:
         grid = [0.0, *grid]
     return sweep(loaded, vector, data, strengths=grid, layer_sets=[layers], system_prompt=system_prompt,
                  answers_path=answers_path, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                 detectors=detectors, bounds=bounds, force=force, log=log, judge=judge, engine=engine)
+                 detectors=detectors, bounds=bounds, force=force, log=log, judge=judge, engine=engine,
+                 progress=progress)
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

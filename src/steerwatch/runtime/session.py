@@ -106,6 +106,21 @@ class _TokenStream:
         return torch.tensor(self.stop, dtype=torch.bool, device=input_ids.device)
 
 
+class _StepProgress:
+    """A stopping criterion that never stops: it shows the generated-token count of the running
+    batch on the progress bar, so one long batch (the quickstart's 50 prompts) is not silent."""
+
+    def __init__(self, bar: Any, limit: int) -> None:
+        self.bar, self.limit, self.step = bar, limit, 0
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.step += 1
+        self.bar.set_postfix_str(f"token {self.step}/{self.limit}")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def _steered_layers(specs: Sequence[SteerSpec]) -> list[int]:
     return [layer for spec in specs if not (spec.op == "add" and spec.strength == 0.0)
             for layer in spec.resolved_layers]
@@ -152,9 +167,10 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
              steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
              watch: Sequence[Detector] = (), conditional: Conditional | None = None,
              on_token: OnToken | None = None, prompt_ids: Sequence[Sequence[int]] | None = None,
-             force: bool = False, progress: bool = False) -> list[Generation]:
+             force: bool = False, progress: bool = False, desc: str = "generating") -> list[Generation]:
     """Generate one answer per prompt (a user message string or a list of chat messages), steered,
-    watched and conditionally steered as asked (see the module docstring).
+    watched and conditionally steered as asked (see the module docstring). ``progress``: a bar
+    (titled ``desc``) over the prompts that also counts the running batch's generated tokens.
 
     ``prompt_ids``: already tokenised prompts instead of ``prompts`` (raw completions; the system
     prompt is then ignored and the conditional ``prompt`` mode is unavailable). ``force``: apply
@@ -190,15 +206,21 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt] | None, options: Generat
     results: list[Generation] = []
     live: list[torch.Tensor | None] = []  # per row: (width + steps, n_dets) projections, or None
     triggered: list[int | None] = []
-    bar = tqdm(total=n, desc="generating", disable=not progress, unit="prompt")
+    bar = tqdm(total=n, desc=desc, disable=not progress, unit="prompt")
     for start in range(0, n, opts.batch_size):
         idx = list(range(start, min(start + opts.batch_size, n)))
         ids, att = pad([encoded[i] for i in idx], pad_token, side="left")  # the last prompt tokens line up
         width = ids.shape[1]
         kwargs = dict(gen_kwargs)
+        criteria: list[Any] = []
         if on_token is not None:
             stream = _TokenStream(on_token, len(idx))
-            kwargs.update(streamer=stream, stopping_criteria=[stream])
+            kwargs["streamer"] = stream
+            criteria.append(stream)
+        if progress:
+            criteria.append(_StepProgress(bar, opts.max_new_tokens))
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         with contextlib.ExitStack() as stack:
             if rows is not None:
                 batch_rows = [list(rows[i]) for i in idx]
@@ -263,11 +285,12 @@ def generate_text(lm: LoadedModel, prompts: Sequence[Prompt], *, system: str | N
                   steer: Sequence[SteerSpec] | None = None, rows: Sequence[Sequence[SteerSpec]] | None = None,
                   max_new_tokens: int = 64, batch_size: int = 8, do_sample: bool = False,
                   temperature: float = 1.0, seed: int | None = None, force: bool = False,
-                  progress: bool = False) -> list[str]:
+                  progress: bool = False, desc: str = "generating") -> list[str]:
     """The answers' text only: :func:`generate` with its options as keywords (``steerwatch.generate``).
 
     ``steer``: specs applied to every prompt. ``rows``: one list of specs per prompt (each prompt
     steered its own way, still batched). Greedy by default, so results are reproducible."""
     opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                              temperature=temperature, seed=seed, system=system)
-    return [g.text for g in generate(lm, prompts, opts, steer=steer, rows=rows, force=force, progress=progress)]
+    return [g.text for g in generate(lm, prompts, opts, steer=steer, rows=rows, force=force, progress=progress,
+                                     desc=desc)]

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data.conversations import Conversation
     from ..models import LoadedModel
     from .detector import Detector
+    from .readcache import ReadCache
     from .score import ScoredConversation
 
 
@@ -29,6 +30,78 @@ def threshold_for_fpr(negatives: Sequence[float], fpr: float) -> tuple[float, fl
     thr = vals[n - 1 - allowed]  # exactly `allowed` values lie above it, unless there are ties
     achieved = sum(v > thr for v in vals) / n
     return thr, achieved
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed exactly in log space (no overflow for large n)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+            for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
+
+
+def fpr_upper_bound(k: int, n: int, *, confidence: float = 0.95) -> float:
+    """Exact (Clopper-Pearson) one-sided upper confidence bound on a rate after ``k`` events in
+    ``n`` trials: the p at which seeing at most ``k`` has probability ``1 - confidence``. For
+    ``k = 0`` it is ``1 - (1 - confidence) ** (1 / n)``; for ``k = n``, 1. Found by bisection on the
+    binomial CDF (which falls as p rises) to float precision."""
+    if n < 1 or not 0 <= k <= n:
+        raise SteerwatchError(f"an FPR bound needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0 < confidence < 1:
+        raise SteerwatchError(f"confidence must be between 0 and 1, got {confidence}")
+    if k == n:
+        return 1.0
+    alpha = 1.0 - confidence
+    lo, hi = k / n, 1.0
+    for _ in range(64):  # halves [k/n, 1] 64 times: down to float64's spacing
+        mid = (lo + hi) / 2
+        if _binom_cdf(k, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+SMALL_SET_FACTOR = 3.0  # warn when the 95 % upper bound on the achieved FPR exceeds this times the target
+
+
+def small_set_warning(calibration: dict[str, Any]) -> str | None:
+    """One line when the control set is too small for the target FPR to mean much: the exact 95 %
+    upper bound on the FPR the threshold achieves is above ``SMALL_SET_FACTOR`` (3) times the target.
+    The rule, measured: at a 1 % target, 400 conversations (4 allowed above) bound it at 2.3 %
+    (no warning), 200 at 3.1 % and 40 (none allowed above) at 7.2 % (warnings); twice the target
+    would warn on the built-in 400-conversation set, where 1 % is as precise as 400 samples allow.
+    None when it is fine or the calibration has no bound (older detector files)."""
+    upper, target, n = calibration.get("fpr_upper95"), calibration.get("fpr_target"), calibration.get("n")
+    if upper is None or target is None or not n or upper <= SMALL_SET_FACTOR * target:
+        return None
+    need = enough_controls(target)
+    more = f" (at least {need} keep it within {SMALL_SET_FACTOR:g}x the target)" if need else ""
+    return (f"calibrated on only {n} control conversations: the false-positive rate could be as high as "
+            f"{upper:.1%} (95 % upper bound) for a target of {target:.2%}; calibrate on more conversations"
+            f"{more}, or choose a larger --fpr")
+
+
+def enough_controls(target: float) -> int | None:
+    """The smallest control-set size from which every larger size (checked over one full step of
+    ``floor(target * n)``; the bound saw-tooths as n grows) keeps the 95 % bound within
+    ``SMALL_SET_FACTOR`` times ``target``; None below a 0.1 % target (too long to search)."""
+    if target < 1e-3:
+        return None
+    cycle, start, run = math.ceil(1 / target) + 1, None, 0
+    for m in range(1, 100 * cycle):
+        if fpr_upper_bound(math.floor(target * m + 1e-9), m) <= SMALL_SET_FACTOR * target:
+            start, run = (m if run == 0 else start), run + 1
+            if run >= cycle:
+                return start
+        else:
+            run = 0
+    return None  # pragma: no cover - the bound shrinks to the target as n grows
 
 
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
@@ -73,14 +146,21 @@ def running_max_mean(vals: Sequence[float], window: int) -> float:
 
 def calibrate(loaded: LoadedModel, detectors: Sequence[Detector], control: Sequence[Conversation], *,
               fpr: float = 0.01, source: str = "", batch_size: int = 4, progress: bool = False,
-              scored: Sequence[ScoredConversation] | None = None) -> list[dict[str, Any]]:
+              scored: Sequence[ScoredConversation] | None = None,
+              cache: ReadCache | None = None) -> list[dict[str, Any]]:
     """Set each detector's threshold so that at most ``fpr`` of the control conversations'
-    response scores lie above it. Updates the detectors in place and returns one row each."""
+    response scores lie above it. Updates the detectors in place and returns one row each.
+
+    Each calibration records ``fpr_upper95``: the exact (Clopper-Pearson) one-sided 95 % upper
+    bound on the false-positive rate the threshold achieves, from ``n_above`` of ``n`` control
+    responses above it (:func:`small_set_warning` says when it is too loose). ``cache``: reuse the
+    control set's reads at each detector's layer (:class:`~steerwatch.watch.readcache.ReadCache`)."""
     from ..data.conversations import conversations_sha256
     from .score import score_conversations
 
     if scored is None:
-        scored = score_conversations(loaded, control, detectors, batch_size=batch_size, progress=progress)
+        scored = score_conversations(loaded, control, detectors, batch_size=batch_size, progress=progress,
+                                     cache=cache)
     sha = conversations_sha256(list(control))
     rows = []
     for det in detectors:
@@ -88,7 +168,9 @@ def calibrate(loaded: LoadedModel, detectors: Sequence[Detector], control: Seque
         thr, achieved = threshold_for_fpr(vals, fpr)
         det.threshold = thr
         mean = sum(vals) / len(vals)
-        det.calibration = {"fpr_target": fpr, "achieved_fpr": achieved, "n": len(vals), "sha256": sha,
+        above = sum(v > thr for v in vals)
+        det.calibration = {"fpr_target": fpr, "achieved_fpr": achieved, "n": len(vals), "n_above": above,
+                           "fpr_upper95": fpr_upper_bound(above, len(vals)), "sha256": sha,
                            "source": source, "aggregate": det.aggregate,
                            "score_mean": mean, "score_std": (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5}
         prompt_vals = [v for s in scored if (v := s.prompt_score(det.name)) is not None]

@@ -6,7 +6,7 @@ activations, and the forward pass stops after the deepest layer any detector rea
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..data.conversations import Conversation
     from ..models import LoadedModel
+    from .readcache import ReadCache
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -160,11 +161,16 @@ def _as_messages(item: Any) -> tuple[str, int | None, list[dict], dict]:
 def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversation | list[dict]],
                         detectors: Sequence[Detector], *, batch_size: int = 4,
                         max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
-                        force: bool = False) -> list[ScoredConversation]:
+                        force: bool = False, sort_by_length: bool = True,
+                        cache: ReadCache | None = None) -> list[ScoredConversation]:
     """Teacher-forced per-token scores of every detector over every conversation.
 
-    Conversations longer than ``max_tokens`` are cut to their first ``max_tokens`` tokens and
-    marked ``truncated`` (reported, never silent)."""
+    Conversations are batched shortest first (``sort_by_length``; little padding) and returned in
+    the caller's order. Conversations longer than ``max_tokens`` are cut to their first
+    ``max_tokens`` tokens and marked ``truncated`` (reported, never silent). With ``cache`` (a
+    :class:`~steerwatch.watch.readcache.ReadCache`), the residual stream at each detector layer is
+    read from the cache when this model read these tokens before, else stored there, and the
+    scores are projected from it: any later detector at that layer skips the forward pass."""
     from tqdm.auto import tqdm
 
     if not detectors:
@@ -179,25 +185,131 @@ def score_conversations(loaded: LoadedModel, conversations: Sequence[Conversatio
         cid, label, msgs, meta = _as_messages(item)
         rendered.append(render_conversation(loaded.tokenizer, msgs, max_tokens=max_tokens))
         info.append((cid or f"#{i + 1}", label, meta))
-    results: list[ScoredConversation | None] = [None] * len(rendered)
-    hooks = ProjectionHooks(loaded, detectors)
+    ids = [r.ids for r in rendered]
+    # the cache's lookups and reservations come before the bar, its messages never inside it
+    plan = _CachePlan.make(loaded, ids, detectors, cache) if cache is not None else None
+    bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
     try:
-        bar = tqdm(total=len(rendered), desc="scoring", disable=not progress, unit="conv")
-        for idx in length_batches([len(r.ids) for r in rendered], batch_size):
-            forward(loaded, [rendered[i].ids or [pad_id(loaded.tokenizer)] for i in idx], stop_after=hooks.last)
+        if plan is not None:
+            plan.fill(loaded, ids, batch_size=batch_size, sort=sort_by_length, bar=bar)
+        else:
+            proj = _projections(loaded, ids, detectors, batch_size=batch_size, sort=sort_by_length, bar=bar)
+    except BaseException:
+        if plan is not None:
+            plan.discard()
+        raise
+    finally:
+        bar.close()
+    if plan is not None:
+        proj = plan.project(ids, detectors)
+    out = []
+    for i, (rc, p) in enumerate(zip(rendered, proj)):
+        cid, label, meta = info[i]
+        out.append(ScoredConversation(
+            id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
+            scores={d.name: p[:, j].tolist() for j, d in enumerate(detectors)}, truncated=rc.truncated, meta=meta))
+    return out
+
+
+def _batches(loaded: LoadedModel, ids: list[list[int]], batch_size: int, sort: bool
+             ) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """(indices, token ids) per forward batch; an empty conversation runs as one pad token."""
+    for idx in length_batches([len(s) for s in ids], batch_size, sort=sort):
+        yield idx, [ids[i] or [pad_id(loaded.tokenizer)] for i in idx]
+
+
+def _projections(loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector], *,
+                 batch_size: int, sort: bool, bar: Any) -> list[torch.Tensor]:
+    """Per conversation (n_tokens, n_detectors), projected inside the hooks (no activation kept)."""
+    out: list[Any] = [None] * len(ids)
+    with ProjectionHooks(loaded, detectors) as hooks:
+        for idx, seqs in _batches(loaded, ids, batch_size, sort):
+            forward(loaded, seqs, stop_after=hooks.last)
             proj = hooks.take()  # (batch, width, n_det)
             for r, i in enumerate(idx):
-                rc, n = rendered[i], len(rendered[i].ids)
-                cid, label, meta = info[i]
-                results[i] = ScoredConversation(
-                    id=cid, label=label, token_ids=rc.ids, msg_index=rc.msg_index, roles=rc.roles,
-                    scores={d.name: proj[r, :n, j].tolist() for j, d in enumerate(detectors)},
-                    truncated=rc.truncated, meta=meta)
+                out[i] = proj[r, :len(ids[i])]
             bar.update(len(idx))
-        bar.close()
-    finally:
-        hooks.remove()
-    return [r for r in results if r is not None]
+    return out
+
+
+@dataclass
+class _CachePlan:
+    """What the cache has (``arrays``, memory-mapped) and what this pass must store (``fresh``,
+    reserved on disk) for each detector layer."""
+
+    cache: ReadCache
+    by_layer: dict[int, list[int]]  # layer -> detector indices
+    keys: dict[int, dict[str, Any]]
+    arrays: dict[int, Any]
+    fresh: dict[int, Any]
+    starts: list[int]  # conversation i's rows: starts[i]:starts[i + 1]
+
+    @classmethod
+    def make(cls, loaded: LoadedModel, ids: list[list[int]], detectors: Sequence[Detector],
+             cache: ReadCache) -> _CachePlan | None:
+        """None when the cache cannot be written (the caller scores without it, and says so)."""
+        import numpy as np
+
+        by_layer: dict[int, list[int]] = {}
+        for j, det in enumerate(detectors):
+            if det.layer >= loaded.n_layers:
+                raise SteerwatchError(f"detector {det.name!r} reads layer {det.layer}, the model has "
+                                      f"{loaded.n_layers}")
+            by_layer.setdefault(det.layer, []).append(j)
+        keys = {layer: cache.key(loaded, ids, layer) for layer in by_layer}
+        arrays = {layer: a for layer in by_layer if (a := cache.load(keys[layer])) is not None}
+        plan = cls(cache, by_layer, keys, arrays, {}, np.cumsum([0] + [len(s) for s in ids]).tolist())
+        try:
+            for layer in sorted(set(by_layer) - set(arrays)):
+                plan.fresh[layer] = cache.create(keys[layer])
+        except OSError as exc:
+            plan.discard()
+            cache.say(f"cannot write the read cache ({exc}); scoring without it")
+            return None
+        return plan
+
+    def fill(self, loaded: LoadedModel, ids: list[list[int]], *, batch_size: int, sort: bool, bar: Any) -> None:
+        """Read the missing layers in one pass over every conversation and store them."""
+        from ..record import ReadHooks
+
+        if not self.fresh:
+            bar.update(len(ids))
+            return
+        rows: list[int] = []  # the conversations of the batch being read
+
+        def store(layer: int, h: torch.Tensor) -> None:  # h: (batch, width, d), copied out at once
+            h = h.cpu()
+            for r, i in enumerate(rows):
+                self.fresh[layer][self.starts[i]:self.starts[i + 1]] = h[r, :len(ids[i])].numpy()
+
+        with ReadHooks(loaded, list(self.fresh), store) as hooks:
+            for idx, seqs in _batches(loaded, ids, batch_size, sort):
+                rows[:] = idx
+                forward(loaded, seqs, stop_after=hooks.last)
+                hooks.take()
+                bar.update(len(idx))
+
+    def discard(self) -> None:
+        while self.fresh:
+            self.cache.discard(self.fresh.popitem()[1])
+
+    def project(self, ids: list[list[int]], detectors: Sequence[Detector]) -> list[torch.Tensor]:
+        """Per conversation (n_tokens, n_detectors) from the stored reads (committing the new ones)."""
+        import numpy as np
+        import torch
+
+        for layer in sorted(self.fresh):
+            self.arrays[layer] = self.cache.commit(self.keys[layer], self.fresh.pop(layer))
+        units = [d.unit().float().cpu() for d in detectors]  # (d,) each
+        out = []
+        for i in range(len(ids)):
+            full = torch.zeros(len(ids[i]), len(detectors))
+            for layer, idx in self.by_layer.items():
+                h = torch.from_numpy(np.array(self.arrays[layer][self.starts[i]:self.starts[i + 1]]))  # (n, d)
+                for j in idx:  # one product per detector: its scores depend on nothing but h and its direction
+                    full[:, j] = h @ units[j]
+            out.append(full)
+        return out
 
 
 def score_continuations(loaded: LoadedModel, seqs: Sequence[tuple[list[int], list[int]]],
