@@ -10,7 +10,7 @@ import torch
 from conftest import STEER_ARCHS, BlockCapture, blocks_of, get_loaded
 from steerwatch.chat import encode_example, render_prompt
 from steerwatch.data import ContrastPair, ContrastSet
-from steerwatch.errors import ExtractionError, LayerResolutionError
+from steerwatch.errors import ExtractionError, LayerResolutionError, SteerwatchError
 from steerwatch.extract import METHODS, check_method, extract_direction
 from steerwatch.extract.build import AUTO_BAND, build_vector, resolve_read, resolve_read_method
 from steerwatch.extract.metrics import auroc, separation
@@ -167,8 +167,10 @@ def test_auroc_known_values():
     assert auroc(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])) == 0.625
     # pos [0.1, 0.4, 0.35, 0.8] vs neg [0.2, 0.4, 0.6]: wins 0+1.5+1+3 = 5.5 of 12 (0.4 vs 0.4 is a tie)
     assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0.2, 0.4, 0.6])) == DOUBLE.approx(5.5 / 12)
-    with pytest.raises(ValueError):
+    with pytest.raises(SteerwatchError, match="at least one positive and one negative"):
         auroc(torch.tensor([]), torch.tensor([1.0]))
+    with pytest.raises(SteerwatchError, match="1 positive and 0 negative scores that are NaN or infinite"):
+        auroc(torch.tensor([float("nan"), 1.0]), torch.tensor([1.0]))
 
 
 def test_auroc_matches_pairwise_count_on_random_scores():

@@ -333,30 +333,25 @@ class LiarClassifier:
                 for row in features]
 
 
-def fit_liar_classifier(features: Sequence[Sequence[float]], labels: Sequence[int], *, l2: float = 1e-2,
-                        steps: int = 300) -> LiarClassifier:
-    import torch
+def fit_liar_classifier(features: Sequence[Sequence[float]], labels: Sequence[int], *,
+                        l2: float = 1e-2) -> LiarClassifier:
+    """scikit-learn's ``LogisticRegression`` on standardised features, objective
+    ``mean BCE + l2 * |w|^2`` (intercept unpenalised), i.e. ``C = 1 / (2 * n * l2)``."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ..extract.methods import LOGISTIC_TOL
 
     n_dec, n_hon = sum(1 for y in labels if y == DECEPTIVE), sum(1 for y in labels if y == HONEST)
     if n_dec < MIN_PER_CLASS or n_hon < MIN_PER_CLASS:
         raise SteerwatchError(f"the follow-up-question classifier needs at least {MIN_PER_CLASS} deceptive and "
                               f"{MIN_PER_CLASS} honest training answers")
-    x = torch.tensor(features, dtype=torch.float64)
-    y = torch.tensor(labels, dtype=torch.float64)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
-    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return LiarClassifier(weights=w.detach().tolist(), bias=float(b.detach()), mean=mean.tolist(), std=std.tolist())
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    mean, std = x.mean(0), np.maximum(x.std(0, ddof=1), 1e-6)
+    clf = LogisticRegression(C=1.0 / (2 * len(y) * l2), tol=LOGISTIC_TOL, max_iter=10_000).fit((x - mean) / std, y)
+    return LiarClassifier(weights=[float(v) for v in clf.coef_[0]], bias=float(clf.intercept_[0]),
+                          mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 
 def judge_scores(loaded: LoadedModel, rows: Sequence[Response], *, batch_size: int = 8,
@@ -374,10 +369,11 @@ def judge_scores(loaded: LoadedModel, rows: Sequence[Response], *, batch_size: i
 def bootstrap_auroc(pos: Sequence[float], neg: Sequence[float], *, n_boot: int = 1000,
                     seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of the AUROC, resampling each class."""
-    from ..watch.calibrate import auroc
+    from ..watch.calibrate import auroc_resampled
 
     rng = random.Random(seed)
-    vals = sorted(auroc([rng.choice(pos) for _ in pos], [rng.choice(neg) for _ in neg]) for _ in range(n_boot))
+    draws = [([rng.choice(pos) for _ in pos], [rng.choice(neg) for _ in neg]) for _ in range(n_boot)]
+    vals = sorted(auroc_resampled([p for p, _ in draws], [n for _, n in draws]))
     return vals[int(0.025 * n_boot)], vals[min(n_boot - 1, int(0.975 * n_boot))]
 
 

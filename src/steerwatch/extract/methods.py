@@ -1,16 +1,21 @@
-"""Direction-finding methods (pure functions, no model).
+"""Direction-finding methods (pure functions, no model). The statistics come from scikit-learn
+(PCA, TruncatedSVD, LogisticRegression, the shrunk covariance of LinearDiscriminantAnalysis); this
+module fixes the conventions around them: unit length, pointing from ``neg`` to ``pos``.
 
 - ``mean_diff``: mean(pos) - mean(neg).
 - ``pca_diff``: first principal component of the paired differences pos_i - neg_i (uncentred,
-  as in RepE: the dominant direction of the differences).
+  as in RepE: the dominant direction of the differences; scikit-learn's ``TruncatedSVD``).
 - ``pca_center``: first principal component of all activations (both sides) centred on their
   overall mean: the main axis of variation of the pooled data, which is the concept axis when
-  the concept dominates the data's variance.
+  the concept dominates the data's variance (scikit-learn's ``PCA``).
 - ``logistic``: weight vector of an L2-regularised logistic-regression probe (pos = 1) fit on
-  standardised features, mapped back to the raw activation space.
+  standardised features, mapped back to the raw activation space (scikit-learn's
+  ``LogisticRegression``, ``C = 1 / (n * l2)``).
 - ``lda``: the mean difference whitened by the shrunk within-class covariance,
   ``((1 - a) S + a (tr S / d) I)^-1 (mean(pos) - mean(neg))`` with ``S`` the pooled covariance of
-  each side around its own mean and ``a`` = :data:`LDA_SHRINKAGE`. Variance that both sides share
+  each side around its own mean and ``a`` = :data:`LDA_SHRINKAGE` (scikit-learn's
+  ``shrunk_covariance``: the direction of ``LinearDiscriminantAnalysis(solver="lsqr",
+  shrinkage=a)``). Variance that both sides share
   (topic, format, length: what changes *between* pairs) is discounted, so a concept that is a
   small, consistent shift on top of large nuisance variation still separates. ``a = 1`` gives
   ``mean_diff`` exactly.
@@ -41,70 +46,87 @@ def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return _unit_oriented(pos.mean(0) - neg.mean(0), pos, neg)
 
 
-def _top_pc(x: torch.Tensor) -> torch.Tensor:
+def _top_pc(x: torch.Tensor, *, centre: bool) -> torch.Tensor:
+    """(n, d) -> the first principal axis: scikit-learn's ``PCA`` (``centre``: around the column
+    means) or ``TruncatedSVD`` (uncentred: the top right singular vector), both exact (full LAPACK
+    SVD; ARPACK to machine precision). The sign is left to :func:`_unit_oriented`."""
+    import numpy as np
     import torch
+    from sklearn.decomposition import PCA, TruncatedSVD
 
-    # (n, d): right singular vector of the largest singular value
-    _, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
-    if not bool(s[0] > 0):  # an all-zero matrix has no principal direction (SVD would return a basis vector)
+    a = x.double().numpy()
+    if centre:
+        a = a - a.mean(0)
+    if not bool(np.abs(a).max() > 0):  # an all-zero matrix has no principal direction (SVD would return a basis vector)
         return torch.zeros(x.shape[1])
-    return vh[0].float()
+    if x.shape[1] == 1:  # one feature: its own axis (ARPACK needs two)
+        return torch.ones(1)
+    if centre:
+        pc = PCA(n_components=1, svd_solver="full").fit(a).components_[0]
+    else:  # RepE's PCA of the differences is uncentred: centring would remove the mean difference itself
+        pc = TruncatedSVD(n_components=1, algorithm="arpack", tol=0.0, random_state=0).fit(a).components_[0]
+    return torch.from_numpy(np.ascontiguousarray(pc)).float()
 
 
 def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    return _unit_oriented(_top_pc(pos - neg), pos, neg)
+    return _unit_oriented(_top_pc(pos - neg, centre=False), pos, neg)
 
 
 def pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     import torch
 
-    x = torch.cat([pos, neg])
-    return _unit_oriented(_top_pc(x - x.mean(0)), pos, neg)
+    return _unit_oriented(_top_pc(torch.cat([pos, neg]), centre=True), pos, neg)
 
 
-def logistic(pos: torch.Tensor, neg: torch.Tensor, *, l2: float = 1e-2, steps: int = 200) -> torch.Tensor:
+LOGISTIC_TOL = 1e-8
+"""scikit-learn's L-BFGS stops when the largest gradient component of the (mean) loss is below this.
+Its default, 1e-4, stops early enough to move the unit direction by 3e-4 to 8e-4 (measured at
+d = 16..896); from 1e-8 on, a tighter tolerance moves it by less than 5e-8."""
+
+
+def logistic(pos: torch.Tensor, neg: torch.Tensor, *, l2: float = 1e-2) -> torch.Tensor:
+    """scikit-learn's ``LogisticRegression`` on standardised features, objective
+    ``mean BCE + l2 / 2 * |w|^2`` (intercept unpenalised), i.e. ``C = 1 / (n * l2)``."""
+    import numpy as np
     import torch
+    from sklearn.linear_model import LogisticRegression
 
     x = torch.cat([pos, neg]).double()
-    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w @ w) / 2
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    z = ((x - mu) / sd).numpy()
+    clf = LogisticRegression(C=1.0 / (len(y) * l2), tol=LOGISTIC_TOL, max_iter=10_000).fit(z, y)
+    w = torch.from_numpy(np.ascontiguousarray(clf.coef_[0]))
     # score = ((x - mu) / sd) . w  ==  x . (w / sd) + const  -> the raw-space direction is w / sd
-    return _unit_oriented((w.detach() / sd).float(), pos, neg)
+    return _unit_oriented((w / sd).float(), pos, neg)
 
 
 LDA_SHRINKAGE = 0.5
 
 
 def lda(pos: torch.Tensor, neg: torch.Tensor, *, shrinkage: float = LDA_SHRINKAGE) -> torch.Tensor:
+    """The covariance is scikit-learn's (``empirical_covariance`` of each side around its own mean,
+    pooled, then ``shrunk_covariance``), the same matrix ``LinearDiscriminantAnalysis(solver="lsqr",
+    shrinkage=a)`` builds; the direction ``S^-1 (mean(pos) - mean(neg))`` is then one Cholesky
+    solve. ``LinearDiscriminantAnalysis.fit`` itself would give the same direction (a test checks it)
+    but solves by least squares (an SVD): 5-10x slower at d = 896 (bench/bench_methods.py), and a
+    deception probe fits 120 of them (24 layers x 5 fits)."""
+    import numpy as np
     import torch
+    from scipy.linalg import solve
+    from sklearn.covariance import empirical_covariance, shrunk_covariance
 
     if not 0.0 < shrinkage <= 1.0:
         raise ExtractionError(f"LDA shrinkage must be in (0, 1], got {shrinkage}")
-    p, n = pos.double(), neg.double()
-    diff = p.mean(0) - n.mean(0)
     if shrinkage == 1.0:
         return mean_diff(pos, neg)
-    centred = torch.cat([p - p.mean(0), n - n.mean(0)])
-    d = centred.shape[1]
-    cov = centred.T @ centred / max(len(centred) - 2, 1)
-    scale = float(torch.trace(cov)) / d
-    if not scale > 0:  # no within-class variance at all: nothing to whiten against
+    p, n = pos.double().numpy(), neg.double().numpy()
+    centred = np.concatenate([p - p.mean(0), n - n.mean(0)])
+    cov = empirical_covariance(centred, assume_centered=True)  # (d, d), the pooled within-class covariance
+    if not np.trace(cov) > 0:  # no within-class variance at all: nothing to whiten against
         return mean_diff(pos, neg)
-    reg = (1 - shrinkage) * cov + shrinkage * scale * torch.eye(d, dtype=torch.float64)
-    return _unit_oriented(torch.linalg.solve(reg, diff).float(), pos, neg)
+    w = solve(shrunk_covariance(cov, shrinkage), p.mean(0) - n.mean(0), assume_a="pos")
+    return _unit_oriented(torch.from_numpy(w).float(), pos, neg)
 
 
 # the registry: exactly the names of steerwatch.types.Method (a test checks they agree)

@@ -3,18 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..watch.calibrate import auroc
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-
-def auroc(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
-    """P(score of a random positive > score of a random negative), ties count one half."""
-
-    p = pos_scores.double().reshape(-1, 1)
-    n = neg_scores.double().reshape(1, -1)
-    if p.numel() == 0 or n.numel() == 0:
-        raise ValueError("auroc needs at least one positive and one negative score")
-    return float(((p > n).double() + 0.5 * (p == n).double()).mean())
+__all__ = ["auroc", "separation"]  # auroc: the one AUROC (scikit-learn), re-exported for extraction
 
 
 def separation(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> dict[str, float]:

@@ -104,11 +104,44 @@ def enough_controls(target: float) -> int | None:
     return None  # pragma: no cover - the bound shrinks to the target as n grows
 
 
-def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    if not pos or not neg:
+def _scores(values: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def auroc(pos: Any, neg: Any) -> float:
+    """P(a random positive scores above a random negative), ties counting one half: scikit-learn's
+    ``roc_auc_score`` (the area under the ROC curve equals that Mann-Whitney form exactly, up to
+    float64 rounding). ``pos``, ``neg``: sequences of floats or 1-d tensors / arrays. The one AUROC
+    in steerwatch (validation, detection quality, the lab, the deception report)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    p, n = _scores(pos), _scores(neg)
+    if p.size == 0 or n.size == 0:
         raise SteerwatchError("AUROC needs at least one positive and one negative example")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    if not (np.isfinite(p).all() and np.isfinite(n).all()):
+        raise SteerwatchError(f"AUROC needs finite scores; got {int((~np.isfinite(p)).sum())} positive and "
+                              f"{int((~np.isfinite(n)).sum())} negative scores that are NaN or infinite "
+                              "(check the model's dtype: a float16 overflow gives inf)")
+    return float(roc_auc_score(np.r_[np.ones(p.size), np.zeros(n.size)], np.r_[p, n]))
+
+
+def auroc_resampled(pos: Any, neg: Any) -> list[float]:
+    """The AUROC of each row pair at once: ``pos`` (resamples, n_pos), ``neg`` (resamples, n_neg),
+    for bootstrap intervals. scipy's Mann-Whitney U / (n_pos * n_neg), vectorised over the rows: the
+    same value as :func:`auroc` on each row (a test checks it), hundreds of times faster than one
+    ``roc_auc_score`` call per resample, whose input checks dominate on small sets
+    (bench/bench_methods.py)."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    p, n = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    if p.ndim != 2 or n.ndim != 2 or len(p) != len(n) or p.shape[1] == 0 or n.shape[1] == 0:
+        raise SteerwatchError(f"resampled AUROC needs (k, n_pos) and (k, n_neg) arrays, got {p.shape} and {n.shape}")
+    u = mannwhitneyu(p, n, axis=1, method="asymptotic", use_continuity=False).statistic
+    return [float(v) for v in np.asarray(u) / (p.shape[1] * n.shape[1])]
 
 
 def detection_metrics(scores: Sequence[float], labels: Sequence[int], *, threshold: float | None = None,
