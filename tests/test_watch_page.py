@@ -24,7 +24,7 @@ def _synthetic(store: EventStore) -> dict[str, int]:
     """Four events at known times (real requests are stored 'now'): two flagged (one by a flag, one by
     a conditional-steering trigger), one with a script in its response."""
     base = {"model": "tiny-qwen2", "policy_sha256": "0" * 64, "endpoint": "chat", "steering": [],
-            "thresholds": {"always": 0.0, "never": 0.5}}
+            "thresholds": {"always": 0.25, "never": 0.5}}
     ids = {}
     ids["e1"] = store.add({**base, "request_id": "e1", "created": T0 + 600, "key_name": "user", "flagged": True,
                            "flags": ["never"], "events": [], "prompt": [{"role": "user", "content": "say <b>hi</b>"}],
@@ -154,11 +154,15 @@ def test_event_page_shows_tokens_scores_and_escapes(watch):
     assert SCRIPT not in e1 and "&lt;script&gt;alert(1)&lt;/script&gt; hi" in e1
     assert "say &lt;b&gt;hi&lt;/b&gt;" in e1
     heat = re.findall(r'<span class="tok" style="background:([^"]+)" title="([^"]+)">([^<]*)</span>', e1)
-    assert [t for _, t, _ in heat] == ["token 0: +0.100 (threshold +0.000)", "token 1: +0.200 (threshold +0.000)",
-                                       "token 2: +0.300 (threshold +0.000)", "token 0: +0.400 (threshold +0.500)",
+    assert [t for _, t, _ in heat] == ["token 0: +0.100 (threshold +0.250)", "token 1: +0.200 (threshold +0.250)",
+                                       "token 2: +0.300 (threshold +0.250)", "token 0: +0.400 (threshold +0.500)",
                                        "token 1: +0.600 (threshold +0.500)", "token 2: +0.800 (threshold +0.500)"]
     assert [x for _, _, x in heat[:3]] == ["&lt;script&gt;", "alert(1)", "&lt;/script&gt; hi"]
-    assert heat[3][0].startswith("rgba(40,90,220,") and heat[4][0].startswith("rgba(220,40,40,")  # below / above
+    # blue below the threshold, red above, by (score - threshold) / (2 x the response's spread): always 0.1 is
+    # 0.15 under 0.25 with a spread of 0.0816 (z -0.92); never 0.4 is 0.1 under 0.5 with a spread of 0.163 (-0.31)
+    assert [bg for bg, _, _ in heat] == ["rgba(40,90,220,0.92)", "rgba(40,90,220,0.31)", "rgba(220,40,40,0.31)",
+                                         "rgba(40,90,220,0.31)", "rgba(220,40,40,0.31)", "rgba(220,40,40,0.92)"]
+    assert '<tr><td>always</td><td class="num">+0.200</td><td class="num">+0.250</td>' in e1
     assert ('<tr><td>never</td><td class="num above">+0.600</td><td class="num">+0.500</td><td class="num">3</td>'
             '<td><span class="badge fired">fired</span></td></tr>') in e1
     # a real event: the stored tokens and per-token scores, one span per scored token and detector
@@ -260,5 +264,6 @@ def test_watch_page_in_headless_chromium(watch, tmp_path):
             from PIL import Image
 
             Path(keep).mkdir(parents=True, exist_ok=True)
-            Image.open(shot).convert("RGB").crop((0, 0, 1280, 1100)).quantize(256).save(
+            bottom = int(np.nonzero(~(img > 0.97).all(-1).all(-1))[0].max()) + 24  # down to the last drawn row
+            Image.open(shot).convert("RGB").crop((0, 0, 1280, min(bottom, 1400))).quantize(256).save(
                 Path(keep) / f"{name}.png", optimize=True)
