@@ -267,3 +267,17 @@ def test_watch_page_in_headless_chromium(watch, tmp_path):
             bottom = int(np.nonzero(~(img > 0.97).all(-1).all(-1))[0].max()) + 24  # down to the last drawn row
             Image.open(shot).convert("RGB").crop((0, 0, 1280, min(bottom, 1400))).quantize(256).save(
                 Path(keep) / f"{name}.png", optimize=True)
+
+
+def test_sessions_expire_and_are_bounded():
+    from steerwatch.serve.sessions import Sessions
+
+    s = Sessions(ttl_s=3600, max_sessions=2)
+    a, b = s.create("ops"), s.create("ops2")
+    assert s.lookup(a) == "ops" and s.lookup(b) == "ops2" and s.lookup(a + "x") is None and s.lookup(None) is None
+    c = s.create("ops3")  # a third one drops the oldest
+    assert s.lookup(a) is None and s.lookup(b) == "ops2" and s.lookup(c) == "ops3"
+    s.drop(b)
+    assert s.lookup(b) is None
+    expired = Sessions(ttl_s=0.0)
+    assert expired.lookup(expired.create("ops")) is None
