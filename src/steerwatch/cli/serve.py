@@ -31,7 +31,8 @@ def serve_cmd(
     Start-up loads the model, checks every vector and detector file against the policy's SHA-256
     and the model's fingerprint, and runs the policy guard (a policy that amplifies distress is
     refused unless it carries an acknowledgement). Endpoints: /v1/models, /v1/chat/completions,
-    /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
+    /v1/completions (streaming or not), /v1/watch/events (admin keys), and the watch page /watch (the
+    stored events as HTML for admin keys; docs/serve.md)."""
     from ..errors import SteerwatchError
     from ..policy.schema import load_policy
     from ..runtime import ENGINES

@@ -269,20 +269,49 @@ def detect_eval_cmd(
 @app.command("view")
 @friendly
 def view_cmd(
-    file: Path = typer.Argument(..., help="JSONL of conversations."),
-    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    file: Path | None = typer.Argument(None, help="JSONL of conversations (not with --store)."),
+    detector: list[Path] | None = typer.Option(None, "--detector", "-d",
+                                               help="Detector files (.det.json) or vectors (.sv)."),
     ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
     html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
     tokens: bool = typer.Option(False, "--tokens", help="Also list every token's score per detector "
                                                           "(▲: above the detector's threshold)."),
+    store: Path | None = typer.Option(None, "--store", help="Instead of conversations: a server's event store "
+                                      "(the policy's store.url file, e.g. steerwatch-events.db), written with --html "
+                                      "as the watch page (the events, counts per detector over time, each event's "
+                                      "tokens and scores) in one file, without a server. Opened read-only."),
+    flagged: bool = typer.Option(False, "--flagged", help="With --store: flagged events only."),
+    fired: str | None = typer.Option(None, "--fired", help="With --store: only events where this detector fired."),
+    key: str | None = typer.Option(None, "--key", help="With --store: only events of this API key name."),
+    since: str | None = typer.Option(None, help="With --store: events from this date or time (UTC, e.g. "
+                                                 "2026-12-07 or 2026-12-07T09:30)."),
+    until: str | None = typer.Option(None, help="With --store: events before this date or time (UTC)."),
+    limit: int = typer.Option(200, help="With --store: at most this many events in the file (flagged first, "
+                                        "then newest; at most 1000)."),
     model: Model = "default",
     device: Device = "auto",
     dtype: Dtype = None,
 ) -> None:
     """Show conversations with each detector's response score, threshold and flag, and every token
-    tinted by its score (terminal and HTML)."""
-    from ..data.conversations import load_conversations
+    tinted by its score (terminal and HTML). With --store, write a server's stored events as the
+    watch page instead (--html; no model, no server)."""
     from ..errors import SteerwatchError
+
+    if store is not None:
+        if file is not None or detector or ids or tokens:
+            raise SteerwatchError("--store renders a server's events: give no conversation FILE, --detector, --id "
+                                  "or --tokens with it")
+        if html is None:
+            raise SteerwatchError("--store needs --html OUT.html (the watch page is written as a file)")
+        _store_page(store, html, flagged=flagged, fired=fired, key=key, since=since, until=until, limit=limit)
+        return
+    if file is None:
+        raise SteerwatchError("give a JSONL file of conversations (or --store EVENTS.db --html OUT.html)")
+    if not detector:
+        raise SteerwatchError("give at least one detector (-d FILE.det.json, or a vector FILE.sv)")
+    if flagged or fired or key or since or until:
+        raise SteerwatchError("--flagged, --fired, --key, --since and --until filter a --store's events")
+    from ..data.conversations import load_conversations
     from ..watch.score import score_conversations
     from ..watch.view import render_html, render_terminal
 
@@ -303,3 +332,26 @@ def view_cmd(
         html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
                         encoding="utf-8")
         console.print(f"wrote {html}")
+
+
+def _store_page(store: Path, html: Path, *, flagged: bool, fired: str | None, key: str | None, since: str | None,
+                until: str | None, limit: int) -> None:
+    from ..errors import SteerwatchError
+
+    try:
+        from ..serve.store import EventStore
+        from ..serve.watchpage import WatchFilter, parse_time, render_offline
+    except ImportError as exc:
+        raise SteerwatchError(f"view --store needs the serve extra ({exc.name} is missing): "
+                              "pip install 'steerwatch[serve]'") from None
+    filt = WatchFilter(flagged_only=flagged, detector=fired, key=key,
+                       since=parse_time(since, "--since") if since else None,
+                       until=parse_time(until, "--until") if until else None, limit=limit).checked()
+    events = EventStore(f"sqlite:///{store}", readonly=True)
+    try:
+        page = render_offline(events, filt, source=store.name)
+        n = events.count()
+    finally:
+        events.close()
+    html.write_text(page, encoding="utf-8")
+    console.print(f"wrote {html} ({n} events in {store.name}; filters: {filt.describe()})")
