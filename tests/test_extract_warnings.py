@@ -156,6 +156,9 @@ def test_cli_extract_warns_with_data_checks_layers_and_small_validation(qwen, mo
     assert " ".join(explain_layers(vec, rows, auto=True).split()) in flat
     assert "warning: " + " ".join(small_validation_warning(rows, 4).split()) in flat  # 4 of 10 in val
     assert "interval" in flat and f"{rows[0].auroc_lo:.2f}-{rows[0].auroc_hi:.2f}" in flat  # the table's column
+    info = runner.invoke(app, ["info", str(tmp_path / "v.sv")])
+    assert info.exit_code == 0 and f"{rows[0].auroc_lo:.2f}-{rows[0].auroc_hi:.2f}" in info.output
+    assert "only 4 validation pairs: the AUROCs are rough" in " ".join(info.output.split())
     # --strict: the failed check is an error, and the model never loads
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: pytest.fail("model loaded"))
     res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "w.sv"), "--strict"])

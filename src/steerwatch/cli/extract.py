@@ -241,10 +241,22 @@ def info_cmd(path: Path = typer.Argument(..., help="A vector file.")) -> None:
     def fmt(au):
         return "-" if au is None else f"{au:.3f}"
 
-    table = Table("layer", f"val AUROC ({vec.method})",
+    from ..extract.metrics import MIN_VAL_PAIRS
+
+    def interval(layer):
+        row = vec.validation.get(layer, {})
+        lo, hi = row.get("auroc_lo"), row.get("auroc_hi")
+        return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
+
+    n_val = vec.dataset.get("n_val")
+    has_ci = isinstance(n_val, int) and n_val < MIN_VAL_PAIRS  # a small validation split: show the intervals
+    table = Table("layer", f"val AUROC ({vec.method})", *(["95% interval"] if has_ci else []),
                   *([f"read AUROC ({vec.read_method})"] if vec.read_directions else []), "residual norm")
     for layer in vec.layers:
         read = [fmt(vec.read_auroc(layer))] if vec.read_directions else []
-        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""), fmt(vec.auroc(layer)), *read,
+        ci = [interval(layer)] if has_ci else []
+        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""), fmt(vec.auroc(layer)), *ci, *read,
                       f"{vec.norm(layer):.1f}")
     out.print(table)
+    if has_ci:
+        note(f"only {n_val} validation pairs: the AUROCs are rough (95% intervals shown)")

@@ -230,6 +230,7 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     read_dirs: dict[int, torch.Tensor] = {}
     read_validation: dict[int, dict[str, float]] = {}
     rows: list[LayerRow] = []
+    validation: dict[int, dict[str, float]] = {}
     for layer in all_layers:
         d = extract_direction(method, pos[:nt, layer], neg[:nt, layer])
         directions[layer] = d
@@ -238,6 +239,8 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
         row = LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
                        cohens_d=sep["cohens_d"], norm=stats[layer]["mean"], auroc_lo=lo, auroc_hi=hi,
                        n_val=len(val))
+        validation[layer] = {"auroc": sep["auroc"], "paired_acc": sep["paired_acc"], "cohens_d": sep["cohens_d"],
+                             "auroc_lo": lo, "auroc_hi": hi, "n_val": len(val)}
         if read_method is not None:
             rd = extract_direction(read_method, pos[:nt, layer], neg[:nt, layer])
             read_dirs[layer] = rd
@@ -255,8 +258,7 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
         model_fingerprint=loaded.fingerprint, hidden_size=loaded.hidden_size, method=method,
         read_position=read, default_layers=chosen, residual_norm=stats, n_model_layers=total,
         dataset=data.describe(),
-        validation={r.layer: {"auroc": r.auroc, "paired_acc": r.paired_acc, "cohens_d": r.cohens_d,
-                              "auroc_lo": r.auroc_lo, "auroc_hi": r.auroc_hi, "n_val": len(val)} for r in rows},
+        validation=validation,
         read_directions=read_dirs, read_method=read_method, read_validation=read_validation,
     )
     warning = small_validation_warning(rows, len(val))
