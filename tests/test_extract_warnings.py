@@ -216,3 +216,23 @@ def test_cli_generate_warns_per_incoherent_answer(qwen, monkeypatch, tmp_path, v
     res = runner.invoke(app, ["generate", "a", "b"])
     assert res.exit_code == 0 and "answer 2 looks incoherent" in res.output
     assert "steering strength" not in res.output
+
+
+@pytest.mark.embedded
+def test_embedded_honesty_at_008_is_flagged_incoherent_and_004_is_not(embedded_qwen, embedded_honesty):
+    """The user's report: +0.08 on the default layers gave silent gibberish. One batch, one prompt
+    steered two ways (per-row steering equals steering alone): +0.08 fails the coherence statistics
+    and the CLI's warning says so with the dose hint; a working dose (+0.04) passes."""
+    from steerwatch.cli.generate import incoherence_warnings
+    from steerwatch.runtime import GenerationOptions, generate
+    from steerwatch.steer import SteerSpec
+
+    vec, _ = embedded_honesty
+    prompt = "Give me one tip for writing clear emails."
+    gens = generate(embedded_qwen, [prompt, prompt], GenerationOptions(max_new_tokens=48),
+                    rows=[[SteerSpec(vector=vec, strength=0.08)], [SteerSpec(vector=vec, strength=0.04)]])
+    assert gens[0].incoherence and gens[1].incoherence == [], [g.text for g in gens]
+    (reasons, message), (ok, _) = incoherence_warnings([g.text for g in gens], steered=True)
+    assert reasons == gens[0].incoherence and ok == []
+    assert message.startswith("answer 1 looks incoherent (") and "working doses on the embedded model are 0.02-0.04" \
+        in message

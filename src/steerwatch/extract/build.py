@@ -191,6 +191,10 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     layers: ``"auto"`` (a window of ``n_auto`` layers centred on the best validation AUROC within
     :data:`AUTO_BAND`; ``n_auto`` defaults to :func:`default_window`) or a list of layer indices to
     use as the default steering layers. Directions are stored for all layers.
+
+    Each row carries its AUROC's 95 % interval (``auroc_lo``, ``auroc_hi``) and ``n_val``; with fewer
+    than :data:`~steerwatch.extract.metrics.MIN_VAL_PAIRS` validation pairs the returned vector's
+    ``warnings`` holds :func:`small_validation_warning`'s line (also passed to ``log``).
     """
     import torch
 
