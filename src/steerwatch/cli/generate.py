@@ -59,8 +59,10 @@ def generate_cmd(
         help="The distress vector the guard checks --steer against (default: the built-in one, built on the "
              "model once and cached)."),
 ) -> None:
-    """Generate answers, optionally steered and watched; print them or write JSON Lines."""
+    """Generate answers, optionally steered and watched; print them or write JSON Lines. An answer whose
+    text fails the coherence statistics (repetition, loops, low diversity) gets a warning."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..errors import SteerwatchError
     from ..runtime import ENGINES, Conditional, GenerationOptions, make_engine
@@ -124,10 +126,11 @@ def generate_cmd(
             close()
     watched = gens if watching else None
     steered = [g.text for g in gens]
+    incoherent = incoherence_warnings(steered, steered=bool(specs))
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
-               "mode": "raw" if raw else "chat", "output": steered[k]}
+               "mode": "raw" if raw else "chat", "output": steered[k], "incoherent": incoherent[k][0]}
         if base is not None:
             row["unsteered_output"] = base[k]
         if watched is not None:
@@ -136,6 +139,9 @@ def generate_cmd(
             if steer_if:
                 row.update(conditional=if_mode, triggered_at=w.triggered_at)
         rows.append(row)
+    for reasons, message in incoherent:
+        if reasons:
+            console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as f:
@@ -162,6 +168,22 @@ def generate_cmd(
                        ", ".join(row["flags"]) or "-",
                        *([("-" if row["triggered_at"] is None else str(row["triggered_at"]))] if steer_if else []))
         out.print(wt)
+
+
+WORKING_DOSES = "working doses on the embedded model are 0.02-0.04 (docs/steering.md)"
+
+
+def incoherence_warnings(texts: list[str], *, steered: bool) -> list[tuple[list[str], str]]:
+    """Per answer: the reasons its text looks incoherent (:func:`steerwatch.watch.quality.incoherence`)
+    and the one-line warning to print (empty reasons: nothing to print)."""
+    from ..watch.quality import incoherence
+
+    res = []
+    for k, text in enumerate(texts):
+        reasons = incoherence(text)
+        hint = f": the steering strength may be too high; {WORKING_DOSES}" if steered else ""
+        res.append((reasons, f"answer {k + 1} looks incoherent ({'; '.join(reasons)}){hint}" if reasons else ""))
+    return res
 
 
 def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: str | None) -> None:
