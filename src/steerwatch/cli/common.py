@@ -133,7 +133,7 @@ def check_output_path(path: Path | None, what: str) -> None:
         return
     path = Path(path)
     if path.is_dir():
-        raise SteerwatchError(f"{what} {path} is a folder; give a file name (e.g. {path / 'out'}{path.suffix})")
+        raise SteerwatchError(f"{what} {path} is a folder; give a file name")
     folder = _nearest_existing(path)
     if not folder.is_dir():
         raise SteerwatchError(f"{what} {path}: {folder} is a file, not a folder")

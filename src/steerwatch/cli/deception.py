@@ -2,6 +2,7 @@
 detector catches the model's lies (issue 18; docs/detection.md)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def eval_cmd(
         for name, fit in res.probes.items():
             stem = name.replace("probe:", "deception-").replace("+", "-")
             if outputs.write("probe", save_probes / f"{stem}.det.json",
-                             lambda fit=fit, stem=stem: _save_probe(fit, save_probes, stem)):
+                             functools.partial(_save_probe, fit, save_probes, stem)):
                 out.print(f"wrote {save_probes / (stem + '.det.json')} (layer {fit.detector.layer}, threshold "
                           f"{fit.detector.threshold:.4g})")
     if html is not None and res.probes:

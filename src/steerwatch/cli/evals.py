@@ -9,6 +9,7 @@ from .app import app
 from .common import (
     Outputs,
     check_engine,
+    check_input_file,
     check_output_path,
     console,
     friendly,
@@ -234,10 +235,12 @@ def sweep_cmd(
     if data.open_items:
         check_output_path(answers_path, "--output (its open-ended answers)")
     dets = read_detectors(detector)
+    _check_objective(objective, open_cols, dets, judge)
     prompts: list = []
     if sample_prompts:
         from ..data.prompts import load_prompt_items
 
+        check_input_file(sample_prompts, "--sample-prompts")
         check_output_path(samples_path, "--output (its samples)")
         prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
     loaded = load(model, device=device, dtype=dtype)
@@ -297,6 +300,19 @@ def sweep_cmd(
         console.print(f"report in {report}")
     console.print(f"rows in {output}")
     outputs.finish()
+
+
+def _check_objective(objective: str, open_cols: list[str], dets: list, judge) -> None:
+    """An --objective column the rows will not have fails now, not when the recommendation is made
+    after the sweep."""
+    from ..errors import SteerwatchError
+    from ..evals.openended import open_columns
+
+    known = [*open_columns(dets, judge), *(f"det_{d.name}_flagged" for d in dets if d.threshold is not None)]
+    unknown = [c for c in open_cols if c not in known or c.startswith("n_")]
+    if unknown:
+        raise SteerwatchError(f"--objective {objective}: the rows will have no column {unknown[0]!r}; valid: "
+                              f"behaviour, kl, ppl, mc_acc, {', '.join(c for c in known if not c.startswith('n_'))}")
 
 
 def _write_pngs(rows: list, folder: Path, rec: dict | None) -> list:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def calibrate_cmd(
         return True
 
     for det, row, dest in zip(dets, rows, dests):
-        if not outputs.write("detector", dest, lambda det=det, dest=dest: save(det, dest)):
+        if not outputs.write("detector", dest, functools.partial(save, det, dest)):
             continue
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
                       f"{row['achieved_fpr']:.4f}", f"{row['fpr_upper95']:.4f}", str(row["n"]),
