@@ -133,10 +133,10 @@ def check_output_path(path: Path | None, what: str) -> None:
         return
     path = Path(path)
     if path.is_dir():
-        raise SteerwatchError(f"{what} {path} is a folder; give a file name")
+        raise SteerwatchError(f"{what} {path} is a directory; give a file name")
     folder = _nearest_existing(path)
     if not folder.is_dir():
-        raise SteerwatchError(f"{what} {path}: {folder} is a file, not a folder")
+        raise SteerwatchError(f"{what} {path}: {folder} is a file, not a directory")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise SteerwatchError(f"{what} {path}: the file is not writable")
@@ -158,7 +158,7 @@ def check_output_dir(path: Path | None, what: str) -> None:
         raise SteerwatchError(f"{what} {path} is a file; give a folder")
     folder = path if path.is_dir() else _nearest_existing(path)
     if not folder.is_dir():
-        raise SteerwatchError(f"{what} {path}: {folder} is a file, not a folder")
+        raise SteerwatchError(f"{what} {path}: {folder} is a file, not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise SteerwatchError(f"{what} {path}: cannot write in {folder} (no permission)")
 
