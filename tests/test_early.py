@@ -25,6 +25,8 @@ def _no_load(spec, **kw):
 @pytest.fixture
 def no_load(monkeypatch):
     """Every command's ``load`` fails the test: the error must come before the model loads."""
+    import steerwatch.cli.main  # noqa: F401 - every command module imported (binding the real load) first
+
     for name in CLI_MODULES:
         monkeypatch.setattr(importlib.import_module(f"steerwatch.cli.{name}"), "load", _no_load)
 

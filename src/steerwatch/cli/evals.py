@@ -385,6 +385,7 @@ def eval_cmd(
     from .common import parse_layers
 
     check_engine(engine_name)
+    check_output_path(output, "--output")
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None
     if layer_list == "auto" or (layers and not layer_list):
@@ -397,7 +398,6 @@ def eval_cmd(
                      ab_orders=ab_orders, mc_scoring=capability_scoring, **sets)
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
     answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
-    check_output_path(output, "--output")
     check_output_path(answers_path, "--output (its open-ended answers)")
     dets = read_detectors(detector)
     loaded = load(model, device=device, dtype=dtype)

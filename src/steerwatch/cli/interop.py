@@ -90,8 +90,8 @@ def import_gguf_cmd(
 
     from ..interop import import_control_vector, read_control_vector
 
-    read_control_vector(path)  # a bad file fails before the (slow) model load
     check_output_path(output, "-o/--output")
+    read_control_vector(path)  # a bad file fails before the (slow) model load
     loaded = load(model, layers_path=layers_path, device=device, dtype=dtype)
     vec = import_control_vector(path, loaded, concept=concept, force=force)
     vec.save(output)

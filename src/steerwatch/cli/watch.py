@@ -87,6 +87,10 @@ def calibrate_cmd(
     from ..watch.detector import Detector
     from ..watch.readcache import ReadCache
 
+    check_output_dir(out_dir, "--out-dir")
+    dests = [_det_path(p, out_dir) for p in vectors]
+    for dest in dests:  # a detector file that cannot be written fails now, not after the calibration
+        check_output_path(dest, "detector file")
     vecs = [load_vector(p) for p in vectors]
     dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
             for v, p in zip(vecs, vectors)]
@@ -103,10 +107,6 @@ def calibrate_cmd(
     else:
         convs = load_benign(control)
         source = str(control or "builtin:benign")
-    check_output_dir(out_dir, "--out-dir")
-    dests = [_det_path(p, out_dir) for p in vectors]
-    for dest in dests:  # a detector file that cannot be written fails now, not after the calibration
-        check_output_path(dest, "detector file")
     loaded = load(model, device=device, dtype=dtype)
     cache = None if no_cache else ReadCache(log=note)
     rows = calibrate(loaded, dets, convs, fpr=fpr, source=source, batch_size=batch_size, progress=True, cache=cache)
@@ -266,11 +266,11 @@ def detect_eval_cmd(
     from ..data.evalsets import load_eval_set
     from ..watch.scan import detect_eval
 
+    check_output_path(output, "--output")
     sets = {}
     for d in data:
         sets[d] = load_eval_set(d[5:]) if d.startswith("eval/") and not Path(d).exists() else load_conversations(d)
     dets = _detectors(detector, aggregate=aggregate)
-    check_output_path(output, "--output")
     loaded = load(model, device=device, dtype=dtype)
     rows = detect_eval(loaded, sets, dets, batch_size=batch_size, progress=True)
     table = Table("detector", "data", "n+/n-", "AUROC", "recall@1%FPR", "recall@5%FPR", "at threshold: TP/FP/FN/TN")
@@ -309,6 +309,7 @@ def view_cmd(
     from ..watch.score import score_conversations
     from ..watch.view import render_html, render_terminal
 
+    check_output_path(html, "--html")
     convs = load_conversations(file)
     if ids:
         known = {c.id for c in convs}
@@ -317,7 +318,6 @@ def view_cmd(
             raise SteerwatchError(f"no conversation with id {missing[0]!r} in {file}")
         convs = [c for c in convs if c.id in set(ids)]
     dets = _detectors(detector)
-    check_output_path(html, "--html")
     loaded = load(model, device=device, dtype=dtype)
     scored = score_conversations(loaded, convs, dets, progress=True)
     for sc in scored:
