@@ -224,9 +224,10 @@ def sweep_cmd(
     if 0.0 not in grid:
         grid = [0.0, *grid]
     if data.neutral_prompts and len(data.neutral_prompts) < MIN_BUDGET_PROMPTS:
-        console.print(f"caution: KL is measured on {len(data.neutral_prompts)} neutral prompts; below "
-                      f"{MIN_BUDGET_PROMPTS} the KL budget (--max-kl {max_kl:g}) decides on noise (docs/evals.md, "
-                      "Default budgets). Drop --limit or give more --neutral prompts for a recommendation to trust.",
+        console.print(f"caution: KL is measured on {len(data.neutral_prompts)} neutral prompts (fewer than "
+                      f"{MIN_BUDGET_PROMPTS}): a dose near the KL budget (--max-kl {max_kl:g}) may land on either side "
+                      "of it by chance (docs/evals.md, Default budgets). Drop --limit or give more --neutral prompts "
+                      "for a recommendation to trust.",
                       style="yellow", highlight=False)
     open_cols = [c for c in objective_columns(objective) if c != "behaviour" and c not in ("kl", "ppl", "mc_acc")]
     if open_cols and not data.open_items:

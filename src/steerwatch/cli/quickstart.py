@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -54,7 +55,8 @@ def quickstart_cmd(
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector,
+                         progress=sys.stderr.isatty())
     with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
         for row in res.bait_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
