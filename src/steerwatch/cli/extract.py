@@ -6,7 +6,7 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out, parse_layers
+from .common import check_output_path, console, friendly, load, note, out, parse_layers
 from .options import Device, Dtype, LayersPath, Model
 
 
@@ -135,7 +135,10 @@ def extract_cmd(
         raise typer.BadParameter("--instructions goes with --onpolicy")
     if pairs_out is not None and not (persona or onpolicy):
         raise typer.BadParameter("--pairs-out goes with --onpolicy or --persona (the pairs are generated there)")
-    # read and validate the data before the (slow) model load, so a bad file fails at once
+    # read and validate the data and the output paths before the (slow) model load, so a bad one fails at once
+    check_output_path(output, "-o/--output")
+    check_output_path(pairs_out, "--pairs-out")
+    check_output_path(checkpoint, "--checkpoint")
     spec = load_persona(source) if persona else None
     op_spec = None
     if onpolicy:
@@ -159,6 +162,7 @@ def extract_cmd(
 
         data = build_persona_pairs(loaded, spec, progress=True)
         if pairs_out is not None:
+            pairs_out.parent.mkdir(parents=True, exist_ok=True)
             pairs_out.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive,
                                                      "negative": p.negative, "split": p.split}) + "\n"
                                          for p in data.pairs), encoding="utf-8")
@@ -174,6 +178,7 @@ def extract_cmd(
         res = generate_onpolicy_pairs(loaded, op_spec, sources=op_sources, steer=op_steer,
                                       batch_size=max(batch_size, 16), progress=True, check=False)
         if pairs_out is not None:
+            pairs_out.parent.mkdir(parents=True, exist_ok=True)
             pairs_out.write_text(onpolicy_rows_jsonl(res.rows), encoding="utf-8")
         note(f"on-policy: {onpolicy_summary(res.counts)}")
         res.check()  # too few pairs survived: a clear error, no vector written

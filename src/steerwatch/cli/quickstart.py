@@ -9,7 +9,7 @@ from rich.text import Text
 
 from ..quickstart import DEFAULT_STRENGTHS
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_output_dir, console, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
@@ -44,6 +44,7 @@ def quickstart_cmd(
         raise SteerwatchError(f"--strengths must be comma-separated numbers, got {strengths!r}") from None
     if 0.0 not in levels:
         levels = [0.0, *levels]
+    check_output_dir(out_dir, "--out-dir")
     loaded = load(model, device=device, dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
 

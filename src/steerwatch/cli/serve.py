@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import console, friendly, load, note
+from .common import check_engine, console, friendly, load, note
 from .options import Device, Dtype
 
 
@@ -35,11 +35,9 @@ def serve_cmd(
     stored events as HTML for admin keys; docs/serve.md)."""
     from ..errors import SteerwatchError
     from ..policy.schema import load_policy
-    from ..runtime import ENGINES
     from ..serve.server import build_engine, open_store, serve_forever
 
-    if engine_name not in ENGINES:
-        raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
+    check_engine(engine_name)
     options: dict[str, object] = {}
     if engine_name == "vllm":
         options = {"kv_cache_gib": kv_cache_gib, "tensor_parallel_size": tensor_parallel}

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import Outputs, check_output_dir, check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 
@@ -32,6 +33,7 @@ def _detectors(paths: list[Path], *, aggregate: str | None = None):
 
 
 def _write_rows(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         import csv
 
@@ -85,6 +87,10 @@ def calibrate_cmd(
     from ..watch.detector import Detector
     from ..watch.readcache import ReadCache
 
+    check_output_dir(out_dir, "--out-dir")
+    dests = [_det_path(p, out_dir) for p in vectors]
+    for dest in dests:  # a detector file that cannot be written fails now, not after the calibration
+        check_output_path(dest, "detector file")
     vecs = [load_vector(p) for p in vectors]
     dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
             for v, p in zip(vecs, vectors)]
@@ -110,11 +116,16 @@ def calibrate_cmd(
         calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
     table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "FPR ≤ (95%)", "n",
                   "trigger (source)", "file")
-    for det, row, p in zip(dets, rows, vectors):
-        dest = (out_dir or p.parent) / (p.name[:-3] if p.name.endswith(".sv") else p.stem)
-        dest = dest.with_name(dest.name + ".det.json")
+    outputs = Outputs()  # each detector file on its own: one that fails does not cost the others
+
+    def save(det, dest: Path) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
         det.save(dest)
+        return True
+
+    for det, row, dest in zip(dets, rows, dests):
+        if not outputs.write("detector", dest, functools.partial(save, det, dest)):
+            continue
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
                       f"{row['achieved_fpr']:.4f}", f"{row['fpr_upper95']:.4f}", str(row["n"]),
                       f"{det.calibration['trigger_threshold']:.3f} "
@@ -124,6 +135,13 @@ def calibrate_cmd(
     warning = small_set_warning(max(rows, key=lambda r: r["fpr_upper95"]))  # one line for the loosest
     if warning:
         console.print(f"warning: {warning}", style="yellow", highlight=False)
+    outputs.finish()
+
+
+def _det_path(vector: Path, out_dir: Path | None) -> Path:
+    """NAME.det.json for vector NAME.sv, in ``out_dir`` or next to the vector."""
+    dest = (out_dir or vector.parent) / (vector.name[:-3] if vector.name.endswith(".sv") else vector.stem)
+    return dest.with_name(dest.name + ".det.json")
 
 
 SAMPLE_ROWS = 30  # samples of an Inspect log shown in the terminal (all of them are in the results file)
@@ -180,20 +198,22 @@ def scan_cmd(
     from ..data.conversations import load_conversations
     from ..watch.scan import scan
 
+    output = output or file.with_suffix(".scan.jsonl")
+    flagged = flagged or file.with_suffix(".flagged.jsonl")
+    check_output_path(output, "--output")  # before the (slow) scan, not after it
+    check_output_path(flagged, "--flagged")
+    check_output_path(html, "--html")
     convs = load_conversations(file)
     dets = _detectors(detector, aggregate=aggregate)
     loaded = load(model, device=device, dtype=dtype)
     rows, scored = scan(loaded, convs, dets, batch_size=batch_size, progress=True)
-    output = output or file.with_suffix(".scan.jsonl")
-    _write_rows(output, rows)
-    flagged = flagged or file.with_suffix(".flagged.jsonl")
+    outputs = Outputs()  # results, flagged and HTML on their own: one that fails does not cost the others
+    outputs.write("results", output, lambda: _write_rows(output, rows))
     flagged_ids = {r["id"] for r in rows if r["flagged"]}
-    with flagged.open("w", encoding="utf-8") as fh:
-        for conv, row in zip(convs, rows):
-            if row["flagged"]:
-                fh.write(json.dumps({"id": conv.id, "messages": conv.messages, "label": conv.label,
-                                     "flags": row["flags"], "scores": row["scores"],
-                                     "first_flagged_message": row.get("first_flagged_message", {})}) + "\n")
+    outputs.text("flagged conversations", flagged, lambda: "".join(
+        json.dumps({"id": conv.id, "messages": conv.messages, "label": conv.label, "flags": row["flags"],
+                    "scores": row["scores"], "first_flagged_message": row.get("first_flagged_message", {})}) + "\n"
+        for conv, row in zip(convs, rows) if row["flagged"]))
     table = Table("detector", "layer", "threshold", "flagged", "mean score", title=f"{file.name}: {len(rows)} "
                                                                                   "conversations")
     for det in dets:
@@ -217,10 +237,12 @@ def scan_cmd(
         from ..watch.view import render_html
 
         show = [s for s in scored if s.id in flagged_ids] or ([] if any(d.calibrated for d in dets) else scored)
-        html.write_text(render_html(show, dets, loaded.tokenizer, title=f"steerwatch scan: {file.name}"),
-                        encoding="utf-8")
-        console.print(f"wrote {html} ({len(show)} conversations)")
-    console.print(f"wrote {output}; {len(flagged_ids)} flagged -> {flagged}")
+        if outputs.text("HTML view", html, lambda: render_html(show, dets, loaded.tokenizer,
+                                                                title=f"steerwatch scan: {file.name}")):
+            console.print(f"wrote {html} ({len(show)} conversations)")
+    if not outputs.failed:
+        console.print(f"wrote {output}; {len(flagged_ids)} flagged -> {flagged}")
+    outputs.finish()
 
 
 @app.command("detect-eval")
@@ -244,6 +266,7 @@ def detect_eval_cmd(
     from ..data.evalsets import load_eval_set
     from ..watch.scan import detect_eval
 
+    check_output_path(output, "--output")
     sets = {}
     for d in data:
         sets[d] = load_eval_set(d[5:]) if d.startswith("eval/") and not Path(d).exists() else load_conversations(d)
@@ -315,6 +338,7 @@ def view_cmd(
     from ..watch.score import score_conversations
     from ..watch.view import render_html, render_terminal
 
+    check_output_path(html, "--html")
     convs = load_conversations(file)
     if ids:
         known = {c.id for c in convs}
@@ -329,6 +353,7 @@ def view_cmd(
         out.rule(sc.id)
         out.print(render_terminal(sc, dets, loaded.tokenizer, tokens=tokens))
     if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
                         encoding="utf-8")
         console.print(f"wrote {html}")
