@@ -202,6 +202,21 @@ def test_recommend_respects_the_budget():
         recommend(rows[1:])
 
 
+def test_recommend_names_strengths_whose_kl_interval_contains_the_budget():
+    """A row whose KL 95 % interval straddles the budget is listed (kl_budget_uncertain), whichever
+    side of the budget its mean falls; rows without an interval (older files) are not."""
+    from steerwatch.evals.budgets import DEFAULT_MAX_KL
+
+    rows = [_row(0.0, 0.30, 0.0, 0.60), {**_row(0.1, 0.40, 0.12, 0.60), "kl_ci95": [0.10, 0.14]},
+            {**_row(0.2, 0.50, 0.16, 0.60), "kl_ci95": [0.14, 0.18]},
+            {**_row(0.3, 0.6, 0.3, 0.6), "kl_ci95": [0.2, 0.4]}, _row(0.4, 0.7, 0.149, 0.6)]
+    rec = recommend(rows)
+    assert rec["budget"]["max_kl"] == DEFAULT_MAX_KL
+    assert rec["kl_budget_uncertain"] == [0.2] and rec["strength"] == 0.4
+    assert recommend(rows, max_kl=0.13)["kl_budget_uncertain"] == [0.1]
+    assert "kl_budget_uncertain" not in recommend(rows, max_kl=0.5)
+
+
 def test_recommend_on_an_open_ended_objective():
     """The objective can be any row column or a sum of them; a flat A/B behaviour then does not
     decide the strength, the open-ended shares do (evasions not counted as honest)."""

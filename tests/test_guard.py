@@ -536,3 +536,28 @@ def test_embedded_policy_init_and_serve_docs_strengths_pass_the_guard(builtin_ve
     for s in strengths:
         found = check_steering(SteerSpec(honesty, strength=s), dvec, subject=f"docs {s}", ranged=True)
         assert not [r for r in found if r.level == "error"], (s, [r.message for r in found])
+
+
+@pytest.mark.embedded
+def test_default_kl_budget_and_the_guard_draw_the_same_line(builtin_vector, embedded_qwen):
+    """Issue 21 item 4: the sweep's default KL budget and the serving guard agree on the built-in
+    honesty vector: the README's serving dose (+0.02) fits both, the next step (+0.03) neither.
+    KL on 40 of the built-in neutral prompts (docs/evals.md, Default budgets: on all 120, 0.133 and
+    0.255; 90 % of 4-prompt means of +0.02 stayed within 0.118-0.155)."""
+    from steerwatch.data.reference import load_prompts
+    from steerwatch.evals.budgets import DEFAULT_MAX_KL
+    from steerwatch.evals.metrics import next_token_kl
+    from steerwatch.policy.guard import check_steering
+    from steerwatch.steer import SteerSpec
+
+    honesty, _ = builtin_vector("honesty")
+    dvec, _ = builtin_vector("distress")
+    prompts = load_prompts()[:40]
+    kl = {}
+    for s in (0.02, 0.03):
+        vals = next_token_kl(embedded_qwen, prompts, steer=[SteerSpec(honesty, strength=s)], batch_size=8)
+        kl[s] = sum(vals) / len(vals)
+        found = check_steering(SteerSpec(honesty, strength=s), dvec, subject=f"{s}")
+        refused = [r for r in found if r.level == "error"]
+        assert bool(refused) == (s == 0.03), (s, [r.message for r in refused])
+    assert kl[0.02] < DEFAULT_MAX_KL < kl[0.03], kl

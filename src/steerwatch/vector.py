@@ -115,6 +115,9 @@ class Vector:
     library_version: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # what the build found worth a warning (e.g. too few validation pairs to trust the AUROCs); set by
+    # steerwatch.extract.build.build_vector, not saved (the validation rows keep n_val and the intervals)
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.library_version:
@@ -269,6 +272,7 @@ class Vector:
         meta = asdict(self)
         meta.pop("directions")
         meta.pop("read_directions")
+        meta.pop("warnings")
         meta["format_version"] = FORMAT_VERSION
         meta["residual_norm"] = {str(k): v for k, v in self.residual_norm.items()}
         meta["validation"] = {str(k): v for k, v in self.validation.items()}

@@ -6,7 +6,7 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_output_dir, check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype
 
 data_app = typer.Typer(help="Check contrast data and reference sets.", no_args_is_help=True,
@@ -55,6 +55,8 @@ def check_cmd(
     targets = list(targets or builtin_targets())
     if method is not None:
         check_method(method)
+    check_output_path(json_path, "--json")
+    check_output_dir(save, "--save")
     rows = run_checks(targets)
     table = Table("set", "check", "status", "detail", title="data checks")
     for r in rows:
@@ -98,6 +100,7 @@ def check_cmd(
     elif model and failed:
         console.print("skipping --model: fix the failing checks first", style="yellow")
     if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=1))
         console.print(f"wrote {json_path}")
     n_warn = sum(r.status == "warn" for r in rows)

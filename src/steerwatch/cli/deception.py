@@ -2,13 +2,14 @@
 detector catches the model's lies (issue 18; docs/detection.md)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
 
 from .app import app
-from .common import friendly, load, note, out
+from .common import Outputs, check_output_dir, check_output_path, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 deception_app = typer.Typer(help="Catch the model's own lies: labelled answers, probes, detection figures.",
@@ -68,8 +69,7 @@ def generate_cmd(
     from ..evals.bait import knowledge_check, load_bait
 
     srcs = _csv(sources, "--sources", dc.SOURCES)
-    if output.exists() and output.is_dir():
-        raise SteerwatchError(f"--out {output} is a directory; give a file name (e.g. {output}/responses.jsonl)")
+    check_output_path(output, "--out")
     if max_new_tokens < 1:
         raise SteerwatchError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     items = load_bait(bait) if {"instructed", "sycophancy"} & set(srcs) else []
@@ -145,9 +145,9 @@ def eval_cmd(
         raise SteerwatchError(f"{responses}: no control answers; thresholds are set on them. Generate with "
                               "--sources ...,control")
     questions = [q["question"] for q in dc.liar_question_subset(n_liar)] if "liar_questions" in bases else []
-    for p in (output, html):
-        if p is not None and p.exists() and p.is_dir():
-            raise SteerwatchError(f"{p} is a directory; give a file name")
+    check_output_path(output, "--out")
+    check_output_path(html, "--html")
+    check_output_dir(save_probes, "--save-probes")
     lm = load(model, device=device, dtype=dtype)
     vec = None
     if honesty:
@@ -169,26 +169,36 @@ def eval_cmd(
     out.print(table)
     for s in res.report["skipped"]:
         out.print(f"skipped {s['detector']}: {s['why']}")
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(res.report, indent=1) + "\n", encoding="utf-8")
+    outputs = Outputs()  # the report, each probe and the page on their own: one failing does not cost the others
+    if output is not None and outputs.text("report", output, lambda: json.dumps(res.report, indent=1) + "\n"):
         out.print(f"wrote {output}")
     if save_probes is not None:
-        save_probes.mkdir(parents=True, exist_ok=True)
         for name, fit in res.probes.items():
             stem = name.replace("probe:", "deception-").replace("+", "-")
-            vp = fit.vector.save(save_probes / f"{stem}.sv")
-            fit.detector.vector_path = str(vp)
-            fit.detector.save(save_probes / f"{stem}.det.json")
-            out.print(f"wrote {save_probes / (stem + '.det.json')} (layer {fit.detector.layer}, threshold "
-                      f"{fit.detector.threshold:.4g})")
+            if outputs.write("probe", save_probes / f"{stem}.det.json",
+                             functools.partial(_save_probe, fit, save_probes, stem)):
+                out.print(f"wrote {save_probes / (stem + '.det.json')} (layer {fit.detector.layer}, threshold "
+                          f"{fit.detector.threshold:.4g})")
     if html is not None and res.probes:
-        from ..watch.score import score_conversations
-        from ..watch.view import render_html
-
         det = next(iter(res.probes.values())).detector
         picked = [r for r in rows if r.split == split and r.label == dc.DECEPTIVE]
-        scored = score_conversations(lm, [r.conversation() for r in picked], [det], progress=True)
-        html.write_text(render_html(scored, [det], lm.tokenizer, title="deceptive answers"), encoding="utf-8")
-        out.print(f"wrote {html} ({len(picked)} deceptive answers)")
+        if outputs.text("HTML view", html, lambda: _deceptive_page(lm, [r.conversation() for r in picked], det)):
+            out.print(f"wrote {html} ({len(picked)} deceptive answers)")
+    outputs.finish()
+
+
+def _save_probe(fit, folder: Path, stem: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    vp = fit.vector.save(folder / f"{stem}.sv")
+    fit.detector.vector_path = str(vp)
+    fit.detector.save(folder / f"{stem}.det.json")
+    return True
+
+
+def _deceptive_page(lm, convs: list, det) -> str:
+    from ..watch.score import score_conversations
+    from ..watch.view import render_html
+
+    scored = score_conversations(lm, convs, [det], progress=True)
+    return render_html(scored, [det], lm.tokenizer, title="deceptive answers")
 

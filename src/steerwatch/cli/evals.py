@@ -6,7 +6,21 @@ import typer
 
 from ..evals.budgets import DEFAULT_MAX_CAPABILITY_DROP, DEFAULT_MAX_KL, MIN_BUDGET_PROMPTS
 from .app import app
-from .common import check_engine, console, friendly, load, note, out, parse_floats, start_engine, stop_engine
+from .common import (
+    Outputs,
+    check_engine,
+    check_input_file,
+    check_output_path,
+    console,
+    friendly,
+    load,
+    note,
+    out,
+    parse_floats,
+    require_modules,
+    start_engine,
+    stop_engine,
+)
 from .options import Device, Dtype, Model
 
 OPEN_HELP = ("Open-ended prompts to answer at every setting and score (rule outcomes, coherence, detectors): a "
@@ -56,10 +70,14 @@ def make_judge(url: str | None, model: str | None, key_env: str | None, timeout:
     return Judge(url, model, api_key_env=key_env, timeout=timeout)
 
 
-def load_detectors(paths: list[Path] | None, loaded) -> list:
+def read_detectors(paths: list[Path] | None) -> list:
+    """The --detector files, read before the model loads (they are checked against it after)."""
     from ..watch.detector import load_detector
 
-    dets = [load_detector(p) for p in paths or []]
+    return [load_detector(p) for p in paths or []]
+
+
+def check_detectors(dets: list, loaded) -> list:
     for d in dets:
         d.vector.check_model(loaded)
     return dets
@@ -184,9 +202,18 @@ def sweep_cmd(
     from ..vector import load_vector
     from .common import parse_layers
 
-    _check_png(png)  # before a sweep that may take many minutes
+    # every option, file and optional dependency before the model loads and the sweep (many minutes) runs
+    _check_png(png)
     check_engine(engine_name)
+    if direction not in (1, -1):
+        raise SteerwatchError(f"--direction must be +1 or -1, got {direction}")
+    answers_path = output.with_suffix(".answers.jsonl")
+    samples_path = output.with_suffix(".samples.jsonl")
+    check_output_path(output, "--output")
+    _check_report(report)
     vec = load_vector(vector)
+    if write:
+        check_output_path(vector, "--write: the vector file")
     layer_sets = [parse_layers(x) for x in layers] if layers else [None]
     if layers and any(x == "auto" or not x for x in layer_sets):
         raise SteerwatchError("--layers takes explicit comma-separated layers, e.g. --layers 9,10,11")
@@ -197,18 +224,29 @@ def sweep_cmd(
     if 0.0 not in grid:
         grid = [0.0, *grid]
     if data.neutral_prompts and len(data.neutral_prompts) < MIN_BUDGET_PROMPTS:
-        console.print(f"caution: KL is measured on {len(data.neutral_prompts)} neutral prompts; below "
-                      f"{MIN_BUDGET_PROMPTS} the KL budget (--max-kl {max_kl:g}) decides on noise (docs/evals.md, "
-                      "Default budgets). Drop --limit or give more --neutral prompts for a recommendation to trust.",
+        console.print(f"caution: KL is measured on {len(data.neutral_prompts)} neutral prompts (fewer than "
+                      f"{MIN_BUDGET_PROMPTS}): a dose near the KL budget (--max-kl {max_kl:g}) may land on either side "
+                      "of it by chance (docs/evals.md, Default budgets). Drop --limit or give more --neutral prompts "
+                      "for a recommendation to trust.",
                       style="yellow", highlight=False)
     open_cols = [c for c in objective_columns(objective) if c != "behaviour" and c not in ("kl", "ppl", "mc_acc")]
     if open_cols and not data.open_items:
         raise SteerwatchError(f"--objective {objective} needs open-ended answers: give --open FILE (or --open builtin)")
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
+    if data.open_items:
+        check_output_path(answers_path, "--output (its open-ended answers)")
+    dets = read_detectors(detector)
+    _check_objective(objective, open_cols, dets, judge)
+    prompts: list = []
+    if sample_prompts:
+        from ..data.prompts import load_prompt_items
+
+        check_input_file(sample_prompts, "--sample-prompts")
+        check_output_path(samples_path, "--output (its samples)")
+        prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
     loaded = load(model, device=device, dtype=dtype)
     vec.check_model(loaded)
-    dets = load_detectors(detector, loaded)
-    answers_path = output.with_suffix(".answers.jsonl")
+    check_detectors(dets, loaded)
     runner = start_engine(loaded, engine_name, needed=bool(data.open_items or sample_prompts))
     try:
         rows = sweep(loaded, vec, data, strengths=grid, layer_sets=layer_sets, system_prompt=system, out_path=output,
@@ -216,45 +254,78 @@ def sweep_cmd(
                      max_new_tokens=max_new_tokens, detectors=dets, log=note,
                      judge=judge, engine=runner, progress=True)
         samples = []
-        if sample_prompts:
-            from ..data.prompts import load_prompt_items
+        if prompts:
             from ..evals.sweep import sample_answers
 
-            prompts = [it["prompt"] for it in load_prompt_items(sample_prompts)]
             samples = sample_answers(loaded, vec, prompts, grid, batch_size=batch_size, engine=runner)
     finally:
         stop_engine(runner)
+    # each output on its own: one that fails does not cost the others (the rows are already written)
+    outputs = Outputs()
+    outputs.done("rows", output)
+    if data.open_items:
+        outputs.done("open-ended answers", answers_path)
     print_rows(rows, f"{vec.concept}: dose response ({len(data.ab_items)} A/B items)")
-    rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
-                    objective=objective)
-    out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
-    if rec.get("kl_budget_uncertain"):
+    try:
+        rec: dict | None = recommend(rows, direction=direction, max_kl=max_kl,
+                                     max_capability_drop=max_capability_drop, objective=objective)
+    except SteerwatchError as exc:  # e.g. an objective column the rows lack: the plots and report still help
+        rec = None
+        outputs.skip("the recommendation", str(exc))
+        console.print(f"no recommendation: {exc}", style="red", highlight=False)
+    if rec is not None:
+        out.print_json(json.dumps({k: v for k, v in rec.items() if k != "rejected"}))
+    if rec is not None and rec.get("kl_budget_uncertain"):
         console.print("caution: the KL 95 % interval of strength(s) "
                       + ", ".join(f"{s:+g}" for s in rec["kl_budget_uncertain"])
                       + f" contains the budget {max_kl:g}: whether they fit it is within the noise of "
                       f"{next((r['n_kl'] for r in rows if r.get('n_kl')), '?')} neutral prompts", style="yellow",
                       highlight=False)
-    if png:
-        from ..evals.plots import write_pngs
-
-        console.print(f"{len(write_pngs(rows, png, recommendation=rec))} PNG plots in {png}")
-    if write:
-        apply_recommendation(vec, rec).save(vector)
-        console.print(f"wrote the recommendation into {vector}")
-    if sample_prompts:
-        path = output.with_suffix(".samples.jsonl")
-        path.write_text("".join(json.dumps(x) + "\n" for x in samples), encoding="utf-8")
-        console.print(f"samples in {path}")
+    if sample_prompts and outputs.text("samples", samples_path,
+                                       lambda: "".join(json.dumps(x) + "\n" for x in samples)):
+        console.print(f"samples in {samples_path}")
     if data.open_items:
         console.print(f"open-ended answers in {answers_path}")
-        samples += pick_samples(answers_path)
-    if report:
-        from ..evals.report import render_report
-
-        report.write_text(render_report(rows, rec, samples=samples, title=f"{vec.concept} on {loaded.name}"),
-                          encoding="utf-8")
+        samples += outputs.write("open-ended samples for the report", None, lambda: pick_samples(answers_path)) or []
+    if png:
+        n_png = outputs.write("PNG plots", png, lambda: len(_write_pngs(rows, png, rec)))
+        if n_png is not None:
+            console.print(f"{n_png} PNG plots in {png}")
+    if write:
+        if rec is None:
+            outputs.skip(f"--write into {vector}", "no recommendation")
+        elif outputs.write("the recommendation", vector, lambda: apply_recommendation(vec, rec).save(vector)):
+            console.print(f"wrote the recommendation into {vector}")
+    if report and outputs.text("report", report, lambda: _render_report(
+            rows, rec, samples=samples, title=f"{vec.concept} on {loaded.name}")):
         console.print(f"report in {report}")
     console.print(f"rows in {output}")
+    outputs.finish()
+
+
+def _check_objective(objective: str, open_cols: list[str], dets: list, judge) -> None:
+    """An --objective column the rows will not have fails now, not when the recommendation is made
+    after the sweep."""
+    from ..errors import SteerwatchError
+    from ..evals.openended import open_columns
+
+    known = [*open_columns(dets, judge), *(f"det_{d.name}_flagged" for d in dets if d.threshold is not None)]
+    unknown = [c for c in open_cols if c not in known or c.startswith("n_")]
+    if unknown:
+        raise SteerwatchError(f"--objective {objective}: the rows will have no column {unknown[0]!r}; valid: "
+                              f"behaviour, kl, ppl, mc_acc, {', '.join(c for c in known if not c.startswith('n_'))}")
+
+
+def _write_pngs(rows: list, folder: Path, rec: dict | None) -> list:
+    from ..evals.plots import write_pngs
+
+    return write_pngs(rows, folder, recommendation=rec)
+
+
+def _render_report(rows: list, rec: dict | None, *, samples: list, title: str) -> str:
+    from ..evals.report import render_report
+
+    return render_report(rows, rec, samples=samples, title=title)
 
 
 def pick_samples(answers_path: Path, per_setting: int = 3) -> list:
@@ -315,6 +386,7 @@ def eval_cmd(
     from .common import parse_layers
 
     check_engine(engine_name)
+    check_output_path(output, "--output")
     vec = load_vector(vector)
     layer_list = parse_layers(layers) if layers else None
     if layer_list == "auto" or (layers and not layer_list):
@@ -326,10 +398,12 @@ def eval_cmd(
     data = SweepData(ab_items=read_ab(ab, limit), open_items=load_open(open_, split=open_split, limit=limit),
                      ab_orders=ab_orders, mc_scoring=capability_scoring, **sets)
     judge = make_judge(judge_url, judge_model, judge_key_env, judge_timeout, bool(data.open_items))
+    answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
+    check_output_path(answers_path, "--output (its open-ended answers)")
+    dets = read_detectors(detector)
     loaded = load(model, device=device, dtype=dtype)
     vec.check_model(loaded)
-    dets = load_detectors(detector, loaded)
-    answers_path = output.with_suffix(".answers.jsonl") if output is not None and data.open_items else None
+    check_detectors(dets, loaded)
     if answers_path is not None and answers_path.exists():
         answers_path.unlink()
     runner = start_engine(loaded, engine_name, needed=bool(data.open_items))
@@ -340,10 +414,13 @@ def eval_cmd(
                         judge=judge, engine=runner, progress=True)
     finally:
         stop_engine(runner)
+    outputs = Outputs()
+    if answers_path is not None:
+        outputs.done("open-ended answers", answers_path)
     print_rows(rows, f"{vec.concept} on {loaded.name}")
-    if output is not None:
-        write_rows(rows, output)
+    if output is not None and outputs.write("rows", output, lambda: write_rows(rows, output)):
         console.print(f"rows in {output}" + (f", answers in {answers_path}" if answers_path else ""))
+    outputs.finish()
 
 
 @app.command("report")
@@ -363,11 +440,11 @@ def report_cmd(
     """Render sweep or eval rows (JSON Lines) as a self-contained HTML report with dose-response
     plots; the recommendation is included when the rows carry behaviour and capability."""
     from ..errors import SteerwatchError
-    from ..evals.report import render_report
     from ..evals.sweep import objective_columns, recommend
     from ..io import iter_jsonl_objects, jsonl_lines, read_text
 
     _check_png(png)
+    _check_report(output, "-o/--output")
     rows = [o for _, o in iter_jsonl_objects(jsonl_lines(read_text(rows_file), path=rows_file), path=str(rows_file))]
     need = {"setting", "strength", "resolved_layers"}
     for i, r in enumerate(rows, 1):
@@ -382,22 +459,34 @@ def report_cmd(
                      and "mc_acc" in r for r in rows)
     rec = recommend(rows, direction=direction, max_kl=max_kl, max_capability_drop=max_capability_drop,
                     objective=objective) if has_budget else None
-    output.write_text(render_report(rows, rec, samples=sample_rows, title=f"steerwatch sweep: {rows_file.name}"),
-                      encoding="utf-8")
-    console.print(f"wrote {output}")
+    outputs = Outputs()  # the page and the PNGs independently: one failing does not cost the other
+    if outputs.text("report", output, lambda: _render_report(rows, rec, samples=sample_rows,
+                                                             title=f"steerwatch sweep: {rows_file.name}")):
+        console.print(f"wrote {output}")
     if png:
-        from ..evals.plots import write_pngs
-
-        console.print(f"{len(write_pngs(rows, png, recommendation=rec))} PNG plots in {png}")
+        n_png = outputs.write("PNG plots", png, lambda: len(_write_pngs(rows, png, rec)))
+        if n_png is not None:
+            console.print(f"{n_png} PNG plots in {png}")
+    outputs.finish()
 
 
 def _check_png(png: Path | None) -> None:
-    """--png needs matplotlib and a folder: say so before any work, not after it."""
+    """--png needs matplotlib and a writable folder: say so before any work, not after it."""
     if png is None:
         return
     from ..errors import SteerwatchError
     from ..extras import require
+    from .common import check_output_dir
 
     require("plots", "--png")
     if png.exists() and not png.is_dir():
         raise SteerwatchError(f"--png {png} is a file; give a folder for the PNG plots")
+    check_output_dir(png, "--png")
+
+
+def _check_report(path: Path | None, what: str = "--report") -> None:
+    """The HTML report: a writable file path, and its template and chart libraries installed."""
+    if path is None:
+        return
+    check_output_path(path, what)
+    require_modules(what, "jinja2", "matplotlib")

@@ -6,24 +6,51 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out, parse_layers
+from .common import check_output_path, console, friendly, load, note, out, parse_layers
 from .options import Device, Dtype, LayersPath, Model
 
 
 def layer_table(rows, title: str):
     from rich.table import Table
 
+    from ..extract.metrics import MIN_VAL_PAIRS
+
     table = Table(title=title)
     has_read = any(r.read_auroc is not None for r in rows)
-    cols = ("layer", "val AUROC", "paired acc", "Cohen's d") + (("read AUROC", "read paired") if has_read else ()) \
-        + ("residual norm", "")
+    # a small validation split: show each AUROC's 95 % interval next to it
+    has_ci = any(r.n_val is not None and r.n_val < MIN_VAL_PAIRS and r.auroc_lo is not None for r in rows)
+    cols = ("layer", "val AUROC") + (("95% interval",) if has_ci else ()) + ("paired acc", "Cohen's d") \
+        + (("read AUROC", "read paired") if has_read else ()) + ("residual norm", "")
     for col in cols:
         table.add_column(col, justify="right")
     for r in rows:
         read = (f"{r.read_auroc:.3f}", f"{r.read_paired_acc:.3f}") if has_read else ()
-        table.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", *read,
+        ci = (f"{r.auroc_lo:.2f}-{r.auroc_hi:.2f}",) if has_ci else ()
+        table.add_row(str(r.layer), f"{r.auroc:.3f}", *ci, f"{r.paired_acc:.3f}", f"{r.cohens_d:.2f}", *read,
                       f"{r.norm:.1f}", Text("◀ default", style="bold green") if r.selected else "")
     return table
+
+
+def warn(message: str) -> None:
+    console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+
+
+def data_warnings(data, *, source: str, strict: bool) -> None:
+    """The checks of `steerwatch data check` on a user's pair file, before the model loads: each failed
+    or warned check printed as a warning in data check's own words; with ``strict`` a failed check is
+    an error (exit 2)."""
+    from ..data.check import check_pairs
+    from ..errors import SteerwatchError
+
+    rows = [r for r in check_pairs(data) if r.status != "pass"]
+    for r in rows:
+        warn(f"data check {r.check}: {r.status}: {r.detail}")
+    failed = [r.check for r in rows if r.status == "fail"]
+    if failed and strict:
+        raise SteerwatchError(f"{source} fails data check ({', '.join(failed)}); fix the file (steerwatch data "
+                              f"check {source} shows every check) or drop --strict to extract anyway")
+    if rows:
+        note(f"see `steerwatch data check {source}`; --strict makes a failed check an error")
 
 
 @app.command("extract")
@@ -78,6 +105,9 @@ def extract_cmd(
     batch_size: int = typer.Option(8, help="Examples per forward pass."),
     layers_path: LayersPath = None,
     json_out: bool = typer.Option(False, "--json", help="Print the per-layer table as JSON on stdout."),
+    strict: bool = typer.Option(False, "--strict", help="A pair file that fails a `steerwatch data check` check "
+                                                        "(duplicates, split leakage, length balance, ...) is an "
+                                                        "error (exit 2) instead of a warning."),
 ) -> None:
     """Build a concept vector from contrast data and write it to a vector file."""
     import json
@@ -105,7 +135,10 @@ def extract_cmd(
         raise typer.BadParameter("--instructions goes with --onpolicy")
     if pairs_out is not None and not (persona or onpolicy):
         raise typer.BadParameter("--pairs-out goes with --onpolicy or --persona (the pairs are generated there)")
-    # read and validate the data before the (slow) model load, so a bad file fails at once
+    # read and validate the data and the output paths before the (slow) model load, so a bad one fails at once
+    check_output_path(output, "-o/--output")
+    check_output_path(pairs_out, "--pairs-out")
+    check_output_path(checkpoint, "--checkpoint")
     spec = load_persona(source) if persona else None
     op_spec = None
     if onpolicy:
@@ -119,12 +152,17 @@ def extract_cmd(
     elif onpolicy_steer or sources != "instruction,neutral":
         raise typer.BadParameter("--sources and --onpolicy-steer go with --onpolicy")
     given = None if (persona or onpolicy) else load_contrast(source)
+    if given is not None and Path(source).suffix in (".jsonl", ".json") and Path(source).is_file():
+        data_warnings(given, source=source, strict=strict)  # a built-in set is checked in CI
+    elif strict and (persona or onpolicy):
+        raise typer.BadParameter("--strict checks a pair file; --persona and --onpolicy generate their pairs")
     loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 
         data = build_persona_pairs(loaded, spec, progress=True)
         if pairs_out is not None:
+            pairs_out.parent.mkdir(parents=True, exist_ok=True)
             pairs_out.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive,
                                                      "negative": p.negative, "split": p.split}) + "\n"
                                          for p in data.pairs), encoding="utf-8")
@@ -140,6 +178,7 @@ def extract_cmd(
         res = generate_onpolicy_pairs(loaded, op_spec, sources=op_sources, steer=op_steer,
                                       batch_size=max(batch_size, 16), progress=True, check=False)
         if pairs_out is not None:
+            pairs_out.parent.mkdir(parents=True, exist_ok=True)
             pairs_out.write_text(onpolicy_rows_jsonl(res.rows), encoding="utf-8")
         note(f"on-policy: {onpolicy_summary(res.counts)}")
         res.check()  # too few pairs survived: a clear error, no vector written
@@ -165,6 +204,8 @@ def extract_cmd(
                       f"{hist['strength']:+.4f} (apply it at that strength) · val loss {hist['initial_val_loss']:.4f} "
                       f"→ {hist['best_val_loss']:.4f} at step {hist['best_step']} of {hist['steps_run']}")
         return
+    from ..extract.build import explain_layers
+
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
                              n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True)
     path = vec.save(output)
@@ -181,6 +222,9 @@ def extract_cmd(
                      f"at layer {rbest.layer}")
     console.print(f"wrote {path} · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
+    console.print(explain_layers(vec, rows, auto=layers == "auto"), highlight=False)
+    for w in vec.warnings:
+        warn(w)
 
 
 @app.command("info")
@@ -202,10 +246,22 @@ def info_cmd(path: Path = typer.Argument(..., help="A vector file.")) -> None:
     def fmt(au):
         return "-" if au is None else f"{au:.3f}"
 
-    table = Table("layer", f"val AUROC ({vec.method})",
+    from ..extract.metrics import MIN_VAL_PAIRS
+
+    def interval(layer):
+        row = vec.validation.get(layer, {})
+        lo, hi = row.get("auroc_lo"), row.get("auroc_hi")
+        return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
+
+    n_val = vec.dataset.get("n_val")
+    has_ci = isinstance(n_val, int) and n_val < MIN_VAL_PAIRS  # a small validation split: show the intervals
+    table = Table("layer", f"val AUROC ({vec.method})", *(["95% interval"] if has_ci else []),
                   *([f"read AUROC ({vec.read_method})"] if vec.read_directions else []), "residual norm")
     for layer in vec.layers:
         read = [fmt(vec.read_auroc(layer))] if vec.read_directions else []
-        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""), fmt(vec.auroc(layer)), *read,
+        ci = [interval(layer)] if has_ci else []
+        table.add_row(str(layer) + (" ◀" if layer in vec.default_layers else ""), fmt(vec.auroc(layer)), *ci, *read,
                       f"{vec.norm(layer):.1f}")
     out.print(table)
+    if has_ci:
+        note(f"only {n_val} validation pairs: the AUROCs are rough (95% intervals shown)")

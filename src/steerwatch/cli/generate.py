@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import typer
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_engine, check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype, LayersPath, Model
 
 
@@ -59,11 +60,13 @@ def generate_cmd(
         help="The distress vector the guard checks --steer against (default: the built-in one, built on the "
              "model once and cached)."),
 ) -> None:
-    """Generate answers, optionally steered and watched; print them or write JSON Lines."""
+    """Generate answers, optionally steered and watched; print them or write JSON Lines. An answer whose
+    text fails the coherence statistics (repetition, loops, low diversity) gets a warning."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..errors import SteerwatchError
-    from ..runtime import ENGINES, Conditional, GenerationOptions, make_engine
+    from ..runtime import Conditional, GenerationOptions, make_engine
     from ..steer import parse_steer_spec
     from ..types import ConditionalMode
     from ..watch.detector import load_detector
@@ -75,8 +78,8 @@ def generate_cmd(
         items += load_prompt_items(prompts_file)
     if not items:
         raise SteerwatchError("no prompt given: pass prompts as arguments or --prompts-file FILE")
-    if engine_name not in ENGINES:
-        raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
+    check_engine(engine_name)
+    check_output_path(output, "--out")
     specs = [parse_steer_spec(s) for s in (steer or [])]  # parse before loading the model: fail fast
     chat_input = [it["id"] for it in items if not isinstance(it["prompt"], str)]
     if raw and chat_input:
@@ -86,6 +89,21 @@ def generate_cmd(
         raise SteerwatchError("--system needs a chat; --raw feeds the text as it is: drop one of them")
     if raw and steer_if and if_mode == "prompt":
         raise SteerwatchError("--if-mode prompt scores a chat prompt; use --if-mode token with --raw")
+    watching = bool(watch or steer_if)
+    if steer_if and not specs:
+        raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
+    if watching and sample:
+        raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
+    dets = [load_detector(p) for p in (watch or [])]  # every file read before the model loads
+    cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
+            if steer_if else None)  # Conditional checks the mode and the trigger's calibration
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
+                             temperature=temperature, seed=seed, system=system, raw=bool(raw))  # checks them
+    dvec = None
+    if specs and distress is not None:
+        from ..vector import load_vector
+
+        dvec = load_vector(distress)
     loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
     if raw is None:  # a model without a chat template continues text, unless the input asks for a chat
         raw = (not loaded.has_chat_template and not chat_input and not system
@@ -99,18 +117,9 @@ def generate_cmd(
         spec.vector.check_model(loaded, force=force)
         check_residual_norm(spec.vector, loaded)
     if specs:
-        _guard(loaded, specs, distress, acknowledge_distress)
+        _guard(loaded, specs, dvec, acknowledge_distress)
     prompts = [it["prompt"] for it in items]
-    opts = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=sample,
-                             temperature=temperature, seed=seed, system=system, raw=raw)
-    watching = bool(watch or steer_if)
-    if steer_if and not specs:
-        raise SteerwatchError("--steer-if needs at least one --steer spec to apply when the detector fires")
-    if watching and sample:
-        raise SteerwatchError("--watch/--steer-if use greedy decoding; drop --sample")
-    dets = [load_detector(p) for p in (watch or [])]
-    cond = (Conditional(trigger=load_detector(steer_if), specs=specs, mode=cast(ConditionalMode, if_mode))
-            if steer_if else None)  # Conditional checks the mode
+    opts = replace(opts, raw=raw)
     runner = make_engine(loaded, engine_name)
     try:
         gens = runner.generate(prompts, opts, steer=None if cond else (specs or None), watch=dets, conditional=cond,
@@ -124,10 +133,11 @@ def generate_cmd(
             close()
     watched = gens if watching else None
     steered = [g.text for g in gens]
+    incoherent = incoherence_warnings(steered, steered=bool(specs))
     rows: list[dict[str, Any]] = []
     for k, it in enumerate(items):
         row = {"id": it["id"], "prompt": it["prompt"], "steering": [s.describe() for s in specs],
-               "mode": "raw" if raw else "chat", "output": steered[k]}
+               "mode": "raw" if raw else "chat", "output": steered[k], "incoherent": incoherent[k][0]}
         if base is not None:
             row["unsteered_output"] = base[k]
         if watched is not None:
@@ -136,6 +146,9 @@ def generate_cmd(
             if steer_if:
                 row.update(conditional=if_mode, triggered_at=w.triggered_at)
         rows.append(row)
+    for reasons, message in incoherent:
+        if reasons:
+            console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8") as f:
@@ -164,7 +177,23 @@ def generate_cmd(
         out.print(wt)
 
 
-def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: str | None) -> None:
+WORKING_DOSES = "working doses on the embedded model are 0.02-0.04 (docs/steering.md)"
+
+
+def incoherence_warnings(texts: list[str], *, steered: bool) -> list[tuple[list[str], str]]:
+    """Per answer: the reasons its text looks incoherent (:func:`steerwatch.watch.quality.incoherence`)
+    and the one-line warning to print (empty reasons: nothing to print)."""
+    from ..watch.quality import incoherence
+
+    res = []
+    for k, text in enumerate(texts):
+        reasons = incoherence(text)
+        hint = f": the steering strength may be too high; {WORKING_DOSES}" if steered else ""
+        res.append((reasons, f"answer {k + 1} looks incoherent ({'; '.join(reasons)}){hint}" if reasons else ""))
+    return res
+
+
+def _guard(loaded: Any, specs: list[Any], distress: Any, acknowledge: str | None) -> None:
     """The policy guard's distress check, as the server applies it to a request's steering: above the
     bound it refuses unless acknowledged (then it warns, quoting the reason)."""
     from rich.text import Text
@@ -172,10 +201,8 @@ def _guard(loaded: Any, specs: list[Any], distress: Path | None, acknowledge: st
     from ..errors import SteerwatchError
     from ..policy.guard import check_request
 
-    if distress is not None:
-        from ..vector import load_vector
-
-        dvec = load_vector(distress)
+    if distress is not None:  # the --distress vector, read before the model loaded
+        dvec = distress
         dvec.check_model(loaded)
     else:
         from ..policy.distress import builtin_distress

@@ -7,7 +7,7 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype, LayersPath
 
 _MAPPING = ("layer numbers map one to one: llama.cpp adds direction.N to the output of decoder block N "
@@ -90,6 +90,7 @@ def import_gguf_cmd(
 
     from ..interop import import_control_vector, read_control_vector
 
+    check_output_path(output, "-o/--output")
     read_control_vector(path)  # a bad file fails before the (slow) model load
     loaded = load(model, layers_path=layers_path, device=device, dtype=dtype)
     vec = import_control_vector(path, loaded, concept=concept, force=force)

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import Outputs, check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype, LayersPath, Model
 
 lab_app = typer.Typer(help="The reward-hacking lab: does steering change how often the model special-cases tests?",
@@ -52,6 +52,7 @@ def tasks_cmd(
 
     from ..lab.sandbox import isolation
 
+    check_output_path(output, "--out")
     tasks = _tasks(tasks_file, split, variants, ids, limit)
     counts = Counter((t.variant, t.split) for t in tasks)
     out.print(f"{len(tasks)} tasks from {tasks[0].source}")
@@ -138,8 +139,7 @@ def run_cmd(
                       temperature=temperature, attempts=attempts, seed=seed, max_new_tokens=max_new_tokens,
                       conditional=conditional)
     limits = Limits(timeout_s=timeout, cpu_s=max(1, int(timeout) + 1))
-    if output.exists() and output.is_dir():
-        raise SteerwatchError(f"--out {output} is a directory; give a .jsonl file path")
+    check_output_path(output, "--out")
     output.parent.mkdir(parents=True, exist_ok=True)
     note(f"{len(tasks)} tasks × {attempts} attempt(s), setting {name!r}; sandbox network: "
          f"{isolation()['network']}")
@@ -201,6 +201,8 @@ def report_cmd(
 
     if aggregate is not None and aggregate not in AGGREGATES:
         raise SteerwatchError(f"unknown --aggregate {aggregate!r}; valid: {', '.join(AGGREGATES)}")
+    check_output_path(html, "--html")
+    check_output_path(json_out, "--json")
     eps = read_episodes(run_file)
     if not eps:
         raise SteerwatchError(f"{run_file} has no episodes")
@@ -219,12 +221,11 @@ def report_cmd(
             extra = "".join(f", {k} {v:.2f}" for k, v in m.items() if k.startswith("recall"))
             out.print(f"{m['detector']} vs {m['label']}: AUROC {m['auroc']:.3f} "
                       f"(n+ {m['n_pos']}, n− {m['n_neg']}){extra}")
-    if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(eps, baseline=baseline, thresholds=thresholds, aggregate=aggregate),
-                        encoding="utf-8")
+    outputs = Outputs()  # the page and the JSON on their own: one failing does not cost the other
+    if html is not None and outputs.text("HTML report", html, lambda: render_html(
+            eps, baseline=baseline, thresholds=thresholds, aggregate=aggregate)):
         console.print(f"wrote {html}")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"settings": rows, "detection": det_rows}, indent=1), encoding="utf-8")
+    if json_out is not None and outputs.text("JSON summary", json_out, lambda: json.dumps(
+            {"settings": rows, "detection": det_rows}, indent=1)):
         console.print(f"wrote {json_out}")
+    outputs.finish()

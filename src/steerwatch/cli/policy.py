@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype
 
 policy_app = typer.Typer(help="Check and write deployment policies (steerwatch serve --policy FILE).",
@@ -53,6 +53,7 @@ def check_cmd(
     from ..vector import load_vector
 
     pf = load_policy(file)  # schema errors fail before the (slow) model load
+    check_output_path(json_out, "--json")
     dvec = load_vector(distress) if distress is not None else None
     loaded = load(model or pf.policy.model, device=device, dtype=dtype)
     dep = resolve_policy(pf, loaded)
@@ -60,6 +61,7 @@ def check_cmd(
                           log=note)
     out.print(report_table(report))
     if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n", encoding="utf-8")
         note(f"wrote {json_out}")
     n_err, n_warn = len(report.errors), len(report.warnings)
@@ -132,6 +134,7 @@ def init_cmd(
         raise PolicyError(f"{output} exists; pass --force to overwrite it")
     if distress is not None and not distress.is_file():
         raise PolicyError(f"--distress {distress}: no such file")
+    check_output_path(output, "-o/--output")  # before the model loads to fit the policy
     data = new_policy(vectors=vector or [], detectors=detector or [], output=output, model=model)
     if check and data["vectors"]:
         from ..vector import load_vector

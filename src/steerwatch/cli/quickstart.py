@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -8,7 +9,7 @@ from rich.text import Text
 
 from ..quickstart import DEFAULT_STRENGTHS
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import check_output_dir, console, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 _COLOURS = {"corrected": "green", "rejected": "cyan", "agreed": "red", "evasive": "yellow"}
@@ -43,6 +44,7 @@ def quickstart_cmd(
         raise SteerwatchError(f"--strengths must be comma-separated numbers, got {strengths!r}") from None
     if 0.0 not in levels:
         levels = [0.0, *levels]
+    check_output_dir(out_dir, "--out-dir")
     loaded = load(model, device=device, dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -53,7 +55,8 @@ def quickstart_cmd(
                       f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector,
+                         progress=sys.stderr.isatty())
     with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
         for row in res.bait_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

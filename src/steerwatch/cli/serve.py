@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import console, friendly, load, note
+from .common import check_engine, console, friendly, load, note
 from .options import Device, Dtype
 
 
@@ -31,14 +31,13 @@ def serve_cmd(
     Start-up loads the model, checks every vector and detector file against the policy's SHA-256
     and the model's fingerprint, and runs the policy guard (a policy that amplifies distress is
     refused unless it carries an acknowledgement). Endpoints: /v1/models, /v1/chat/completions,
-    /v1/completions (streaming or not), /v1/watch/events (admin keys)."""
+    /v1/completions (streaming or not), /v1/watch/events (admin keys), and the watch page /watch (the
+    stored events as HTML for admin keys; docs/serve.md)."""
     from ..errors import SteerwatchError
     from ..policy.schema import load_policy
-    from ..runtime import ENGINES
     from ..serve.server import build_engine, open_store, serve_forever
 
-    if engine_name not in ENGINES:
-        raise SteerwatchError(f"unknown --engine {engine_name!r}; valid: {', '.join(ENGINES)}")
+    check_engine(engine_name)
     options: dict[str, object] = {}
     if engine_name == "vllm":
         options = {"kv_cache_gib": kv_cache_gib, "tensor_parallel_size": tensor_parallel}

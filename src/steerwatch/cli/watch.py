@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
 
 from .app import app
-from .common import console, friendly, load, note, out
+from .common import Outputs, check_output_dir, check_output_path, console, friendly, load, note, out
 from .options import Device, Dtype, Model
 
 
@@ -32,6 +33,7 @@ def _detectors(paths: list[Path], *, aggregate: str | None = None):
 
 
 def _write_rows(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         import csv
 
@@ -85,6 +87,10 @@ def calibrate_cmd(
     from ..watch.detector import Detector
     from ..watch.readcache import ReadCache
 
+    check_output_dir(out_dir, "--out-dir")
+    dests = [_det_path(p, out_dir) for p in vectors]
+    for dest in dests:  # a detector file that cannot be written fails now, not after the calibration
+        check_output_path(dest, "detector file")
     vecs = [load_vector(p) for p in vectors]
     dets = [Detector.from_vector(v, layer=layer, sign=sign, aggregate=aggregate, vector_path=str(p))
             for v, p in zip(vecs, vectors)]
@@ -110,11 +116,16 @@ def calibrate_cmd(
         calibrate_trigger_on_generations(loaded, dets, convs, fpr=fpr, max_new_tokens=generate, progress=True)
     table = Table("detector", "layer", "sign", "threshold", "FPR target", "FPR on control", "FPR ≤ (95%)", "n",
                   "trigger (source)", "file")
-    for det, row, p in zip(dets, rows, vectors):
-        dest = (out_dir or p.parent) / (p.name[:-3] if p.name.endswith(".sv") else p.stem)
-        dest = dest.with_name(dest.name + ".det.json")
+    outputs = Outputs()  # each detector file on its own: one that fails does not cost the others
+
+    def save(det, dest: Path) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
         det.save(dest)
+        return True
+
+    for det, row, dest in zip(dets, rows, dests):
+        if not outputs.write("detector", dest, functools.partial(save, det, dest)):
+            continue
         table.add_row(det.name, str(det.layer), f"{det.sign:+d}", f"{row['threshold']:.3f}", f"{fpr:g}",
                       f"{row['achieved_fpr']:.4f}", f"{row['fpr_upper95']:.4f}", str(row["n"]),
                       f"{det.calibration['trigger_threshold']:.3f} "
@@ -124,6 +135,13 @@ def calibrate_cmd(
     warning = small_set_warning(max(rows, key=lambda r: r["fpr_upper95"]))  # one line for the loosest
     if warning:
         console.print(f"warning: {warning}", style="yellow", highlight=False)
+    outputs.finish()
+
+
+def _det_path(vector: Path, out_dir: Path | None) -> Path:
+    """NAME.det.json for vector NAME.sv, in ``out_dir`` or next to the vector."""
+    dest = (out_dir or vector.parent) / (vector.name[:-3] if vector.name.endswith(".sv") else vector.stem)
+    return dest.with_name(dest.name + ".det.json")
 
 
 SAMPLE_ROWS = 30  # samples of an Inspect log shown in the terminal (all of them are in the results file)
@@ -180,20 +198,22 @@ def scan_cmd(
     from ..data.conversations import load_conversations
     from ..watch.scan import scan
 
+    output = output or file.with_suffix(".scan.jsonl")
+    flagged = flagged or file.with_suffix(".flagged.jsonl")
+    check_output_path(output, "--output")  # before the (slow) scan, not after it
+    check_output_path(flagged, "--flagged")
+    check_output_path(html, "--html")
     convs = load_conversations(file)
     dets = _detectors(detector, aggregate=aggregate)
     loaded = load(model, device=device, dtype=dtype)
     rows, scored = scan(loaded, convs, dets, batch_size=batch_size, progress=True)
-    output = output or file.with_suffix(".scan.jsonl")
-    _write_rows(output, rows)
-    flagged = flagged or file.with_suffix(".flagged.jsonl")
+    outputs = Outputs()  # results, flagged and HTML on their own: one that fails does not cost the others
+    outputs.write("results", output, lambda: _write_rows(output, rows))
     flagged_ids = {r["id"] for r in rows if r["flagged"]}
-    with flagged.open("w", encoding="utf-8") as fh:
-        for conv, row in zip(convs, rows):
-            if row["flagged"]:
-                fh.write(json.dumps({"id": conv.id, "messages": conv.messages, "label": conv.label,
-                                     "flags": row["flags"], "scores": row["scores"],
-                                     "first_flagged_message": row.get("first_flagged_message", {})}) + "\n")
+    outputs.text("flagged conversations", flagged, lambda: "".join(
+        json.dumps({"id": conv.id, "messages": conv.messages, "label": conv.label, "flags": row["flags"],
+                    "scores": row["scores"], "first_flagged_message": row.get("first_flagged_message", {})}) + "\n"
+        for conv, row in zip(convs, rows) if row["flagged"]))
     table = Table("detector", "layer", "threshold", "flagged", "mean score", title=f"{file.name}: {len(rows)} "
                                                                                   "conversations")
     for det in dets:
@@ -217,10 +237,12 @@ def scan_cmd(
         from ..watch.view import render_html
 
         show = [s for s in scored if s.id in flagged_ids] or ([] if any(d.calibrated for d in dets) else scored)
-        html.write_text(render_html(show, dets, loaded.tokenizer, title=f"steerwatch scan: {file.name}"),
-                        encoding="utf-8")
-        console.print(f"wrote {html} ({len(show)} conversations)")
-    console.print(f"wrote {output}; {len(flagged_ids)} flagged -> {flagged}")
+        if outputs.text("HTML view", html, lambda: render_html(show, dets, loaded.tokenizer,
+                                                                title=f"steerwatch scan: {file.name}")):
+            console.print(f"wrote {html} ({len(show)} conversations)")
+    if not outputs.failed:
+        console.print(f"wrote {output}; {len(flagged_ids)} flagged -> {flagged}")
+    outputs.finish()
 
 
 @app.command("detect-eval")
@@ -244,6 +266,7 @@ def detect_eval_cmd(
     from ..data.evalsets import load_eval_set
     from ..watch.scan import detect_eval
 
+    check_output_path(output, "--output")
     sets = {}
     for d in data:
         sets[d] = load_eval_set(d[5:]) if d.startswith("eval/") and not Path(d).exists() else load_conversations(d)
@@ -269,23 +292,53 @@ def detect_eval_cmd(
 @app.command("view")
 @friendly
 def view_cmd(
-    file: Path = typer.Argument(..., help="JSONL of conversations."),
-    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv)."),
+    file: Path | None = typer.Argument(None, help="JSONL of conversations (not with --store)."),
+    detector: list[Path] | None = typer.Option(None, "--detector", "-d",
+                                               help="Detector files (.det.json) or vectors (.sv)."),
     ids: list[str] | None = typer.Option(None, "--id", help="Only these conversation ids (default: all)."),
     html: Path | None = typer.Option(None, help="Write a self-contained HTML view here."),
     tokens: bool = typer.Option(False, "--tokens", help="Also list every token's score per detector "
                                                           "(▲: above the detector's threshold)."),
+    store: Path | None = typer.Option(None, "--store", help="Instead of conversations: a server's event store "
+                                      "(the policy's store.url file, e.g. steerwatch-events.db), written with --html "
+                                      "as the watch page (the events, counts per detector over time, each event's "
+                                      "tokens and scores) in one file, without a server. Opened read-only."),
+    flagged: bool = typer.Option(False, "--flagged", help="With --store: flagged events only."),
+    fired: str | None = typer.Option(None, "--fired", help="With --store: only events where this detector fired."),
+    key: str | None = typer.Option(None, "--key", help="With --store: only events of this API key name."),
+    since: str | None = typer.Option(None, help="With --store: events from this date or time (UTC, e.g. "
+                                                 "2026-12-07 or 2026-12-07T09:30)."),
+    until: str | None = typer.Option(None, help="With --store: events before this date or time (UTC)."),
+    limit: int = typer.Option(200, help="With --store: at most this many events in the file (flagged first, "
+                                        "then newest; at most 1000)."),
     model: Model = "default",
     device: Device = "auto",
     dtype: Dtype = None,
 ) -> None:
     """Show conversations with each detector's response score, threshold and flag, and every token
-    tinted by its score (terminal and HTML)."""
-    from ..data.conversations import load_conversations
+    tinted by its score (terminal and HTML). With --store, write a server's stored events as the
+    watch page instead (--html; no model, no server)."""
     from ..errors import SteerwatchError
+
+    if store is not None:
+        if file is not None or detector or ids or tokens:
+            raise SteerwatchError("--store renders a server's events: give no conversation FILE, --detector, --id "
+                                  "or --tokens with it")
+        if html is None:
+            raise SteerwatchError("--store needs --html OUT.html (the watch page is written as a file)")
+        _store_page(store, html, flagged=flagged, fired=fired, key=key, since=since, until=until, limit=limit)
+        return
+    if file is None:
+        raise SteerwatchError("give a JSONL file of conversations (or --store EVENTS.db --html OUT.html)")
+    if not detector:
+        raise SteerwatchError("give at least one detector (-d FILE.det.json, or a vector FILE.sv)")
+    if flagged or fired or key or since or until:
+        raise SteerwatchError("--flagged, --fired, --key, --since and --until filter a --store's events")
+    from ..data.conversations import load_conversations
     from ..watch.score import score_conversations
     from ..watch.view import render_html, render_terminal
 
+    check_output_path(html, "--html")
     convs = load_conversations(file)
     if ids:
         known = {c.id for c in convs}
@@ -300,6 +353,30 @@ def view_cmd(
         out.rule(sc.id)
         out.print(render_terminal(sc, dets, loaded.tokenizer, tokens=tokens))
     if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(scored, dets, loaded.tokenizer, title=f"steerwatch view: {file.name}"),
                         encoding="utf-8")
         console.print(f"wrote {html}")
+
+
+def _store_page(store: Path, html: Path, *, flagged: bool, fired: str | None, key: str | None, since: str | None,
+                until: str | None, limit: int) -> None:
+    from ..errors import SteerwatchError
+
+    try:
+        from ..serve.store import EventStore
+        from ..serve.watchpage import WatchFilter, parse_time, render_offline
+    except ImportError as exc:
+        raise SteerwatchError(f"view --store needs the serve extra ({exc.name} is missing): "
+                              "pip install 'steerwatch[serve]'") from None
+    filt = WatchFilter(flagged_only=flagged, detector=fired, key=key,
+                       since=parse_time(since, "--since") if since else None,
+                       until=parse_time(until, "--until") if until else None, limit=limit).checked()
+    events = EventStore(f"sqlite:///{store}", readonly=True)
+    try:
+        page = render_offline(events, filt, source=store.name)
+        n = events.count()
+    finally:
+        events.close()
+    html.write_text(page, encoding="utf-8")
+    console.print(f"wrote {html} ({n} events in {store.name}; filters: {filt.describe()})")

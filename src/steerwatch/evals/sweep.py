@@ -154,6 +154,7 @@ def measure(loaded: LoadedModel, vector: Vector, data: SweepData, *, setting: st
 
 def _append(path: Path | None, rows: Sequence[dict[str, Any]]) -> None:
     if path is not None and rows:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -266,6 +267,7 @@ def evaluate(loaded: LoadedModel, vector: Vector, data: SweepData, *, strengths:
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Rows as CSV when ``path`` ends in .csv (lists joined by commas, None empty), else JSON Lines."""
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() == ".csv":
         cols: list[str] = []
         for r in rows:

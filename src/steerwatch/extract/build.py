@@ -14,7 +14,7 @@ from ..errors import ExtractionError
 from ..layers import check_layers
 from ..vector import best_layer
 from .methods import check_method, extract_direction
-from .metrics import separation
+from .metrics import MIN_VAL_PAIRS, auroc_interval, separation
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import ContrastSet
@@ -38,6 +38,11 @@ class LayerRow:
     # validation of the read direction (only when the vector has one, see ``read_method``)
     read_auroc: float | None = None
     read_paired_acc: float | None = None
+    # the AUROC's conservative 95 % interval and the validation pairs it rests on
+    # (:func:`steerwatch.extract.metrics.auroc_interval`); None for rows of an older vector file
+    auroc_lo: float | None = None
+    auroc_hi: float | None = None
+    n_val: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -54,8 +59,58 @@ def layer_rows(vector: Vector) -> list[LayerRow]:
                              paired_acc=val.get("paired_acc", float("nan")),
                              cohens_d=val.get("cohens_d", float("nan")), norm=vector.norm(layer),
                              selected=layer in vector.default_layers, read_auroc=read.get("auroc"),
-                             read_paired_acc=read.get("paired_acc")))
+                             read_paired_acc=read.get("paired_acc"), auroc_lo=val.get("auroc_lo"),
+                             auroc_hi=val.get("auroc_hi"),
+                             n_val=None if val.get("n_val") is None else int(val["n_val"])))
     return rows
+
+
+def small_validation_warning(rows: Sequence[LayerRow], n_val: int, *, minimum: int = MIN_VAL_PAIRS) -> str | None:
+    """One line when the validation split has fewer than ``minimum`` pairs: the best layer's AUROC
+    with its 95 % interval, how many layers look perfect, and how to get more validation pairs;
+    None when there are enough."""
+    if n_val >= minimum or not rows:
+        return None
+    best = best_layer({r.layer: {"auroc": r.auroc, "cohens_d": r.cohens_d} for r in rows})
+    row = next(r for r in rows if r.layer == best)
+    lo, hi = auroc_interval(row.auroc, n_val, n_val)
+    perfect = sum(1 for r in rows if round(r.auroc, 3) == 1.0)
+    tied = f"; {perfect} of {len(rows)} layers score 1.000" if perfect > 1 else ""
+    return (f"only {n_val} validation pairs (fewer than {minimum}): the best val AUROC {row.auroc:.3f} "
+            f"(layer {best}) has a 95% interval of {lo:.2f}-{hi:.2f}{tied}, so the per-layer AUROCs cannot tell "
+            "layers apart; add pairs, or mark more of them \"split\": \"val\" (unmarked pairs go ~20 % to val)")
+
+
+def _span(layers: Sequence[int]) -> str:
+    ls = sorted(layers)
+    if len(ls) > 1 and ls == list(range(ls[0], ls[-1] + 1)):
+        return f"{ls[0]}-{ls[-1]}"
+    return ",".join(str(x) for x in ls)
+
+
+def explain_layers(vector: Vector, rows: Sequence[LayerRow], *, auto: bool) -> str:
+    """One line on the two layer choices, which answer different questions: the layer that *reads*
+    the concept best (:func:`steerwatch.vector.best_layer` over every layer; what ``watch fit``
+    and reports use) and the default *steering* layers (``--layers auto``: a window that ends one
+    layer after the best layer within :data:`AUTO_BAND` of depth, see :func:`choose_layers`; or
+    the layers given)."""
+    by = {r.layer: r for r in rows}
+    best = vector.best_layer()
+    brow = by[best]
+    ties = sum(1 for r in rows if round(r.auroc, 3) == round(brow.auroc, 3))
+    tie = f", ties {ties - 1} other layer(s), broken by Cohen's d" if ties > 1 else ""
+    read = f"reading: best at layer {best} (val AUROC {brow.auroc:.3f}{tie})"
+    steer = vector.default_layers
+    if not auto:
+        return f"layers: steering at {_span(steer)} (as given with --layers); {read}"
+    n = vector.n_model_layers or len(vector.layers)
+    band = band_layers(n)
+    banded = vector.best_layer(among=band)
+    why = (f"the {len(steer)} layers up to one after layer {banded}, the best within the middle band "
+           f"{_span(band)}, where steering works" if len(steer) > 1 else
+           f"layer {banded}, the best within the middle band {_span(band)}, where steering works")
+    same = "the same layer" if banded == best else "the first and last blocks can read well but steer poorly"
+    return f"layers: steering at {_span(steer)} = {why}; {read}; {same}"
 
 
 def default_window(n_layers: int) -> int:
@@ -136,6 +191,10 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     layers: ``"auto"`` (a window of ``n_auto`` layers centred on the best validation AUROC within
     :data:`AUTO_BAND`; ``n_auto`` defaults to :func:`default_window`) or a list of layer indices to
     use as the default steering layers. Directions are stored for all layers.
+
+    Each row carries its AUROC's 95 % interval (``auroc_lo``, ``auroc_hi``) and ``n_val``; with fewer
+    than :data:`~steerwatch.extract.metrics.MIN_VAL_PAIRS` validation pairs the returned vector's
+    ``warnings`` holds :func:`small_validation_warning`'s line (also passed to ``log``).
     """
     import torch
 
@@ -175,12 +234,17 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     read_dirs: dict[int, torch.Tensor] = {}
     read_validation: dict[int, dict[str, float]] = {}
     rows: list[LayerRow] = []
+    validation: dict[int, dict[str, float]] = {}
     for layer in all_layers:
         d = extract_direction(method, pos[:nt, layer], neg[:nt, layer])
         directions[layer] = d
         sep = separation(pos[nt:, layer] @ d, neg[nt:, layer] @ d)
+        lo, hi = auroc_interval(sep["auroc"], len(val), len(val))
         row = LayerRow(layer=layer, auroc=sep["auroc"], paired_acc=sep["paired_acc"],
-                       cohens_d=sep["cohens_d"], norm=stats[layer]["mean"])
+                       cohens_d=sep["cohens_d"], norm=stats[layer]["mean"], auroc_lo=lo, auroc_hi=hi,
+                       n_val=len(val))
+        validation[layer] = {"auroc": sep["auroc"], "paired_acc": sep["paired_acc"], "cohens_d": sep["cohens_d"],
+                             "auroc_lo": lo, "auroc_hi": hi, "n_val": len(val)}
         if read_method is not None:
             rd = extract_direction(read_method, pos[:nt, layer], neg[:nt, layer])
             read_dirs[layer] = rd
@@ -198,7 +262,12 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
         model_fingerprint=loaded.fingerprint, hidden_size=loaded.hidden_size, method=method,
         read_position=read, default_layers=chosen, residual_norm=stats, n_model_layers=total,
         dataset=data.describe(),
-        validation={r.layer: {"auroc": r.auroc, "paired_acc": r.paired_acc, "cohens_d": r.cohens_d} for r in rows},
+        validation=validation,
         read_directions=read_dirs, read_method=read_method, read_validation=read_validation,
     )
+    warning = small_validation_warning(rows, len(val))
+    if warning is not None:
+        vec.warnings.append(warning)
+        if log is not None:
+            log(warning)
     return vec, rows

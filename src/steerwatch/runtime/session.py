@@ -61,6 +61,15 @@ class Generation:
     triggered_at: int | None = None
     rescored: list[str] = field(default_factory=list)
 
+    @property
+    def incoherence(self) -> list[str]:
+        """Why the text looks incoherent by its repetition and diversity statistics
+        (:func:`steerwatch.watch.quality.incoherence`, no model pass); empty when it looks fine. A
+        steered answer that fails usually means the strength is too high."""
+        from ..watch.quality import incoherence
+
+        return incoherence(self.text)
+
     def __repr__(self) -> str:
         """One line: the text clipped, each detector's response score and the flags, never the
         token lists."""

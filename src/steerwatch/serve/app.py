@@ -5,7 +5,8 @@
 ``create_app(engine)`` builds the FastAPI app (FastAPI is imported at module level: it resolves the
 handlers' annotations); it holds no global state. Endpoints: ``GET /v1/models``, ``POST
 /v1/chat/completions``, ``POST /v1/completions`` (both with SSE streaming), ``GET
-/v1/watch/events`` (admin keys), ``GET /health``. Errors use OpenAI's shape ``{"error": {"message",
+/v1/watch/events`` (admin keys), ``GET /health``, and the watch page (``/watch``, HTML for admin keys:
+:mod:`steerwatch.serve.watchroutes`). Errors use OpenAI's shape ``{"error": {"message",
 "type", "param", "code"}}`` with a 4xx status that says what was wrong.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .engine import QueueFull
 from .openai import ApiError
 from .requests import GenRequest, GenResult, chat_prompt, completion_prompt
 from .schemas import ChatRequest, CompletionRequest
+from .watchroutes import add_watch_routes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..policy.schema import KeyPolicy
@@ -272,6 +274,7 @@ def create_app(engine: Engine) -> FastAPI:
         rows = await asyncio.to_thread(engine.store.list, flagged_only=flagged, limit=limit, after_id=after)
         return {"object": "list", "data": rows}
 
+    add_watch_routes(app, engine)
     return app
 
 

@@ -365,7 +365,7 @@ class Engine:
             "model": self.dep.served_name, "policy_sha256": self.dep.policy_sha256, "endpoint": req.endpoint,
             "flagged": flagged, "flags": res.flags, "events": res.events, "prompt": req.prompt_record,
             "response": res.text, "steering": res.steering, "scores": res.scores,
-            "token_scores": res.token_scores,
+            "thresholds": res.thresholds, "token_scores": res.token_scores,
             "tokens": [tok.decode([t]) for t in res.token_ids[:max(len(v) for v in res.token_scores.values())]]
             if res.token_scores else [],
         }

@@ -136,6 +136,12 @@ def is_degenerate(stats: dict[str, float], ppl: float | None = None,
     return reasons
 
 
+def incoherence(text: str, bounds: CoherenceBounds = CoherenceBounds()) -> list[str]:
+    """The reasons a generated ``text`` looks incoherent by its text statistics alone (no model, so
+    no perplexity check: word salad can pass); empty = it looks fine."""
+    return is_degenerate(text_stats(text), None, bounds)
+
+
 def continuation_nll(loaded: LoadedModel, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                      batch_size: int = 8) -> list[tuple[float, int]]:
     """(summed negative log-likelihood in nats, number of tokens) of each continuation given its
