@@ -4,12 +4,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..watch.calibrate import auroc
+from ..watch.calibrate import auroc as auroc  # the one AUROC (scikit-learn), re-exported for extraction
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-__all__ = ["auroc", "separation"]  # auroc: the one AUROC (scikit-learn), re-exported for extraction
 
 
 def separation(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> dict[str, float]:
