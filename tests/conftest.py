@@ -323,3 +323,20 @@ def write_jsonl(path, rows):
 
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return path
+
+
+def vowel_contrast(n: int = 20):
+    """Positive completions made of vowels, negative ones of digits (a tiny random model separates
+    them); pairs 7-9 of every 10 are validation pairs."""
+    import random
+
+    from steerwatch.data import ContrastPair, ContrastSet
+
+    rng = random.Random(1)
+    pairs = []
+    for i in range(n):
+        prompt = f"Q{i}: " + "".join(rng.choice("bcdfgh") for _ in range(rng.randint(2, 8)))
+        pos = "".join(rng.choice("aeiou") for _ in range(rng.randint(3, 9)))
+        neg = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 9)))
+        pairs.append(ContrastPair(positive=pos, negative=neg, prompt=prompt, split="val" if i % 10 >= 7 else "train"))
+    return ContrastSet(name="vowels", pairs=pairs, source="test")

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import STEER_ARCHS, BlockCapture, blocks_of, get_loaded
+from conftest import STEER_ARCHS, BlockCapture, blocks_of, get_loaded, vowel_contrast
 from steerwatch.chat import encode_example, render_prompt
 from steerwatch.data import ContrastPair, ContrastSet
 from steerwatch.errors import ExtractionError, LayerResolutionError, SteerwatchError
@@ -305,15 +305,7 @@ def test_resolve_read():
 
 # ---------------------------------------------------------------------------- end to end on a tiny model
 def _contrast(n: int = 20) -> ContrastSet:
-    """Positive completions made of vowels, negative ones of digits: a tiny random model separates them."""
-    rng = random.Random(1)
-    pairs = []
-    for i in range(n):
-        prompt = f"Q{i}: " + "".join(rng.choice("bcdfgh") for _ in range(rng.randint(2, 8)))
-        pos = "".join(rng.choice("aeiou") for _ in range(rng.randint(3, 9)))
-        neg = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 9)))
-        pairs.append(ContrastPair(positive=pos, negative=neg, prompt=prompt, split="val" if i % 10 >= 7 else "train"))
-    return ContrastSet(name="vowels", pairs=pairs, source="test")
+    return vowel_contrast(n)
 
 
 @pytest.mark.parametrize("which, method", [("qwen", m) for m in METHODS] + [("qwen_chat", "mean_diff")])

@@ -11,7 +11,8 @@ import random
 import pytest
 import torch
 
-from steerwatch.data import ContrastPair, ContrastSet
+from conftest import vowel_contrast
+from steerwatch.data import ContrastSet
 from steerwatch.extract.build import LayerRow, build_vector, explain_layers, layer_rows, small_validation_warning
 from steerwatch.extract.metrics import MIN_VAL_PAIRS, Z95, auroc_interval
 from tolerances import DOUBLE
@@ -47,15 +48,7 @@ def test_small_validation_warning_names_n_interval_ties_and_the_fix():
 
 
 def _contrast(n: int = 20) -> ContrastSet:
-    """Vowel completions vs digit completions (as in test_extract), 6 of 20 pairs in val."""
-    rng = random.Random(1)
-    pairs = []
-    for i in range(n):
-        prompt = f"Q{i}: " + "".join(rng.choice("bcdfgh") for _ in range(rng.randint(2, 8)))
-        pos = "".join(rng.choice("aeiou") for _ in range(rng.randint(3, 9)))
-        neg = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 9)))
-        pairs.append(ContrastPair(positive=pos, negative=neg, prompt=prompt, split="val" if i % 10 >= 7 else "train"))
-    return ContrastSet(name="vowels", pairs=pairs, source="test")
+    return vowel_contrast(n)
 
 
 def test_build_vector_warns_on_a_small_validation_split_and_stores_the_intervals(qwen, tmp_path):
