@@ -222,7 +222,7 @@ def test_recommend_on_an_open_ended_objective():
     decide the strength, the open-ended shares do (evasions not counted as honest)."""
     shares = [(0.10, 0.05), (0.10, 0.45), (0.05, 0.30), (0.30, 0.40), (0.00, 0.90)]  # corrected, rejected
     kls = [0.0, 0.05, 0.08, 0.2, 0.09]
-    rows = [{**_row(s, 0.5, kl, 0.6 if s != 0.4 else 0.55), "share_corrected": c, "share_rejected": r}
+    rows = [{**_row(s, 0.5, kl, 0.6 if s != 0.4 else 0.5), "share_corrected": c, "share_rejected": r}
             for s, kl, (c, r) in zip([0.0, 0.1, 0.2, 0.3, 0.4], kls, shares)]
     rows.append({"setting": "prompt", "strength": 0.0, "layers": None, "resolved_layers": [3], "behaviour": 0.5,
                  "mc_acc": 0.6, "share_corrected": 0.2, "share_rejected": 0.1})
