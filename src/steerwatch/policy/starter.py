@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .schema import ACTIONS, PolicyError, policy_from_dict
+from .schema import ACTIONS, PolicyError, VectorPolicy, policy_from_dict
 
 
 def _split_name(text: str, what: str) -> tuple[str, str]:
@@ -100,9 +100,8 @@ def new_policy(*, vectors: list[str], detectors: list[str], output: Path, model:
     return data
 
 
-# A per-request range no policy needs wider: the working doses of the built-in vectors are 0.02-0.03
-# (README, docs/results.md) and +0.08 already breaks the embedded model's answers.
-STARTER_MAX_ABS_STRENGTH = 0.05
+# The starter's per-request range before fitting: the schema's own default (one number, in schema.py)
+STARTER_MAX_ABS_STRENGTH = float(VectorPolicy.model_fields["max_abs_strength"].default)
 PROBE_KEY = {"name": "steer-probe", "sha256": "0" * 64, "steer": True}
 
 
