@@ -105,46 +105,58 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     or ``last_token`` (last token of the example). Batches are right-padded; padded positions are
     never read and never counted in norm statistics.
     """
+    return record_reads(loaded, examples, layers=layers, reads=[read], batch_size=batch_size, norms=norms,
+                        progress=progress, desc=desc)[read]
+
+
+def record_reads(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence[int], reads: Sequence[str],
+                 batch_size: int = 8, norms: NormStats | None = None, progress: bool = False,
+                 desc: str = "recording") -> dict[str, torch.Tensor]:
+    """:func:`record` with several read positions from one forward pass: ``{read: (n_examples,
+    len(layers), d_model)}``."""
     import torch
     from tqdm.auto import tqdm
 
     from .batch import forward, length_batches
 
-    check_read(read)
+    reads = list(dict.fromkeys(check_read(r) for r in reads))
+    if not reads:
+        raise ExtractionError("record_reads needs at least one read position")
     if batch_size < 1:
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
     blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
     layers = check_layers(list(layers), len(blocks))
     n, d = len(examples), loaded.hidden_size
-    out = torch.zeros(n, len(layers), d, dtype=torch.float32)
+    out = torch.zeros(len(reads), n, len(layers), d, dtype=torch.float32)
     state: dict[str, torch.Tensor] = {}
 
     def reduce(layer: int, h: torch.Tensor) -> torch.Tensor:
         if norms is not None:
             norms.add(layer, h.norm(dim=-1)[state["norm_mask"]].cpu())
-        return torch.einsum("bs,bsd->bd", state["weights"], h).cpu()  # weights: (batch, seq), rows sum to 1
+        return torch.einsum("bks,bsd->kbd", state["weights"], h).cpu()  # weights: (batch, reads, seq), rows sum to 1
 
     bar = tqdm(total=n, desc=desc, disable=not progress, unit="ex")
     with ReadHooks(loaded, layers, reduce) as hooks:
         for idx in length_batches([len(e.ids) for e in examples], batch_size):
             batch = [examples[i] for i in idx]
             width = max(len(e.ids) for e in batch)
-            weights = torch.zeros((len(batch), width), dtype=torch.float32)
+            weights = torch.zeros((len(batch), len(reads), width), dtype=torch.float32)
             mask = torch.zeros((len(batch), width), dtype=torch.bool)
             for r, e in enumerate(batch):
                 mask[r, 1:len(e.ids)] = True  # every real token but the first (an outlier norm in many models)
-                if read == "completion_mean":
-                    a, b = e.span
-                    weights[r, a:b] = 1.0 / (b - a)
-                elif read == "last_prompt":
-                    weights[r, e.last_prompt] = 1.0
-                else:
-                    weights[r, len(e.ids) - 1] = 1.0
+                for k, read in enumerate(reads):
+                    if read == "completion_mean":
+                        a, b = e.span
+                        weights[r, k, a:b] = 1.0 / (b - a)
+                    elif read == "last_prompt":
+                        weights[r, k, e.last_prompt] = 1.0
+                    else:
+                        weights[r, k, len(e.ids) - 1] = 1.0
             state.update(weights=weights.to(loaded.device), norm_mask=mask.to(loaded.device))
             forward(loaded, [e.ids for e in batch], stop_after=hooks.last)
             (call,) = hooks.take()
             for slot, layer in enumerate(layers):
-                out[idx, slot] = call[layer]
+                out[:, idx, slot] = call[layer]
             bar.update(len(batch))
     bar.close()
-    return out
+    return {read: out[k] for k, read in enumerate(reads)}

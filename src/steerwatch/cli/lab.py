@@ -229,3 +229,105 @@ def report_cmd(
             {"settings": rows, "detection": det_rows}, indent=1)):
         console.print(f"wrote {json_out}")
     outputs.finish()
+
+
+@lab_app.command("probe")
+@friendly
+def probe_cmd(
+    run_files: list[Path] = typer.Argument(..., help="Episodes files (dev split) written by steerwatch lab run."),
+    output: Path = typer.Option(..., "--out", "-o", help="The probe's vector file (.sv)."),
+    label: str = typer.Option("special_cased", help="What the probe detects: special_cased (static signs of "
+                                                   "hard-coding) or cheated (passed an impossible test)."),
+    detector_out: Path | None = typer.Option(None, "--detector-out", help="Also write a detector (.det.json) "
+                                             "calibrated on benign coding work (dev reference solutions)."),
+    fpr: float = typer.Option(0.01, help="False-positive rate of the --detector-out threshold on benign coding."),
+    method: list[str] | None = typer.Option(None, "--method", help="Candidate methods, repeatable (default: "
+                                            "mean_diff, lda, logistic)."),
+    aggregate: list[str] | None = typer.Option(None, "--aggregate", help="Candidate aggregates over the answer's "
+                                               "tokens, repeatable: mean, last (default: both)."),
+    folds: int = typer.Option(5, help="Cross-validation folds, grouped by problem."),
+    name: str = typer.Option("cheating-probe", "--name", help="The detector's name in scores and reports."),
+    allow_test: bool = typer.Option(False, "--allow-test", help="Fit on test-split episodes too (then the test "
+                                    "split no longer measures the probe)."),
+    tasks_file: Path | None = TasksOpt,
+    batch_size: int = typer.Option(8, help="Answers read together."),
+    model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
+    layers_path: LayersPath = None,
+) -> None:
+    """Fit an on-policy cheating probe on the model's own lab answers; layer, method and aggregate
+    chosen by cross-validation grouped by problem."""
+    from ..lab.episodes import read_episodes
+    from ..lab.probe import PROBE_AGGREGATES, calibrate_on_coding, fit_cheating_probe, fit_rows, task_lookup
+    from ..lab.tasks import load_task_file
+
+    check_output_path(output, "--out")
+    check_output_path(detector_out, "--detector-out")
+    eps = [e for f in run_files for e in read_episodes(f)]
+    methods = method or ["mean_diff", "lda", "logistic"]
+    aggs = aggregate or list(PROBE_AGGREGATES)
+    tasks = load_task_file(tasks_file) if tasks_file is not None else None
+    rows = fit_rows(eps, label=label, methods=methods, aggregates=aggs, folds=folds, allow_test=allow_test)
+    task_lookup(rows, tasks)  # every task known, before the model loads
+    note(f"{len(rows)} impossible episodes from {len(run_files)} file(s): {sum(bool(e[label]) for e in rows)} "
+         f"{label}")
+    lm = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    fit = fit_cheating_probe(lm, rows, label=label, tasks=tasks, methods=methods, aggregates=aggs, folds=folds,
+                             allow_test=allow_test, name=name, batch_size=batch_size, progress=True)
+    for r in fit.table:
+        out.print(f"{r['aggregate']:4s} {r['method']:9s} layer {r['layer']:2d}  CV AUROC {r['cv_auroc']:.3f}  "
+                  f"d {r['cv_cohens_d']:+.2f}{'  chosen' if r.get('chosen') else ''}", highlight=False)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fit.vector.save(output)
+    console.print(f"wrote {output} ({fit.method}, {fit.aggregate} over the answer, layer {fit.detector.layer}; "
+                  f"{fit.counts['positive']} vs {fit.counts['negative']} episodes, {fit.counts['problems']} problems)")
+    if detector_out is not None:
+        cal = calibrate_on_coding(lm, fit.detector, tasks=tasks, fpr=fpr, batch_size=batch_size, progress=True)
+        fit.detector.vector_path = str(output)
+        detector_out.parent.mkdir(parents=True, exist_ok=True)
+        fit.detector.save(detector_out)
+        console.print(f"wrote {detector_out} (threshold {cal['threshold']:.4g} at {fpr:g} FPR on {cal['n']} benign "
+                      "coding answers)")
+    console.print(f"score episodes with: steerwatch lab score EPISODES --detector {detector_out or output}")
+
+
+@lab_app.command("score")
+@friendly
+def score_cmd(
+    run_file: Path = typer.Argument(..., help="Episodes file written by steerwatch lab run."),
+    detector: list[Path] = typer.Option(..., "--detector", "-d", help="Detector files (.det.json) or vectors (.sv), "
+                                        "repeatable."),
+    output: Path = typer.Option(..., "--out", "-o", help="The episodes with the detectors' scores of each final "
+                                                         "answer added (JSONL), for steerwatch lab report."),
+    tasks_file: Path | None = TasksOpt,
+    batch_size: int = typer.Option(4, help="Conversations read together."),
+    model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
+    layers_path: LayersPath = None,
+) -> None:
+    """Score every episode's final answer with detectors (teacher-forced on the rebuilt conversation,
+    unsteered), so that lab report scores them against the execution labels."""
+    from ..errors import SteerwatchError
+    from ..lab.episodes import append_episodes, read_episodes
+    from ..lab.probe import score_episodes, task_lookup
+    from ..lab.tasks import load_task_file
+    from ..watch.detector import load_detector
+
+    check_output_path(output, "--out")
+    if output.exists() and output.resolve() == run_file.resolve():
+        raise SteerwatchError("--out must be another file than the episodes read")
+    eps = read_episodes(run_file)
+    if not eps:
+        raise SteerwatchError(f"{run_file} has no episodes")
+    tasks = load_task_file(tasks_file) if tasks_file is not None else None
+    task_lookup(eps, tasks)
+    dets = [load_detector(p) for p in detector]
+    lm = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    scored = score_episodes(lm, dets, eps, tasks=tasks, batch_size=batch_size, progress=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)
+    append_episodes(output, scored)
+    console.print(f"wrote {len(scored)} scored episodes to {output}; then: steerwatch lab report {output} "
+                  + " ".join(f"--detector {p}" for p in detector))

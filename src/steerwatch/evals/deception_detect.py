@@ -88,18 +88,51 @@ def response_features(loaded: LoadedModel, rows: Sequence[Response], *, context:
     return feats, norms.summary()
 
 
+def group_folds(groups: Sequence[str], k: int, seed: int) -> list[int]:
+    """Fold of each item, by group (items of one group never straddle folds): groups shuffled by
+    a seeded hash, then dealt round-robin."""
+    order = sorted(set(groups), key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    fold = {s: i % k for i, s in enumerate(order)}
+    return [fold[g] for g in groups]
+
+
 def _folds(rows: Sequence[Response], k: int, seed: int) -> list[int]:
     """Fold of each row, by scenario (answers to one scenario never straddle folds)."""
-    scen = sorted({r.scenario for r in rows},
-                  key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    fold = {s: i % k for i, s in enumerate(scen)}
-    return [fold[r.scenario] for r in rows]
+    return group_folds([r.scenario for r in rows], k, seed)
 
 
 def _direction(method: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     from ..extract.methods import extract_direction
 
     return extract_direction(method, pos, neg, paired=False)
+
+
+def cv_directions(feats: torch.Tensor, y: torch.Tensor, fold: Sequence[int], *, method: str
+                  ) -> tuple[dict[int, dict[str, float]], dict[int, torch.Tensor]]:
+    """Per layer slot of ``feats`` (n, layers, d): the cross-validated separation of a ``method``
+    direction (fitted on the other folds, projected on the held-out fold; ``y`` 1 = positive) and
+    the direction fitted on everything. A fold whose training side has fewer than 2 of a class is
+    left unscored (projection 0)."""
+    import torch
+
+    from ..extract.metrics import separation
+
+    folds = torch.tensor(list(fold))
+    validation: dict[int, dict[str, float]] = {}
+    directions: dict[int, torch.Tensor] = {}
+    for layer in range(feats.shape[1]):
+        x = feats[:, layer]
+        held = torch.zeros(len(y), dtype=torch.float64)
+        for f in sorted(set(folds.tolist())):
+            tr, te = folds != f, folds == f
+            pos, neg = x[tr & (y == 1)], x[tr & (y == 0)]
+            if not te.any() or len(pos) < 2 or len(neg) < 2:
+                continue
+            held[te] = (x[te] @ _direction(method, pos, neg)).double()
+        sep = separation(held[y == 1], held[y == 0])
+        validation[layer] = {"auroc": sep["auroc"], "cohens_d": sep["cohens_d"]}
+        directions[layer] = _direction(method, x[y == 1], x[y == 0])
+    return validation, directions
 
 
 def labelled(rows: Sequence[Response], *, sources: Sequence[str], split: str) -> list[Response]:
@@ -142,7 +175,6 @@ def fit_probe(loaded: LoadedModel, rows: Sequence[Response], *, sources: Sequenc
     methods."""
     import torch
 
-    from ..extract.metrics import separation
     from ..vector import Vector, best_layer
     from ..watch.detector import Detector
 
@@ -156,21 +188,7 @@ def fit_probe(loaded: LoadedModel, rows: Sequence[Response], *, sources: Sequenc
     if feats.shape[0] != len(train):
         raise SteerwatchError(f"features for {feats.shape[0]} responses given, {len(train)} training responses")
     y = torch.tensor([r.label for r in train])
-    fold = torch.tensor(_folds(train, folds, seed))
-    validation: dict[int, dict[str, float]] = {}
-    directions: dict[int, torch.Tensor] = {}
-    for layer in range(feats.shape[1]):
-        x = feats[:, layer]
-        held = torch.zeros(len(train), dtype=torch.float64)
-        for f in range(folds):
-            tr, te = fold != f, fold == f
-            pos, neg = x[tr & (y == DECEPTIVE)], x[tr & (y == HONEST)]
-            if not te.any() or len(pos) < 2 or len(neg) < 2:
-                continue
-            held[te] = (x[te] @ _direction(method, pos, neg)).double()
-        sep = separation(held[y == DECEPTIVE], held[y == HONEST])
-        validation[layer] = {"auroc": sep["auroc"], "cohens_d": sep["cohens_d"]}
-        directions[layer] = _direction(method, x[y == DECEPTIVE], x[y == HONEST])
+    validation, directions = cv_directions(feats, y, _folds(train, folds, seed), method=method)
     best = best_layer(validation)
     n = {"deceptive": int((y == DECEPTIVE).sum()), "honest": int((y == HONEST).sum())}
     label = name or f"probe:{'+'.join(sources)}"
