@@ -37,8 +37,8 @@ BUILTIN = "cheating"
 def fit(args, lm) -> None:
     import torch
 
-    from steerwatch.lab import read_episodes
     from steerwatch.lab import probe as PR
+    from steerwatch.lab import read_episodes
 
     out = Path(args.dest or Path(args.out) / "probe")
     out.mkdir(parents=True, exist_ok=True)
@@ -54,9 +54,10 @@ def fit(args, lm) -> None:
         feats = PR.answer_features(lm, convs, batch_size=args.batch_size, progress=True)
         torch.save(feats, cache)
     summary = {}
-    for label in ("special_cased", "cheated"):
-        fit = PR.fit_cheating_probe(lm, rows, label=label, features=feats, name=f"probe-{label}")
-        cal = PR.calibrate_on_coding(lm, fit.detector, batch_size=args.batch_size, progress=True)
+    fits = {label: PR.fit_cheating_probe(lm, rows, label=label, features=feats, name=f"probe-{label}")
+            for label in ("special_cased", "cheated")}
+    cals = PR.calibrate_on_coding(lm, [f.detector for f in fits.values()], batch_size=args.batch_size, progress=True)
+    for (label, fit), cal in zip(fits.items(), cals):
         fit.vector.save(out / f"probe-{label}.sv")
         fit.detector.vector_path = str(out / f"probe-{label}.sv")
         fit.detector.save(out / f"probe-{label}.det.json")
@@ -70,8 +71,8 @@ def fit(args, lm) -> None:
 
 
 def score(args, lm) -> None:
-    from steerwatch.lab import read_episodes
     from steerwatch.lab import probe as PR
+    from steerwatch.lab import read_episodes
     from steerwatch.lab.episodes import append_episodes
     from steerwatch.watch.detector import load_detector
 

@@ -283,7 +283,7 @@ def probe_cmd(
     console.print(f"wrote {output} ({fit.method}, {fit.aggregate} over the answer, layer {fit.detector.layer}; "
                   f"{fit.counts['positive']} vs {fit.counts['negative']} episodes, {fit.counts['problems']} problems)")
     if detector_out is not None:
-        cal = calibrate_on_coding(lm, fit.detector, tasks=tasks, fpr=fpr, batch_size=batch_size, progress=True)
+        (cal,) = calibrate_on_coding(lm, [fit.detector], tasks=tasks, fpr=fpr, batch_size=batch_size, progress=True)
         fit.detector.vector_path = str(output)
         detector_out.parent.mkdir(parents=True, exist_ok=True)
         fit.detector.save(detector_out)

@@ -242,18 +242,17 @@ def fit_cheating_probe(loaded: LoadedModel, episodes: Sequence[dict[str, Any]], 
                          table=table, counts=counts)
 
 
-def calibrate_on_coding(loaded: LoadedModel, detector: Detector, *, tasks: Sequence[Task] | None = None,
-                        fpr: float = 0.01, batch_size: int = 4, progress: bool = False) -> dict[str, Any]:
-    """The detector's threshold from benign coding work, as ``steerwatch calibrate --coding``:
-    the reference solutions of the dev ``original`` tasks."""
+def calibrate_on_coding(loaded: LoadedModel, detectors: Sequence[Detector], *, tasks: Sequence[Task] | None = None,
+                        fpr: float = 0.01, batch_size: int = 4, progress: bool = False) -> list[dict[str, Any]]:
+    """Each detector's threshold from benign coding work, as ``steerwatch calibrate --coding``:
+    the reference solutions of the dev ``original`` tasks (one pass for all the detectors)."""
     from ..watch.calibrate import calibrate
     from .prompts import benign_coding
     from .tasks import humaneval_tasks, select
 
     convs = benign_coding(select(humaneval_tasks() if tasks is None else tasks, split="dev", variants=["original"]))
-    (row,) = calibrate(loaded, [detector], convs, fpr=fpr, source=CODING_SOURCE, batch_size=batch_size,
-                       progress=progress)
-    return row
+    return calibrate(loaded, list(detectors), convs, fpr=fpr, source=CODING_SOURCE, batch_size=batch_size,
+                     progress=progress)
 
 
 # ---------------------------------------------------------------------------------------- scoring
