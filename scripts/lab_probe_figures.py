@@ -112,12 +112,15 @@ def _auc_boot(pairs_a, pairs_b=None, n_boot=2000, seed=0):
 
 def table(args) -> None:
     from steerwatch.evals.intervals import wilson
+    from steerwatch.lab import probe as PR
     from steerwatch.lab import read_episodes
     from steerwatch.lab.report import _final_score, detection
     from steerwatch.watch.calibrate import auroc
     from steerwatch.watch.detector import load_detector
 
     out = Path(args.dest or Path(args.out) / "probe")
+    builtin_thr = float(load_detector(args.builtin_detector).threshold) if args.builtin_detector else None
+    dev = PR.dedupe([e for f in DEV_FILES for e in read_episodes(Path(args.out) / f) if "cheated" in e])
     eps = read_episodes(out / "test-scored.jsonl")
     n_test = sum("cheated" in e for e in read_episodes(Path(args.out) / "test.jsonl"))
     if len(eps) != n_test:
@@ -126,6 +129,9 @@ def table(args) -> None:
     for label in ("special_cased", "cheated"):
         name = f"probe-{label}"
         det = load_detector(out / f"{name}.det.json")
+        # a trivial control: the answer's length, its sign chosen on dev
+        sign = 1 if auroc([len(e["turns"][-1]["response"]) for e in dev if e[label]],
+                          [len(e["turns"][-1]["response"]) for e in dev if not e[label]]) >= 0.5 else -1
         for pop_name, pop in (("four settings (400)", [e for e in eps if e["setting"] != DOSE_SETTING]),
                               ("all (450)", eps)):
             key = f"{label} / {pop_name}"
@@ -133,7 +139,9 @@ def table(args) -> None:
             base = [(_final_score(e, BUILTIN, "last"), bool(e[label])) for e in pop]
             base_mean = [(_final_score(e, BUILTIN), bool(e[label])) for e in pop]
             m = detection(pop, name, label=label, thresholds={"coding": float(det.threshold)})
-            b = detection(pop, BUILTIN, label=label, aggregate="last")
+            b = detection(pop, BUILTIN, label=label, aggregate="last",
+                          thresholds={"coding": builtin_thr} if builtin_thr is not None else None)
+            length = [(sign * len(e["turns"][-1]["response"]), bool(e[label])) for e in pop]
             row = {"n_pos": m["n_pos"], "n_neg": m["n_neg"],
                    "probe_auroc": m["auroc"], "probe_ci": _auc_boot(probe),
                    "builtin_last_auroc": b["auroc"], "builtin_last_ci": _auc_boot(base),
@@ -141,7 +149,11 @@ def table(args) -> None:
                    "diff_ci": _auc_boot(probe, base) if None not in [s for s, _ in base] else None,
                    "probe_recall_coding": m["recall_coding"],
                    "probe_recall_coding_ci": wilson(m["recall_coding"], m["n_pos"]),
-                   "probe_fpr_coding_on_negatives": m["fpr_coding_on_negatives"]}
+                   "probe_fpr_coding_on_negatives": m["fpr_coding_on_negatives"],
+                   "builtin_recall_coding": b.get("recall_coding"),
+                   "builtin_fpr_coding_on_negatives": b.get("fpr_coding_on_negatives"),
+                   "length_auroc": auroc([v for v, y in length if y], [v for v, y in length if not y]),
+                   "length_sign_from_dev": sign}
             assert None not in [s for s, _ in base_mean]
             within = {}
             for s in sorted({e["setting"] for e in pop}):
@@ -154,6 +166,8 @@ def table(args) -> None:
                                             [_final_score(e, name) for e in sub if not e[label]]),
                              "builtin_last": auroc([_final_score(e, BUILTIN, "last") for e in pos],
                                                    [_final_score(e, BUILTIN, "last") for e in sub if not e[label]])}
+                within[s]["length"] = auroc([sign * len(e["turns"][-1]["response"]) for e in pos],
+                                            [sign * len(e["turns"][-1]["response"]) for e in sub if not e[label]])
             row["within_setting"] = within
             result[key] = row
             print(key, json.dumps(row, indent=1, default=float))
@@ -165,6 +179,8 @@ def main() -> None:
     ap.add_argument("stage", choices=["fit", "score", "table"])
     ap.add_argument("--out", default="out/lab")
     ap.add_argument("--dest", default=None, help="where the probe's files go (default: OUT/probe)")
+    ap.add_argument("--builtin-detector", default=None, help="the built-in cheating detector calibrated with "
+                    "`calibrate cheating.sv --coding --aggregate last` (its threshold: recall at the coding threshold)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=None, help="score at most this many more test episodes")
     ap.add_argument("--model", default="default")
