@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from steerwatch.data.reference import load_benign
+from steerwatch.data.reference import load_benign, load_mc
 from steerwatch.evals import deception as dc
 from steerwatch.evals.bait import knowledge_check, load_bait
 from steerwatch.models import load_model
@@ -39,6 +39,17 @@ def known_ids(lm, out: Path) -> set[str]:
     if path.exists():
         return set(json.loads(path.read_text()))
     rows = knowledge_check(lm, load_bait(), batch_size=16, progress=True)
+    ids = sorted(r["id"] for r in rows if r["knows"])
+    path.write_text(json.dumps(ids))
+    return set(ids)
+
+
+def mc_known_ids(lm, out: Path) -> set[str]:
+    """Multiple-choice questions the model answers correctly unprompted (sandbagging), computed once."""
+    path = out / "mc_knowledge.json"
+    if path.exists():
+        return set(json.loads(path.read_text()))
+    rows = dc.mc_knowledge_check(lm, load_mc(), batch_size=16, progress=True)
     ids = sorted(r["id"] for r in rows if r["knows"])
     path.write_text(json.dumps(ids))
     return set(ids)
@@ -87,7 +98,9 @@ def main() -> None:
                 [src], bait=load_bait(), known=known,
                 scenarios=dc.load_roleplay() if src == "roleplay" else (),
                 talk=dc.load_talk() if src == "talk" else (),
-                control=dc.control_prompts(load_benign()) if src == "control" else ())
+                control=dc.control_prompts(load_benign()) if src == "control" else (),
+                mc=load_mc() if src == "sandbagging" else (),
+                mc_known=mc_known_ids(lm, args.out) if src == "sandbagging" else None)
             rows = dc.generate_responses(lm, prompts, max_new_tokens=args.max_new_tokens, progress=True)
             dc.save_responses(rows, path)
             print(f"{src}: {len(rows)} answers in {time.time() - t:.0f} s")
