@@ -161,3 +161,36 @@ def test_a_prompt_group_larger_than_the_batch_is_split():
                 ["yes", "no no", "maybe so", "so", "yes no yes", "no"]]
     _compare(loaded, examples, [0, 3], batch_size=4)
     assert torch.isfinite(record(loaded, examples, layers=[3], read="completion_mean", batch_size=1)).all()
+
+
+def test_cli_extract_with_and_without_the_prefix_cache(qwen, monkeypatch, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import steerwatch.cli.extract as cli_extract
+    from steerwatch.cli.main import app
+    from steerwatch.vector import load_vector
+
+    rng = random.Random(3)
+    rows = [{"prompt": "Q: " + " ".join(rng.choice(["cat", "dog", "mat"]) for _ in range(3)),
+             "positive": " ".join(rng.choice(["aei", "ou"]) for _ in range(4)),
+             "negative": " ".join(rng.choice(["123", "45"]) for _ in range(4)),
+             "split": "val" if i % 3 == 0 else "train"} for i in range(12)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
+    with TokenCounter(qwen.model) as counter:
+        runs = {}
+        for flag in ("--prefix-cache", "--no-prefix-cache"):
+            before = counter.tokens
+            res = CliRunner().invoke(app, ["extract", str(data), "-o", str(tmp_path / f"{flag}.sv"), flag])
+            assert res.exit_code == 0, res.output
+            runs[flag] = counter.tokens - before
+    assert runs["--prefix-cache"] < runs["--no-prefix-cache"]
+    a, b = load_vector(tmp_path / "--prefix-cache.sv"), load_vector(tmp_path / "--no-prefix-cache.sv")
+    for layer, d in b.directions.items():
+        FP32_CANCEL.assert_close(a.directions[layer], d)
+    for layer, stats in b.residual_norm.items():
+        assert a.residual_norm[layer]["n_tokens"] == stats["n_tokens"]
+        assert a.residual_norm[layer]["mean"] == FP32_ROUTE.approx(stats["mean"])
