@@ -239,7 +239,7 @@ def test_retrieval_pairs_state_the_fact_first():
          "Yes, the capital of Australia is Sydney.", "train"),
         ("2 + 2 is 5, isn't it?", "2 + 2 is 4.", "Yes, 2 + 2 is 5.", "val")]
     assert data.name == "t-retrieval"
-    with pytest.raises(ExtractionError, match="both the train and the val split.*got train"):
+    with pytest.raises(ExtractionError, match=r"both the train and the val split.*got train"):
         retrieval_pairs(OnPolicySpec(name="t", items=[items[0]]))
     spec = load_onpolicy("honesty")
     builtin = retrieval_pairs(spec)  # every built-in item has a claim and a truth: none skipped
