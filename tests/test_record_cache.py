@@ -194,3 +194,17 @@ def test_cli_extract_with_and_without_the_prefix_cache(qwen, monkeypatch, tmp_pa
     for layer, stats in b.residual_norm.items():
         assert a.residual_norm[layer]["n_tokens"] == stats["n_tokens"]
         assert a.residual_norm[layer]["mean"] == FP32_ROUTE.approx(stats["mean"])
+
+
+def test_an_example_whose_completion_is_empty_runs_whole():
+    from steerwatch.chat import Encoded
+
+    loaded = get_loaded("qwen2")
+    examples = _pairs(loaded.tokenizer)[:4]
+    bare = Encoded(ids=examples[0].ids[:examples[0].last_prompt + 1], last_prompt=examples[0].last_prompt,
+                   span=(examples[0].last_prompt, examples[0].last_prompt + 1), has_completion=True)
+    with TokenCounter(loaded.model) as counter:
+        f = record(loaded, [*examples, bare], layers=[3], read="last_token", batch_size=64)
+    assert counter.tokens == tokens_run([*examples, bare], batch_size=64) > tokens_run(examples, batch_size=64)
+    FP32_BATCH.assert_close(f[:-1], record(loaded, examples, layers=[3], read="last_token", batch_size=64))
+    FP32_BATCH.assert_close(f[-1:], record(loaded, [bare], layers=[3], read="last_token", prefix_cache=False))

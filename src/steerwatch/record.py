@@ -137,7 +137,7 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
             return None
         return torch.einsum("bs,bsd->bd", state["weights"], h).cpu()  # weights: (batch, seq), rows sum to 1
 
-    cached = [i for i, e in enumerate(examples) if e.has_completion] if prefix_cache else []
+    cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
     if cached and new_cache(loaded) is None:
         cached = []
     plain = sorted(set(range(n)) - set(cached))
@@ -204,6 +204,11 @@ def _read_weights(e: Encoded, read: str, width: int, offset: int = 0) -> torch.T
 
 def _prompt_len(e: Encoded) -> int:
     return e.last_prompt + 1
+
+
+def _cacheable(e: Encoded) -> bool:
+    """A prompt and at least one completion token after it: the three cached passes need both."""
+    return e.has_completion and len(e.ids) > _prompt_len(e)
 
 
 def _group_batches(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int) -> list[list[list[int]]]:
@@ -313,8 +318,9 @@ def tokens_run(examples: Sequence[Encoded], *, batch_size: int, prefix_cache: bo
     of every example without the prefix cache; with it, per batch the shared opening once, each
     distinct prompt's rest once, every completion (examples without a completion whole). Ignores the
     sliding-window fallback. What bench/bench_extract.py prints beside the times."""
-    cached = [i for i, e in enumerate(examples) if e.has_completion] if prefix_cache else []
-    total = sum(len(e.ids) for i, e in enumerate(examples) if i not in set(cached))
+    cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
+    whole = set(range(len(examples))) - set(cached)
+    total = sum(len(examples[i].ids) for i in whole)
     for groups in _group_batches(examples, cached, batch_size):
         prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
         shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
