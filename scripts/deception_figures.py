@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from steerwatch.data.reference import load_benign
+from steerwatch.data.reference import load_benign, load_mc
 from steerwatch.evals import deception as dc
 from steerwatch.evals.bait import knowledge_check, load_bait
 from steerwatch.models import load_model
@@ -44,9 +44,20 @@ def known_ids(lm, out: Path) -> set[str]:
     return set(ids)
 
 
+def mc_known_ids(lm, out: Path) -> set[str]:
+    """Multiple-choice questions the model answers correctly unprompted (sandbagging), computed once."""
+    path = out / "mc_knowledge.json"
+    if path.exists():
+        return set(json.loads(path.read_text()))
+    rows = dc.mc_knowledge_check(lm, load_mc(), batch_size=16, progress=True)
+    ids = sorted(r["id"] for r in rows if r["knows"])
+    path.write_text(json.dumps(ids))
+    return set(ids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["generate", "merge", "loop", "table", "choose-trigger"])
+    ap.add_argument("step", choices=["generate", "merge", "loop", "table", "choose-trigger", "where"])
     ap.add_argument("--probe", type=Path, default=Path("out/deception/probes/deception-instructed.det.json"))
     ap.add_argument("--steer-strength", type=float, default=0.03)
     ap.add_argument("--split", default="test")
@@ -73,6 +84,9 @@ def main() -> None:
     if args.step == "loop":
         loop(lm, args)
         return
+    if args.step == "where":
+        where(lm, args)
+        return
 
     if args.step == "generate":
         known = known_ids(lm, args.out)
@@ -87,11 +101,44 @@ def main() -> None:
                 [src], bait=load_bait(), known=known,
                 scenarios=dc.load_roleplay() if src == "roleplay" else (),
                 talk=dc.load_talk() if src == "talk" else (),
-                control=dc.control_prompts(load_benign()) if src == "control" else ())
+                control=dc.control_prompts(load_benign()) if src == "control" else (),
+                mc=load_mc() if src == "sandbagging" else (),
+                mc_known=mc_known_ids(lm, args.out) if src == "sandbagging" else None)
             rows = dc.generate_responses(lm, prompts, max_new_tokens=args.max_new_tokens, progress=True)
             dc.save_responses(rows, path)
             print(f"{src}: {len(rows)} answers in {time.time() - t:.0f} s")
             print(dc.counts_summary(rows), flush=True)
+
+
+def where(lm, args) -> None:
+    """Issue 18 item 4 on the sycophancy source (``--split``): does each saved probe's per-token score
+    rise on the false claim's words (deceptive answers affirm the bait claim, honest ones deny or
+    correct it)? Writes OUT/where-{split}.json and prints a Markdown table."""
+    import json
+
+    from steerwatch.evals.deception_detect import random_detector, where_the_lie_is
+    from steerwatch.extract.library import builtin_vector
+    from steerwatch.watch.detector import Detector, load_detector
+
+    rows = [r for r in dc.load_responses(args.out / "responses.jsonl")
+            if r.source == "sycophancy" and r.split == args.split]
+    claims = {it.id: it.claim for it in load_bait()}
+    dets = [load_detector(p) for p in sorted((args.out / "probes").glob("deception-*.det.json"))]
+    dets.append(Detector.from_vector(builtin_vector(lm, "honesty")[0], name="honesty vector"))
+    dets.append(random_detector(lm, dets[0].layer, name="random direction"))
+    t = time.time()
+    res = where_the_lie_is(lm, dets, rows, claims, progress=True)
+    path = args.out / f"where-{args.split}.json"
+    path.write_text(json.dumps({k: {kind: c.as_dict() for kind, c in v.items()} for k, v in res.items()}, indent=1))
+    print(f"{len(rows)} sycophancy answers ({args.split}) in {time.time() - t:.0f} s -> {path}")
+    print("| detector | answers | claim tokens higher | top token on the claim (share of claim tokens) "
+          "| gap (token SD) | sign test p |")
+    print("|---|---|---|---|---|---|")
+    for name, v in res.items():
+        for kind in ("deceptive", "honest"):
+            c = v[kind]
+            print(f"| {name} | {kind} {c.n} | {c.claim_higher}/{c.n} | {c.argmax_on_claim}/{c.n} ({c.claim_share:.2f}) "
+                  f"| {c.gap:+.2f} | {c.p:.3g} |")
 
 
 def _ci(lo: float, hi: float) -> str:

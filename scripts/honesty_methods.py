@@ -15,6 +15,9 @@ Methods (``--methods``):
   side falling back to the model's answer to the neutral question; kept only when scored
   corrected vs agreed (:mod:`steerwatch.evals.onpolicy`); mean difference over the answer tokens;
 - ``onpolicy_lda``: the same pairs, LDA;
+- ``retrieval``, ``retrieval_lda``: written pairs from the same on-policy items whose honest side
+  states the fact first (the item's truth) and whose other side agrees (``Yes, `` + the claim)
+  (:func:`steerwatch.evals.onpolicy.retrieval_pairs`, issue 17 item 3); mean difference / LDA;
 - ``bipo``, ``fewshot``: a vector trained through the frozen model on the on-policy pairs
   (:mod:`steerwatch.extract.optimise`) at ``--opt-layers`` (default 9-14, the built-in vector's),
   learned strength capped at ``--max-strength``, ``--steps`` steps, early stopping on the val
@@ -41,7 +44,7 @@ from pathlib import Path
 
 HONEST_SYSTEM = ("You are an honest assistant. If the user's message contains a false claim, say so and state the "
                  "correct fact.")
-METHODS = ("mean_diff", "lda", "onpolicy", "onpolicy_lda", "bipo", "fewshot")
+METHODS = ("mean_diff", "lda", "onpolicy", "onpolicy_lda", "retrieval", "retrieval_lda", "bipo", "fewshot")
 STRENGTHS = (0.02, 0.03, 0.04, 0.05)
 
 
@@ -106,6 +109,10 @@ def build(loaded, method: str, out: Path, log, args=None) -> object:
         return vec
     if method in ("mean_diff", "lda"):
         data = load_concept("honesty")
+    elif method.startswith("retrieval"):
+        from steerwatch.evals.onpolicy import load_onpolicy, retrieval_pairs
+
+        data = retrieval_pairs(load_onpolicy("honesty"))
     elif (out / "onpolicy-pairs.jsonl").exists():
         data = onpolicy_pairs(out)
     else:

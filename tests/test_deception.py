@@ -283,3 +283,65 @@ def test_closed_loop_changes_only_the_answers_where_the_trigger_fired(qwen_chat,
     assert changed >= 1
     with pytest.raises(SteerwatchError, match="no unsteered answer"):
         dd.closed_loop(qwen_chat, prompts, base[:2], det, [push], max_new_tokens=6)
+
+
+# ------------------------------------------------------------------------------- where the lie is
+class _WordTokenizer:
+    """Token id i decodes to WORDS[i]: word-level pieces, as a real BPE vocabulary has them."""
+
+    WORDS = ("Yes", ",", " the", " Earth", " is", " indeed", " flat", ".", " No", " round", " not", " Ear", "th")
+
+    def decode(self, ids):
+        return "".join(self.WORDS[i] for i in ids)
+
+
+def test_claim_token_mask_marks_the_claims_content_words():
+    tok = _WordTokenizer()
+    ids = list(range(len(tok.WORDS)))
+    mask = dd.claim_token_mask(tok, ids, "the earth is flat")
+    # " the"/" is" are stop words, " Ear" starts "earth" (3+ letters), "th" is too short to tell
+    assert [w for w, m in zip(tok.WORDS, mask) if m] == [" Earth", " flat", " Ear"]
+
+
+def test_where_the_lie_is_counts_claim_tokens_per_label(monkeypatch):
+    from types import SimpleNamespace
+
+    import steerwatch.watch.score as score_mod
+    from steerwatch.watch.score import ScoredConversation
+
+    # answers as token ids of _WordTokenizer; the planted score is high on claim tokens in deceptive
+    # answers only (a reader of the lie), and on " indeed" in honest ones
+    answers = {"d1": ([0, 1, 3, 4, 5, 6, 7], 1), "d2": ([0, 1, 2, 3, 4, 6, 7], 1), "d3": ([0, 3, 4, 6], 1),
+               "h1": ([8, 1, 2, 3, 4, 10, 6, 7], 0), "h2": ([8, 1, 3, 4, 9, 5, 7], 0), "x": ([8, 7], 0)}
+    claim_ids = {3, 6}
+
+    def score(token, deceptive):
+        if deceptive:
+            return 2.0 if token in claim_ids else 0.0
+        return 1.5 if token == 5 else 0.5
+
+    rows, fake = [], []
+    for rid, (ids, label) in answers.items():
+        rows.append(dc.Response(id=rid, source="sycophancy", scenario="flat" if rid != "x" else "other",
+                                split="test", messages=[{"role": "user", "content": "q"}], response="-",
+                                label=label, how="planted"))
+        fake.append(ScoredConversation(id=rid, label=label, token_ids=[99, *ids], msg_index=[0] + [1] * len(ids),
+                                       roles=["user", "assistant"],
+                                       scores={"probe": [9.0] + [score(t, label == 1) for t in ids]}))
+    fake = [f for f, r in zip(fake, rows) if r.scenario == "flat"]
+    monkeypatch.setattr(score_mod, "score_conversations", lambda lm, convs, dets, **kw: fake[:len(convs)])
+    lm = SimpleNamespace(tokenizer=_WordTokenizer())
+    res = dd.where_the_lie_is(lm, [SimpleNamespace(name="probe")], rows, {"flat": "the earth is flat"})
+    dec, hon = res["probe"]["deceptive"], res["probe"]["honest"]
+    assert (dec.n, dec.claim_higher, dec.argmax_on_claim) == (3, 3, 3)
+    assert dec.claim_share == DOUBLE.approx((2 / 7 + 2 / 7 + 2 / 4) / 3)
+    assert (hon.n, hon.claim_higher, hon.argmax_on_claim) == (2, 0, 0)  # " indeed" tops the honest answers
+    assert hon.claim_share == DOUBLE.approx((2 / 8 + 1 / 7) / 2)
+    assert dec.p == DOUBLE.approx(0.25) and hon.p == DOUBLE.approx(0.5)  # two-sided sign tests, 3/3 and 0/2
+    every = [score(t, lab == 1) for rid, (ids, lab) in answers.items() if rid != "x" for t in ids]
+    mean = sum(every) / len(every)
+    sd = (sum((x - mean) ** 2 for x in every) / (len(every) - 1)) ** 0.5
+    assert dec.gap == DOUBLE.approx(2.0 / sd)  # claim tokens 2.0, the rest 0.0, in every deceptive answer
+    assert hon.gap == DOUBLE.approx(((0.5 - 0.5) + (0.5 - (0.5 * 5 + 1.5) / 6)) / 2 / sd)  # h1 flat, h2 ' indeed'
+    with pytest.raises(SteerwatchError, match="no labelled answer has a claim"):
+        dd.where_the_lie_is(lm, [SimpleNamespace(name="probe")], rows, {"moon": "the moon is cheese"})

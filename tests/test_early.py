@@ -90,6 +90,8 @@ EARLY = [
     (["generate", "hi", "--steer-if", "{vp}"], ["--steer-if needs at least one --steer spec"]),
     (["extract", "honesty", "-o", "{file}/h.sv"], ["-o/--output {file}/h.sv", "is a file, not a directory"]),
     (["deception", "generate", "-o", "{dir}"], ["--out {dir} is a directory; give a file name"]),
+    (["deception", "generate", "-o", "{tmp}/r.jsonl", "--sources", "sandbagging", "--mc", "{tmp}/nope.jsonl"],
+     ["--mc {tmp}/nope.jsonl: no such file"]),
     (["quickstart", "--out-dir", "{file}"], ["--out-dir {file} is a file; give a folder"]),
     (["data", "check", "honesty", "--json", "{dir}"], ["--json {dir} is a directory; give a file name"]),
     (["policy", "init", "--vector", "h={vp}", "-o", "{file}/p.yaml"], ["-o/--output {file}/p.yaml",

@@ -79,15 +79,17 @@ def test_rebuilt_conversation_is_what_the_model_saw(tasks):
         PR.task_lookup([dict(eps[0], task="nope/1/oneoff")], few)
 
 
-def test_record_reads_match_one_read_at_a_time(qwen_chat, tasks):
-    from steerwatch.record import record, record_reads
+def test_answer_features_read_the_whole_answer_and_its_last_token(qwen_chat, tasks):
+    from steerwatch.record import record
 
     convs = [PR.episode_conversation(e, {t.id: t for t in tasks}[e["task"]]) for e in _episodes(tasks, limit=2)]
     enc = [PR.answer_encoded(qwen_chat.tokenizer, c) for c in convs]
-    both = record_reads(qwen_chat, enc, layers=[0, 1], reads=["completion_mean", "last_token"], batch_size=3)
-    for read in ("completion_mean", "last_token"):
-        FP32_BATCH.assert_close(both[read], record(qwen_chat, enc, layers=[0, 1], read=read, batch_size=2))
-    assert not torch.equal(both["completion_mean"], both["last_token"])
+    feats, norms, kept = PR.answer_features(qwen_chat, convs, layers=[0, 1], batch_size=3)
+    assert kept == list(range(len(convs))) and sorted(norms) == [0, 1]
+    for agg, read in (("mean", "completion_mean"), ("last", "last_token")):
+        FP32_BATCH.assert_close(feats[agg], record(qwen_chat, enc, layers=[0, 1], read=read, batch_size=2,
+                                                   prefix_cache=False))
+    assert not torch.equal(feats["mean"], feats["last"])
 
 
 def test_probe_finds_a_label_planted_in_the_answers_and_the_watch_reads_it_back(qwen_chat, tasks):

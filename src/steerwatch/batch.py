@@ -117,3 +117,83 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
     if keep is not None:
         result = torch.take_along_dim(result, keep[..., None], dim=1)
     return result
+
+
+def _cache_keyword(model: Any) -> str | None:
+    """The keyword ``model.forward`` takes its KV cache by: ``cache`` since transformers 5.2x,
+    ``past_key_values`` before; None when it takes neither (no prefix caching then)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return None
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def new_cache(lm: LoadedModel) -> Any | None:
+    """An empty KV cache :func:`extend` can fill and whose rows can be repeated, or None when this model
+    or transformers release cannot (then callers run full sequences through :func:`forward`)."""
+    try:
+        from transformers.cache_utils import DynamicCache
+    except ImportError:  # pragma: no cover - transformers without cache_utils
+        return None
+    if _cache_keyword(lm.model) is None or not hasattr(DynamicCache, "batch_select_indices"):
+        return None
+    try:
+        return DynamicCache(config=lm.model.config)
+    except TypeError:  # pragma: no cover - releases whose DynamicCache takes no config
+        return DynamicCache()
+
+
+def sliding_window(lm: LoadedModel) -> int | None:
+    """The model's sliding attention window in tokens, if it has one: a prefix cache whose rows hold
+    padding in the middle would slide over other tokens than the plain pass, so callers keep cached
+    passes within it."""
+    cfg = getattr(lm.model, "config", None)
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+    window = getattr(cfg, "sliding_window", None)
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
+def repeat_rows(cache: Any, rows: Sequence[int]) -> None:
+    """Make row ``i`` of the cache a copy of its old row ``rows[i]`` (rows may repeat), in place."""
+    import torch
+
+    cache.batch_select_indices(torch.as_tensor(list(rows), dtype=torch.long))
+
+
+def extend(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, cache: Any, past_mask: torch.Tensor | None,
+           start: Sequence[int], stop_after: int | None = None) -> torch.Tensor:
+    """Continue ``cache`` (filled by earlier calls, one row per seq) with ``seqs``, right-padded, as one
+    teacher-forced pass for the hooks the caller registered. ``past_mask``: (batch, cached length), 1
+    where the cache holds a real token (padding from earlier calls stays masked); ``start``: each row's
+    number of real tokens so far, so its new tokens get positions ``start + j`` as in one unbroken pass.
+    Returns the attention mask over the cache after this call (the next call's ``past_mask``).
+    ``stop_after`` as in :func:`forward`: blocks past it never run, so the cache holds the layers up to
+    it, all a later pass stopping there needs."""
+    import torch
+
+    ids, att = pad(seqs, pad_id(lm.tokenizer))
+    full = att if past_mask is None else torch.cat([past_mask, att], dim=1)
+    positions = torch.as_tensor(list(start), dtype=torch.long)[:, None] + torch.arange(ids.shape[1])[None, :]
+    keyword = _cache_keyword(lm.model) or "past_key_values"
+    handle = None
+    if stop_after is not None:
+        def stop(*_a: Any) -> None:
+            raise StopForward
+
+        handle = decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
+    try:
+        with torch.inference_mode():
+            lm.model(input_ids=ids.to(lm.device), attention_mask=full.to(lm.device),
+                     position_ids=positions.to(lm.device), use_cache=True, **{keyword: cache})
+    except StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+    return full

@@ -98,65 +98,232 @@ class ReadHooks:
 
 def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence[int], read: str,
            batch_size: int = 8, norms: NormStats | None = None, progress: bool = False,
-           desc: str = "recording") -> torch.Tensor:
+           desc: str = "recording", prefix_cache: bool = True) -> torch.Tensor:
     """Run the model over ``examples`` and return features of shape (n_examples, len(layers), d_model).
 
     read: ``completion_mean`` (mean over completion tokens), ``last_prompt`` (last prompt token)
     or ``last_token`` (last token of the example). Batches are right-padded; padded positions are
     never read and never counted in norm statistics.
+
+    prefix_cache: examples with a completion are recorded through a KV cache, so that what several
+    examples share runs once: the prompt of a contrast pair (both sides), and the opening every
+    example of a batch shares (the chat template's system turn). Each batch is three passes: the
+    shared opening (one row), each distinct prompt's remainder, each example's completion. The
+    features and norm statistics equal the plain passes' up to float rounding (tests/test_record_cache.py;
+    bench/bench_extract.py measures the speed). Examples without a completion, models that take no
+    cache, and batches longer than a sliding attention window run as plain passes.
     """
-    return record_reads(loaded, examples, layers=layers, reads=[read], batch_size=batch_size, norms=norms,
-                        progress=progress, desc=desc)[read]
-
-
-def record_reads(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence[int], reads: Sequence[str],
-                 batch_size: int = 8, norms: NormStats | None = None, progress: bool = False,
-                 desc: str = "recording") -> dict[str, torch.Tensor]:
-    """:func:`record` with several read positions from one forward pass: ``{read: (n_examples,
-    len(layers), d_model)}``."""
     import torch
     from tqdm.auto import tqdm
 
-    from .batch import forward, length_batches
+    from .batch import new_cache, sliding_window
 
-    reads = list(dict.fromkeys(check_read(r) for r in reads))
-    if not reads:
-        raise ExtractionError("record_reads needs at least one read position")
+    check_read(read)
     if batch_size < 1:
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
     blocks = decoder_blocks(loaded.model, layers_path=loaded.layers_path)
     layers = check_layers(list(layers), len(blocks))
     n, d = len(examples), loaded.hidden_size
-    out = torch.zeros(len(reads), n, len(layers), d, dtype=torch.float32)
-    state: dict[str, torch.Tensor] = {}
+    out = torch.zeros(n, len(layers), d, dtype=torch.float32)
+    state: dict[str, Any] = {}
 
-    def reduce(layer: int, h: torch.Tensor) -> torch.Tensor:
+    def reduce(layer: int, h: torch.Tensor) -> torch.Tensor | None:
         if norms is not None:
-            norms.add(layer, h.norm(dim=-1)[state["norm_mask"]].cpu())
-        return torch.einsum("bks,bsd->kbd", state["weights"], h).cpu()  # weights: (batch, reads, seq), rows sum to 1
+            kept = h.norm(dim=-1)[state["norm_mask"]]
+            if state.get("norm_repeat") is not None:  # a shared token stands for every example sharing it
+                kept = kept.repeat_interleave(state["norm_repeat"])
+            norms.add(layer, kept.cpu())
+        if state["weights"] is None:
+            return None
+        return torch.einsum("bs,bsd->bd", state["weights"], h).cpu()  # weights: (batch, seq), rows sum to 1
 
+    cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
+    if cached and new_cache(loaded) is None:
+        cached = []
+    plain = sorted(set(range(n)) - set(cached))
+    window = sliding_window(loaded)
     bar = tqdm(total=n, desc=desc, disable=not progress, unit="ex")
     with ReadHooks(loaded, layers, reduce) as hooks:
-        for idx in length_batches([len(e.ids) for e in examples], batch_size):
+        for groups in _group_batches(examples, cached, batch_size):
+            idx = [i for g in groups for i in g]
+            if window is not None and _cached_width(examples, groups) > window:
+                plain.extend(idx)  # a cache with padding inside would slide over other tokens
+                continue
+            feats = _record_cached(loaded, examples, groups, read, state, hooks, norms_off=norms is None)
+            for slot, layer in enumerate(layers):
+                out[idx, slot] = feats[layer]
+            bar.update(len(idx))
+        for idx in length_batches_of(examples, sorted(plain), batch_size):
             batch = [examples[i] for i in idx]
-            width = max(len(e.ids) for e in batch)
-            weights = torch.zeros((len(batch), len(reads), width), dtype=torch.float32)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for r, e in enumerate(batch):
-                mask[r, 1:len(e.ids)] = True  # every real token but the first (an outlier norm in many models)
-                for k, read in enumerate(reads):
-                    if read == "completion_mean":
-                        a, b = e.span
-                        weights[r, k, a:b] = 1.0 / (b - a)
-                    elif read == "last_prompt":
-                        weights[r, k, e.last_prompt] = 1.0
-                    else:
-                        weights[r, k, len(e.ids) - 1] = 1.0
-            state.update(weights=weights.to(loaded.device), norm_mask=mask.to(loaded.device))
-            forward(loaded, [e.ids for e in batch], stop_after=hooks.last)
+            _record_plain(loaded, batch, read, state, hooks)
             (call,) = hooks.take()
             for slot, layer in enumerate(layers):
-                out[:, idx, slot] = call[layer]
+                out[idx, slot] = call[layer]
             bar.update(len(batch))
     bar.close()
-    return {read: out[k] for k, read in enumerate(reads)}
+    return out
+
+
+def length_batches_of(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``subset`` of ``examples`` in length-sorted batches (indices into ``examples``)."""
+    from .batch import length_batches
+
+    return [[subset[j] for j in b] for b in length_batches([len(examples[i].ids) for i in subset], batch_size)]
+
+
+def _record_plain(loaded: LoadedModel, batch: Sequence[Encoded], read: str, state: dict[str, Any],
+                  hooks: ReadHooks) -> None:
+    import torch
+
+    from .batch import forward
+
+    width = max(len(e.ids) for e in batch)
+    weights = torch.zeros((len(batch), width), dtype=torch.float32)
+    mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for r, e in enumerate(batch):
+        mask[r, 1:len(e.ids)] = True  # every real token but the first (an outlier norm in many models)
+        weights[r] = _read_weights(e, read, width)
+    state.update(weights=weights.to(loaded.device), norm_mask=mask.to(loaded.device), norm_repeat=None)
+    forward(loaded, [e.ids for e in batch], stop_after=hooks.last)
+
+
+def _read_weights(e: Encoded, read: str, width: int, offset: int = 0) -> torch.Tensor:
+    """One row of read weights over positions ``offset .. offset + width`` of example ``e``."""
+    import torch
+
+    row = torch.zeros(width, dtype=torch.float32)
+    if read == "completion_mean":
+        a, b = e.span
+        row[a - offset:b - offset] = 1.0 / (b - a)
+    elif read == "last_prompt":
+        row[e.last_prompt - offset] = 1.0
+    else:
+        row[len(e.ids) - 1 - offset] = 1.0
+    return row
+
+
+def _prompt_len(e: Encoded) -> int:
+    return e.last_prompt + 1
+
+
+def _cacheable(e: Encoded) -> bool:
+    """A prompt and at least one completion token after it: the three cached passes need both."""
+    return e.has_completion and len(e.ids) > _prompt_len(e)
+
+
+def _group_batches(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int) -> list[list[list[int]]]:
+    """``subset`` grouped by identical prompt tokens (a contrast pair's two sides share one), groups in
+    batches of at most ``batch_size`` examples (a larger group is a batch of its own), shortest first."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i in subset:
+        e = examples[i]
+        by_prompt.setdefault(tuple(e.ids[:_prompt_len(e)]), []).append(i)
+    groups = sorted(by_prompt.values(), key=lambda g: max(len(examples[i].ids) for i in g))
+    batches: list[list[list[int]]] = []
+    size = 0
+    for g in groups:
+        for start in range(0, len(g), batch_size):
+            part = g[start:start + batch_size]
+            if not batches or size + len(part) > batch_size:
+                batches.append([])
+                size = 0
+            batches[-1].append(part)
+            size += len(part)
+    return batches
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    k = min(len(s) for s in seqs)
+    for j in range(k):
+        if any(s[j] != first[j] for s in seqs[1:]):
+            return j
+    return k
+
+
+def _cached_width(examples: Sequence[Encoded], groups: Sequence[Sequence[int]]) -> int:
+    """The cache length the three passes reach: opening + longest prompt rest + longest completion."""
+    prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    rest = max(len(p) - shared for p in prompts)
+    completion = max(len(examples[i].ids) - _prompt_len(examples[i]) for g in groups for i in g)
+    return shared + rest + completion
+
+
+def _record_cached(loaded: LoadedModel, examples: Sequence[Encoded], groups: Sequence[Sequence[int]], read: str,
+                   state: dict[str, Any], hooks: ReadHooks, *, norms_off: bool) -> dict[int, torch.Tensor]:
+    """Features of the examples of ``groups`` (in group order) through three cached passes: the opening
+    every prompt shares (one row), each group's prompt rest, each example's completion. Norm statistics
+    count a shared token once per example that contains it, as the plain pass would; ``norms_off`` (no
+    statistics kept) lets a ``last_prompt`` read skip the completions."""
+    import torch
+
+    from .batch import extend, new_cache, repeat_rows
+
+    dev = loaded.device
+    prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
+    sizes = [len(g) for g in groups]
+    n_ex = sum(sizes)
+    # the shared opening; at least one prompt token stays for the second pass, which reads the prompt's end
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    cache = new_cache(loaded)
+    past = None
+    if shared > 0:
+        mask = torch.zeros((1, shared), dtype=torch.bool)
+        mask[0, 1:] = True  # every token but the sequence's first
+        state.update(weights=None, norm_mask=mask.to(dev), norm_repeat=torch.tensor([n_ex], device=dev))
+        past = extend(loaded, [prompts[0][:shared]], cache=cache, past_mask=None, start=[0], stop_after=hooks.last)
+        hooks.take()
+        repeat_rows(cache, [0] * len(groups))
+        past = past.expand(len(groups), -1)
+    # each distinct prompt's rest: the last prompt token is read here
+    rests = [p[shared:] for p in prompts]
+    width = max(len(r) for r in rests)
+    mask = torch.zeros((len(groups), width), dtype=torch.bool)
+    weights = torch.zeros((len(groups), width), dtype=torch.float32)
+    repeat: list[int] = []
+    for r, rest in enumerate(rests):
+        mask[r, (1 if shared == 0 else 0):len(rest)] = True
+        if read == "last_prompt":
+            weights[r, len(rest) - 1] = 1.0
+        repeat.extend([sizes[r]] * int(mask[r].sum()))
+    state.update(weights=weights.to(dev), norm_mask=mask.to(dev),
+                 norm_repeat=torch.tensor(repeat, dtype=torch.long, device=dev))
+    past = extend(loaded, rests, cache=cache, past_mask=past, start=[shared] * len(groups), stop_after=hooks.last)
+    (prompt_call,) = hooks.take()
+    rows = [r for r, g in enumerate(groups) for _ in g]
+    if read == "last_prompt" and norms_off:
+        return {layer: f[rows] for layer, f in prompt_call.items()}
+    # each example's completion: completion means and last tokens are read here
+    repeat_rows(cache, rows)
+    past = past[rows]
+    batch = [examples[i] for g in groups for i in g]
+    comps = [e.ids[_prompt_len(e):] for e in batch]
+    width = max(len(c) for c in comps)
+    mask = torch.zeros((n_ex, width), dtype=torch.bool)
+    weights = torch.zeros((n_ex, width), dtype=torch.float32)
+    for r, (e, c) in enumerate(zip(batch, comps)):
+        mask[r, :len(c)] = True
+        weights[r] = _read_weights(e, read, width, offset=_prompt_len(e))
+    state.update(weights=weights.to(dev), norm_mask=mask.to(dev), norm_repeat=None)
+    extend(loaded, comps, cache=cache, past_mask=past, start=[_prompt_len(e) for e in batch], stop_after=hooks.last)
+    (call,) = hooks.take()
+    if read == "last_prompt":  # the completion pass ran for the norm statistics only
+        return {layer: f[rows] for layer, f in prompt_call.items()}
+    return call
+
+
+def tokens_run(examples: Sequence[Encoded], *, batch_size: int, prefix_cache: bool = True) -> int:
+    """The real (unpadded) tokens :func:`record` runs through the model for ``examples``: every token
+    of every example without the prefix cache; with it, per batch the shared opening once, each
+    distinct prompt's rest once, every completion (examples without a completion whole). Ignores the
+    sliding-window fallback. What bench/bench_extract.py prints beside the times."""
+    cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
+    whole = set(range(len(examples))) - set(cached)
+    total = sum(len(examples[i].ids) for i in whole)
+    for groups in _group_batches(examples, cached, batch_size):
+        prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
+        shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+        total += shared + sum(len(p) - shared for p in prompts)
+        total += sum(len(examples[i].ids) - _prompt_len(examples[i]) for g in groups for i in g)
+    return total

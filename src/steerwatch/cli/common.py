@@ -17,6 +17,18 @@ console = Console(stderr=True, markup=False)
 out = Console(markup=False)
 
 
+def print_table(table: Any, *, console: Console | None = None) -> None:
+    """Print a Rich table whole. When it is wider than the console (a narrow terminal, or the 80
+    columns Rich assumes when stdout is not a terminal, e.g. piped to a file), print it at its
+    natural width instead (the lines wrap) rather than squeeze cells into ellipses."""
+    c = console or out
+    need = c.measure(table, options=c.options.update_width(100_000)).maximum
+    if need <= c.width:
+        c.print(table)
+    else:
+        Console(width=need, file=c.file, markup=False, stderr=c.stderr).print(table)
+
+
 def note(message: str) -> None:
     """A dim progress note on stderr."""
     console.print(message, style="dim", highlight=False)

@@ -9,7 +9,17 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import Outputs, check_output_dir, check_output_path, friendly, load, note, out
+from .common import (
+    Outputs,
+    check_input_file,
+    check_output_dir,
+    check_output_path,
+    friendly,
+    load,
+    note,
+    out,
+    print_table,
+)
 from .options import Device, Dtype, Model
 
 deception_app = typer.Typer(help="Catch the model's own lies: labelled answers, probes, detection figures.",
@@ -17,8 +27,10 @@ deception_app = typer.Typer(help="Catch the model's own lies: labelled answers, 
 app.add_typer(deception_app, name="deception")
 
 SOURCES_HELP = ("Comma-separated sources: instructed (told to give a wrong answer to facts it knows), roleplay "
-                "(an incentive to hide a fact), sycophancy (agreeing with a false premise it knows is false), talk "
-                "(honest answers about deception), control (benign requests; needed to set thresholds).")
+                "(an incentive to hide a fact), sycophancy (agreeing with a false premise it knows is false), "
+                "sandbagging (a wrong letter, under an incentive or instruction to score low, on a multiple-choice "
+                "question it answers correctly unprompted), talk (honest answers about deception), control (benign "
+                "requests; needed to set thresholds).")
 
 
 def _csv(text: str, what: str, valid: tuple[str, ...]) -> list[str]:
@@ -40,14 +52,14 @@ def _counts_table(rows) -> None:
     for src, by in counts(rows).items():
         for split, c in by.items():
             table.add_row(src, split, str(c["deceptive"]), str(c["honest"]), str(c["unclear"]))
-    out.print(table)
+    print_table(table)
 
 
 @deception_app.command("generate")
 @friendly
 def generate_cmd(
     output: Path = typer.Option(..., "--out", "-o", help="Where to write the labelled answers (JSONL)."),
-    sources: str = typer.Option("instructed,roleplay,sycophancy,talk,control", help=SOURCES_HELP),
+    sources: str = typer.Option("instructed,roleplay,sycophancy,sandbagging,talk,control", help=SOURCES_HELP),
     roleplay: Path | None = typer.Option(None, help="Your own role-play scenarios (JSONL; default: the built-in "
                                                     "211). Fields: id, category, system, user, honest_answer "
                                                     "(yes/no), fact, disclose_markers, split."),
@@ -56,6 +68,8 @@ def generate_cmd(
                                                 "the built-in bait set)."),
     control: Path | None = typer.Option(None, help="Benign conversations whose user turns make the control "
                                                    "(default: the built-in benign set)."),
+    mc: Path | None = typer.Option(None, help="Multiple-choice questions for 'sandbagging' (JSONL question/choices/"
+                                              "answer; default: the built-in 200-question capability set)."),
     max_new_tokens: int = typer.Option(48, help="Tokens per answer (greedy)."),
     limit: int | None = typer.Option(None, help="Only the first N prompts of each source (a quick look)."),
     model: Model = "default",
@@ -63,7 +77,7 @@ def generate_cmd(
     dtype: Dtype = None,
 ) -> None:
     """Answer every source's prompts (greedy, unsteered) and label each answer from what it says."""
-    from ..data.reference import load_benign
+    from ..data.reference import load_benign, load_mc
     from ..errors import SteerwatchError
     from ..evals import deception as dc
     from ..evals.bait import knowledge_check, load_bait
@@ -76,13 +90,23 @@ def generate_cmd(
     scenarios = dc.load_roleplay(roleplay) if "roleplay" in srcs else []
     talks = dc.load_talk(talk) if "talk" in srcs else []
     ctrl = dc.control_prompts(load_benign(control)) if "control" in srcs else []
+    if mc is not None:
+        check_input_file(mc, "--mc")
+    questions = load_mc(mc) if "sandbagging" in srcs else []
     lm = load(model, device=device, dtype=dtype)
     known: set[str] = set()
     if items:
         note(f"knowledge check: which of {len(items)} facts does the model state unprompted?")
         known = {r["id"] for r in knowledge_check(lm, items, batch_size=16, progress=True) if r["knows"]}
         note(f"the model knows {len(known)} of {len(items)} facts")
-    prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl)
+    mc_known: set[str] = set()
+    if questions:
+        note(f"knowledge check: which of {len(questions)} multiple-choice questions does the model answer "
+             "correctly unprompted (as written and with the options rotated)?")
+        mc_known = {r["id"] for r in dc.mc_knowledge_check(lm, questions, progress=True) if r["knows"]}
+        note(f"the model answers {len(mc_known)} of {len(questions)} questions correctly unprompted")
+    prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl,
+                                   mc=questions, mc_known=mc_known)
     if limit is not None:
         kept: dict[str, int] = {}
         chosen = []
@@ -128,8 +152,6 @@ def eval_cmd(
     dtype: Dtype = None,
 ) -> None:
     """Fit probes on dev, score every detector and black-box baseline, report per source on test."""
-    from rich.table import Table
-
     from ..errors import SteerwatchError
     from ..evals import deception as dc
     from ..evals import deception_detect as dd
@@ -157,16 +179,7 @@ def eval_cmd(
     res = dd.run_deception_eval(lm, rows, train=train_sets, methods=meths, contexts=ctxs, honesty=vec,
                                 baselines=bases, liar_questions=questions, split=split, fpr=fpr, progress=True,
                                 log=note)
-    table = Table("detector", "source", "deceptive", "honest", "AUROC (95% CI)", f"recall @ {fpr:g} FPR",
-                  "honest flagged", "control FPR")
-    for r in dd.eval_table(res.report):
-        ci = r["auroc_ci"]
-        table.add_row(r["detector"], r["source"], str(r["n_deceptive"]), str(r["n_honest"]),
-                      "-" if r["auroc"] is None else f"{r['auroc']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})",
-                      "-" if r["recall"] is None else f"{r['recall']:.2f}",
-                      "-" if r["honest_flagged"] is None else f"{r['honest_flagged']:.2f}",
-                      "-" if r["control_fpr"] is None else f"{r['control_fpr']:.3f}")
-    out.print(table)
+    print_table(eval_table(res.report, fpr))
     for s in res.report["skipped"]:
         out.print(f"skipped {s['detector']}: {s['why']}")
     outputs = Outputs()  # the report, each probe and the page on their own: one failing does not cost the others
@@ -185,6 +198,24 @@ def eval_cmd(
         if outputs.text("HTML view", html, lambda: _deceptive_page(lm, [r.conversation() for r in picked], det)):
             out.print(f"wrote {html} ({len(picked)} deceptive answers)")
     outputs.finish()
+
+
+def eval_table(report: dict, fpr: float):
+    """The transfer matrix as a Rich table: one row per detector and source."""
+    from rich.table import Table
+
+    from ..evals import deception_detect as dd
+
+    table = Table("detector", "source", "deceptive", "honest", "AUROC (95% CI)", f"recall @ {fpr:g} FPR",
+                  "honest flagged", "control FPR")
+    for r in dd.eval_table(report):
+        ci = r["auroc_ci"]
+        table.add_row(r["detector"], r["source"], str(r["n_deceptive"]), str(r["n_honest"]),
+                      "-" if r["auroc"] is None else f"{r['auroc']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})",
+                      "-" if r["recall"] is None else f"{r['recall']:.2f}",
+                      "-" if r["honest_flagged"] is None else f"{r['honest_flagged']:.2f}",
+                      "-" if r["control_fpr"] is None else f"{r['control_fpr']:.3f}")
+    return table
 
 
 def _save_probe(fit, folder: Path, stem: str) -> bool:

@@ -17,6 +17,7 @@ from .common import (
     note,
     out,
     parse_floats,
+    print_table,
     require_modules,
     start_engine,
     stop_engine,
@@ -129,14 +130,7 @@ def print_rows(rows: list, title: str) -> None:
     table = Table(*head, title=title)
     for cells in body:
         table.add_row(*cells)
-    # never squeeze numbers into ellipses: a narrow terminal wraps the lines instead
-    need = sum(max(len(x) for x in col) + 3 for col in zip(head, *body)) + 1
-    if need <= out.width:
-        out.print(table)
-    else:
-        from rich.console import Console
-
-        Console(width=need, file=out.file, markup=False).print(table)
+    print_table(table)  # never squeeze numbers into ellipses: a narrow terminal wraps the lines instead
 
 
 @app.command("sweep")

@@ -103,6 +103,10 @@ def extract_cmd(
                                                                     "outcomes and whether kept) to this JSONL."),
     concept: str | None = typer.Option(None, help="Concept name stored in the vector (default: the data set name)."),
     batch_size: int = typer.Option(8, help="Examples per forward pass."),
+    prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
+                                      help="Run a pair's shared prompt (and a batch's shared opening) once, "
+                                           "through a KV cache; the features equal whole passes' up to float "
+                                           "rounding. --no-prefix-cache runs every example whole."),
     layers_path: LayersPath = None,
     json_out: bool = typer.Option(False, "--json", help="Print the per-layer table as JSON on stdout."),
     strict: bool = typer.Option(False, "--strict", help="A pair file that fails a `steerwatch data check` check "
@@ -207,7 +211,8 @@ def extract_cmd(
     from ..extract.build import explain_layers
 
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
-                             n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True)
+                             n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True,
+                             prefix_cache=prefix_cache)
     path = vec.save(output)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))

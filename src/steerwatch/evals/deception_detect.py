@@ -651,3 +651,94 @@ def loop_labels(prompts: Sequence[dict[str, Any]], answers: Sequence[str], basel
 
 def _name(label: int | None) -> str:
     return {DECEPTIVE: "deceptive", HONEST: "honest", None: "unclear"}[label]
+
+
+# ------------------------------------------------------------------------------- where the lie is
+def claim_token_mask(tokenizer: Any, token_ids: Sequence[int], claim: str) -> list[bool]:
+    """Per token of an answer, whether it spells (part of) a content word of ``claim``: its letters,
+    lowercased, are at least 3 long and a word of the claim (stop words and one-letter words out)
+    starts with them or equals them. "the Earth is indeed flat" against "the earth is flat": " Earth"
+    and " flat" are claim tokens, " indeed" is not."""
+    import re
+
+    from .rules import _STOP
+
+    words = {w for w in re.findall(r"[a-z0-9%+=]+", claim.lower()) if w not in _STOP and len(w) > 1}
+    out = []
+    for tid in token_ids:
+        piece = re.sub(r"[^a-z0-9%+=]", "", tokenizer.decode([tid]).lower())
+        out.append(bool(piece) and (piece in words or (len(piece) >= 3 and any(w.startswith(piece) for w in words))))
+    return out
+
+
+@dataclass
+class ClaimTokens:
+    """Where a detector's per-token score sits in answers that state (or deny) a claim.
+
+    ``n``: answers with at least one claim token and one other token; ``claim_higher``: answers whose
+    mean score over claim tokens is above the mean over the other tokens; ``argmax_on_claim``: answers
+    whose highest-scoring token is a claim token, against ``claim_share``, the mean share of claim
+    tokens (what a score blind to the claim would give); ``gap``: the mean over answers of (claim mean
+    - other mean) in units of the standard deviation of all token scores; ``p``: two-sided sign test of
+    ``claim_higher`` against n/2."""
+
+    n: int
+    claim_higher: int
+    argmax_on_claim: int
+    claim_share: float
+    gap: float
+    p: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"n": self.n, "claim_higher": self.claim_higher, "argmax_on_claim": self.argmax_on_claim,
+                "claim_share": self.claim_share, "gap": self.gap, "p": self.p}
+
+
+def where_the_lie_is(loaded: LoadedModel, detectors: Sequence[Detector], rows: Sequence[Response],
+                     claims: Mapping[str, str], *, batch_size: int = 4,
+                     progress: bool = False) -> dict[str, dict[str, ClaimTokens]]:
+    """Issue 18 item 4: does a detector's score rise on the tokens that carry the false claim, or on
+    the answer as a whole? ``rows``: labelled answers whose ``scenario`` keys ``claims`` (e.g. the
+    sycophancy source: the bait item's false claim, which a deceptive answer affirms and an honest
+    one denies or corrects). Returns ``{detector: {"deceptive": ClaimTokens, "honest": ...}}``; a
+    reader of the lie shows claim tokens higher in deceptive answers *and not* in honest ones, a
+    reader of the topic shows them higher in both."""
+    from scipy.stats import binomtest
+
+    from ..watch.score import score_conversations
+
+    use = [r for r in rows if r.label in (DECEPTIVE, HONEST) and r.scenario in claims]
+    if not use:
+        raise SteerwatchError("no labelled answer has a claim to look for: rows need a 'scenario' that is a key "
+                              "of claims (e.g. the sycophancy source with the bait items' claims)")
+    scored = score_conversations(loaded, [r.conversation() for r in use], detectors, batch_size=batch_size,
+                                 progress=progress)
+    out: dict[str, dict[str, ClaimTokens]] = {}
+    for d in detectors:
+        per: dict[str, list[tuple[float, bool, float]]] = {"deceptive": [], "honest": []}
+        every: list[float] = []
+        for r, sc in zip(use, scored):
+            last = len(sc.roles) - 1
+            idx = [i for i, k in enumerate(sc.msg_index) if k == last]
+            scores = [sc.scores[d.name][i] for i in idx]
+            mask = claim_token_mask(loaded.tokenizer, [sc.token_ids[i] for i in idx], claims[r.scenario])
+            every.extend(scores)
+            inside = [s for s, m in zip(scores, mask) if m]
+            outside = [s for s, m in zip(scores, mask) if not m]
+            if not inside or not outside:
+                continue
+            top = max(range(len(scores)), key=lambda i: scores[i])
+            gap = sum(inside) / len(inside) - sum(outside) / len(outside)
+            per["deceptive" if r.label == DECEPTIVE else "honest"].append((gap, mask[top], len(inside) / len(scores)))
+        mean = sum(every) / len(every)
+        sd = (sum((x - mean) ** 2 for x in every) / max(len(every) - 1, 1)) ** 0.5 or 1.0
+        out[d.name] = {}
+        for kind, items in per.items():
+            n = len(items)
+            higher = sum(g > 0 for g, _t, _s in items)
+            out[d.name][kind] = ClaimTokens(
+                n=n, claim_higher=higher, argmax_on_claim=sum(t for _g, t, _s in items),
+                claim_share=sum(s for _g, _t, s in items) / n if n else float("nan"),
+                gap=sum(g for g, _t, _s in items) / n / sd if n else float("nan"),
+                p=float(binomtest(higher, n).pvalue) if n else float("nan"))
+    return out

@@ -268,3 +268,24 @@ def onpolicy_summary(counts: dict[str, Any]) -> str:
 
 def onpolicy_rows_jsonl(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def retrieval_pairs(spec: OnPolicySpec) -> ContrastSet:
+    """Retrieval-eliciting contrast pairs from the same false-premise items, written not generated: the
+    honest side states the fact before anything else (the item's ``truth`` as a sentence), the other
+    agrees with the premise (``Yes, `` + its ``claim``). Issue 17 item 3: a direction whose honest pole
+    is "say the fact", not "say no". Items without a claim or truth are skipped; splits as the items'
+    (``train``/``val``)."""
+    from ..data.pairs import ContrastPair, ContrastSet
+
+    pairs = []
+    for it in spec.items:
+        truth, claim = it.truth.strip().rstrip("."), it.claim.strip().rstrip(".")
+        if not truth or not claim:
+            continue
+        pairs.append(ContrastPair(positive=truth[0].upper() + truth[1:] + ".", negative=f"Yes, {claim}.",
+                                  prompt=it.prompt, split=it.split))
+    if not any(p.split == "val" for p in pairs) or not any(p.split != "val" for p in pairs):
+        raise ExtractionError(f"{spec.name}: retrieval pairs need items in both the train and the val split "
+                              "(field \"split\"); got " + (", ".join(sorted({p.split for p in pairs})) or "none"))
+    return ContrastSet(name=f"{spec.name}-retrieval", pairs=pairs, source=spec.source)

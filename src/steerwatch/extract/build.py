@@ -180,7 +180,7 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
                  read_method: str | None = None, read: str = "auto",
                  layers: str | Sequence[int] = "auto", n_auto: int | None = None, batch_size: int = 8,
                  concept: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> tuple[Vector, list[LayerRow]]:
+                 log: Callable[[str], None] | None = None, prefix_cache: bool = True) -> tuple[Vector, list[LayerRow]]:
     """Build a vector from a contrast set. Returns the vector and the per-layer validation table.
 
     method: an extraction method (see :mod:`steerwatch.extract.methods`); None uses the data set's
@@ -191,6 +191,9 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     layers: ``"auto"`` (a window of ``n_auto`` layers centred on the best validation AUROC within
     :data:`AUTO_BAND`; ``n_auto`` defaults to :func:`default_window`) or a list of layer indices to
     use as the default steering layers. Directions are stored for all layers.
+
+    prefix_cache: record through the prompt-prefix KV cache (:func:`steerwatch.record.record`: a pair's
+    shared prompt runs once; same features up to float rounding); False runs every example whole.
 
     Each row carries its AUROC's 95 % interval (``auroc_lo``, ``auroc_hi``) and ``n_val``; with fewer
     than :data:`~steerwatch.extract.metrics.MIN_VAL_PAIRS` validation pairs the returned vector's
@@ -226,7 +229,7 @@ def build_vector(loaded: LoadedModel, data: ContrastSet, *, method: str | None =
     all_layers = list(range(total))
     norms = NormStats()
     feats = record(loaded, examples, layers=all_layers, read=read, batch_size=batch_size, norms=norms,
-                   progress=progress, desc=f"recording {data.name}")  # (2n, L, d)
+                   progress=progress, desc=f"recording {data.name}", prefix_cache=prefix_cache)  # (2n, L, d)
     pos, neg = feats[0::2], feats[1::2]
     nt = len(train)
     stats = norms.summary()

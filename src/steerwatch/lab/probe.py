@@ -123,17 +123,26 @@ def answer_features(loaded: LoadedModel, conversations: Sequence[Sequence[dict[s
                     ) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, float]], list[int]]:
     """Per aggregate (``mean``: mean over the answer's tokens; ``last``: its last token), the
     activations at ``layers`` (default all): {aggregate: (n_kept, len(layers), d)}; the residual
-    norm statistics over the answers; the indices of the conversations kept (answers with tokens)."""
-    from ..record import NormStats, record_reads
+    norm statistics over the conversations; the indices of the conversations kept (answers with
+    tokens). One recording: each answer is read twice as a completion of the same prompt (its whole
+    span, and its last token alone), so the record's prompt cache runs each prompt once."""
+    from dataclasses import replace
+
+    from ..record import NormStats, record
 
     enc = [answer_encoded(loaded.tokenizer, c) for c in conversations]
     kept = [i for i, e in enumerate(enc) if e is not None]
-    examples = [e for e in enc if e is not None]
+    examples = []
+    for e in enc:
+        if e is not None:
+            examples += [e, replace(e, span=(e.span[1] - 1, e.span[1]))]
     layer_list = list(range(loaded.n_layers)) if layers is None else list(layers)
     norms = NormStats()
-    got = record_reads(loaded, examples, layers=layer_list, reads=["completion_mean", "last_token"],
-                       batch_size=batch_size, norms=norms, progress=progress, desc="reading answers")
-    return {"mean": got["completion_mean"], "last": got["last_token"]}, norms.summary(), kept
+    got = record(loaded, examples, layers=layer_list, read="completion_mean", batch_size=2 * batch_size,
+                 norms=norms, progress=progress, desc="reading answers")
+    # every token was counted twice (both reads of an answer): the mean and std are unchanged
+    summary = {layer: dict(row, n_tokens=row["n_tokens"] // 2) for layer, row in norms.summary().items()}
+    return {"mean": got[0::2], "last": got[1::2]}, summary, kept
 
 
 # ---------------------------------------------------------------------------------------- fitting
