@@ -213,12 +213,16 @@ def _cacheable(e: Encoded) -> bool:
 
 def _group_batches(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int) -> list[list[list[int]]]:
     """``subset`` grouped by identical prompt tokens (a contrast pair's two sides share one), groups in
-    batches of at most ``batch_size`` examples (a larger group is a batch of its own), shortest first."""
+    batches of at most ``batch_size`` examples (a larger group is split), shortest completions first."""
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i in subset:
         e = examples[i]
         by_prompt.setdefault(tuple(e.ids[:_prompt_len(e)]), []).append(i)
-    groups = sorted(by_prompt.values(), key=lambda g: max(len(examples[i].ids) for i in g))
+    # the completion pass runs the most tokens (every example), so its padding matters most: groups
+    # sorted by their longest completion, then prompt length (honesty pairs: 1.65x fewer padded
+    # tokens than whole passes at batch 8, against 1.60x sorted by total length)
+    groups = sorted(by_prompt.values(), key=lambda g: (max(len(examples[i].ids) - _prompt_len(examples[i])
+                                                           for i in g), _prompt_len(examples[g[0]])))
     batches: list[list[list[int]]] = []
     size = 0
     for g in groups:
