@@ -10,7 +10,7 @@ import torch
 from conftest import ARCHS, get_loaded
 from steerwatch import batch as batch_mod
 from steerwatch.chat import encode_example
-from steerwatch.record import NormStats, record, tokens_run
+from steerwatch.record import NormStats, _group_batches, record, tokens_run
 from tolerances import FP32_BATCH, FP32_CANCEL, FP32_ROUTE
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
@@ -111,6 +111,18 @@ def test_shared_prompts_and_openings_run_once():
     assert cached.tokens == _shared_tokens(examples) == tokens_run(examples, batch_size=64) < plain.tokens
     assert tokens_run(examples, batch_size=64, prefix_cache=False) == plain.tokens
     assert cached.calls == 4  # opening, prompt rests, completions; the prompt-less example alone
+    # in batches of 4 the opening still runs once for the whole set, then two passes per batch
+    tok.chat_template = TEMPLATE
+    try:
+        with TokenCounter(loaded.model) as small:
+            fs = record(loaded, examples, layers=[1, 3], read="completion_mean", batch_size=4)
+    finally:
+        tok.chat_template = old
+    FP32_BATCH.assert_close(fs, fp)
+    n_batches = sum(1 for _ in _group_batches(examples, [i for i, e in enumerate(examples) if e.has_completion], 4))
+    assert n_batches > 2
+    assert small.calls == 1 + 2 * n_batches + 1
+    assert small.tokens == tokens_run(examples, batch_size=4) == cached.tokens  # the same tokens, more passes
 
 
 def test_last_prompt_without_norms_skips_the_completions():

@@ -106,9 +106,9 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     never read and never counted in norm statistics.
 
     prefix_cache: examples with a completion are recorded through a KV cache, so that what several
-    examples share runs once: the prompt of a contrast pair (both sides), and the opening every
-    example of a batch shares (the chat template's system turn). Each batch is three passes: the
-    shared opening (one row), each distinct prompt's remainder, each example's completion. The
+    examples share runs once: the opening every prompt shares (the chat template's system turn), once
+    for the whole set, and the prompt of a contrast pair (both sides). Each batch is then two
+    passes over that cache: each distinct prompt's remainder, each example's completion. The
     features and norm statistics equal the plain passes' up to float rounding (tests/test_record_cache.py;
     bench/bench_extract.py measures the speed). Examples without a completion, models that take no
     cache, and batches longer than a sliding attention window run as plain passes.
@@ -116,7 +116,7 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     import torch
     from tqdm.auto import tqdm
 
-    from .batch import new_cache, sliding_window
+    from .batch import extend, new_cache, sliding_window
 
     check_read(read)
     if batch_size < 1:
@@ -140,16 +140,32 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
     if cached and new_cache(loaded) is None:
         cached = []
-    plain = sorted(set(range(n)) - set(cached))
     window = sliding_window(loaded)
+    opening = _opening(examples, cached)
+    batches = []
+    plain = sorted(set(range(n)) - set(cached))
+    for groups in _group_batches(examples, cached, batch_size):
+        if window is not None and _cached_width(examples, groups, opening) > window:
+            plain.extend(i for g in groups for i in g)  # a cache with padding inside would slide over other tokens
+        else:
+            batches.append(groups)
     bar = tqdm(total=n, desc=desc, disable=not progress, unit="ex")
     with ReadHooks(loaded, layers, reduce) as hooks:
-        for groups in _group_batches(examples, cached, batch_size):
+        base = None
+        if batches and opening > 0:  # the opening every cached prompt shares: one pass for the whole set
+            mask = torch.zeros((1, opening), dtype=torch.bool)
+            mask[0, 1:] = True  # every token but the sequence's first
+            n_cached = sum(len(g) for groups in batches for g in groups)
+            state.update(weights=None, norm_mask=mask.to(loaded.device),
+                         norm_repeat=torch.tensor([n_cached], device=loaded.device))
+            cache = new_cache(loaded)
+            first = examples[batches[0][0][0]].ids[:opening]
+            base = (cache, extend(loaded, [first], cache=cache, past_mask=None, start=[0], stop_after=hooks.last))
+            hooks.take()
+        for groups in batches:
             idx = [i for g in groups for i in g]
-            if window is not None and _cached_width(examples, groups) > window:
-                plain.extend(idx)  # a cache with padding inside would slide over other tokens
-                continue
-            feats = _record_cached(loaded, examples, groups, read, state, hooks, norms_off=norms is None)
+            feats = _record_cached(loaded, examples, groups, read, state, hooks, opening=opening, base=base,
+                                   norms_off=norms is None)
             for slot, layer in enumerate(layers):
                 out[idx, slot] = feats[layer]
             bar.update(len(idx))
@@ -245,21 +261,32 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def _cached_width(examples: Sequence[Encoded], groups: Sequence[Sequence[int]]) -> int:
-    """The cache length the three passes reach: opening + longest prompt rest + longest completion."""
-    prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
-    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
-    rest = max(len(p) - shared for p in prompts)
+def _opening(examples: Sequence[Encoded], subset: Sequence[int]) -> int:
+    """Tokens every prompt of ``subset`` starts with, leaving each prompt at least one token of its
+    own (the prompt pass reads the prompt's last token)."""
+    if not subset:
+        return 0
+    prompts = [examples[i].ids[:_prompt_len(examples[i])] for i in subset]
+    return min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+
+
+def _cached_width(examples: Sequence[Encoded], groups: Sequence[Sequence[int]], opening: int) -> int:
+    """The cache length a batch's passes reach: opening + longest prompt rest + longest completion."""
+    rest = max(_prompt_len(examples[g[0]]) - opening for g in groups)
     completion = max(len(examples[i].ids) - _prompt_len(examples[i]) for g in groups for i in g)
-    return shared + rest + completion
+    return opening + rest + completion
 
 
 def _record_cached(loaded: LoadedModel, examples: Sequence[Encoded], groups: Sequence[Sequence[int]], read: str,
-                   state: dict[str, Any], hooks: ReadHooks, *, norms_off: bool) -> dict[int, torch.Tensor]:
-    """Features of the examples of ``groups`` (in group order) through three cached passes: the opening
-    every prompt shares (one row), each group's prompt rest, each example's completion. Norm statistics
-    count a shared token once per example that contains it, as the plain pass would; ``norms_off`` (no
-    statistics kept) lets a ``last_prompt`` read skip the completions."""
+                   state: dict[str, Any], hooks: ReadHooks, *, opening: int, base: tuple[Any, torch.Tensor] | None,
+                   norms_off: bool) -> dict[int, torch.Tensor]:
+    """Features of the examples of ``groups`` (in group order) through two passes over a KV cache that
+    starts as ``base`` (the cache and attention mask of the ``opening`` tokens every prompt shares, run
+    once by :func:`record`; None when there is no opening): each group's prompt rest, each example's
+    completion. Norm statistics count a shared token once per example that contains it, as the plain
+    pass would; ``norms_off`` (no statistics kept) lets a ``last_prompt`` read skip the completions."""
+    import copy
+
     import torch
 
     from .batch import extend, new_cache, repeat_rows
@@ -268,18 +295,15 @@ def _record_cached(loaded: LoadedModel, examples: Sequence[Encoded], groups: Seq
     prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
     sizes = [len(g) for g in groups]
     n_ex = sum(sizes)
-    # the shared opening; at least one prompt token stays for the second pass, which reads the prompt's end
-    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
-    cache = new_cache(loaded)
+    shared = opening
     past = None
-    if shared > 0:
-        mask = torch.zeros((1, shared), dtype=torch.bool)
-        mask[0, 1:] = True  # every token but the sequence's first
-        state.update(weights=None, norm_mask=mask.to(dev), norm_repeat=torch.tensor([n_ex], device=dev))
-        past = extend(loaded, [prompts[0][:shared]], cache=cache, past_mask=None, start=[0], stop_after=hooks.last)
-        hooks.take()
+    if base is None:
+        cache = new_cache(loaded)
+    else:
+        with torch.inference_mode():
+            cache = copy.deepcopy(base[0])  # each batch repeats the opening's rows in its own copy
         repeat_rows(cache, [0] * len(groups))
-        past = past.expand(len(groups), -1)
+        past = base[1].expand(len(groups), -1)
     # each distinct prompt's rest: the last prompt token is read here
     rests = [p[shared:] for p in prompts]
     width = max(len(r) for r in rests)
@@ -319,15 +343,15 @@ def _record_cached(loaded: LoadedModel, examples: Sequence[Encoded], groups: Seq
 
 def tokens_run(examples: Sequence[Encoded], *, batch_size: int, prefix_cache: bool = True) -> int:
     """The real (unpadded) tokens :func:`record` runs through the model for ``examples``: every token
-    of every example without the prefix cache; with it, per batch the shared opening once, each
-    distinct prompt's rest once, every completion (examples without a completion whole). Ignores the
+    of every example without the prefix cache; with it, the opening all prompts share once, each
+    batch's distinct prompts' rests once, every completion (examples without a completion whole). Ignores the
     sliding-window fallback. What bench/bench_extract.py prints beside the times."""
     cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
     whole = set(range(len(examples))) - set(cached)
     total = sum(len(examples[i].ids) for i in whole)
+    opening = _opening(examples, cached)
+    total += opening
     for groups in _group_batches(examples, cached, batch_size):
-        prompts = [examples[g[0]].ids[:_prompt_len(examples[g[0]])] for g in groups]
-        shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
-        total += shared + sum(len(p) - shared for p in prompts)
+        total += sum(_prompt_len(examples[g[0]]) - opening for g in groups)
         total += sum(len(examples[i].ids) - _prompt_len(examples[i]) for g in groups for i in g)
     return total
