@@ -9,8 +9,8 @@ For each built-in concept, the first ``--pairs`` pairs (both sides, prompt + com
 
 1. ``one``: ``batch_size=1, prefix_cache=False`` (one example per forward pass);
 2. ``batched``: ``batch_size=--batch, prefix_cache=False`` (length-sorted, right-padded batches);
-3. ``cached``: ``batch_size=--batch`` with the prefix cache (the default): a pair's shared prompt and
-   the opening a batch shares (the chat template's system turn) run once per batch.
+3. ``cached``: ``batch_size=--batch`` with the prefix cache (the default): the opening every prompt
+   shares (the chat template's system turn) runs once for the set, a pair's shared prompt once.
 
 Each round runs the three back to back, the order rotated per round; the ratio of median times is
 printed, with the real tokens each way runs (what the cache saves is visible there) and the
