@@ -69,6 +69,18 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
+def _stop_hook(lm: LoadedModel, stop_after: int | None) -> Any:
+    """A hook raising :class:`StopForward` after block ``stop_after`` (None: no hook); the caller
+    removes it."""
+    if stop_after is None:
+        return None
+
+    def stop(*_a: Any) -> None:
+        raise StopForward
+
+    return decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
+
+
 def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int | None = None,
             logits_at: Sequence[Sequence[int]] | None = None, logits: bool = False,
             grad: bool = False) -> torch.Tensor | None:
@@ -97,12 +109,7 @@ def forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, stop_after: int |
             union = torch.unique(keep)
             kwargs["logits_to_keep"] = union.to(lm.device)
             keep = torch.searchsorted(union, keep)
-    handle = None
-    if stop_after is not None:
-        def stop(*_a: Any) -> None:
-            raise StopForward
-
-        handle = decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
+    handle = _stop_hook(lm, stop_after)
     try:
         with torch.enable_grad() if grad else torch.inference_mode():
             out = lm.model(input_ids=ids.to(lm.device), attention_mask=att.to(lm.device), use_cache=False, **kwargs)
@@ -181,12 +188,7 @@ def extend(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, cache: Any, past_m
     full = att if past_mask is None else torch.cat([past_mask, att], dim=1)
     positions = torch.as_tensor(list(start), dtype=torch.long)[:, None] + torch.arange(ids.shape[1])[None, :]
     keyword = _cache_keyword(lm.model) or "past_key_values"
-    handle = None
-    if stop_after is not None:
-        def stop(*_a: Any) -> None:
-            raise StopForward
-
-        handle = decoder_blocks(lm.model, layers_path=lm.layers_path)[stop_after].register_forward_hook(stop)
+    handle = _stop_hook(lm, stop_after)
     try:
         with torch.inference_mode():
             lm.model(input_ids=ids.to(lm.device), attention_mask=full.to(lm.device),
