@@ -24,8 +24,12 @@ Methods (``--methods``):
   loss; applied at the setting's strength like every other vector (``bipo@learned``: at the strength it learned).
 
 Settings are named ``METHOD+STRENGTH`` (at the vector's auto layers), ``prompt`` (honest system
-prompt, no vector) and ``prompt/METHOD+STRENGTH``. Rows go to ``OUT/{split}.jsonl`` (one per
-setting, appended; a setting already there is skipped, so the run resumes), vectors to ``OUT/``.
+prompt, no vector) and ``prompt/METHOD+STRENGTH``; a ``:prompt`` suffix steers only the prompt's
+tokens (the first answer token is decided there; the answer's own tokens run unsteered, reading
+the steered prompt's KV cache). KL and capability are teacher-forced passes, which the steering
+hooks treat as prompt tokens: for a ``:prompt`` setting they equal the unsuffixed setting's.
+Rows go to ``OUT/{split}.jsonl`` (one per setting, appended; a setting already there is skipped,
+so the run resumes), vectors to ``OUT/``.
 
 Dev (choose here)::
 
@@ -55,9 +59,15 @@ def default_settings() -> list[str]:
     return out
 
 
+def positions(name: str) -> str:
+    """The steering's positions: ``prompt`` for a ``...:prompt`` setting, else ``all``."""
+    return "prompt" if name.endswith(":prompt") else "all"
+
+
 def parse(name: str) -> tuple[bool, str | None, float | None, list[int] | None]:
     """``name`` -> (honest system prompt?, method or None, strength (None: the vector's learned one),
     layers (None: the vector's default layers; ``METHOD@LO-HI+S`` gives a window))."""
+    name = name.removesuffix(":prompt")
     prompt = name == "prompt" or name.startswith("prompt/")
     rest = name.split("/", 1)[1] if name.startswith("prompt/") else ("" if name in ("prompt", "unsteered") else name)
     if not rest:
@@ -233,7 +243,7 @@ def main() -> None:
                 vectors[method] = build(loaded, method, out, log, args)
             vec = vectors[method]
             specs = [SteerSpec(vec, strength=vec.recommended_strength if strength is None else strength,
-                               layers=tuple(layers) if layers else None)]
+                               layers=tuple(layers) if layers else None, positions=positions(name))]
         t0 = time.time()
         system = HONEST_SYSTEM if prompt else None
         brows = run_bait(loaded, items, settings=[(name, specs)], max_new_tokens=args.max_new_tokens, batch_size=50,

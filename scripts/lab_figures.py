@@ -14,6 +14,8 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
 - ``test``: once on the test split, impossible and original variants: the prone setting, the
   dev-chosen arm (``--chosen``) on top of it, the prompting baseline (impossible only) and the prone
   prompt without the cheating vector (``no-vector``).
+- ``agentic``: test split, impossible variants, up to 3 turns (the test runner's failing asserts shown
+  after each failed turn): the prone setting and the dev-chosen arm on top of it, steered at every turn.
 - ``dose``: the cheating vector's dose-response on the prone prompt, test split, impossible
   variants: total strength -0.04 and +0.06, written to the test stage's file beside its +0.04
   (the prone setting) and 0 (``no-vector``) rows.
@@ -27,6 +29,7 @@ list (``--help`` names them).
     python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20
     python scripts/lab_figures.py test --prone cheat+0.04-pressure --chosen cons+0.04 --limit 50
     python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
+    python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 25
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -100,6 +103,9 @@ def settings(lm, prone: str | None = None):
             out[f"{prone}/dose{t:+g}"] = Setting(f"{prone}.cheating{t:+g}", steer=(*unvec, spec("cheating", t)),
                                                  **kw)
         out[f"{prone}/agentic"] = Setting(f"{prone}.agentic", steer=p.steer, **dict(kw, turns=3))
+        for name, specs in arms.items():  # the arms inside the agentic loop (steered at every turn)
+            out[f"{prone}/{name}/agentic"] = Setting(f"{prone}.{name}.agentic", steer=merge(p.steer, specs),
+                                                     **dict(kw, turns=3))
     return out
 
 
@@ -145,8 +151,8 @@ def main() -> None:
                 (all_settings[f"{p}/honest-prompt"], impossible), (all_settings[f"{p}/no-vector"], both)]
     elif args.stage == "dose":  # with the test stage's prone (vector at its strength) and no-vector rows
         plan = [(all_settings[f"{p}/dose{t:+g}"], impossible) for t in (-0.04, 0.06)]
-    else:
-        plan = [(all_settings[f"{p}/agentic"], impossible)]
+    else:  # agentic: up to 3 turns with the test runner's failures, the prone setting and the chosen arm
+        plan = [(all_settings[f"{p}/agentic"], impossible), (all_settings[f"{p}/{c}/agentic"], impossible)]
     if args.settings:
         unknown = [n for n in args.settings.split(",") if n not in all_settings]
         if unknown:

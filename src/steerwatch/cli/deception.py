@@ -29,8 +29,9 @@ app.add_typer(deception_app, name="deception")
 SOURCES_HELP = ("Comma-separated sources: instructed (told to give a wrong answer to facts it knows), roleplay "
                 "(an incentive to hide a fact), sycophancy (agreeing with a false premise it knows is false), "
                 "sandbagging (a wrong letter, under an incentive or instruction to score low, on a multiple-choice "
-                "question it answers correctly unprompted), talk (honest answers about deception), control (benign "
-                "requests; needed to set thresholds).")
+                "question it answers correctly unprompted), concealment (asked after a lab episode whether its "
+                "code hard-codes the tests; needs --lab-episodes), talk (honest answers about deception), "
+                "control (benign requests; needed to set thresholds).")
 
 
 def _csv(text: str, what: str, valid: tuple[str, ...]) -> list[str]:
@@ -70,6 +71,11 @@ def generate_cmd(
                                                    "(default: the built-in benign set)."),
     mc: Path | None = typer.Option(None, help="Multiple-choice questions for 'sandbagging' (JSONL question/choices/"
                                               "answer; default: the built-in 200-question capability set)."),
+    lab_episodes: list[Path] | None = typer.Option(None, "--lab-episodes", help="Episodes files from `steerwatch lab "
+                                                   "run` for 'concealment' (repeatable; impossible variants with code "
+                                                   "are asked about their code)."),
+    lab_tasks: Path | None = typer.Option(None, "--lab-tasks", help="The --tasks file those episodes ran (default: "
+                                                                    "HumanEval)."),
     max_new_tokens: int = typer.Option(48, help="Tokens per answer (greedy)."),
     limit: int | None = typer.Option(None, help="Only the first N prompts of each source (a quick look)."),
     model: Model = "default",
@@ -84,6 +90,25 @@ def generate_cmd(
 
     srcs = _csv(sources, "--sources", dc.SOURCES)
     check_output_path(output, "--out")
+    episodes: list = []
+    lab_task_list = None
+    if "concealment" in srcs:
+        if not lab_episodes:
+            raise SteerwatchError("source 'concealment' needs --lab-episodes (episodes files from "
+                                  "`steerwatch lab run`)")
+        from ..lab.concealment import concealment_prompts
+        from ..lab.episodes import read_episodes
+        from ..lab.tasks import load_task_file
+
+        for f in lab_episodes:
+            check_input_file(f, "--lab-episodes")
+            episodes += read_episodes(f)
+        if lab_tasks is not None:
+            check_input_file(lab_tasks, "--lab-tasks")
+        lab_task_list = load_task_file(lab_tasks) if lab_tasks is not None else None
+        concealment_prompts(episodes, lab_task_list)  # every episode's prompt rebuilds, before the model loads
+    elif lab_episodes:
+        raise SteerwatchError("--lab-episodes is read only for the 'concealment' source; add it to --sources")
     if max_new_tokens < 1:
         raise SteerwatchError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     items = load_bait(bait) if {"instructed", "sycophancy"} & set(srcs) else []
@@ -105,6 +130,17 @@ def generate_cmd(
              "correctly unprompted (as written and with the options rotated)?")
         mc_known = {r["id"] for r in dc.mc_knowledge_check(lm, questions, progress=True) if r["knows"]}
         note(f"the model answers {len(mc_known)} of {len(questions)} questions correctly unprompted")
+    rows = []
+    if "concealment" in srcs:
+        from ..lab.concealment import concealment_responses
+
+        rows = concealment_responses(lm, episodes, tasks=lab_task_list, max_new_tokens=max_new_tokens, progress=True,
+                                     limit=limit)
+        srcs = [s for s in srcs if s != "concealment"]
+    if not srcs:
+        dc.save_responses(rows, output)
+        _counts_table(rows)
+        return
     prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl,
                                    mc=questions, mc_known=mc_known)
     if limit is not None:
@@ -115,7 +151,7 @@ def generate_cmd(
             if kept[p["source"]] <= limit:
                 chosen.append(p)
         prompts = chosen
-    rows = dc.generate_responses(lm, prompts, max_new_tokens=max_new_tokens, progress=True)
+    rows += dc.generate_responses(lm, prompts, max_new_tokens=max_new_tokens, progress=True)
     dc.save_responses(rows, output)
     _counts_table(rows)
     out.print(f"wrote {len(rows)} labelled answers to {output}")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data.conversations import Conversation
     from ..models import LoadedModel
 
-SOURCES = ("instructed", "roleplay", "sycophancy", "sandbagging", "talk", "control")
+SOURCES = ("instructed", "roleplay", "sycophancy", "sandbagging", "concealment", "talk", "control")
 DECEPTIVE, HONEST = 1, 0
 SPLITS = ("dev", "test")
 
@@ -415,6 +415,10 @@ def deception_prompts(sources: Sequence[str], *, bait: Sequence[BaitItem] = (), 
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
         raise SteerwatchError(f"unknown deception source(s) {bad or list(sources)}; valid: {', '.join(SOURCES)}")
+    if "concealment" in sources:
+        raise SteerwatchError("source 'concealment' is made from the reward-hacking lab's episodes, not from prompts: "
+                              "`steerwatch deception generate --sources concealment --lab-episodes EPISODES.jsonl` "
+                              "(or steerwatch.lab.concealment.concealment_responses)")
     known = known or set()
     out: list[dict[str, Any]] = []
     if "instructed" in sources:
