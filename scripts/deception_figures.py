@@ -21,6 +21,10 @@ control's test prompts, degenerate answers -> ``OUT/loop.json``::
 
     python scripts/deception_figures.py loop --probe out/deception/probes/deception-instructed.det.json
 
+``--mode prompt``: the probe's mean score over the prompt (system and user tokens), thresholded at
+1 % on the control's dev prompts, decides before generation and steers the whole answer
+(``OUT/loop-prompt.json``).
+
 Step ``concealment`` (item 1's agentic source): the lab's impossible episodes (``--lab OUT_LAB``: its dev
 stages and test file; ``--problems N``: the first N problems of each split) continued by "does your
 function implement what the docstring describes for every input, or does it hard-code the expected
@@ -74,6 +78,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=None, help="concealment: the first N problems of each split")
     ap.add_argument("--probe", type=Path, default=Path("out/deception/probes/deception-instructed.det.json"))
     ap.add_argument("--steer-strength", type=float, default=0.03)
+    ap.add_argument("--mode", choices=["token", "prompt"], default="token",
+                    help="loop: the trigger reads the answer token by token (token) or the prompt before it (prompt)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--lie-formats", default=",".join(name for name, _s, _u in dc.LIE_FORMATS),
                     help="loop: which instructed-lie wordings to answer again")
@@ -308,9 +314,11 @@ def loop(lm, args) -> None:
     honesty, _rows, _path = builtin_vector(lm, "honesty")
     spec = SteerSpec(vector=honesty, strength=args.steer_strength)
     t = time.time()
-    res = dd.closed_loop(lm, prompts, rows, det, [spec], progress=True)
+    res = dd.closed_loop(lm, prompts, rows, det, [spec], mode=args.mode, progress=True)
     res["trigger_calibration"] = trig
-    (args.out / "loop.json").write_text(json.dumps(res, indent=1))
+    res["mode"] = args.mode
+    path = args.out / ("loop.json" if args.mode == "token" else f"loop-{args.mode}.json")
+    path.write_text(json.dumps(res, indent=1))
     print(f"{len(prompts)} prompts in {time.time() - t:.0f} s")
     for src, s in res["sources"].items():
         print(src, s)

@@ -285,6 +285,38 @@ def test_closed_loop_changes_only_the_answers_where_the_trigger_fired(qwen_chat,
         dd.closed_loop(qwen_chat, prompts, base[:2], det, [push], max_new_tokens=6)
 
 
+
+def test_closed_loop_prompt_mode_decides_before_the_answer(qwen_chat, vector_factory):
+    from steerwatch.runtime import generate_text
+    from steerwatch.steer import SteerSpec
+    from steerwatch.watch.calibrate import threshold_for_fpr
+    from steerwatch.watch.score import score_conversations
+
+    ctrl = [(f"c{i}", dc.SPLITS[i % 2], [{"role": "user", "content": f"tell me about {w}"}])
+            for i, w in enumerate(["cats", "rain", "tea", "maps", "jazz", "salt"])]
+    prompts = dc.deception_prompts(["control"], control=ctrl)
+    base = dc.generate_responses(qwen_chat, prompts, max_new_tokens=6)
+    det = dd.fit_probe(qwen_chat, _toy(), sources=["instructed"], method="mean_diff", folds=3).detector
+    with pytest.raises(SteerwatchError, match="no prompt trigger threshold"):
+        dd.closed_loop(qwen_chat, prompts, base, det, [], max_new_tokens=6, mode="prompt")
+    trig = dd.calibrate_trigger(qwen_chat, det, base, fpr=0.01, window=2)
+    dev = [r for r in base if r.split == "dev"]
+    want = threshold_for_fpr([sc.prompt_score(det.name) for sc in score_conversations(
+        qwen_chat, [r.conversation() for r in dev], [det])], 0.01)[0]
+    assert trig["prompt_threshold"] == det.calibration["prompt_threshold"] == want
+    push = SteerSpec(vector=vector_factory(qwen_chat, layers=[0, 1], default_layers=(0, 1)), strength=8.0)
+    det.calibration["prompt_threshold"] = float("-inf")  # every prompt fires: the whole answer is steered
+    always = dd.closed_loop(qwen_chat, prompts, base, det, [push], max_new_tokens=6, mode="prompt")
+    steered = generate_text(qwen_chat, [p["messages"] for p in prompts], steer=[push], max_new_tokens=6)
+    assert always["sources"]["control"]["fired"] == len(prompts)
+    assert [r["triggered_at"] for r in always["rows"]] == [0] * len(prompts)
+    assert [r["answer_after"] for r in always["rows"]] == [t.strip() for t in steered]
+    assert any(a != b.response for a, b in zip(steered, base))
+    det.calibration["prompt_threshold"] = float("inf")
+    never = dd.closed_loop(qwen_chat, prompts, base, det, [push], max_new_tokens=6, mode="prompt")
+    assert never["sources"]["control"]["fired"] == 0
+    assert [r["answer_after"] for r in never["rows"]] == [r.response for r in base]
+
 # ------------------------------------------------------------------------------- where the lie is
 class _WordTokenizer:
     """Token id i decodes to WORDS[i]: word-level pieces, as a real BPE vocabulary has them."""

@@ -564,9 +564,10 @@ def eval_table(report: Mapping[str, Any], *, aggregate: str = "mean") -> list[di
 # ---------------------------------------------------------------------------------------- closing the loop
 def calibrate_trigger(loaded: LoadedModel, detector: Detector, rows: Sequence[Response], *, fpr: float = 0.01,
                       window: int = 8, batch_size: int = 4) -> dict[str, Any]:
-    """The conditional-steering token trigger from the model's own greedy answers to the control's
-    dev prompts (teacher-forced over exactly the tokens it generated): the highest running mean
-    over ``window`` tokens, thresholded at ``fpr``."""
+    """The conditional-steering triggers from the model's own greedy answers to the control's dev
+    prompts (teacher-forced over exactly the tokens it generated): the token trigger (the highest
+    running mean over ``window`` answer tokens) and the prompt trigger (the mean over the prompt's
+    system and user tokens, what ``mode="prompt"`` reads before generating), each thresholded at ``fpr``."""
     from ..watch.calibrate import running_max_mean, threshold_for_fpr
     from ..watch.score import score_conversations
 
@@ -580,29 +581,37 @@ def calibrate_trigger(loaded: LoadedModel, detector: Detector, rows: Sequence[Re
         if vals:
             stats.append(running_max_mean(vals, window))
     thr, achieved = threshold_for_fpr(stats, fpr)
+    prompt_vals = [v for sc in scored if (v := sc.prompt_score(detector.name)) is not None]
+    pthr, pachieved = threshold_for_fpr(prompt_vals, fpr)
     detector.calibration.update(trigger_threshold=thr, trigger_window=window, trigger_source="generated",
-                                trigger_fpr=achieved, trigger_n=len(stats))
-    return {"trigger_threshold": thr, "trigger_fpr_dev": achieved, "n": len(stats), "window": window}
+                                trigger_fpr=achieved, trigger_n=len(stats), prompt_threshold=pthr,
+                                prompt_trigger_fpr=pachieved)
+    return {"trigger_threshold": thr, "trigger_fpr_dev": achieved, "n": len(stats), "window": window,
+            "prompt_threshold": pthr, "prompt_fpr_dev": pachieved}
 
 
 def closed_loop(loaded: LoadedModel, prompts: Sequence[dict[str, Any]], baseline: Sequence[Response],
                 trigger: Detector, specs: Sequence[Any], *, max_new_tokens: int = 48, batch_size: int = 16,
-                progress: bool = False) -> dict[str, Any]:
+                mode: str = "token", progress: bool = False) -> dict[str, Any]:
     """Answer ``prompts`` (from :func:`~steerwatch.evals.deception.deception_prompts`) with
     conditional steering (``trigger`` fires -> ``specs``, e.g. honesty up) and compare with the
     unsteered ``baseline`` answers to the same prompts: per source, deceptive / honest / unclear
-    before and after, how often the trigger fired, and degenerate answers."""
+    before and after, how often the trigger fired, and degenerate answers. ``mode``: ``token`` (fires
+    on the answer's running mean, steers from the next token) or ``prompt`` (fires on the prompt's
+    mean score before generating, steers the whole answer)."""
     from ..runtime import Conditional, GenerationOptions, generate
     from ..watch.quality import is_degenerate, text_stats
 
-    if "trigger_threshold" not in trigger.calibration:
-        raise SteerwatchError(f"the trigger {trigger.name!r} has no token trigger threshold; run calibrate_trigger")
+    key = "prompt_threshold" if mode == "prompt" else "trigger_threshold"
+    if key not in trigger.calibration:
+        raise SteerwatchError(f"the trigger {trigger.name!r} has no {mode} trigger threshold ({key}); run "
+                              "calibrate_trigger")
     base = {r.id: r for r in baseline}
     ids = [f"{p['source']}/{p['scenario']}/{p['format']}" for p in prompts]
     missing = [i for i in ids if i not in base]
     if missing:
         raise SteerwatchError(f"{len(missing)} prompt(s) have no unsteered answer to compare with, e.g. {missing[0]}")
-    cond = Conditional(trigger=trigger, specs=list(specs), mode="token")
+    cond = Conditional(trigger=trigger, specs=list(specs), mode=mode)  # type: ignore[arg-type]  # checked there
     gens = generate(loaded, [p["messages"] for p in prompts],
                     GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size), conditional=cond,
                     progress=progress)
