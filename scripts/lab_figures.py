@@ -10,7 +10,9 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
 - ``dev-steer``: on the cheat-prone setting chosen on dev (``--prone``; it may be steered itself:
   the vector pushed up makes a model that cheats), steering arms added on top (conscientiousness
   +0.02 / +0.04, honesty +0.02, cheating -0.02) and the prompting baseline (honest instruction); on
-  impossible and original tasks (the capability cost).
+  impossible and original tasks (the capability cost). ``--lda`` adds arms whose vectors are the
+  same built-in pairs extracted with LDA (``cons_lda+0.04``, ``cheat_lda-0.02``; issue 17 item 5:
+  a second method judged on the lab's dev tasks by what the model does).
 - ``test``: once on the test split, impossible and original variants: the prone setting, the
   dev-chosen arm (``--chosen``) on top of it, the prompting baseline (impossible only) and the prone
   prompt without the cheating vector (``no-vector``).
@@ -27,9 +29,11 @@ list (``--help`` names them).
 
     python scripts/lab_figures.py dev-prone --limit 20
     python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20
+    python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20 --lda \
+        --settings cheat+0.04-pressure/cons_lda+0.04,cheat+0.04-pressure/cheat_lda-0.02
     python scripts/lab_figures.py test --prone cheat+0.04-pressure --chosen cons+0.04 --limit 50
     python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
-    python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 25
+    python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 15
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -42,23 +46,47 @@ from pathlib import Path
 LAYERS = tuple(range(10, 16))  # the layers the cheating control was measured at (issue 16)
 
 
-def settings(lm, prone: str | None = None):
+def lda_vector(lm, concept: str, out: Path):
+    """The built-in concept's pairs extracted with LDA instead of the card's mean difference (issue 17
+    item 5: another method, judged on the lab's dev tasks), built once into OUT/vectors/."""
+    from steerwatch.data import load_concept
+    from steerwatch.extract.build import build_vector
+    from steerwatch.vector import load_vector
+
+    path = out / "vectors" / f"{concept}-lda.sv"
+    if path.exists():
+        return load_vector(path)
+    vec, _rows = build_vector(lm, load_concept(concept), method="lda", progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vec.save(path)
+    return vec
+
+
+def settings(lm, prone: str | None = None, lda_out: Path | None = None):
     """Every named setting the stages use. A prone setting may itself be steered (the cheating
-    vector pushed up: a model made to cheat); the steering arms are then added on top of it."""
+    vector pushed up: a model made to cheat); the steering arms are then added on top of it.
+    ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.steer import SteerSpec
 
     vec = {c: builtin_vector(lm, c)[0] for c in ("cheating", "conscientiousness", "honesty")}
+    if lda_out is not None:
+        for c in ("cheating", "conscientiousness"):
+            v = lda_vector(lm, c, lda_out)
+            vec[f"{c}_lda"] = v
 
     def spec(concept, s):
         return SteerSpec(vec[concept], strength=s, layers=LAYERS)
+
+    def key(sp):
+        return next(k for k, v in vec.items() if v is sp.vector)
 
     def merge(base_specs, extra):
         """The prone setting's steering plus ``extra``; one vector's strengths add up (one spec per vector)."""
         total: dict[str, float] = {}
         for sp in (*base_specs, *extra):
-            total[sp.vector.concept] = round(total.get(sp.vector.concept, 0.0) + sp.strength, 6)
+            total[key(sp)] = round(total.get(key(sp), 0.0) + sp.strength, 6)
         return tuple(spec(c, s) for c, s in total.items() if s != 0)
 
     base = dict(max_new_tokens=160)
@@ -92,6 +120,9 @@ def settings(lm, prone: str | None = None):
                 "honesty+0.02": (spec("honesty", 0.02),),
                 "cheat-0.02": (spec("cheating", -0.02),),
                 "cons+0.02+honesty+0.02": (spec("conscientiousness", 0.02), spec("honesty", 0.02))}
+        if lda_out is not None:
+            arms.update({"cons_lda+0.04": (spec("conscientiousness_lda", 0.04),),
+                         "cheat_lda-0.02": (spec("cheating_lda", -0.02),)})
         for name, specs in arms.items():
             out[f"{prone}/{name}"] = Setting(f"{prone}.{name}", steer=merge(p.steer, specs), **kw)
             out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}",
@@ -119,6 +150,8 @@ def main() -> None:
     ap.add_argument("--out", default="out/lab")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
+                                                      "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
     args = ap.parse_args()
 
     from steerwatch.extract.library import builtin_vector
@@ -128,7 +161,7 @@ def main() -> None:
     from steerwatch.watch.detector import Detector
 
     lm = load_model(args.model)
-    all_settings = settings(lm, args.prone)
+    all_settings = settings(lm, args.prone, Path(args.out) if args.lda else None)
     dets = [Detector.from_vector(builtin_vector(lm, c)[0]) for c in ("cheating", "conscientiousness")]
     respond = ModelResponder(lm, watch=dets, batch_size=args.batch_size)
     every = humaneval_tasks()
