@@ -316,12 +316,19 @@ def test_cli_extract_bipo(qwen, monkeypatch, tmp_path):
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: pytest.fail("model loaded"))
     res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "bipo"])
     assert res.exit_code == 2 and "pass --layers" in " ".join(res.output.split())
+    for opt, val, what in (("--eval-every", "0", "eval_every must be an integer >= 1"),
+                           ("--patience", "-1", "patience must be an integer >= 1"),
+                           ("--lr", "0", "lr must be a finite number > 0")):
+        res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "fewshot",
+                                  "--layers", "1", opt, val])
+        assert res.exit_code == 2 and what in " ".join(res.output.split()), res.output  # before the model loads
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
     res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "bipo", "--layers",
-                              "1", "--steps", "6", "--lr", "0.05", "--json"])
+                              "1", "--steps", "6", "--lr", "0.05", "--eval-every", "2", "--json"])
     assert res.exit_code == 0, res.output
     hist = json.loads(res.stdout[res.stdout.index("{"):])
     vec = load_vector(tmp_path / "v.sv")
     assert vec.method == "bipo" and vec.default_layers == [1]
     assert vec.recommended_strength == FP32_STORED.approx(hist["strength"]) and 0 < hist["strength"] <= 0.1 + 1e-6
     assert vec.extra["optimisation"]["steps_run"] == hist["steps_run"] == 6
+    assert vec.extra["optimisation"]["eval_every"] == 2 and [r[0] for r in hist["loss_curve"]] == [0, 2, 4, 6]

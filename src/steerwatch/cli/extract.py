@@ -69,6 +69,8 @@ def extract_cmd(
                                                     "positive answers' likelihood); these need --layers."),
     steps: int = typer.Option(100, help="bipo/fewshot: optimisation steps (early stopping on the val loss)."),
     lr: float = typer.Option(0.01, help="bipo/fewshot: Adam learning rate."),
+    eval_every: int = typer.Option(10, help="bipo/fewshot: steps between validation-loss evaluations."),
+    patience: int = typer.Option(3, help="bipo/fewshot: stop after this many evaluations without a better val loss."),
     max_strength: float = typer.Option(0.1, help="bipo/fewshot: largest strength the vector may learn (the norm "
                                                  "constraint, in steerwatch's residual-norm units)."),
     checkpoint: Path | None = typer.Option(None, help="bipo/fewshot: checkpoint file, written at every evaluation; "
@@ -128,6 +130,11 @@ def extract_cmd(
     if optimised and (layers == "auto" or read_method not in (None, "none")):
         raise typer.BadParameter(f"--method {method} trains one vector at the layers you give: pass --layers (e.g. "
                                  "9,10,11,12,13,14) and no --read-method")
+    if optimised:
+        from ..extract.optimise import _check_options
+
+        assert method is not None
+        _check_options(method, steps, lr, max_strength, min(batch_size, 4), 0.1, eval_every, patience)  # before loading
     if read_method not in (None, "none"):
         check_method(read_method)
     if read != "auto":
@@ -198,7 +205,7 @@ def extract_cmd(
         assert method is not None and isinstance(layer_sel, list)
         vec, hist = optimise_vector(loaded, data, method=method, layers=layer_sel, steps=steps, lr=lr,
                                     max_strength=max_strength, batch_size=min(batch_size, 4), checkpoint=checkpoint,
-                                    progress=True, concept=concept)
+                                    eval_every=eval_every, patience=patience, progress=True, concept=concept)
         path = vec.save(output)
         if json_out:
             out.print_json(json.dumps(hist))
