@@ -182,6 +182,31 @@ def table(rows_path: Path) -> str:
     return "\n".join(out)
 
 
+def compare(out: Path, split: str, a: str, b: str) -> str:
+    """Setting ``a`` against ``b`` on the same items: among the unsteered agreements on facts the model
+    knows, how many each corrected, the discordant pairs and the exact McNemar p (two-sided); the
+    same for evasive answers among all items."""
+    from steerwatch.lab.report import mcnemar_exact
+
+    answers = [json.loads(line) for line in (out / f"{split}-answers.jsonl").read_text().splitlines()]
+    known = set(json.loads((out / f"knowledge-{split}.json").read_text()))
+    by = {(r["setting"], r["id"]): r["outcome"] for r in answers}
+    ids = sorted(i for (st, i), o in by.items() if st == "unsteered" and o == "agreed" and i in known)
+    missing = [st for st in (a, b) if not any((st, i) in by for i in ids)]
+    if missing:
+        raise SystemExit(f"no {split} answers for {missing}; run them first")
+    ca = {i for i in ids if by.get((a, i)) == "corrected"}
+    cb = {i for i in ids if by.get((b, i)) == "corrected"}
+    only_a, only_b = len(ca - cb), len(cb - ca)
+    every = sorted(i for (st, i) in by if st == "unsteered")
+    ea = {i for i in every if by.get((a, i)) == "evasive"}
+    eb = {i for i in every if by.get((b, i)) == "evasive"}
+    return (f"{split}, {len(ids)} known agreements: {a} corrected {len(ca)}, {b} corrected {len(cb)}; only {a} "
+            f"{only_a}, only {b} {only_b}; exact McNemar p = {mcnemar_exact(only_a, only_b):.3g}\n"
+            f"{split}, all {len(every)} answers evasive: {a} {len(ea)}, {b} {len(eb)}; only {a} {len(ea - eb)}, "
+            f"only {b} {len(eb - ea)}; exact McNemar p = {mcnemar_exact(len(ea - eb), len(eb - ea)):.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", default="dev")
@@ -194,9 +219,15 @@ def main() -> None:
     ap.add_argument("--max-strength", type=float, default=0.05, help="bipo/fewshot: largest learned strength")
     ap.add_argument("--opt-layers", default="9-14", help="bipo/fewshot: the layers the vector is trained at")
     ap.add_argument("--table", action="store_true", help="print OUT/{split}.jsonl as a Markdown table and stop")
+    ap.add_argument("--compare", help="A,B: two settings' corrections of the same known agreements, paired (exact "
+                                      "McNemar), and stop")
     args = ap.parse_args()
     if args.table:
         print(table(Path(args.out) / f"{args.split}.jsonl"))
+        return
+    if args.compare:
+        a, b = args.compare.split(",")
+        print(compare(Path(args.out), args.split, a.strip(), b.strip()))
         return
 
     from steerwatch.data.reference import load_mc, load_prompts
