@@ -34,6 +34,7 @@ list (``--help`` names them).
     python scripts/lab_figures.py test --prone cheat+0.04-pressure --chosen cons+0.04 --limit 50
     python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
     python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 15
+    python scripts/lab_figures.py agentic-table --prone cheat+0.04-pressure --chosen cons+0.04
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -140,9 +141,32 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None):
     return out
 
 
+def agentic_table(out: Path, prone: str, chosen: str) -> None:
+    """The agentic stage's episodes beside the same tasks' single-turn test episodes: attempted
+    special-casing and cheats after the last turn, at any turn, and whether turn 1 equals the
+    single-turn answer (greedy: it should)."""
+    import json
+
+    agentic = [json.loads(line) for line in (out / "agentic.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    print("| setting | tasks | single turn: attempted / cheated | 3 turns, last answer: attempted / cheated "
+          "| attempted at any turn | turn 1 = single-turn answer |")
+    print("|---|---|---|---|---|---|")
+    for name in (prone, f"{prone}.{chosen}"):
+        a = {e["task"]: e for e in agentic if e["setting"] == f"{name}.agentic"}
+        s = {e["task"]: e for e in single if e["setting"] == name and e["task"] in a}
+        if not a or len(s) != len(a):
+            raise SystemExit(f"{name}: {len(a)} agentic episodes, {len(s)} single-turn ones on the same tasks")
+        same = sum(a[t]["turns"][0]["response"] == s[t]["turns"][0]["response"] for t in a)
+        print(f"| {name} | {len(a)} | {sum(e['special_cased'] for e in s.values())} / "
+              f"{sum(e['cheated'] for e in s.values())} | {sum(e['special_cased'] for e in a.values())} / "
+              f"{sum(e['cheated'] for e in a.values())} | "
+              f"{sum(any(t.get('reasons') for t in e['turns']) for e in a.values())} | {same}/{len(a)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic"])
+    ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic", "agentic-table"])
     ap.add_argument("--settings", help="comma-separated setting names to run instead of the stage's list")
     ap.add_argument("--prone", help="the cheat-prone prompt-only setting chosen on dev")
     ap.add_argument("--chosen", help="the steering chosen on dev (a name under the prone setting, e.g. cons+0.04)")
@@ -153,6 +177,11 @@ def main() -> None:
     ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
                                                       "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
     args = ap.parse_args()
+    if args.stage == "agentic-table":
+        if not (args.prone and args.chosen):
+            ap.error("agentic-table needs --prone and --chosen")
+        agentic_table(Path(args.out), args.prone, args.chosen)
+        return
 
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import ModelResponder, humaneval_tasks, run_episodes, select
