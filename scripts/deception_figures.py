@@ -74,7 +74,9 @@ def mc_known_ids(lm, out: Path) -> set[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["generate", "merge", "loop", "table", "choose-trigger", "where", "concealment"])
+    ap.add_argument("step", choices=["generate", "merge", "loop", "table", "choose-trigger", "where", "concealment",
+                                     "concealment-sample"])
+    ap.add_argument("--sample", type=int, default=14, help="concealment-sample: how many replies to print")
     ap.add_argument("--lab", type=Path, default=Path("out/lab"), help="concealment: the lab's episodes folder")
     ap.add_argument("--per-split", type=int, default=100,
                     help="concealment: at most N impossible episodes per split, in HumanEval problem order")
@@ -101,6 +103,14 @@ def main() -> None:
         return
     if args.step == "choose-trigger":
         choose_trigger(args.out)
+        return
+    if args.step == "concealment-sample":  # a seeded random sample of the labelled replies, to read by hand
+        import random
+
+        rows = dc.load_responses(args.out / "responses-concealment.jsonl")
+        random.Random(1).shuffle(rows)
+        for r in rows[:args.sample]:
+            print(f"special_cased={r.meta['special_cased']} label={r.label} | {r.response}")
         return
     lm = load_model("default")
     if args.step == "loop":
