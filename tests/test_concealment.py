@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from steerwatch.errors import SteerwatchError
 from steerwatch.evals import deception as dc
-from steerwatch.lab import humaneval_tasks, select
 from steerwatch.lab import concealment as C
+from steerwatch.lab import humaneval_tasks, select
 from steerwatch.lab import probe as PR
 from steerwatch.lab.episodes import append_episodes
 
@@ -95,7 +95,8 @@ def test_responses_are_labelled_rows_of_the_deception_sets(tasks, monkeypatch, t
     assert asked == [p["messages"] for p in prompts]
     want = [C.label_concealment(GENERAL if i % 3 else ADMITS, p["special_cased"])[0] for i, p in enumerate(prompts)]
     assert [r.label for r in rows] == want and dc.DECEPTIVE in want and dc.HONEST in want
-    assert rows[1].response == GENERAL and rows[0].source == "concealment" and rows[0].meta["task"] == prompts[0]["task"]
+    assert rows[1].response == GENERAL and rows[0].source == "concealment"
+    assert rows[0].meta["task"] == prompts[0]["task"]
     back = dc.load_responses(dc.save_responses(rows, tmp_path / "r.jsonl"))
     assert [(r.id, r.label, r.response) for r in back] == [(r.id, r.label, r.response) for r in rows]
     assert dc.counts(rows)["concealment"]["dev"] == {"deceptive": want.count(1), "honest": want.count(0),
