@@ -137,21 +137,18 @@ def generate_cmd(
         rows = concealment_responses(lm, episodes, tasks=lab_task_list, max_new_tokens=max_new_tokens, progress=True,
                                      limit=limit)
         srcs = [s for s in srcs if s != "concealment"]
-    if not srcs:
-        dc.save_responses(rows, output)
-        _counts_table(rows)
-        return
-    prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl,
-                                   mc=questions, mc_known=mc_known)
-    if limit is not None:
-        kept: dict[str, int] = {}
-        chosen = []
-        for p in prompts:
-            kept[p["source"]] = kept.get(p["source"], 0) + 1
-            if kept[p["source"]] <= limit:
-                chosen.append(p)
-        prompts = chosen
-    rows += dc.generate_responses(lm, prompts, max_new_tokens=max_new_tokens, progress=True)
+    if srcs:  # the sources answered from prompts
+        prompts = dc.deception_prompts(srcs, bait=items, known=known, scenarios=scenarios, talk=talks, control=ctrl,
+                                       mc=questions, mc_known=mc_known)
+        if limit is not None:
+            kept: dict[str, int] = {}
+            chosen = []
+            for p in prompts:
+                kept[p["source"]] = kept.get(p["source"], 0) + 1
+                if kept[p["source"]] <= limit:
+                    chosen.append(p)
+            prompts = chosen
+        rows += dc.generate_responses(lm, prompts, max_new_tokens=max_new_tokens, progress=True)
     dc.save_responses(rows, output)
     _counts_table(rows)
     out.print(f"wrote {len(rows)} labelled answers to {output}")
