@@ -322,6 +322,9 @@ def test_cli_extract_bipo(qwen, monkeypatch, tmp_path):
         res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "fewshot",
                                   "--layers", "1", opt, val])
         assert res.exit_code == 2 and what in " ".join(res.output.split()), res.output  # before the model loads
+    res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "fewshot",
+                              "--layers", "2-1"])
+    assert res.exit_code == 2 and "runs backwards; write 1-2" in " ".join(res.output.split()), res.output
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
     res = runner.invoke(app, ["extract", str(data), "-o", str(tmp_path / "v.sv"), "--method", "bipo", "--layers",
                               "1", "--steps", "6", "--lr", "0.05", "--eval-every", "2", "--json"])

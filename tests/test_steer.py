@@ -417,6 +417,8 @@ def loader(qwen):
     ("x.sv:clamp=0.5:generated", "clamp", 0.5, None, "generated"),
     ("x.sv@-1:+1e-1:prompt", "add", 0.1, (-1,), "prompt"),
     ("  x.sv@3:clamp=-2  ", "clamp", -2.0, (3,), "all"),
+    ("x.sv@1-3:+0.02", "add", 0.02, (1, 2, 3), "all"),
+    ("x.sv@0-1,3:-0.1:generated", "add", -0.1, (0, 1, 3), "generated"),
 ])
 def test_parse_steer_spec_good(loader, text, op, strength, layers, positions):
     vec, seen, load = loader
@@ -434,11 +436,24 @@ def test_parse_steer_spec_good(loader, text, op, strength, layers, positions):
     ("x.sv:+0.3:sideways", "unknown operation 'sideways'"),
     ("x.sv:nan", "strength must be a finite number"),
     ("x.sv@7:+0.3", "no direction for layer 7"),
+    ("x.sv@3-1:+0.3", "runs backwards; write 1-3"),
 ])
 def test_parse_steer_spec_bad(loader, text, match):
     _, _, load = loader
     with pytest.raises(SteerSpecError, match=match):
         parse_steer_spec(text, load=load)
+
+
+def test_parse_layer_list_ranges_and_errors():
+    from steerwatch.layers import parse_layer_list
+
+    assert parse_layer_list("9-14") == [9, 10, 11, 12, 13, 14]
+    assert parse_layer_list("8-9, 14") == [8, 9, 14]
+    assert parse_layer_list("-2,-1") == [-2, -1]
+    for bad, match in (("9-", "neither a layer number nor a range"), ("a", "neither"), (" , ", "no layers given"),
+                       ("5-2", "runs backwards")):
+        with pytest.raises(ValueError, match=match):
+            parse_layer_list(bad)
 
 
 # ---------------------------------------------------------------------------- vector / model mismatch

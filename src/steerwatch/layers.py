@@ -10,6 +10,7 @@ outputs directly, so layer ``n_layers - 1`` is always the raw residual stream.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import LayerResolutionError
@@ -89,6 +90,31 @@ def decoder_blocks(model: Any, *, layers_path: str | None = None) -> nn.ModuleLi
 
 def n_layers(model: Any, *, layers_path: str | None = None) -> int:
     return len(decoder_blocks(model, layers_path=layers_path))
+
+
+_SPAN = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_layer_list(text: str) -> list[int]:
+    """``"10,12"``, ``"9-14"`` (both ends included), ``"8-10,14"`` or ``"-1"`` -> layer indices, in the
+    order given. Raises :class:`ValueError` on anything else (callers word the error for their option)."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        m = _SPAN.match(part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise ValueError(f"layer range {part!r} runs backwards; write {hi}-{lo}")
+            out.extend(range(lo, hi + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            out.append(int(part))
+        else:
+            raise ValueError(f"{part!r} is neither a layer number nor a range like 9-14")
+    if not out:
+        raise ValueError("no layers given")
+    return out
 
 
 def normalize_layer(layer: int, total: int) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import LayerResolutionError, SteerSpecError
-from .layers import block_output, check_layers, decoder_blocks, normalize_layer, replace_block_output
+from .layers import block_output, check_layers, decoder_blocks, normalize_layer, parse_layer_list, replace_block_output
 from .types import OPS, POSITIONS, Op, Position
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,7 +86,7 @@ class SteerSpec:
         return f"{self.vector.concept}@{layers}:{what}{pos}"
 
 
-_SPEC = re.compile(r"^(?P<path>.+?)(?:@(?P<layers>-?\d+(?:,-?\d+)*))?(?::(?P<op>[^:]+))?"
+_SPEC = re.compile(r"^(?P<path>.+?)(?:@(?P<layers>-?\d+(?:-\d+)?(?:,-?\d+(?:-\d+)?)*))?(?::(?P<op>[^:]+))?"
                    r"(?::(?P<pos>all|prompt|generated))?$")
 
 
@@ -122,7 +122,10 @@ def parse_steer_spec(text: str, *, load: Callable[[str], Vector] | None = None) 
         except ValueError:
             raise SteerSpecError(f"unknown operation {op_text!r} in {text!r}; use a signed strength (+0.3), "
                                  "'ablate' or 'clamp=VALUE'") from None
-    layers = tuple(int(x) for x in m.group("layers").split(",")) if m.group("layers") else None
+    try:
+        layers = tuple(parse_layer_list(m.group("layers"))) if m.group("layers") else None
+    except ValueError as exc:
+        raise SteerSpecError(f"cannot read the layers in {text!r} ({exc}); write them like @12,13 or @9-14") from None
     vector = load(m.group("path"))
     positions = cast(Position, m.group("pos") or "all")  # the pattern admits only valid positions
     return SteerSpec(vector=vector, op=op, strength=strength, layers=layers, positions=positions)

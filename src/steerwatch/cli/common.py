@@ -85,10 +85,13 @@ def parse_layers(text: str):
 
     if text == "auto":
         return "auto"
+    from ..layers import parse_layer_list
+
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ExtractionError(f"--layers must be 'auto' or comma-separated integers like 10,12, got {text!r}") from None
+        return parse_layer_list(text)
+    except ValueError as exc:
+        raise ExtractionError(f"--layers must be 'auto', comma-separated integers like 10,12 or a range like 9-14, "
+                              f"got {text!r} ({exc})") from None
 
 
 def check_engine(name: str) -> None:

@@ -66,13 +66,22 @@ def extract_cmd(
                                                     "the concept's own, see `steerwatch concepts`; else mean_diff); "
                                                     "or an optimised vector, trained through the frozen model: bipo "
                                                     "(bi-directional preference optimisation) or fewshot (raise the "
-                                                    "positive answers' likelihood); these need --layers."),
-    steps: int = typer.Option(100, help="bipo/fewshot: optimisation steps (early stopping on the val loss)."),
-    lr: float = typer.Option(0.01, help="bipo/fewshot: Adam learning rate."),
-    eval_every: int = typer.Option(10, help="bipo/fewshot: steps between validation-loss evaluations."),
-    patience: int = typer.Option(3, help="bipo/fewshot: stop after this many evaluations without a better val loss."),
-    max_strength: float = typer.Option(0.1, help="bipo/fewshot: largest strength the vector may learn (the norm "
-                                                 "constraint, in steerwatch's residual-norm units)."),
+                                                    "positive answers' likelihood); these need --layers. A concept "
+                                                    "with a steering recipe (honesty) defaults to its recipe: "
+                                                    "fewshot on the model's own on-policy pairs at the built-in "
+                                                    "vector's layers, shipped for the embedded model."),
+    steps: int | None = typer.Option(None, help="bipo/fewshot: optimisation steps (early stopping on the val loss; "
+                                                "default 100, a recipe's own for a recipe)."),
+    lr: float | None = typer.Option(None, help="bipo/fewshot: Adam learning rate (default 0.01)."),
+    eval_every: int | None = typer.Option(None, help="bipo/fewshot: steps between validation-loss evaluations "
+                                                     "(default 10, a recipe's own for a recipe)."),
+    patience: int | None = typer.Option(None, help="bipo/fewshot: stop after this many evaluations without a better "
+                                                   "val loss (default 3)."),
+    max_strength: float | None = typer.Option(None, help="bipo/fewshot: largest strength the vector may learn (the "
+                                                         "norm constraint, in steerwatch's residual-norm units; "
+                                                         "default 0.1, a recipe's own for a recipe)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="A concept's recipe: build it on this machine even when "
+                                                          "steerwatch ships the vector for this model."),
     checkpoint: Path | None = typer.Option(None, help="bipo/fewshot: checkpoint file, written at every evaluation; "
                                                       "an interrupted run given the same file resumes."),
     read_method: str | None = typer.Option(
@@ -80,7 +89,8 @@ def extract_cmd(
                    "directions (default: the concept's own, e.g. lda for cheating; 'none' for no read directions)."),
     read: str = typer.Option("auto", help="auto, completion_mean, last_prompt or last_token."),
     layers: str = typer.Option("auto", help="'auto' (a window centred on the best validation AUROC in the middle "
-                                            "of the network) or e.g. 10,12."),
+                                            "of the network; for a recipe, the built-in vector's layers) or e.g. "
+                                            "10,12 or 9-14."),
     n_auto: int | None = typer.Option(None, help="Window size for --layers auto (default: a quarter of the "
                                                     "model's layers, 6 of 24)."),
     persona: bool = typer.Option(False, help="SOURCE is a persona-instruction file: generate answers under each "
@@ -119,15 +129,36 @@ def extract_cmd(
     import json
 
     from ..data import load_contrast, load_persona
+    from ..evals.recipes import recipe_for
     from ..extract.build import build_vector
     from ..extract.methods import check_method
     from ..extract.optimise import OPT_METHODS
     from ..record import check_read
 
+    recipe = recipe_for(source) if method is None and not persona else None
+    if recipe is not None:  # the concept's dev-chosen steering recipe (steerwatch.evals.recipes)
+        if read_method not in (None, "none"):
+            raise typer.BadParameter(f"{source}'s default recipe trains a steering vector without read directions; "
+                                     f"for read directions pass --method mean_diff --read-method {read_method}")
+        own = dict(steps=steps, lr=lr, eval_every=eval_every, patience=patience, max_strength=max_strength)
+        tuned = any(v is not None for v in own.values()) or instructions is not None or bool(onpolicy_steer) \
+            or sources != "instruction,neutral"
+        recipe = recipe.with_(**own)
+        method, onpolicy = recipe.method, True
+        steps, lr, eval_every, patience, max_strength = (recipe.steps, recipe.lr, recipe.eval_every, recipe.patience,
+                                                         recipe.max_strength)
+    else:
+        tuned = True
+        steps, lr, eval_every = (100 if steps is None else steps), (0.01 if lr is None else lr), \
+            (10 if eval_every is None else eval_every)
+        patience, max_strength = (3 if patience is None else patience), (0.1 if max_strength is None else max_strength)
+        if rebuild:
+            raise typer.BadParameter(f"--rebuild goes with a concept's default recipe ({source!r} with --method "
+                                     f"{method} has none)" if method else f"{source!r} has no recipe to rebuild")
     optimised = method in OPT_METHODS
     if method is not None and not optimised:
         check_method(method)
-    if optimised and (layers == "auto" or read_method not in (None, "none")):
+    if optimised and recipe is None and (layers == "auto" or read_method not in (None, "none")):
         raise typer.BadParameter(f"--method {method} trains one vector at the layers you give: pass --layers (e.g. "
                                  "9,10,11,12,13,14) and no --read-method")
     if optimised:
@@ -168,6 +199,29 @@ def extract_cmd(
     elif strict and (persona or onpolicy):
         raise typer.BadParameter("--strict checks a pair file; --persona and --onpolicy generate their pairs")
     loaded = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    if recipe is not None:
+        from ..evals.recipes import recipe_layers, shipped_vector
+
+        note(f"{source}: the default is its steering recipe, {recipe.method} on the model's own on-policy pairs "
+             f"({recipe.chosen}); --method mean_diff builds the fast vector from the hand-written pairs")
+        found = None if (tuned or rebuild) else shipped_vector(loaded, source, recipe=recipe, log=note)
+        if found is not None and (layer_sel == "auto" or layer_sel == found[0].default_layers):
+            from ..extract.build import layer_rows
+
+            vec = found[0]
+            path = vec.save(output)
+            if json_out:
+                out.print_json(json.dumps(vec.extra.get("optimisation", {})))
+            else:
+                out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name} (shipped)"))
+            console.print(f"wrote {path} · {vec.method} at layers {vec.default_layers} · steer at "
+                          f"{recipe.strength:+.2f} (chosen on dev) · the vector steerwatch ships for this model, built "
+                          f"by: {recipe.command(output.name, vec.default_layers)}; --rebuild runs that here (about "
+                          "23 min on 2 CPU cores for the embedded model)", highlight=False)
+            return
+        if layer_sel == "auto":
+            layer_sel = recipe_layers(loaded, source, progress=True, log=note)
+            note(f"{source} recipe: training at the built-in vector's layers {layer_sel}")
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 

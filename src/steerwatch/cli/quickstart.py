@@ -29,13 +29,20 @@ def quickstart_cmd(
     max_new_tokens: int = typer.Option(40, help="Tokens per answer."),
     show: int = typer.Option(6, help="How many answers to show side by side."),
     batch_size: int = typer.Option(50, min=1, help="Prompts generated together (larger is faster on CPU)."),
+    honesty: str = typer.Option("recommended", help="The honesty vector: recommended (the dev-chosen recipe's "
+                                                    "vector where steerwatch ships one for the model, as for the "
+                                                    "embedded model; else the built-in one) or builtin (mean "
+                                                    "difference over the hand-written pairs, built here)."),
 ) -> None:
     """Build honesty and sycophancy vectors on the embedded model and watch sycophancy turn into corrections."""
     from rich.table import Table
 
     from ..errors import SteerwatchError
+    from ..extract.optimise import OPT_METHODS
     from ..quickstart import CHOSEN_STRENGTH, run_quickstart
 
+    if honesty not in ("recommended", "builtin"):
+        raise SteerwatchError(f"--honesty must be recommended or builtin, got {honesty!r}")
     if steer_concept not in ("honesty", "sycophancy"):
         raise SteerwatchError(f"--steer-concept must be honesty or sycophancy, got {steer_concept!r}")
     try:
@@ -49,14 +56,23 @@ def quickstart_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def on_vector(concept, vec, rows):
-        best = next(r for r in rows if r.layer == vec.best_layer())
         layers = vec.default_layers
+        if vec.method in OPT_METHODS:  # the shipped recipe vector
+            console.print(f"{concept}: the {vec.method} vector steerwatch ships for this model (trained on its own "
+                          f"corrections, chosen on the dev split; docs/results.md); steering layers "
+                          f"{layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}", highlight=False)
+            return
+        best = next(r for r in rows if r.layer == vec.best_layer())
         console.print(f"{concept}: best validation AUROC {best.auroc:.3f} at layer {best.layer}; "
-                      f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}")
+                      f"steering layers {layers[0]}-{layers[-1]} → {out_dir / (concept + '.sv')}", highlight=False)
 
     res = run_quickstart(loaded, out_dir=out_dir, steer_concept=steer_concept, strengths=levels, split=split,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, on_vector=on_vector,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), honesty=honesty)
+    if honesty == "recommended" and res.honesty_source != "shipped":
+        note("no shipped honesty vector for this model: steering with the built-in mean-difference vector; "
+             "`steerwatch extract honesty` builds the stronger recipe vector (slow on CPU) and `steerwatch generate "
+             "--steer honesty.sv:+0.03` uses it")
     with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
         for row in res.bait_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

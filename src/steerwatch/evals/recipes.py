@@ -1,0 +1,200 @@
+"""Each concept's recommended *steering* vector: the recipe chosen on the dev split, and the
+vectors steerwatch ships, built by that recipe, for the embedded model.
+
+For honesty the dev split chose a vector trained through the frozen model (``fewshot``) on the
+model's own corrections (on-policy pairs), at the built-in vector's layers, steered at +0.03
+(docs/results.md, "Every method on dev"; issue 17). That build takes about 23 minutes on 2 CPU
+cores, so the embedded model's vector ships with steerwatch (``data/shipped/``, built by
+``scripts/ship_vectors.py``) and is used when the loaded model's weights fingerprint matches and
+the recipe and its on-policy items are the ones it was built from; any other model builds it.
+
+The *reading* vector of a concept (detectors, ``steerwatch watch``, the serving guard's distress
+check) is not affected: that stays the concept's built-in vector
+(:func:`steerwatch.extract.library.builtin_vector`), whose validation AUROCs the detectors rest on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SteerwatchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from ..vector import Vector
+    from .onpolicy import OnPolicyResult
+
+# the optimisation settings a shipped vector must have been built with to stand in for the recipe
+_MATCHED = ("max_strength", "steps", "eval_every", "patience", "lr", "batch_size", "seed")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a concept's recommended steering vector is built: ``method`` trained on the model's own
+    on-policy pairs (:mod:`steerwatch.evals.onpolicy`) at the layers of the concept's built-in
+    vector on that model, with these optimisation settings; ``strength``: the dose chosen on dev."""
+
+    concept: str
+    method: str = "fewshot"
+    max_strength: float = 0.05
+    steps: int = 40
+    eval_every: int = 5
+    patience: int = 3
+    lr: float = 0.01
+    batch_size: int = 4
+    seed: int = 0
+    strength: float = 0.03
+    chosen: str = ""  # where and how it was chosen (one line, for logs and docs)
+
+    def settings(self) -> dict[str, Any]:
+        return {k: asdict(self)[k] for k in ("method", *_MATCHED)}
+
+    def command(self, output: str = "honesty.sv", layers: list[int] | None = None) -> str:
+        """The equivalent `steerwatch extract` command line."""
+        lay = f"{layers[0]}-{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1)) \
+            else (",".join(map(str, layers)) if layers else "LAYERS")
+        return (f"steerwatch extract {self.concept} --onpolicy --method {self.method} --layers {lay} "
+                f"--max-strength {self.max_strength:g} --steps {self.steps} --eval-every {self.eval_every} "
+                f"--patience {self.patience} --lr {self.lr:g} -o {output}")
+
+    def matches(self, vec: Vector) -> str | None:
+        """None when ``vec`` was built by this recipe's method and settings, else why not."""
+        opt = vec.extra.get("optimisation") or {}
+        if vec.method != self.method:
+            return f"it is a {vec.method} vector, the recipe trains {self.method}"
+        diff = [k for k in _MATCHED if opt.get(k) != getattr(self, k)]
+        if diff:
+            return "its " + ", ".join(f"{k} {opt.get(k)!r} (recipe {getattr(self, k)!r})" for k in diff)
+        return None
+
+    def with_(self, **changes: Any) -> Recipe:
+        """The recipe with some settings changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+RECIPES: dict[str, Recipe] = {
+    "honesty": Recipe(concept="honesty", chosen=(
+        "chosen on the bait dev split among mean_diff, lda, onpolicy, onpolicy_lda, retrieval, retrieval_lda, bipo "
+        "and fewshot (docs/results.md, 'Every method on dev'); test: 29 of 57 known agreements corrected, 9 of "
+        "106 answers evasive")),
+}
+
+
+def recipe_for(concept: str) -> Recipe | None:
+    return RECIPES.get(concept)
+
+
+def _items_sha256(concept: str) -> str:
+    from .onpolicy import BUILTIN
+
+    return hashlib.sha256(BUILTIN[concept]().read_bytes()).hexdigest()
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("steerwatch") / "data" / "shipped"))
+
+
+def shipped_manifest() -> list[dict[str, Any]]:
+    """The shipped vectors: ``[{"file", "concept", "model_name", "model_fingerprint", "layers",
+    "items_sha256", "recipe", "command", "built"}]`` from ``data/shipped/manifest.json``."""
+    path = shipped_dir() / "manifest.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:  # pragma: no cover - the file is written by scripts/ship_vectors.py
+        raise SteerwatchError(f"{path} is not valid JSON ({exc}); reinstall steerwatch") from None
+    return list(rows)
+
+
+def shipped_vector(loaded: LoadedModel, concept: str, *, recipe: Recipe | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[Vector, Path] | None:
+    """The shipped vector that stands in for ``recipe`` (default: the concept's) on ``loaded``, or
+    None: there is none for this model's weights fingerprint, or it was built from other on-policy
+    items or other settings (``log`` says which)."""
+    from ..vector import load_vector
+
+    recipe = recipe or recipe_for(concept)
+    if recipe is None:
+        return None
+    for row in shipped_manifest():
+        if row.get("concept") != concept or row.get("model_fingerprint") != loaded.fingerprint:
+            continue
+        path = shipped_dir() / row["file"]
+        if row.get("items_sha256") != _items_sha256(concept):
+            if log:
+                log(f"the shipped {concept} vector {path.name} was built from other on-policy items; not used")
+            continue
+        vec = load_vector(path)
+        vec.check_model(loaded)
+        why = recipe.matches(vec)
+        if why:
+            if log:
+                log(f"the shipped {concept} vector {path.name} differs from the recipe asked for ({why}); not used")
+            continue
+        return vec, path
+    return None
+
+
+@dataclass
+class RecipeBuild:
+    vector: Vector
+    history: dict[str, Any]
+    onpolicy: OnPolicyResult
+    layers: list[int]
+
+
+def recipe_layers(loaded: LoadedModel, concept: str, *, progress: bool = False,
+                  log: Callable[[str], None] | None = None) -> list[int]:
+    """The recipe's layers on ``loaded``: the default layers of the concept's built-in vector (built
+    once and cached, about a minute on the embedded model)."""
+    from ..extract.library import builtin_vector
+
+    vec, _rows, _path = builtin_vector(loaded, concept, progress=progress, log=log)
+    return list(vec.default_layers)
+
+
+def build_by_recipe(loaded: LoadedModel, recipe: Recipe, *, layers: list[int] | None = None,
+                    checkpoint: str | Path | None = None, batch_size: int = 16, progress: bool = False,
+                    log: Callable[[str], None] | None = None) -> RecipeBuild:
+    """Build ``recipe``'s vector on ``loaded``: on-policy pairs from the concept's built-in items
+    (too few surviving the filter is an :class:`~steerwatch.errors.ExtractionError`, no vector),
+    then the optimisation at ``layers`` (default :func:`recipe_layers`). Slow on CPU (about 23 min
+    for the embedded model on 2 cores); ``checkpoint`` makes it resumable."""
+    from ..extract.optimise import optimise_vector
+    from .onpolicy import generate_onpolicy_pairs, load_onpolicy, onpolicy_summary
+
+    lay = list(layers) if layers is not None else recipe_layers(loaded, recipe.concept, progress=progress, log=log)
+    spec = load_onpolicy(recipe.concept)
+    if log:
+        log(f"answering {len(spec.items)} on-policy items under {len(spec.instructions)} instruction pair(s)")
+    res = generate_onpolicy_pairs(loaded, spec, batch_size=batch_size, progress=progress, check=False)
+    if log:
+        log(f"on-policy: {onpolicy_summary(res.counts)}")
+    res.check()
+    vec, hist = optimise_vector(loaded, res.data, method=recipe.method, layers=lay, steps=recipe.steps, lr=recipe.lr,
+                                max_strength=recipe.max_strength, batch_size=recipe.batch_size, seed=recipe.seed,
+                                eval_every=recipe.eval_every, patience=recipe.patience, checkpoint=checkpoint,
+                                progress=progress, concept=recipe.concept)
+    return RecipeBuild(vector=vec, history=hist, onpolicy=res, layers=lay)
+
+
+def recommended_vector(loaded: LoadedModel, concept: str, *, rebuild: bool = False, progress: bool = False,
+                       log: Callable[[str], None] | None = None) -> tuple[Vector, str]:
+    """``concept``'s recommended steering vector on ``loaded`` and where it came from: ``"shipped"``
+    (the vector built by the recipe for this model, read from the package) or ``"built"`` (the
+    recipe run here: slow on CPU). A concept without a recipe is an error naming the ones with."""
+    recipe = recipe_for(concept)
+    if recipe is None:
+        raise SteerwatchError(f"{concept!r} has no steering recipe; concepts with one: {', '.join(sorted(RECIPES))}. "
+                              "Its built-in vector is steerwatch.extract.library.builtin_vector(loaded, concept)")
+    if not rebuild:
+        found = shipped_vector(loaded, concept, recipe=recipe, log=log)
+        if found is not None:
+            return found[0], "shipped"
+    return build_by_recipe(loaded, recipe, progress=progress, log=log).vector, "built"

@@ -1,0 +1,138 @@
+"""A concept's steering recipe and the vectors steerwatch ships for it (steerwatch.evals.recipes):
+a shipped vector stands in for the recipe only on the model, items and settings it was built
+from; `steerwatch extract honesty` and the quickstart use it, and say where it came from."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_vector, vowel_contrast
+from typer.testing import CliRunner
+
+import steerwatch.cli.extract as cli_extract
+import steerwatch.evals.recipes as recipes
+from steerwatch.cli.main import app
+from steerwatch.errors import SteerwatchError
+from steerwatch.evals.recipes import RECIPES, recipe_for, recommended_vector, shipped_vector
+from steerwatch.vector import load_vector
+
+
+def _recipe_vector(loaded, recipe, **settings):
+    vec = make_vector(loaded, layers=[1, 2], default_layers=[1, 2], concept=recipe.concept)
+    vec.method = recipe.method
+    vec.extra = {"optimisation": {**recipe.settings(), **settings}}
+    vec.recommended_strength = 0.04
+    return vec
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """``ship(loaded, vec, **row)``: put ``vec`` into a shipped folder of its own, as
+    scripts/ship_vectors.py writes it (fingerprint and the current items' SHA-256 unless given)."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    monkeypatch.setattr(recipes, "shipped_dir", lambda: folder)
+    rows = []
+
+    def ship(loaded, vec, **row):
+        name = f"v{len(rows)}.sv"
+        vec.save(folder / name)
+        rows.append({"file": name, "concept": vec.concept, "model_fingerprint": loaded.fingerprint,
+                     "items_sha256": recipes._items_sha256(vec.concept), **row})
+        (folder / "manifest.json").write_text(json.dumps(rows))
+        return folder / name
+    return ship
+
+
+def test_recipe_matches_names_each_setting_that_differs(qwen):
+    r = recipe_for("honesty")
+    assert r is RECIPES["honesty"] and recipe_for("cheating") is None
+    assert r.matches(_recipe_vector(qwen, r)) is None
+    why = r.matches(_recipe_vector(qwen, r, steps=r.steps + 10, lr=0.5))
+    assert why is not None and f"steps {r.steps + 10}" in why and "lr 0.5" in why and "max_strength" not in why
+    assert "it is a mean_diff vector" in r.matches(make_vector(qwen, concept="honesty"))
+    assert r.with_(steps=7, lr=None).steps == 7 and r.with_(steps=7, lr=None).lr == r.lr
+    assert r.command("h.sv", [9, 10, 11, 12, 13, 14]).startswith(
+        "steerwatch extract honesty --onpolicy --method fewshot --layers 9-14 --max-strength 0.05 --steps 40 ")
+
+
+def test_shipped_vector_only_for_its_model_items_and_settings(qwen, llama, shipped):
+    r = RECIPES["honesty"]
+    assert shipped_vector(qwen, "honesty") is None  # nothing shipped
+    path = shipped(qwen, _recipe_vector(qwen, r))
+    vec, where = shipped_vector(qwen, "honesty")
+    assert where == path and torch.equal(vec.direction(1), load_vector(path).direction(1))
+    assert shipped_vector(llama, "honesty") is None  # another model's weights
+    logs: list[str] = []
+    assert shipped_vector(qwen, "honesty", recipe=r.with_(steps=r.steps + 1), log=logs.append) is None
+    assert "steps 40 (recipe 41)" in logs[-1]
+    assert shipped_vector(qwen, "sycophancy") is None  # no recipe
+
+
+def test_shipped_vector_of_other_items_is_not_used(qwen, shipped):
+    shipped(qwen, _recipe_vector(qwen, RECIPES["honesty"]), items_sha256="0" * 64)
+    logs: list[str] = []
+    assert shipped_vector(qwen, "honesty", log=logs.append) is None
+    assert "built from other on-policy items" in logs[-1]
+
+
+def test_recommended_vector_uses_the_shipped_one_and_refuses_concepts_without_a_recipe(qwen, shipped):
+    shipped(qwen, _recipe_vector(qwen, RECIPES["honesty"]))
+    vec, source = recommended_vector(qwen, "honesty")
+    assert source == "shipped" and vec.method == "fewshot"
+    with pytest.raises(SteerwatchError, match="'cheating' has no steering recipe; concepts with one: honesty"):
+        recommended_vector(qwen, "cheating")
+
+
+def test_cli_extract_honesty_writes_the_shipped_vector_without_training(qwen, shipped, tmp_path, monkeypatch):
+    import steerwatch.extract.optimise as optimise
+
+    path = shipped(qwen, _recipe_vector(qwen, RECIPES["honesty"]))
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
+    monkeypatch.setattr(optimise, "optimise_vector", lambda *a, **k: pytest.fail("trained"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "honesty", "-o", str(tmp_path / "h.sv")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the vector steerwatch ships for this model" in text and "--rebuild runs that here" in text
+    assert "--layers 1-2" in text and "steer at +0.03" in text
+    got, want = load_vector(tmp_path / "h.sv"), load_vector(path)
+    assert got.method == "fewshot" and got.default_layers == [1, 2]
+    assert all(torch.equal(got.direction(layer), want.direction(layer)) for layer in (1, 2))
+
+
+def test_cli_extract_recipe_options_are_checked_before_the_model_loads(tmp_path, monkeypatch):
+    vowel_file = tmp_path / "pairs.jsonl"
+    vowel_file.write_text("".join(json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative,
+                                             "split": p.split}) + "\n" for p in vowel_contrast().pairs))
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: pytest.fail("model loaded"))
+    runner = CliRunner()
+    for args, want in (
+            (["honesty", "--read-method", "lda"], "for read directions pass --method mean_diff --read-method lda"),
+            (["honesty", "--steps", "0"], "steps must be an integer >= 1"),
+            ([str(vowel_file), "--rebuild"], "has no recipe to rebuild"),
+            (["honesty", "--method", "lda", "--rebuild"], "--rebuild goes with a concept's default recipe"),
+            (["honesty", "--layers", "9-"], "neither a layer number nor a range like 9-14")):
+        res = runner.invoke(app, ["extract", *args, "-o", str(tmp_path / "v.sv")])
+        assert res.exit_code == 2 and want in " ".join(res.output.split()), (args, res.output)
+        assert not (tmp_path / "v.sv").exists()
+
+
+def test_quickstart_steers_with_the_shipped_honesty_vector(qwen_chat, shipped, tmp_path):
+    from steerwatch.quickstart import run_quickstart
+
+    shipped(qwen_chat, _recipe_vector(qwen_chat, RECIPES["honesty"]))
+    res = run_quickstart(qwen_chat, out_dir=tmp_path, strengths=(0.0, 0.5), split="dev", max_new_tokens=2,
+                         progress=False)
+    assert res.honesty_source == "shipped" and res.vectors["honesty"].method == "fewshot"
+    assert load_vector(tmp_path / "honesty.sv").method == "fewshot"
+    assert res.vectors["sycophancy"].method != "fewshot"
+    plain = run_quickstart(qwen_chat, strengths=(0.0, 0.5), split="dev", max_new_tokens=2, progress=False,
+                           honesty="builtin")
+    assert plain.honesty_source == "built-in" and plain.vectors["honesty"].method != "fewshot"
+    # the steering differs, so (on this tiny model) at least the steered answers' text does
+    steered = [r["answer"] for r in res.bait_rows if r["setting"] == "+0.50"]
+    assert steered != [r["answer"] for r in plain.bait_rows if r["setting"] == "+0.50"]
+    with pytest.raises(SteerwatchError, match="honesty must be 'recommended' or 'builtin'"):
+        run_quickstart(qwen_chat, strengths=(0.0,), honesty="best", progress=False)
