@@ -10,9 +10,12 @@ For each built-in concept, the first ``--pairs`` pairs (both sides, prompt + com
 1. ``one``: ``batch_size=1, prefix_cache=False`` (one example per forward pass);
 2. ``batched``: ``batch_size=--batch, prefix_cache=False`` (length-sorted, right-padded batches);
 3. ``cached``: ``batch_size=--batch`` with the prefix cache (the default): the opening every prompt
-   shares (the chat template's system turn) runs once for the set, a pair's shared prompt once.
+   shares (the chat template's system turn) runs once for the set, a pair's shared prompt once, and
+   each batch is one pass whose rows hold a prompt and its completions under a tree attention mask;
+4. ``two-pass``: the same cache, each batch as two passes (the prompts, then the completions over
+   copies of their cache), as models whose attention takes no custom mask run it.
 
-Each round runs the three back to back, the order rotated per round; the ratio of median times is
+Each round runs the four back to back, the order rotated per round; the ratio of median times is
 printed, with the real tokens each way runs (what the cache saves is visible there) and the
 largest difference between the features of ``cached`` and ``batched`` relative to their scale
 (float32 rounding: ~1e-7). ``--layers all`` reads every block, as extraction does (the pass runs
@@ -37,6 +40,7 @@ def main() -> None:
 
     import torch
 
+    from steerwatch import batch as batch_mod
     from steerwatch.chat import encode_example
     from steerwatch.data import load_concept
     from steerwatch.models import load_model
@@ -48,7 +52,9 @@ def main() -> None:
     layers = list(range(last + 1))
     modes = {"one": dict(batch_size=1, prefix_cache=False),
              "batched": dict(batch_size=args.batch, prefix_cache=False),
-             "cached": dict(batch_size=args.batch, prefix_cache=True)}
+             "cached": dict(batch_size=args.batch, prefix_cache=True),
+             "two-pass": dict(batch_size=args.batch, prefix_cache=True)}
+    tree_kind = batch_mod.tree_mask_kind
     print(f"model {lm.name}: {lm.n_layers} blocks, reading {len(layers)}; batch {args.batch}; "
           f"{args.rounds} rounds; torch threads {torch.get_num_threads()}")
     for concept in args.concepts.split(","):
@@ -65,9 +71,11 @@ def main() -> None:
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for m in order:
+                batch_mod.tree_mask_kind = (lambda _lm: None) if m == "two-pass" else tree_kind  # type: ignore[assignment]
                 t = time.perf_counter()
                 feats[m] = record(lm, examples, layers=layers, read="completion_mean", norms=NormStats(), **modes[m])
                 times[m].append(time.perf_counter() - t)
+        batch_mod.tree_mask_kind = tree_kind
         med = {m: statistics.median(v) for m, v in times.items()}
         prompt = sum(e.last_prompt + 1 for e in examples) / len(examples)
         comp = sum(len(e.ids) - e.last_prompt - 1 for e in examples) / len(examples)
@@ -81,7 +89,8 @@ def main() -> None:
         diff = float((feats["cached"] - feats["batched"]).abs().max() / scale)
         print(f"  batched / one at a time: {med['one'] / med['batched']:.2f}x; "
               f"cached / batched: {med['batched'] / med['cached']:.2f}x; "
-              f"cached / one at a time: {med['one'] / med['cached']:.2f}x")
+              f"cached / one at a time: {med['one'] / med['cached']:.2f}x; "
+              f"cached / two-pass: {med['two-pass'] / med['cached']:.2f}x")
         saved = (tokens_run(examples, batch_size=args.batch, prefix_cache=False)
                  / tokens_run(examples, batch_size=args.batch))
         print(f"  tokens run, batched / cached: {saved:.2f}x; "

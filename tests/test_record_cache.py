@@ -42,7 +42,12 @@ class TokenCounter:
 
         def pre(_mod, _args, kwargs):
             ids, att = kwargs["input_ids"], kwargs["attention_mask"]
-            self.tokens += int(att[:, -ids.shape[1]:].sum())
+            width = ids.shape[1]
+            if att.dim() == 4:  # a tree mask (batch, 1, query, key): a real query reads its own key, padding not
+                own = att[:, 0, torch.arange(width), att.shape[-1] - width + torch.arange(width)]
+                self.tokens += int((own if own.dtype == torch.bool else own == 0).sum())
+            else:
+                self.tokens += int(att[:, -width:].sum())
             self.calls += 1
 
         self.handle = model.register_forward_pre_hook(pre, with_kwargs=True)
@@ -69,9 +74,14 @@ def _compare(loaded, examples, layers, batch_size):
             assert sc[layer]["std"] == FP32_CANCEL.approx(sp[layer]["std"])
 
 
+@pytest.mark.parametrize("tree", [True, False], ids=["tree-mask", "two-pass"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_recording_equals_plain_passes(arch):
+def test_cached_recording_equals_plain_passes(arch, tree, monkeypatch):
     loaded = get_loaded(arch)
+    if not tree:
+        monkeypatch.setattr(batch_mod, "tree_mask_kind", lambda lm: None)
+    else:
+        assert batch_mod.tree_mask_kind(loaded) in ("bool", "additive")
     examples = _pairs(loaded.tokenizer, max_words=4 if arch == "gemma3_text" else 9)
     _compare(loaded, examples, [0, 2, 3], batch_size=4)
 
@@ -91,7 +101,13 @@ def _shared_tokens(examples):
     return common + rest + comps + sum(len(e.ids) for e in examples if not e.has_completion)
 
 
-def test_shared_prompts_and_openings_run_once():
+@pytest.mark.parametrize("tree", [True, False], ids=["tree-mask", "two-pass"])
+def test_shared_prompts_and_openings_run_once(tree, monkeypatch):
+    """One pass per batch under a tree mask (a prompt rest and all its completions in one row); a
+    model whose attention takes no custom mask runs two (the prompt rests, then the completions)."""
+    if not tree:
+        monkeypatch.setattr(batch_mod, "tree_mask_kind", lambda lm: None)
+    per_batch = 1 if tree else 2
     loaded = get_loaded("qwen2")
     tok = loaded.tokenizer
     old = tok.chat_template
@@ -110,8 +126,8 @@ def test_shared_prompts_and_openings_run_once():
     assert plain.calls == 1
     assert cached.tokens == _shared_tokens(examples) == tokens_run(examples, batch_size=64) < plain.tokens
     assert tokens_run(examples, batch_size=64, prefix_cache=False) == plain.tokens
-    assert cached.calls == 4  # opening, prompt rests, completions; the prompt-less example alone
-    # in batches of 4 the opening still runs once for the whole set, then two passes per batch
+    assert cached.calls == 2 + per_batch  # the opening, the batch, the prompt-less example alone
+    # in batches of 4 the opening still runs once for the whole set, then the passes of each batch
     tok.chat_template = TEMPLATE
     try:
         with TokenCounter(loaded.model) as small:
@@ -121,7 +137,7 @@ def test_shared_prompts_and_openings_run_once():
     FP32_BATCH.assert_close(fs, fp)
     n_batches = sum(1 for _ in _group_batches(examples, [i for i, e in enumerate(examples) if e.has_completion], 4))
     assert n_batches > 2
-    assert small.calls == 1 + 2 * n_batches + 1
+    assert small.calls == 1 + per_batch * n_batches + 1
     assert small.tokens == tokens_run(examples, batch_size=4) == cached.tokens  # the same tokens, more passes
 
 
@@ -220,3 +236,11 @@ def test_an_example_whose_completion_is_empty_runs_whole():
     assert counter.tokens == tokens_run([*examples, bare], batch_size=64) > tokens_run(examples, batch_size=64)
     FP32_BATCH.assert_close(f[:-1], record(loaded, examples, layers=[3], read="last_token", batch_size=64))
     FP32_BATCH.assert_close(f[-1:], record(loaded, [bare], layers=[3], read="last_token", prefix_cache=False))
+
+
+def test_tree_mask_under_eager_attention_is_additive_and_equal(monkeypatch):
+    """Eager attention adds its mask to the scores: the tree mask goes in as 0 / the dtype's minimum."""
+    loaded = get_loaded("qwen2")
+    monkeypatch.setattr(loaded.model.config, "_attn_implementation", "eager")
+    assert batch_mod.tree_mask_kind(loaded) == "additive"
+    _compare(loaded, _pairs(loaded.tokenizer), [0, 3], batch_size=4)

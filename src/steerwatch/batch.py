@@ -199,3 +199,44 @@ def extend(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, cache: Any, past_m
         if handle is not None:
             handle.remove()
     return full
+
+
+def tree_mask_kind(lm: LoadedModel) -> str | None:
+    """How this model takes a custom 4D attention mask: ``"bool"`` (sdpa: True attends), ``"additive"``
+    (eager: 0 or the dtype's minimum, added to the scores), or None (another attention kernel, or a
+    transformers release that may rebuild the mask: callers use :func:`extend` passes instead)."""
+    impl = getattr(getattr(lm.model, "config", None), "_attn_implementation", None)
+    try:
+        from transformers import masking_utils  # noqa: F401 - releases that pass a 4D mask through as-is
+    except ImportError:  # pragma: no cover - transformers before masking_utils
+        return None
+    return {"sdpa": "bool", "eager": "additive"}.get(str(impl))
+
+
+def extend_tree(lm: LoadedModel, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, *, cache: Any,
+                stop_after: int | None = None) -> None:
+    """One teacher-forced pass of ``ids`` (batch, width) continuing ``cache`` under a custom attention
+    ``mask`` (batch, width, cached + width; True: the query may read that key), so that one row can
+    hold several sequences that share a prefix (a prompt and each of its completions, each completion
+    seeing the prompt and itself but not the others). ``positions``: each token's position in its own
+    sequence. Only for a model :func:`tree_mask_kind` accepts; for the caller's hooks (returns None)."""
+    import torch
+
+    kind = tree_mask_kind(lm)
+    if kind is None:  # pragma: no cover - callers check first
+        raise ValueError("this model takes no custom attention mask")
+    full = mask[:, None]
+    if kind == "additive":
+        dtype = next(lm.model.parameters()).dtype
+        full = torch.zeros(full.shape, dtype=dtype).masked_fill(~full, torch.finfo(dtype).min)
+    keyword = _cache_keyword(lm.model) or "past_key_values"
+    handle = _stop_hook(lm, stop_after)
+    try:
+        with torch.inference_mode():
+            lm.model(input_ids=ids.to(lm.device), attention_mask=full.to(lm.device),
+                     position_ids=positions.to(lm.device), use_cache=True, **{keyword: cache})
+    except StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()

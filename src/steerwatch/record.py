@@ -107,8 +107,11 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
 
     prefix_cache: examples with a completion are recorded through a KV cache, so that what several
     examples share runs once: the opening every prompt shares (the chat template's system turn), once
-    for the whole set, and the prompt of a contrast pair (both sides). Each batch is then two
-    passes over that cache: each distinct prompt's remainder, each example's completion. The
+    for the whole set, and the prompt of a contrast pair (both sides). Each batch is then one pass
+    over that cache whose rows each hold a prompt's remainder followed by all its completions, under
+    an attention mask that lets each completion see the prompt and itself only (a model whose
+    attention takes no custom mask makes it two passes: the prompts' remainders, then each
+    example's completion over a copy of their cache). The
     features and norm statistics equal the plain passes' up to float rounding (tests/test_record_cache.py;
     bench/bench_extract.py measures the speed). Examples without a completion, models that take no
     cache, and batches longer than a sliding attention window run as plain passes.
@@ -116,7 +119,7 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     import torch
     from tqdm.auto import tqdm
 
-    from .batch import extend, new_cache, sliding_window
+    from .batch import extend, new_cache, sliding_window, tree_mask_kind
 
     check_read(read)
     if batch_size < 1:
@@ -135,12 +138,15 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
             norms.add(layer, kept.cpu())
         if state["weights"] is None:
             return None
+        if state.get("rows_of") is not None:  # several examples share a row (a prompt and its completions)
+            h = h[state["rows_of"]]
         return torch.einsum("bs,bsd->bd", state["weights"], h).cpu()  # weights: (batch, seq), rows sum to 1
 
     cached = [i for i, e in enumerate(examples) if _cacheable(e)] if prefix_cache else []
     if cached and new_cache(loaded) is None:
         cached = []
     window = sliding_window(loaded)
+    tree = tree_mask_kind(loaded) is not None
     opening = _opening(examples, cached)
     batches = []
     plain = sorted(set(range(n)) - set(cached))
@@ -164,13 +170,15 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
             hooks.take()
         for groups in batches:
             idx = [i for g in groups for i in g]
-            feats = _record_cached(loaded, examples, groups, read, state, hooks, opening=opening, base=base,
-                                   norms_off=norms is None)
+            run = _record_tree if tree else _record_cached
+            feats = run(loaded, examples, groups, read, state, hooks, opening=opening, base=base,
+                        norms_off=norms is None)
             for slot, layer in enumerate(layers):
                 out[idx, slot] = feats[layer]
             bar.update(len(idx))
         for idx in length_batches_of(examples, sorted(plain), batch_size):
             batch = [examples[i] for i in idx]
+            state["rows_of"] = None
             _record_plain(loaded, batch, read, state, hooks)
             (call,) = hooks.take()
             for slot, layer in enumerate(layers):
@@ -338,6 +346,89 @@ def _record_cached(loaded: LoadedModel, examples: Sequence[Encoded], groups: Seq
     (call,) = hooks.take()
     if read == "last_prompt":  # the completion pass ran for the norm statistics only
         return {layer: f[rows] for layer, f in prompt_call.items()}
+    return call
+
+
+def _record_tree(loaded: LoadedModel, examples: Sequence[Encoded], groups: Sequence[Sequence[int]], read: str,
+                 state: dict[str, Any], hooks: ReadHooks, *, opening: int, base: tuple[Any, torch.Tensor] | None,
+                 norms_off: bool) -> dict[int, torch.Tensor]:
+    """Features of the examples of ``groups`` (in group order) through one pass over a KV cache that
+    starts as ``base`` (as in :func:`_record_cached`): row ``r`` holds group ``r``'s prompt rest and
+    then each of its examples' completions, every completion attending to the opening, the prompt
+    rest and itself (positions as in its own unbroken sequence), never to its siblings. Norm
+    statistics count a prompt token once per example that contains it, as the plain pass would."""
+    import copy
+
+    import torch
+
+    from .batch import extend_tree, new_cache, pad_id, repeat_rows
+
+    skip = read == "last_prompt" and norms_off  # the completions would be run for norm statistics only
+    dev = loaded.device
+    n_rows = len(groups)
+    if base is None:
+        cache, past_len = new_cache(loaded), 0
+    else:
+        with torch.inference_mode():
+            cache = copy.deepcopy(base[0])
+        repeat_rows(cache, [0] * n_rows)
+        past_len = int(base[1].shape[1])
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    layout: list[tuple[int, list[tuple[int, int]]]] = []  # per row: prompt-rest length, each completion's span
+    for g in groups:
+        head = examples[g[0]]
+        rest = head.ids[opening:_prompt_len(head)]
+        toks, pos, spans = list(rest), list(range(opening, _prompt_len(head))), []
+        for i in g:
+            e = examples[i]
+            a = len(toks)
+            if not skip:
+                toks += e.ids[_prompt_len(e):]
+                pos += range(_prompt_len(e), len(e.ids))
+            spans.append((a, len(toks)))
+        rows.append(toks)
+        positions.append(pos)
+        layout.append((len(rest), spans))
+    width = max(len(t) for t in rows)
+    n_ex = sum(len(g) for g in groups)
+    ids = torch.full((n_rows, width), pad_id(loaded.tokenizer), dtype=torch.long)
+    pos_t = torch.zeros((n_rows, width), dtype=torch.long)
+    mask = torch.zeros((n_rows, width, past_len + width), dtype=torch.bool)
+    norm_mask = torch.zeros((n_rows, width), dtype=torch.bool)
+    weights = torch.zeros((n_ex, width), dtype=torch.float32)
+    rows_of: list[int] = []
+    repeat: list[int] = []
+    ex = 0
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, (g, toks, (n_rest, spans)) in enumerate(zip(groups, rows, layout)):
+        ids[r, :len(toks)] = torch.as_tensor(toks, dtype=torch.long)
+        pos_t[r, :len(toks)] = torch.as_tensor(positions[r], dtype=torch.long)
+        pos_t[r, len(toks):] = positions[r][-1]
+        mask[r, :len(toks), :past_len] = True  # the opening: every token reads it
+        mask[r, :n_rest, past_len:past_len + n_rest] = causal[:n_rest, :n_rest]
+        mask[r, len(toks):, 0] = True  # padding reads one key (an empty row would be NaN), never read itself
+        norm_mask[r, (1 if opening == 0 else 0):n_rest] = True  # a sequence's first token is not counted
+        repeat.extend([len(g)] * int(norm_mask[r, :n_rest].sum()))
+        for i, (a, b) in zip(g, spans):
+            e = examples[i]
+            if read == "last_prompt":
+                weights[ex, n_rest - 1] = 1.0
+            else:
+                weights[ex, a:b] = _read_weights(e, read, b - a, offset=_prompt_len(e))
+            rows_of.append(r)
+            ex += 1
+            if b == a:  # skipped
+                continue
+            mask[r, a:b, past_len:past_len + n_rest] = True
+            mask[r, a:b, past_len + a:past_len + b] = causal[:b - a, :b - a]
+            norm_mask[r, a:b] = True
+            repeat.extend([1] * (b - a))
+    state.update(weights=weights.to(dev), norm_mask=norm_mask.to(dev), rows_of=torch.tensor(rows_of, device=dev),
+                 norm_repeat=torch.tensor(repeat, dtype=torch.long, device=dev))
+    extend_tree(loaded, ids, pos_t, mask, cache=cache, stop_after=hooks.last)
+    state["rows_of"] = None
+    (call,) = hooks.take()
     return call
 
 
