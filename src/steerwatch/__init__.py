@@ -19,6 +19,7 @@ _LAZY: dict[str, str | tuple[str, str]] = {
     "attach": "steerwatch.steer",
     "parse_steer_spec": "steerwatch.steer",
     "build_vector": "steerwatch.extract.build",
+    "recommended_vector": "steerwatch.evals.recipes",
     "load_pairs": "steerwatch.data",
     "load_concept": "steerwatch.data",
     "load_caa": "steerwatch.data",
