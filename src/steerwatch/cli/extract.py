@@ -142,7 +142,7 @@ def extract_cmd(
                                      f"for read directions pass --method mean_diff --read-method {read_method}")
         own = dict(steps=steps, lr=lr, eval_every=eval_every, patience=patience, max_strength=max_strength)
         tuned = any(v is not None for v in own.values()) or instructions is not None or bool(onpolicy_steer) \
-            or sources != "instruction,neutral"
+            or sources != "instruction,neutral" or concept is not None
         recipe = recipe.with_(**own)
         method, onpolicy = recipe.method, True
         steps, lr, eval_every, patience, max_strength = (recipe.steps, recipe.lr, recipe.eval_every, recipe.patience,
