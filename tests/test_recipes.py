@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import make_vector, vowel_contrast
 from typer.testing import CliRunner
 
 import steerwatch.cli.extract as cli_extract
 import steerwatch.evals.recipes as recipes
+from conftest import make_vector, vowel_contrast
 from steerwatch.cli.main import app
 from steerwatch.errors import SteerwatchError
 from steerwatch.evals.recipes import RECIPES, recipe_for, recommended_vector, shipped_vector
@@ -136,3 +136,20 @@ def test_quickstart_steers_with_the_shipped_honesty_vector(qwen_chat, shipped, t
     assert steered != [r["answer"] for r in plain.bait_rows if r["setting"] == "+0.50"]
     with pytest.raises(SteerwatchError, match="honesty must be 'recommended' or 'builtin'"):
         run_quickstart(qwen_chat, strengths=(0.0,), honesty="best", progress=False)
+
+
+def test_the_shipped_manifest_matches_its_files_items_and_recipe():
+    """Every shipped vector exists, was built from today's on-policy items and with today's recipe
+    settings, at the layers the manifest names: editing the items or the recipe without rebuilding
+    (scripts/ship_vectors.py) fails here, not silently at a user's `extract`."""
+    rows = recipes.shipped_manifest()
+    assert rows, "no shipped vectors (src/steerwatch/data/shipped/manifest.json)"
+    for row in rows:
+        recipe = recipe_for(row["concept"])
+        assert recipe is not None
+        vec = load_vector(recipes.shipped_dir() / row["file"])
+        assert vec.model_fingerprint == row["model_fingerprint"] and vec.concept == row["concept"]
+        assert vec.default_layers == row["layers"]
+        assert row["items_sha256"] == recipes._items_sha256(row["concept"]), "on-policy items changed: re-ship"
+        assert recipe.matches(vec) is None and row["recipe"] == recipe.settings()
+        assert row["command"] == recipe.command(f"{row['concept']}.sv", row["layers"])
