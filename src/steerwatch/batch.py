@@ -173,6 +173,25 @@ def repeat_rows(cache: Any, rows: Sequence[int]) -> None:
     cache.batch_select_indices(torch.as_tensor(list(rows), dtype=torch.long))
 
 
+def _cached_pass(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *, cache: Any,
+                 stop_after: int | None) -> None:
+    """One inference pass of ``ids`` continuing ``cache`` (filled in place) under ``mask`` (2D over the
+    cache and the new tokens, or a custom 4D one) at ``positions``, stopping after ``stop_after``."""
+    import torch
+
+    keyword = _cache_keyword(lm.model) or "past_key_values"
+    handle = _stop_hook(lm, stop_after)
+    try:
+        with torch.inference_mode():
+            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                     position_ids=positions.to(lm.device), use_cache=True, **{keyword: cache})
+    except StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def extend(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, cache: Any, past_mask: torch.Tensor | None,
            start: Sequence[int], stop_after: int | None = None) -> torch.Tensor:
     """Continue ``cache`` (filled by earlier calls, one row per seq) with ``seqs``, right-padded, as one
@@ -187,17 +206,7 @@ def extend(lm: LoadedModel, seqs: Sequence[Sequence[int]], *, cache: Any, past_m
     ids, att = pad(seqs, pad_id(lm.tokenizer))
     full = att if past_mask is None else torch.cat([past_mask, att], dim=1)
     positions = torch.as_tensor(list(start), dtype=torch.long)[:, None] + torch.arange(ids.shape[1])[None, :]
-    keyword = _cache_keyword(lm.model) or "past_key_values"
-    handle = _stop_hook(lm, stop_after)
-    try:
-        with torch.inference_mode():
-            lm.model(input_ids=ids.to(lm.device), attention_mask=full.to(lm.device),
-                     position_ids=positions.to(lm.device), use_cache=True, **{keyword: cache})
-    except StopForward:
-        pass
-    finally:
-        if handle is not None:
-            handle.remove()
+    _cached_pass(lm, ids, full, positions, cache=cache, stop_after=stop_after)
     return full
 
 
@@ -229,14 +238,4 @@ def extend_tree(lm: LoadedModel, ids: torch.Tensor, positions: torch.Tensor, mas
     if kind == "additive":
         dtype = next(lm.model.parameters()).dtype
         full = torch.zeros(full.shape, dtype=dtype).masked_fill(~full, torch.finfo(dtype).min)
-    keyword = _cache_keyword(lm.model) or "past_key_values"
-    handle = _stop_hook(lm, stop_after)
-    try:
-        with torch.inference_mode():
-            lm.model(input_ids=ids.to(lm.device), attention_mask=full.to(lm.device),
-                     position_ids=positions.to(lm.device), use_cache=True, **{keyword: cache})
-    except StopForward:
-        pass
-    finally:
-        if handle is not None:
-            handle.remove()
+    _cached_pass(lm, ids, full, positions, cache=cache, stop_after=stop_after)
