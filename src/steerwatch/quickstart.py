@@ -1,6 +1,7 @@
-"""The quickstart job, callable from Python: build honesty and sycophancy vectors from the
-built-in data on a model, then answer the team's sycophancy-bait prompts unsteered and steered
-at a few strengths, scoring each answer corrected / agreed / evasive."""
+"""The quickstart job, callable from Python: take the honesty recipe's vector where steerwatch
+ships one for the model (else build the built-in honesty vector) and build the sycophancy
+vector, then answer the team's sycophancy-bait prompts unsteered and steered at a few
+strengths, scoring each answer corrected / rejected / agreed / evasive."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -34,7 +34,7 @@ def quickstart_cmd(
                                                     "embedded model; else the built-in one) or builtin (mean "
                                                     "difference over the hand-written pairs, built here)."),
 ) -> None:
-    """Build honesty and sycophancy vectors on the embedded model and watch sycophancy turn into corrections."""
+    """Steer the embedded model with honesty (its shipped recipe vector) and watch sycophancy turn into corrections."""
     from rich.table import Table
 
     from ..errors import SteerwatchError
