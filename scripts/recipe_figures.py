@@ -1,14 +1,46 @@
 """Figures on the honesty recipe vector steerwatch ships for the embedded model (docs/results.md,
 "The recipe vector becomes the default"): its provenance, its cosine with the built-in
 (mean-difference) honesty vector per layer, and what the serving guard's distress check says of
-it at +0.02 and +0.03 (the built-in vector's verdicts beside it).
+it at +0.02 and +0.03 (the built-in vector's verdicts beside it). With ``conscientiousness``: the
+same for its recipe (lda over the built-in pairs, built here, about a minute) at +0.02 and +0.04.
 
     python scripts/recipe_figures.py
+    python scripts/recipe_figures.py conscientiousness
 """
 from __future__ import annotations
 
+import argparse
+
+
+def conscientiousness(lm) -> None:
+    from steerwatch.evals.recipes import build_by_recipe, recipe_for
+    from steerwatch.extract.library import builtin_vector
+    from steerwatch.policy.distress import builtin_distress
+    from steerwatch.policy.guard import check_steering
+    from steerwatch.steer import SteerSpec
+
+    recipe = recipe_for("conscientiousness")
+    assert recipe is not None
+    vec = build_by_recipe(lm, recipe, progress=True, log=print).vector
+    built, _rows, _p = builtin_vector(lm, "conscientiousness", progress=True)
+    best = vec.best_layer()
+    print(f"recipe: {vec.method} · layers {vec.default_layers} · best val AUROC {vec.auroc(best):.3f} at layer {best} "
+          f"· recommended strength {vec.recommended_strength:+.2f} · built-in ({built.method}) layers "
+          f"{built.default_layers}")
+    shared = [layer for layer in vec.default_layers if layer in built.layers]
+    cos = {layer: float(vec.direction(layer) @ built.direction(layer)) for layer in shared}
+    print("cos(recipe, built-in conscientiousness) per layer: " + ", ".join(f"{k}: {v:+.3f}" for k, v in cos.items()))
+    distress, _dpath = builtin_distress(lm, progress=True)
+    for name, v in (("recipe", vec), ("built-in", built)):
+        for s in (0.02, 0.04):
+            for r in check_steering(SteerSpec(v, strength=s), distress, subject=f"{name} {s:+.2f}"):
+                print(f"guard {name} {s:+.2f}: {r.level} {r.code}: {r.message}")
+
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("concept", nargs="?", default="honesty", choices=("honesty", "conscientiousness"))
+    args = ap.parse_args()
     from steerwatch.evals.recipes import recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector
     from steerwatch.models import load_model
@@ -17,6 +49,8 @@ def main() -> None:
     from steerwatch.steer import SteerSpec
 
     lm = load_model("default", progress=False)
+    if args.concept == "conscientiousness":
+        return conscientiousness(lm)
     recipe = recipe_for("honesty")
     found = shipped_vector(lm, "honesty", log=print)
     if recipe is None or found is None:

@@ -39,7 +39,7 @@ def shipped(tmp_path, monkeypatch):
         name = f"v{len(rows)}.sv"
         vec.save(folder / name)
         rows.append({"file": name, "concept": vec.concept, "model_fingerprint": loaded.fingerprint,
-                     "items_sha256": recipes._items_sha256(vec.concept), **row})
+                     **({} if "items_sha256" in row else {"items_sha256": recipes._items_sha256(vec.concept)}), **row})
         (folder / "manifest.json").write_text(json.dumps(rows))
         return folder / name
     return ship
@@ -81,7 +81,8 @@ def test_recommended_vector_uses_the_shipped_one_and_refuses_concepts_without_a_
     shipped(qwen, _recipe_vector(qwen, RECIPES["honesty"]))
     vec, source = recommended_vector(qwen, "honesty")
     assert source == "shipped" and vec.method == "fewshot"
-    with pytest.raises(SteerwatchError, match="'cheating' has no steering recipe; concepts with one: honesty"):
+    with pytest.raises(SteerwatchError,
+                       match="'cheating' has no steering recipe; concepts with one: conscientiousness, honesty"):
         recommended_vector(qwen, "cheating")
 
 
@@ -100,6 +101,52 @@ def test_cli_extract_honesty_writes_the_shipped_vector_without_training(qwen, sh
     got, want = load_vector(tmp_path / "h.sv"), load_vector(path)
     assert got.method == "fewshot" and got.default_layers == [1, 2]
     assert all(torch.equal(got.direction(layer), want.direction(layer)) for layer in (1, 2))
+
+
+def test_the_conscientiousness_recipe_extracts_lda_over_its_pairs():
+    r = RECIPES["conscientiousness"]
+    assert not r.optimised and RECIPES["honesty"].optimised
+    assert r.settings() == {"method": "lda", "data": "pairs"} and r.strength == 0.04
+    assert r.command("c.sv") == "steerwatch extract conscientiousness --method lda -o c.sv"
+
+
+def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dose(qwen, shipped):
+    from steerwatch.data import load_concept
+    from steerwatch.extract.build import build_vector
+
+    r = RECIPES["conscientiousness"]
+    shipped(qwen, _recipe_vector(qwen, r), items_sha256="")  # never used for an extracted recipe
+    assert shipped_vector(qwen, "conscientiousness") is None
+    vec, source = recommended_vector(qwen, "conscientiousness")
+    assert source == "built" and vec.method == "lda" and vec.recommended_strength == 0.04
+    assert vec.extra["recipe"] == {"method": "lda", "data": "pairs", "strength": 0.04, "chosen": r.chosen}
+    assert r.matches(vec) is None and "it is a mean_diff vector, the recipe extracts lda" in r.matches(
+        make_vector(qwen, concept="conscientiousness"))
+    plain, _ = build_vector(qwen, load_concept("conscientiousness"), method="lda", progress=False)
+    mean_diff, _ = build_vector(qwen, load_concept("conscientiousness"), progress=False)
+    assert vec.default_layers == plain.default_layers
+    for layer in vec.default_layers:
+        assert torch.allclose(vec.direction(layer), plain.direction(layer), atol=1e-5)
+        assert not torch.allclose(vec.direction(layer), mean_diff.direction(layer), atol=1e-2)
+
+
+def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "conscientiousness", "-o", str(tmp_path / "c.sv")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the default is its steering recipe, lda over the built-in pairs" in text
+    assert "steer at +0.04 (chosen on dev, stored as the vector's recommended strength)" in text
+    vec = load_vector(tmp_path / "c.sv")
+    assert vec.method == "lda" and vec.recommended_strength == 0.04 and vec.extra["recipe"]["strength"] == 0.04
+    res = runner.invoke(app, ["extract", "conscientiousness", "--layers", "1,2", "-o", str(tmp_path / "c2.sv")])
+    assert res.exit_code == 0 and "not stored: --layers" in " ".join(res.output.split()), res.output
+    vec2 = load_vector(tmp_path / "c2.sv")
+    assert vec2.method == "lda" and vec2.recommended_strength is None and "recipe" not in vec2.extra
+    res = runner.invoke(app, ["extract", "conscientiousness", "--method", "mean_diff", "-o", str(tmp_path / "m.sv")])
+    assert res.exit_code == 0 and "steering recipe" not in res.output, res.output
+    assert load_vector(tmp_path / "m.sv").method == "mean_diff"
 
 
 def test_cli_extract_recipe_options_are_checked_before_the_model_loads(tmp_path, monkeypatch):

@@ -150,7 +150,7 @@ def record(loaded: LoadedModel, examples: Sequence[Encoded], *, layers: Sequence
     opening = _opening(examples, cached)
     batches = []
     plain = sorted(set(range(n)) - set(cached))
-    for groups in _group_batches(examples, cached, batch_size):
+    for groups in _group_batches(examples, cached, batch_size, packed=tree):
         if window is not None and _cached_width(examples, groups, opening) > window:
             plain.extend(i for g in groups for i in g)  # a cache with padding inside would slide over other tokens
         else:
@@ -235,18 +235,26 @@ def _cacheable(e: Encoded) -> bool:
     return e.has_completion and len(e.ids) > _prompt_len(e)
 
 
-def _group_batches(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int) -> list[list[list[int]]]:
+def _group_batches(examples: Sequence[Encoded], subset: Sequence[int], batch_size: int, *,
+                   packed: bool = False) -> list[list[list[int]]]:
     """``subset`` grouped by identical prompt tokens (a contrast pair's two sides share one), groups in
-    batches of at most ``batch_size`` examples (a larger group is split), shortest completions first."""
+    batches of at most ``batch_size`` examples (a larger group is split), shortest completions first;
+    ``packed`` (the one-pass tree mask, a row per group): shortest packed row first."""
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i in subset:
         e = examples[i]
         by_prompt.setdefault(tuple(e.ids[:_prompt_len(e)]), []).append(i)
-    # the completion pass runs the most tokens (every example), so its padding matters most: groups
-    # sorted by their longest completion, then prompt length (honesty pairs: 1.65x fewer padded
-    # tokens than whole passes at batch 8, against 1.60x sorted by total length)
-    groups = sorted(by_prompt.values(), key=lambda g: (max(len(examples[i].ids) - _prompt_len(examples[i])
-                                                           for i in g), _prompt_len(examples[g[0]])))
+
+    def completions(g: Sequence[int]) -> list[int]:
+        return [len(examples[i].ids) - _prompt_len(examples[i]) for i in g]
+
+    if packed:  # a row holds the prompt's rest and every completion: its width is their sum (cheating
+        # pairs, batch 8: 6.3 % of the grid is padding, against 8.2 % sorted as below)
+        groups = sorted(by_prompt.values(), key=lambda g: (_prompt_len(examples[g[0]]) + sum(completions(g)), g[0]))
+    else:  # the completion pass runs the most tokens (every example), so its padding matters most: groups
+        # sorted by their longest completion, then prompt length (honesty pairs: 1.65x fewer padded
+        # tokens than whole passes at batch 8, against 1.60x sorted by total length)
+        groups = sorted(by_prompt.values(), key=lambda g: (max(completions(g)), _prompt_len(examples[g[0]])))
     batches: list[list[list[int]]] = []
     size = 0
     for g in groups:

@@ -67,9 +67,10 @@ def extract_cmd(
                                                     "or an optimised vector, trained through the frozen model: bipo "
                                                     "(bi-directional preference optimisation) or fewshot (raise the "
                                                     "positive answers' likelihood); these need --layers. A concept "
-                                                    "with a steering recipe (honesty) defaults to its recipe: "
+                                                    "with a steering recipe defaults to its recipe: honesty, "
                                                     "fewshot on the model's own on-policy pairs at the built-in "
-                                                    "vector's layers, shipped for the embedded model."),
+                                                    "vector's layers (shipped for the embedded model); "
+                                                    "conscientiousness, lda over its pairs, steered at +0.04."),
     steps: int | None = typer.Option(None, help="bipo/fewshot: optimisation steps (early stopping on the val loss; "
                                                 "default 100, a recipe's own for a recipe)."),
     lr: float | None = typer.Option(None, help="bipo/fewshot: Adam learning rate (default 0.01)."),
@@ -136,6 +137,12 @@ def extract_cmd(
     from ..record import check_read
 
     recipe = recipe_for(source) if method is None and not persona else None
+    pairs_recipe = None  # a recipe over the built-in pairs: the usual extraction with the recipe's method, stamped
+    if recipe is not None and not recipe.optimised:
+        if not onpolicy:
+            pairs_recipe, method = recipe, recipe.method
+        recipe = None
+        rebuild = False  # nothing is shipped for it: it is always built here
     if recipe is not None:  # the concept's dev-chosen steering recipe (steerwatch.evals.recipes)
         if read_method not in (None, "none"):
             raise typer.BadParameter(f"{source}'s default recipe trains a steering vector without read directions; "
@@ -271,9 +278,18 @@ def extract_cmd(
         return
     from ..extract.build import explain_layers
 
+    if pairs_recipe is not None:
+        note(f"{source}: the default is its steering recipe, {pairs_recipe.method} over the built-in pairs "
+             f"({pairs_recipe.chosen}); --method mean_diff builds the card's mean-difference vector")
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
                              n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True,
                              prefix_cache=prefix_cache)
+    stamped = pairs_recipe is not None and layers == "auto" and n_auto is None and concept is None
+    if stamped:
+        from ..evals.recipes import stamp_recipe
+
+        assert pairs_recipe is not None
+        stamp_recipe(vec, pairs_recipe)
     path = vec.save(output)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))
@@ -289,6 +305,10 @@ def extract_cmd(
     console.print(f"wrote {path} · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
     console.print(explain_layers(vec, rows, auto=layers == "auto"), highlight=False)
+    if pairs_recipe is not None:
+        console.print(f"steer at {pairs_recipe.strength:+.2f} (chosen on dev" + (", stored as the vector's "
+                      "recommended strength)" if stamped else "; not stored: --layers, --n-auto or --concept "
+                      "changed the recipe)"), highlight=False)
     for w in vec.warnings:
         warn(w)
 

@@ -8,6 +8,10 @@ cores, so the embedded model's vector ships with steerwatch (``data/shipped/``, 
 ``scripts/ship_vectors.py``) and is used when the loaded model's weights fingerprint matches and
 the recipe and its on-policy items are the ones it was built from; any other model builds it.
 
+For conscientiousness the reward-hacking lab's dev tasks chose the concept's own contrast pairs
+extracted with ``lda`` instead of the mean difference, steered at +0.04 (docs/results.md, "The
+same arms with LDA vectors"): a build of about a minute, so nothing is shipped for it.
+
 The *reading* vector of a concept (detectors, ``steerwatch watch``, the serving guard's distress
 check) is not affected: that stays the concept's built-in vector
 (:func:`steerwatch.extract.library.builtin_vector`), whose validation AUROCs the detectors rest on.
@@ -35,12 +39,17 @@ _MATCHED = ("max_strength", "steps", "eval_every", "patience", "lr", "batch_size
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a concept's recommended steering vector is built: ``method`` trained on the model's own
-    on-policy pairs (:mod:`steerwatch.evals.onpolicy`) at the layers of the concept's built-in
-    vector on that model, with these optimisation settings; ``strength``: the dose chosen on dev."""
+    """How a concept's recommended steering vector is built. ``data="onpolicy"``: ``method`` (an
+    optimised one) trained on the model's own on-policy pairs (:mod:`steerwatch.evals.onpolicy`) at
+    the layers of the concept's built-in vector on that model, with these optimisation settings.
+    ``data="pairs"``: ``method`` (an extraction method) over the concept's built-in contrast pairs,
+    as ``steerwatch extract CONCEPT --method METHOD`` builds it (layers auto; the optimisation
+    settings are unused). ``strength``: the dose chosen on dev, stored in the vector as its
+    recommended strength."""
 
     concept: str
     method: str = "fewshot"
+    data: str = "onpolicy"
     max_strength: float = 0.05
     steps: int = 40
     eval_every: int = 5
@@ -51,11 +60,20 @@ class Recipe:
     strength: float = 0.03
     chosen: str = ""  # where and how it was chosen (one line, for logs and docs)
 
+    @property
+    def optimised(self) -> bool:
+        """Whether the recipe trains its vector through the model (on-policy data) or extracts it."""
+        return self.data == "onpolicy"
+
     def settings(self) -> dict[str, Any]:
+        if not self.optimised:
+            return {"method": self.method, "data": self.data}
         return {k: asdict(self)[k] for k in ("method", *_MATCHED)}
 
     def command(self, output: str = "honesty.sv", layers: list[int] | None = None) -> str:
         """The equivalent `steerwatch extract` command line."""
+        if not self.optimised:
+            return f"steerwatch extract {self.concept} --method {self.method} -o {output}"
         lay = f"{layers[0]}-{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1)) \
             else (",".join(map(str, layers)) if layers else "LAYERS")
         return (f"steerwatch extract {self.concept} --onpolicy --method {self.method} --layers {lay} "
@@ -66,7 +84,9 @@ class Recipe:
         """None when ``vec`` was built by this recipe's method and settings, else why not."""
         opt = vec.extra.get("optimisation") or {}
         if vec.method != self.method:
-            return f"it is a {vec.method} vector, the recipe trains {self.method}"
+            return f"it is a {vec.method} vector, the recipe {'trains' if self.optimised else 'extracts'} {self.method}"
+        if not self.optimised:
+            return None
         diff = [k for k in _MATCHED if opt.get(k) != getattr(self, k)]
         if diff:
             return "its " + ", ".join(f"{k} {opt.get(k)!r} (recipe {getattr(self, k)!r})" for k in diff)
@@ -82,6 +102,10 @@ RECIPES: dict[str, Recipe] = {
         "chosen on the bait dev split among mean_diff, lda, onpolicy, onpolicy_lda, retrieval, retrieval_lda, bipo "
         "and fewshot (docs/results.md, 'Every method on dev'); test: 29 of 57 known agreements corrected, 9 of "
         "106 answers evasive")),
+    "conscientiousness": Recipe(concept="conscientiousness", method="lda", data="pairs", strength=0.04, chosen=(
+        "chosen on the reward-hacking lab's dev tasks between mean_diff and lda (docs/results.md, 'The same arms with "
+        "LDA vectors'): on the cheat-prone setting, attempted special-casing 30/40 -> 11/40 (mean_diff 18/40); test: "
+        "64/100 -> 21/100")),
 }
 
 
@@ -120,7 +144,7 @@ def shipped_vector(loaded: LoadedModel, concept: str, *, recipe: Recipe | None =
     from ..vector import load_vector
 
     recipe = recipe or recipe_for(concept)
-    if recipe is None:
+    if recipe is None or not recipe.optimised:  # an extracted recipe builds in about a minute: none shipped
         return None
     for row in shipped_manifest():
         if row.get("concept") != concept or row.get("model_fingerprint") != loaded.fingerprint:
@@ -145,8 +169,17 @@ def shipped_vector(loaded: LoadedModel, concept: str, *, recipe: Recipe | None =
 class RecipeBuild:
     vector: Vector
     history: dict[str, Any]
-    onpolicy: OnPolicyResult
+    onpolicy: OnPolicyResult | None  # None for a recipe over the built-in pairs
     layers: list[int]
+
+
+def stamp_recipe(vec: Vector, recipe: Recipe) -> Vector:
+    """Record in an extracted recipe's vector the dose chosen on dev (``recommended_strength``, which
+    `steerwatch steer VEC` applies when no strength is given and the serving guard checks against)
+    and where it was chosen (``extra["recipe"]``)."""
+    vec.recommended_strength = recipe.strength
+    vec.extra = {**vec.extra, "recipe": {**recipe.settings(), "strength": recipe.strength, "chosen": recipe.chosen}}
+    return vec
 
 
 def recipe_layers(loaded: LoadedModel, concept: str, *, progress: bool = False,
@@ -165,10 +198,24 @@ def build_by_recipe(loaded: LoadedModel, recipe: Recipe, *, layers: list[int] | 
     """Build ``recipe``'s vector on ``loaded``: on-policy pairs from the concept's built-in items
     (too few surviving the filter is an :class:`~steerwatch.errors.ExtractionError`, no vector),
     then the optimisation at ``layers`` (default :func:`recipe_layers`). Slow on CPU (about 23 min
-    for the embedded model on 2 cores); ``checkpoint`` makes it resumable."""
+    for the embedded model on 2 cores); ``checkpoint`` makes it resumable. A recipe over the built-in
+    pairs (``data="pairs"``) extracts its vector instead (about a minute), at ``layers`` or auto, and
+    stamps it with the recipe's strength (:func:`stamp_recipe`)."""
     from ..extract.optimise import optimise_vector
     from .onpolicy import generate_onpolicy_pairs, load_onpolicy, onpolicy_summary
 
+    if not recipe.optimised:
+        from ..data import load_concept
+        from ..extract.build import build_vector
+
+        data = load_concept(recipe.concept)
+        if log:
+            log(f"{recipe.concept} recipe: {recipe.method} over the built-in pairs ({len(data.train)} train / "
+                f"{len(data.val)} val)")
+        vec, rows = build_vector(loaded, data, method=recipe.method, layers="auto" if layers is None else list(layers),
+                                 batch_size=batch_size, progress=progress)
+        return RecipeBuild(vector=stamp_recipe(vec, recipe), history={"layers": [r.as_dict() for r in rows]},
+                           onpolicy=None, layers=list(vec.default_layers))
     lay = list(layers) if layers is not None else recipe_layers(loaded, recipe.concept, progress=progress, log=log)
     spec = load_onpolicy(recipe.concept)
     if log:
@@ -188,7 +235,8 @@ def recommended_vector(loaded: LoadedModel, concept: str, *, rebuild: bool = Fal
                        log: Callable[[str], None] | None = None) -> tuple[Vector, str]:
     """``concept``'s recommended steering vector on ``loaded`` and where it came from: ``"shipped"``
     (the vector built by the recipe for this model, read from the package) or ``"built"`` (the
-    recipe run here: slow on CPU). A concept without a recipe is an error naming the ones with."""
+    recipe run here: slow on CPU for an optimised recipe, about a minute for one over the built-in
+    pairs). A concept without a recipe is an error naming the ones with."""
     recipe = recipe_for(concept)
     if recipe is None:
         raise SteerwatchError(f"{concept!r} has no steering recipe; concepts with one: {', '.join(sorted(RECIPES))}. "
