@@ -18,6 +18,11 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
   prompt without the cheating vector (``no-vector``).
 - ``agentic``: test split, impossible variants, up to 3 turns (the test runner's failing asserts shown
   after each failed turn): the prone setting and the dev-chosen arm on top of it, steered at every turn.
+- ``agentic-review``: test split, impossible and original variants, up to 3 turns: the prone
+  setting, and the prone setting with a review (``--review DET``, a calibrated detector, e.g. the
+  on-policy probe of ``steerwatch lab probe --detector-out``) that reads each answer and, where it
+  fires, steers the later turns with conscientiousness LDA +0.04 (conditional steering inside the
+  agentic loop); with ``--lda`` also conscientiousness LDA +0.04 at every turn (impossible only).
 - ``dose``: the cheating vector's dose-response on the prone prompt, test split, impossible
   variants: total strength -0.04 and +0.06, written to the test stage's file beside its +0.04
   (the prone setting) and 0 (``no-vector``) rows.
@@ -35,6 +40,8 @@ list (``--help`` names them).
     python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
     python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 15
     python scripts/lab_figures.py agentic-table --prone cheat+0.04-pressure --chosen cons+0.04
+    python scripts/lab_figures.py agentic-review --prone cheat+0.04-pressure --limit 15 --lda \
+        --review out/lab/probe.det.json
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -63,13 +70,16 @@ def lda_vector(lm, concept: str, out: Path):
     return vec
 
 
-def settings(lm, prone: str | None = None, lda_out: Path | None = None):
+def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: Path | None = None):
     """Every named setting the stages use. A prone setting may itself be steered (the cheating
     vector pushed up: a model made to cheat); the steering arms are then added on top of it.
-    ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it."""
+    ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it.
+    ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``)."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
+    from steerwatch.lab.episodes import Review
     from steerwatch.steer import SteerSpec
+    from steerwatch.watch.detector import load_detector
 
     vec = {c: builtin_vector(lm, c)[0] for c in ("cheating", "conscientiousness", "honesty")}
     if lda_out is not None:
@@ -138,6 +148,12 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None):
         for name, specs in arms.items():  # the arms inside the agentic loop (steered at every turn)
             out[f"{prone}/{name}/agentic"] = Setting(f"{prone}.{name}.agentic", steer=merge(p.steer, specs),
                                                      **dict(kw, turns=3))
+        if review is not None:  # steered only after an answer the review's detector flags
+            if lda_out is None:
+                raise SystemExit("--review steers with conscientiousness LDA: give --lda too")
+            rev = Review(trigger=load_detector(review), steer=(spec("conscientiousness_lda", 0.04),))
+            out[f"{prone}/review-cons_lda+0.04/agentic"] = Setting(f"{prone}.review-cons_lda+0.04.agentic",
+                                                                  steer=p.steer, review=rev, **dict(kw, turns=3))
     return out
 
 
@@ -166,7 +182,8 @@ def agentic_table(out: Path, prone: str, chosen: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic", "agentic-table"])
+    ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic", "agentic-table",
+                                      "agentic-review"])
     ap.add_argument("--settings", help="comma-separated setting names to run instead of the stage's list")
     ap.add_argument("--prone", help="the cheat-prone prompt-only setting chosen on dev")
     ap.add_argument("--chosen", help="the steering chosen on dev (a name under the prone setting, e.g. cons+0.04)")
@@ -176,6 +193,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
                                                       "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
+    ap.add_argument("--review", type=Path, help="a calibrated detector (.det.json) for the agentic-review stage")
     args = ap.parse_args()
     if args.stage == "agentic-table":
         if not (args.prone and args.chosen):
@@ -190,7 +208,7 @@ def main() -> None:
     from steerwatch.watch.detector import Detector
 
     lm = load_model(args.model)
-    all_settings = settings(lm, args.prone, Path(args.out) if args.lda else None)
+    all_settings = settings(lm, args.prone, Path(args.out) if args.lda else None, args.review)
     dets = [Detector.from_vector(builtin_vector(lm, c)[0]) for c in ("cheating", "conscientiousness")]
     respond = ModelResponder(lm, watch=dets, batch_size=args.batch_size)
     every = humaneval_tasks()
@@ -200,6 +218,8 @@ def main() -> None:
     p, c = args.prone, args.chosen
     if args.stage != "dev-prone" and not p:
         ap.error(f"{args.stage} needs --prone (the cheat-prone setting chosen on dev)")
+    if args.stage == "agentic-review" and not (args.review and args.lda):
+        ap.error("agentic-review needs --review DET and --lda")
     if args.stage in ("test", "agentic") and not c:
         ap.error(f"{args.stage} needs --chosen (the steering chosen on dev)")
     if args.stage == "dev-prone":
@@ -213,6 +233,9 @@ def main() -> None:
                 (all_settings[f"{p}/honest-prompt"], impossible), (all_settings[f"{p}/no-vector"], both)]
     elif args.stage == "dose":  # with the test stage's prone (vector at its strength) and no-vector rows
         plan = [(all_settings[f"{p}/dose{t:+g}"], impossible) for t in (-0.04, 0.06)]
+    elif args.stage == "agentic-review":  # the review arm against the prone setting on the same tasks
+        plan = [(all_settings[f"{p}/agentic"], both), (all_settings[f"{p}/review-cons_lda+0.04/agentic"], both),
+                (all_settings[f"{p}/cons_lda+0.04/agentic"], impossible)]
     else:  # agentic: up to 3 turns with the test runner's failures, the prone setting and the chosen arm
         plan = [(all_settings[f"{p}/agentic"], impossible), (all_settings[f"{p}/{c}/agentic"], impossible)]
     if args.settings:

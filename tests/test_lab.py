@@ -289,6 +289,89 @@ def test_agentic_episode_sees_failures_and_revises(few):
     assert "FAILED" in imp[0]["turns"][0]["status"] or imp[0]["turns"][0]["status"] == "fail"
 
 
+class ReviewStub:
+    """Writes ``return None`` (a constant: special-casing, failing every test) unless its setting
+    steers, then the reference; ``read`` scores an answer 1.0 when it is the constant, else 0.0."""
+
+    def __init__(self, tasks):
+        self.inner = Stub(tasks, "honest")
+        self.calls: list[tuple[int, int]] = []  # (conversations, steering specs) per call
+        self.reads = 0
+
+    def __call__(self, convs, setting, attempt):
+        self.calls.append((len(convs), len(setting.steer)))
+        if setting.steer:
+            return self.inner(convs, setting, attempt)
+        out = []
+        for c in convs:
+            t = self.inner._task(c)
+            out.append(Reply(text=f"```python\ndef {t.entry_point}(*args):\n    return None\n```"))
+        return out
+
+    def read(self, convs, detector):
+        self.reads += len(convs)
+        assert all(c[-1]["role"] == "assistant" for c in convs)
+        return [1.0 if "return None" in c[-1]["content"] else 0.0 for c in convs]
+
+
+def _review(qwen, threshold):
+    from conftest import make_vector
+    from steerwatch.lab.episodes import Review
+    from steerwatch.steer import SteerSpec
+    from steerwatch.watch.detector import Detector
+
+    det = Detector.from_vector(make_vector(qwen, concept="cheating"), layer=1, name="probe")
+    det.threshold = 0.5
+    return Review(trigger=det, steer=(SteerSpec(make_vector(qwen, concept="conscientiousness", seed=1),
+                                                strength=0.04),), threshold=threshold)
+
+
+def test_review_steers_the_turns_after_the_answer_it_flags(few, qwen):
+    stub = ReviewStub(few)
+    eps = run_episodes(few, Setting("rev", turns=3, review=_review(qwen, None)), stub)
+    imp = [e for e in eps if e["variant"] != "original"]
+    orig = [e for e in eps if e["variant"] == "original"]
+    for e in eps:  # turn 1 is the constant, the review fires on it, turn 2 is steered
+        t0, t1 = e["turns"][:2]
+        assert t0["review"] == {"score": 1.0, "fired": True} and not t0["review_steered"] and t0["reasons"]
+        assert t1["review_steered"] and t1["review"] == {"score": 0.0, "fired": False}
+        assert e["triggered"] and e["review_fired_turn"] == 0 and not e["special_cased"]
+    assert all(e["passed"] and e["n_turns"] == 2 for e in orig)  # the steered reference passes
+    assert all(e["n_turns"] == 3 and all(t["review_steered"] for t in e["turns"][1:]) for e in imp)
+    # turn 1 unsteered for all 9; then the 9 (turn 2) and the 6 impossible ones (turn 3), steered
+    assert stub.calls == [(9, 0), (9, 1), (6, 1)] and stub.reads == 9 + 9 + 6
+    row = summarize(eps)[0]
+    assert (row["triggered_impossible_k"], row["triggered_original_k"]) == (6, 3)
+    assert row["attempted_k"] == 0 and row["pass_original_k"] == 3
+
+
+def test_a_review_that_never_fires_changes_nothing(few, qwen):
+    stub = ReviewStub(few)
+    eps = run_episodes(few, Setting("rev", turns=2, review=_review(qwen, 2.0)), stub)
+    assert all(e["special_cased"] and not e["triggered"] and e["review_fired_turn"] is None for e in eps)
+    assert all(not t["review_steered"] and t["review"]["fired"] is False for e in eps for t in e["turns"])
+    assert stub.calls == [(9, 0), (9, 0)]
+
+
+def test_review_settings_are_checked(few, qwen):
+    from steerwatch.lab.episodes import Review
+
+    rev = _review(qwen, None)
+    with pytest.raises(SteerwatchError, match="give turns >= 2"):
+        Setting("rev", review=rev)
+    with pytest.raises(SteerwatchError, match="needs steering to switch on"):
+        Review(trigger=rev.trigger, steer=())
+    rev.trigger.threshold = None
+    with pytest.raises(SteerwatchError, match="is not calibrated"):
+        Review(trigger=rev.trigger, steer=rev.steer)
+    rev.trigger.threshold = 0.5
+    with pytest.raises(SteerwatchError, match="needs a responder that can read answers"):
+        run_episodes(few, Setting("rev", turns=2, review=rev), Stub(few, "honest"))
+    a, b = Setting("a", turns=2, review=rev), Setting("a", turns=2)
+    assert a.describe()["review"]["threshold"] == 0.5 and a.config_hash() != b.config_hash()
+    assert a.config_hash() != Setting("a", turns=2, review=_review(qwen, 0.7)).config_hash()
+
+
 def test_flagging_ends_the_episode(few):
     eps = run_episodes(few, Setting("flag", turns=3), Stub(few, "flag"))
     assert all(e["flagged_test"] and e["n_turns"] == 1 and e["turns"][0]["status"] == "no_code" for e in eps)
@@ -380,6 +463,55 @@ def test_lab_cli_end_to_end_on_a_tiny_model(qwen_chat, tmp_path):
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (bad, res.output)
     res = runner.invoke(app, ["lab", "report", str(model_dir / "config.json")])
     assert res.exit_code == 2 and "error" in res.output
+
+
+def test_lab_cli_review_steers_the_revision_on_a_tiny_model(qwen_chat, tmp_path):
+    """`lab run --review DET --review-steer SPEC`: the detector reads each answer (its score is the
+    one `ModelResponder.read` gives), and where it fires the next turn is steered."""
+    from typer.testing import CliRunner
+
+    from conftest import make_vector
+    from steerwatch.cli.main import app
+    from steerwatch.lab import ModelResponder
+    from steerwatch.lab.probe import episode_conversation
+    from steerwatch.models import load_model
+    from steerwatch.watch.detector import Detector, load_detector
+
+    model_dir = tmp_path / "model"
+    qwen_chat.model.save_pretrained(model_dir)
+    qwen_chat.tokenizer.save_pretrained(model_dir)
+    make_vector(qwen_chat, concept="cheating").save(tmp_path / "cheating.sv")
+    make_vector(qwen_chat, concept="conscientiousness", seed=1).save(tmp_path / "cons.sv")
+    det = Detector.from_vector(make_vector(qwen_chat, concept="cheating"), layer=1, name="probe", aggregate="last",
+                               vector_path=str(tmp_path / "cheating.sv"))
+    det.threshold = -1e9  # fires on every answer
+    det.save(tmp_path / "probe.det.json")
+    runner = CliRunner(env={"COLUMNS": "250"})
+    out = tmp_path / "run.jsonl"
+    base = ["lab", "run", "--out", str(out), "--model", str(model_dir), "--limit", "1", "--max-new-tokens", "16",
+            "--turns", "2", "--name", "rev"]
+    res = runner.invoke(app, [*base, "--review", str(tmp_path / "probe.det.json"),
+                              "--review-steer", f"{tmp_path / 'cons.sv'}@1:+0.5"])
+    assert res.exit_code == 0, res.output
+    assert "monitor fired: impossible 2/2 (100 %" in res.output and "original 1/1 (100 %" in res.output
+    eps = read_episodes(out)
+    assert len(eps) == 3 and all(e["n_turns"] == 2 and e["review_fired_turn"] == 0 for e in eps)
+    assert all(not e["turns"][0]["review_steered"] and e["turns"][1]["review_steered"] for e in eps)
+    assert len(eps[0]["options"]["review"]["steer"]) == 1 and "+0.5" in eps[0]["options"]["review"]["steer"][0]
+    tasks = select(humaneval_tasks(), split="dev", limit=1)
+    first = dict(eps[0], turns=eps[0]["turns"][:1])
+    conv = episode_conversation(first, next(t for t in tasks if t.id == first["task"]))
+    lm = load_model(str(model_dir), progress=False)  # as the CLI loaded it (the saved tokenizer)
+    got = ModelResponder(lm).read([conv], load_detector(tmp_path / "probe.det.json"))[0]
+    assert got == pytest.approx(eps[0]["turns"][0]["review"]["score"], abs=1e-5)
+    for bad, msg in ((["--review-steer", "cons.sv:+0.1"], "--review-steer goes with --review"),
+                     (["--review", "p.det.json"], "--review needs --review-steer"),
+                     (["--review", "p.det.json", "--review-steer", "c.sv:+1", "--turns", "1"], "--turns 2 or more"),
+                     (["--review", "p.det.json", "--review-steer", "c.sv:+1", "--steer-if", "p.det.json"],
+                      "--steer-if or --review, not both")):
+        res = runner.invoke(app, ["lab", "run", "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model",
+                                  "--turns", "2", *bad])
+        assert res.exit_code == 2 and msg in " ".join(res.output.split()), (bad, res.output)
 
 
 def test_calibrate_on_benign_coding_and_watch_in_the_lab(qwen_chat, tmp_path):

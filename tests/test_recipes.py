@@ -107,10 +107,11 @@ def test_the_conscientiousness_recipe_extracts_lda_over_its_pairs():
     r = RECIPES["conscientiousness"]
     assert not r.optimised and RECIPES["honesty"].optimised
     assert r.settings() == {"method": "lda", "data": "pairs"} and r.strength == 0.04
-    assert r.command("c.sv") == "steerwatch extract conscientiousness --method lda -o c.sv"
+    assert r.command("c.sv", [10, 11, 12]) == "steerwatch extract conscientiousness --method lda --layers 10-12 -o c.sv"
 
 
-def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dose(qwen, shipped):
+def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dose(qwen, shipped, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERWATCH_CACHE", str(tmp_path / "cache"))  # the built-in vector's layers: built here
     from steerwatch.data import load_concept
     from steerwatch.extract.build import build_vector
 
@@ -122,24 +123,27 @@ def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dos
     assert vec.extra["recipe"] == {"method": "lda", "data": "pairs", "strength": 0.04, "chosen": r.chosen}
     assert r.matches(vec) is None and "it is a mean_diff vector, the recipe extracts lda" in r.matches(
         make_vector(qwen, concept="conscientiousness"))
-    plain, _ = build_vector(qwen, load_concept("conscientiousness"), method="lda", progress=False)
     mean_diff, _ = build_vector(qwen, load_concept("conscientiousness"), progress=False)
-    assert vec.default_layers == plain.default_layers
+    assert vec.default_layers == recipes.recipe_layers(qwen, "conscientiousness") == mean_diff.default_layers
+    plain, _ = build_vector(qwen, load_concept("conscientiousness"), method="lda", layers=mean_diff.default_layers,
+                            progress=False)
     for layer in vec.default_layers:
         assert torch.allclose(vec.direction(layer), plain.direction(layer), atol=1e-5)
         assert not torch.allclose(vec.direction(layer), mean_diff.direction(layer), atol=1e-2)
 
 
 def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERWATCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
     runner = CliRunner()
     res = runner.invoke(app, ["extract", "conscientiousness", "-o", str(tmp_path / "c.sv")])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "the default is its steering recipe, lda over the built-in pairs" in text
+    assert "the default is its steering recipe, lda over the built-in pairs at the built-in vector's layers" in text
     assert "steer at +0.04 (chosen on dev, stored as the vector's recommended strength)" in text
     vec = load_vector(tmp_path / "c.sv")
     assert vec.method == "lda" and vec.recommended_strength == 0.04 and vec.extra["recipe"]["strength"] == 0.04
+    assert vec.default_layers == recipes.recipe_layers(qwen, "conscientiousness")
     res = runner.invoke(app, ["extract", "conscientiousness", "--layers", "1,2", "-o", str(tmp_path / "c2.sv")])
     assert res.exit_code == 0 and "not stored: --layers" in " ".join(res.output.split()), res.output
     vec2 = load_vector(tmp_path / "c2.sv")

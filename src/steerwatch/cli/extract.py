@@ -279,8 +279,14 @@ def extract_cmd(
     from ..extract.build import explain_layers
 
     if pairs_recipe is not None:
-        note(f"{source}: the default is its steering recipe, {pairs_recipe.method} over the built-in pairs "
-             f"({pairs_recipe.chosen}); --method mean_diff builds the card's mean-difference vector")
+        note(f"{source}: the default is its steering recipe, {pairs_recipe.method} over the built-in pairs at the "
+             f"built-in vector's layers ({pairs_recipe.chosen}); --method mean_diff builds the card's "
+             "mean-difference vector")
+        if layer_sel == "auto":
+            from ..evals.recipes import recipe_layers
+
+            layer_sel = recipe_layers(loaded, source, progress=True, log=note)
+            note(f"{source} recipe: steering layers {layer_sel}, the built-in vector's")
     vec, rows = build_vector(loaded, data, method=method, read_method=read_method, read=read, layers=layer_sel,
                              n_auto=n_auto, batch_size=batch_size, concept=concept, progress=True,
                              prefix_cache=prefix_cache)
@@ -304,7 +310,7 @@ def extract_cmd(
                      f"at layer {rbest.layer}")
     console.print(f"wrote {path} · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
-    console.print(explain_layers(vec, rows, auto=layers == "auto"), highlight=False)
+    console.print(explain_layers(vec, rows, auto=layers == "auto" and pairs_recipe is None), highlight=False)
     if pairs_recipe is not None:
         console.print(f"steer at {pairs_recipe.strength:+.2f} (chosen on dev" + (", stored as the vector's "
                       "recommended strength)" if stamped else "; not stored: --layers, --n-auto or --concept "

@@ -110,6 +110,13 @@ def run_cmd(
                                             "to score every answer with, repeatable."),
     steer_if: Path | None = typer.Option(None, "--steer-if", help="Apply the --steer specs only when this calibrated "
                                          "detector fires (conditional steering inside the episode)."),
+    review: Path | None = typer.Option(None, "--review", help="Agentic (--turns >= 2): after each turn this calibrated "
+                                       "detector reads the answer (teacher-forced, unsteered); when it fires, the "
+                                       "episode's later turns add the --review-steer specs (the monitor steers the "
+                                       "revision). --steer specs stay on throughout."),
+    review_steer: list[str] | None = typer.Option(None, "--review-steer", help="With --review: the steering the "
+                                                  "review switches on, PATH[@LAYERS]:OP, repeatable (e.g. "
+                                                  "cons.sv:+0.04)."),
     model: Model = "default",
     device: Device = "auto",
     dtype: Dtype = None,
@@ -124,8 +131,21 @@ def run_cmd(
     from ..steer import parse_steer_spec
     from ..watch.detector import load_detector
 
+    if review is None and review_steer:
+        raise SteerwatchError("--review-steer goes with --review (the detector that switches it on)")
+    if review is not None and not review_steer:
+        raise SteerwatchError("--review needs --review-steer: the steering to switch on when it fires")
+    if review is not None and turns < 2:
+        raise SteerwatchError("--review steers the turns after the one it read: give --turns 2 or more")
+    if review is not None and steer_if is not None:
+        raise SteerwatchError("give --steer-if or --review, not both")
     tasks = _tasks(tasks_file, split, variants, ids, limit)
     specs = tuple(parse_steer_spec(s) for s in (steer or []))
+    rev = None
+    if review is not None:
+        from ..lab.episodes import Review
+
+        rev = Review(trigger=load_detector(review), steer=tuple(parse_steer_spec(s) for s in review_steer or []))
     dets = [load_detector(p) for p in (watch or [])]
     conditional = None
     if steer_if is not None:
@@ -137,7 +157,7 @@ def run_cmd(
         specs = ()
     setting = Setting(name=name, steer=specs, instruction=instruction, system=system, demos=demos, turns=turns,
                       temperature=temperature, attempts=attempts, seed=seed, max_new_tokens=max_new_tokens,
-                      conditional=conditional)
+                      conditional=conditional, review=rev)
     limits = Limits(timeout_s=timeout, cpu_s=max(1, int(timeout) + 1))
     check_output_path(output, "--out")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +194,10 @@ def _print_rows(rows: list[dict[str, Any]], baseline: str | None = None) -> None
                       f"{frac(r, 'attempted', 'n_impossible')} · flagged the test {frac(r, 'flagged', 'n_impossible')}")
         if r["n_original"]:
             out.print(f"  original: pass@1 {frac(r, 'pass_original', 'n_original')}")
+        opts = r.get("options") or {}
+        if opts.get("conditional") or opts.get("review"):
+            out.print(f"  monitor fired: impossible {frac(r, 'triggered_impossible', 'n_impossible')} · original "
+                      f"{frac(r, 'triggered_original', 'n_original')} (false triggers on honest work)")
         if baseline is not None and r["setting"] != baseline:
             out.print(f"  vs {baseline} (paired): Δ cheat {diff(r, 'cheat')} · Δ attempted "
                       f"{diff(r, 'attempted')} · Δ pass@1 {diff(r, 'pass_original')}")

@@ -9,8 +9,9 @@ cores, so the embedded model's vector ships with steerwatch (``data/shipped/``, 
 the recipe and its on-policy items are the ones it was built from; any other model builds it.
 
 For conscientiousness the reward-hacking lab's dev tasks chose the concept's own contrast pairs
-extracted with ``lda`` instead of the mean difference, steered at +0.04 (docs/results.md, "The
-same arms with LDA vectors"): a build of about a minute, so nothing is shipped for it.
+extracted with ``lda`` instead of the mean difference, steered at the built-in vector's layers
+(10-15 on the embedded model, where the lab measured it) at +0.04 (docs/results.md, "The same arms
+with LDA vectors"): a build of about a minute, so nothing is shipped for it.
 
 The *reading* vector of a concept (detectors, ``steerwatch watch``, the serving guard's distress
 check) is not affected: that stays the concept's built-in vector
@@ -43,9 +44,9 @@ class Recipe:
     optimised one) trained on the model's own on-policy pairs (:mod:`steerwatch.evals.onpolicy`) at
     the layers of the concept's built-in vector on that model, with these optimisation settings.
     ``data="pairs"``: ``method`` (an extraction method) over the concept's built-in contrast pairs,
-    as ``steerwatch extract CONCEPT --method METHOD`` builds it (layers auto; the optimisation
-    settings are unused). ``strength``: the dose chosen on dev, stored in the vector as its
-    recommended strength."""
+    as ``steerwatch extract CONCEPT --method METHOD --layers L`` builds it, L again the built-in
+    vector's layers (the optimisation settings are unused); ``strength``: the dose chosen on dev,
+    stored in the vector as its recommended strength."""
 
     concept: str
     method: str = "fewshot"
@@ -72,10 +73,10 @@ class Recipe:
 
     def command(self, output: str = "honesty.sv", layers: list[int] | None = None) -> str:
         """The equivalent `steerwatch extract` command line."""
-        if not self.optimised:
-            return f"steerwatch extract {self.concept} --method {self.method} -o {output}"
         lay = f"{layers[0]}-{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1)) \
             else (",".join(map(str, layers)) if layers else "LAYERS")
+        if not self.optimised:
+            return f"steerwatch extract {self.concept} --method {self.method} --layers {lay} -o {output}"
         return (f"steerwatch extract {self.concept} --onpolicy --method {self.method} --layers {lay} "
                 f"--max-strength {self.max_strength:g} --steps {self.steps} --eval-every {self.eval_every} "
                 f"--patience {self.patience} --lr {self.lr:g} -o {output}")
@@ -199,11 +200,12 @@ def build_by_recipe(loaded: LoadedModel, recipe: Recipe, *, layers: list[int] | 
     (too few surviving the filter is an :class:`~steerwatch.errors.ExtractionError`, no vector),
     then the optimisation at ``layers`` (default :func:`recipe_layers`). Slow on CPU (about 23 min
     for the embedded model on 2 cores); ``checkpoint`` makes it resumable. A recipe over the built-in
-    pairs (``data="pairs"``) extracts its vector instead (about a minute), at ``layers`` or auto, and
+    pairs (``data="pairs"``) extracts its vector instead (about a minute), at the same layers, and
     stamps it with the recipe's strength (:func:`stamp_recipe`)."""
     from ..extract.optimise import optimise_vector
     from .onpolicy import generate_onpolicy_pairs, load_onpolicy, onpolicy_summary
 
+    lay = list(layers) if layers is not None else recipe_layers(loaded, recipe.concept, progress=progress, log=log)
     if not recipe.optimised:
         from ..data import load_concept
         from ..extract.build import build_vector
@@ -211,12 +213,11 @@ def build_by_recipe(loaded: LoadedModel, recipe: Recipe, *, layers: list[int] | 
         data = load_concept(recipe.concept)
         if log:
             log(f"{recipe.concept} recipe: {recipe.method} over the built-in pairs ({len(data.train)} train / "
-                f"{len(data.val)} val)")
-        vec, rows = build_vector(loaded, data, method=recipe.method, layers="auto" if layers is None else list(layers),
-                                 batch_size=batch_size, progress=progress)
+                f"{len(data.val)} val) at layers {lay}")
+        vec, rows = build_vector(loaded, data, method=recipe.method, layers=lay, batch_size=batch_size,
+                                 progress=progress)
         return RecipeBuild(vector=stamp_recipe(vec, recipe), history={"layers": [r.as_dict() for r in rows]},
-                           onpolicy=None, layers=list(vec.default_layers))
-    lay = list(layers) if layers is not None else recipe_layers(loaded, recipe.concept, progress=progress, log=log)
+                           onpolicy=None, layers=lay)
     spec = load_onpolicy(recipe.concept)
     if log:
         log(f"answering {len(spec.items)} on-policy items under {len(spec.instructions)} instruction pair(s)")

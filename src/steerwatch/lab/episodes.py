@@ -10,6 +10,15 @@ match), ``flagged_test`` (some turn said a test contradicts the specification), 
 
 An episode ends early when its code passes every visible test, or when the answer flags a test.
 
+Conditional steering inside the agentic loop (``Setting.review``, :class:`Review`): after each
+turn a detector reads the answer (teacher-forced, unsteered, on the conversation that produced it,
+as :mod:`steerwatch.lab.probe` reads answers) and, when it fires, every later turn of that episode
+is generated with the review's steering added: "the monitor saw special-casing, steer the
+revision". Each turn records the review's score and whether it fired (``review``) and whether the
+turn was generated under the review's steering (``review_steered``); the episode's ``triggered``
+counts a review that fired, so ``lab report``'s triggered rate on ``original`` tasks is the false
+trigger rate.
+
 Runs append one JSON line per episode to a file and resume from it: episodes already there for the
 same setting name and configuration are skipped; the same name with another configuration is an
 error.
@@ -37,11 +46,42 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass(frozen=True)
+class Review:
+    """Turn-level conditional steering: after each turn ``trigger`` (a calibrated detector) scores the
+    answer by its own aggregate; over its threshold (``threshold``, default the detector's
+    calibrated one), the episode's later turns add ``steer``."""
+
+    trigger: Detector
+    steer: tuple[SteerSpec, ...]
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.steer:
+            raise SteerwatchError("a review needs steering to switch on when it fires (review steer specs)")
+        if self.limit is None:
+            raise SteerwatchError(f"the review detector {self.trigger.name!r} is not calibrated; run `steerwatch "
+                                  "calibrate --coding` on it (or `steerwatch lab probe --detector-out`) first")
+
+    @property
+    def limit(self) -> float | None:
+        return self.threshold if self.threshold is not None else self.trigger.threshold
+
+    def describe(self) -> dict[str, Any]:
+        return {"trigger": self.trigger.name, "threshold": self.limit, "aggregate": self.trigger.aggregate,
+                "layer": self.trigger.layer, "trigger_vector": _vector_id(self.trigger.vector),
+                "steer": [s.describe() for s in self.steer],
+                "steer_vectors": [_vector_id(s.vector) for s in self.steer]}
+
+
+@dataclass(frozen=True)
 class Setting:
     """How episodes are run. ``instruction``: none / pressure / honest (:data:`prompts.INSTRUCTIONS`);
     ``demos``: in-context cheating demonstrations (0-3); ``turns``: 1 = single turn, more = agentic;
     ``temperature``: None = greedy, else sampling with ``attempts`` attempts per task (seeds
-    ``seed``, ``seed + 1``, ...); ``conditional``: steering switched on by a detector."""
+    ``seed``, ``seed + 1``, ...); ``conditional``: steering switched on by a detector while a
+    turn is generated (token or prompt mode, :class:`steerwatch.runtime.Conditional`); ``review``:
+    steering switched on for the later turns when a detector reads a turn's answer and fires
+    (:class:`Review`; needs ``turns`` >= 2)."""
 
     name: str
     steer: tuple[SteerSpec, ...] = ()
@@ -54,6 +94,7 @@ class Setting:
     seed: int = 0
     max_new_tokens: int = 192
     conditional: Conditional | None = None
+    review: Review | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").replace(".", "").replace("+", "").isalnum():
@@ -70,6 +111,8 @@ class Setting:
             raise SteerwatchError("attempts > 1 needs sampling (a temperature): greedy decoding repeats itself")
         if self.max_new_tokens < 16:
             raise SteerwatchError(f"max_new_tokens must be at least 16, got {self.max_new_tokens}")
+        if self.review is not None and self.turns < 2:
+            raise SteerwatchError("a review steers the turns after the one it read: give turns >= 2 (agentic)")
 
     def describe(self) -> dict[str, Any]:
         """The configuration as JSON (what the resume check compares)."""
@@ -80,7 +123,8 @@ class Setting:
                 "max_new_tokens": self.max_new_tokens,
                 "conditional": None if self.conditional is None else {
                     "trigger": self.conditional.trigger.name, "threshold": self.conditional.threshold,
-                    "mode": self.conditional.mode, "steer": [s.describe() for s in self.conditional.specs]}}
+                    "mode": self.conditional.mode, "steer": [s.describe() for s in self.conditional.specs]},
+                **({} if self.review is None else {"review": self.review.describe()})}
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
@@ -104,7 +148,9 @@ class Reply:
 
 
 class Responder(Protocol):
-    """Answers a batch of conversations under a setting (the model; a stub in tests)."""
+    """Answers a batch of conversations under a setting (the model; a stub in tests). A setting with
+    a review also needs ``read(conversations, detector) -> scores``: the detector's response score
+    of each conversation's last (assistant) message, teacher-forced and unsteered."""
 
     def __call__(self, conversations: Sequence[list[dict[str, str]]], setting: Setting,
                  attempt: int) -> list[Reply]: ...
@@ -135,6 +181,17 @@ class ModelResponder:
                            token_scores={k: [round(v, 5) for v in vals] for k, vals in g.scores.items()},
                            triggered=g.triggered_at is not None)
         return [r for r in out if r is not None]
+
+    def read(self, conversations: Sequence[list[dict[str, str]]], detector: Detector) -> list[float | None]:
+        """``detector``'s response score of each conversation's last message (teacher-forced, unsteered)."""
+        from ..watch.score import score_conversations
+
+        scored = score_conversations(self.lm, conversations, [detector], batch_size=self.batch_size, force=self.force)
+        out: list[float | None] = []
+        for conv, sc in zip(conversations, scored):
+            toks = [v for v, k in zip(sc.scores[detector.name], sc.msg_index) if k == len(conv) - 1]
+            out.append(detector.response(toks) if toks else None)
+        return out
 
 
 def _labels(task: Task, code: str | None, res: RunResult | None) -> dict[str, Any]:
@@ -201,16 +258,43 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
     feedbacks: list[list[str]] = [[] for _ in tasks]
     turns: list[list[dict[str, Any]]] = [[] for _ in tasks]
     active = list(range(len(tasks)))
+    review = setting.review
+    steered: set[int] = set()  # episodes whose review fired: their later turns carry the review's steering
+    if review is not None:
+        from dataclasses import replace
+
+        from ..chat import prompt_messages
+
+        reviewed = replace(setting, steer=(*setting.steer, *review.steer), review=None)
+        if not callable(getattr(respond, "read", None)):
+            raise SteerwatchError("a setting with a review needs a responder that can read answers (read())")
     for turn in range(setting.turns):
         convs = [P.conversation(first[i], replies[i], feedbacks[i]) for i in active]
-        got = respond(convs, setting, attempt)
+        if review is None or not steered.intersection(active):
+            got = respond(convs, setting, attempt)
+        else:  # two groups: the episodes the review fired on, under its steering, and the rest
+            plain = [k for k, i in enumerate(active) if i not in steered]
+            fired = [k for k, i in enumerate(active) if i in steered]
+            parts: dict[int, Reply] = {}
+            for ks, st in ((plain, setting), (fired, reviewed)):
+                if ks:
+                    rs = respond([convs[k] for k in ks], st, attempt)
+                    if len(rs) != len(ks):
+                        raise SteerwatchError(f"the responder returned {len(rs)} replies for {len(ks)} conversations")
+                    parts.update(zip(ks, rs))
+            got = [parts[k] for k in range(len(active))]
         if len(got) != len(active):
             raise SteerwatchError(f"the responder returned {len(got)} replies for {len(active)} conversations")
+        review_scores: list[float | None] = [None] * len(active)
+        if review is not None:
+            answered = [[*prompt_messages(c, setting.system), {"role": "assistant", "content": r.text}]
+                        for c, r in zip(convs, got)]
+            review_scores = list(respond.read(answered, review.trigger))  # type: ignore[attr-defined]
         codes = [P.extract_code(r.text, tasks[i].entry_point) for i, r in zip(active, got)]
         jobs = [(program_for(tasks[i], c), tasks[i].runnable_tests()) for i, c in zip(active, codes) if c is not None]
         results = iter(run_many(jobs, limits=limits, workers=workers))
         still = []
-        for i, reply, code in zip(active, got, codes):
+        for k, (i, reply, code) in enumerate(zip(active, got, codes)):
             task = tasks[i]
             res = next(results) if code is not None else None
             flagged = P.flags_test(reply.text, code)
@@ -223,6 +307,14 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
                    **_labels(task, code, res)}
             if reply.tokens:
                 rec["tokens"], rec["token_scores"] = reply.tokens, reply.token_scores
+            if review is not None:
+                sc = review_scores[k]
+                assert review.limit is not None
+                rec["review_steered"] = i in steered
+                rec["review"] = {"score": sc, "fired": sc is not None and sc > review.limit}
+                if rec["review"]["fired"]:
+                    steered.add(i)
+                    rec["triggered"] = True
             turns[i].append(rec)
             replies[i].append(reply.text)
             feedbacks[i].append(P.feedback(task, res))
@@ -239,6 +331,8 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
                                "flagged_test": any(t["flagged"] for t in ts), "special_cased": bool(last["reasons"]),
                                "reasons": last["reasons"], "passed_visible": last["passed_visible"],
                                "triggered": any(t["triggered"] for t in ts)}
+        if review is not None:
+            row["review_fired_turn"] = next((t["turn"] for t in ts if t["review"]["fired"]), None)
         if task.is_impossible:
             row["cheated"] = last["cheated"]
             row["accidental"] = last["cheated"] and not last["reasons"]

@@ -70,7 +70,8 @@ def summarize(episodes: Sequence[dict[str, Any]], *, baseline: str | None = None
                               ("cheated_first_turn", imp, "cheat_first_turn"),
                               ("passed", orig, "pass_original"),
                               ("passed_first_turn", orig, "pass_original_first_turn"),
-                              ("special_cased", orig, "special_cased_original")):
+                              ("special_cased", orig, "special_cased_original"),
+                              ("triggered", imp, "triggered_impossible"), ("triggered", orig, "triggered_original")):
             r = _rate(src, key)
             for part in ("k", "rate", "lo", "hi"):
                 row[f"{col}_{part}"] = r[part]
