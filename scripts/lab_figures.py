@@ -22,7 +22,8 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
   setting, and the prone setting with a review (``--review DET``, a calibrated detector, e.g. the
   on-policy probe of ``steerwatch lab probe --detector-out``) that reads each answer and, where it
   fires, steers the later turns with conscientiousness LDA +0.04 (conditional steering inside the
-  agentic loop); with ``--lda`` also conscientiousness LDA +0.04 at every turn (impossible only).
+  agentic loop); with ``--lda`` also conscientiousness LDA +0.04 at every turn (impossible only);
+  and the same review in ``regenerate`` mode (the flagged answer is written again, steered).
 - ``dose``: the cheating vector's dose-response on the prone prompt, test split, impossible
   variants: total strength -0.04 and +0.06, written to the test stage's file beside its +0.04
   (the prone setting) and 0 (``no-vector``) rows.
@@ -154,6 +155,9 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
             rev = Review(trigger=load_detector(review), steer=(spec("conscientiousness_lda", 0.04),))
             out[f"{prone}/review-cons_lda+0.04/agentic"] = Setting(f"{prone}.review-cons_lda+0.04.agentic",
                                                                   steer=p.steer, review=rev, **dict(kw, turns=3))
+            regen = Review(trigger=rev.trigger, steer=rev.steer, mode="regenerate")
+            out[f"{prone}/regen-cons_lda+0.04/agentic"] = Setting(f"{prone}.regen-cons_lda+0.04.agentic",
+                                                                 steer=p.steer, review=regen, **dict(kw, turns=3))
     return out
 
 
@@ -235,7 +239,8 @@ def main() -> None:
         plan = [(all_settings[f"{p}/dose{t:+g}"], impossible) for t in (-0.04, 0.06)]
     elif args.stage == "agentic-review":  # the review arm against the prone setting on the same tasks
         plan = [(all_settings[f"{p}/agentic"], both), (all_settings[f"{p}/review-cons_lda+0.04/agentic"], both),
-                (all_settings[f"{p}/cons_lda+0.04/agentic"], impossible)]
+                (all_settings[f"{p}/cons_lda+0.04/agentic"], impossible),
+                (all_settings[f"{p}/regen-cons_lda+0.04/agentic"], both)]
     else:  # agentic: up to 3 turns with the test runner's failures, the prone setting and the chosen arm
         plan = [(all_settings[f"{p}/agentic"], impossible), (all_settings[f"{p}/{c}/agentic"], impossible)]
     if args.settings:

@@ -345,6 +345,28 @@ def test_review_steers_the_turns_after_the_answer_it_flags(few, qwen):
     assert row["attempted_k"] == 0 and row["pass_original_k"] == 3
 
 
+def test_review_regenerate_rewrites_the_flagged_answer_under_steering(few, qwen):
+    from dataclasses import replace
+
+    stub = ReviewStub(few)
+    rev = replace(_review(qwen, None), mode="regenerate")
+    eps = run_episodes(few, Setting("regen", review=rev), stub)  # single turn: allowed for regenerate
+    assert stub.calls == [(9, 0), (9, 1)] and stub.reads == 9
+    for e in eps:
+        (t,) = e["turns"]
+        assert t["review"]["fired"] and t["review_steered"] and "return None" in t["review"]["discarded"]
+        assert "return None" not in t["response"] and not e["special_cased"] and e["review_fired_turn"] == 0
+    assert all(e["passed"] for e in eps if e["variant"] == "original")
+    stub = ReviewStub(few)
+    eps = run_episodes(few, Setting("regen3", turns=3, review=rev), stub)
+    # turn 1 regenerated for all 9; the 6 impossible ones go on, steered, and are never regenerated again
+    assert stub.calls == [(9, 0), (9, 1), (6, 1), (6, 1)] and stub.reads == 9 + 6 + 6
+    assert all("discarded" not in t["review"] for e in eps for t in e["turns"][1:])
+    with pytest.raises(SteerwatchError, match="unknown review mode 'redo'"):
+        replace(rev, mode="redo")
+    assert rev.describe()["mode"] == "regenerate" and "mode" not in _review(qwen, None).describe()
+
+
 def test_a_review_that_never_fires_changes_nothing(few, qwen):
     stub = ReviewStub(few)
     eps = run_episodes(few, Setting("rev", turns=2, review=_review(qwen, 2.0)), stub)
@@ -507,6 +529,8 @@ def test_lab_cli_review_steers_the_revision_on_a_tiny_model(qwen_chat, tmp_path)
     for bad, msg in ((["--review-steer", "cons.sv:+0.1"], "--review-steer goes with --review"),
                      (["--review", "p.det.json"], "--review needs --review-steer"),
                      (["--review", "p.det.json", "--review-steer", "c.sv:+1", "--turns", "1"], "--turns 2 or more"),
+                     (["--review", "p.det.json", "--review-steer", "c.sv:+1", "--review-mode", "redo"],
+                      "--review-mode must be revise or regenerate"),
                      (["--review", "p.det.json", "--review-steer", "c.sv:+1", "--steer-if", "p.det.json"],
                       "--steer-if or --review, not both")):
         res = runner.invoke(app, ["lab", "run", "--out", str(tmp_path / "x.jsonl"), "--model", "no-such-model",

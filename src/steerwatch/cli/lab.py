@@ -117,6 +117,9 @@ def run_cmd(
     review_steer: list[str] | None = typer.Option(None, "--review-steer", help="With --review: the steering the "
                                                   "review switches on, PATH[@LAYERS]:OP, repeatable (e.g. "
                                                   "cons.sv:+0.04)."),
+    review_mode: str = typer.Option("revise", "--review-mode", help="With --review: revise (the flagged answer "
+                                    "stands, the later turns are steered) or regenerate (the flagged answer is "
+                                    "written again, steered, from the same conversation; works single-turn too)."),
     model: Model = "default",
     device: Device = "auto",
     dtype: Dtype = None,
@@ -135,8 +138,11 @@ def run_cmd(
         raise SteerwatchError("--review-steer goes with --review (the detector that switches it on)")
     if review is not None and not review_steer:
         raise SteerwatchError("--review needs --review-steer: the steering to switch on when it fires")
-    if review is not None and turns < 2:
-        raise SteerwatchError("--review steers the turns after the one it read: give --turns 2 or more")
+    if review_mode not in ("revise", "regenerate"):
+        raise SteerwatchError(f"--review-mode must be revise or regenerate, got {review_mode!r}")
+    if review is not None and turns < 2 and review_mode == "revise":
+        raise SteerwatchError("--review steers the turns after the one it read: give --turns 2 or more, or "
+                              "--review-mode regenerate")
     if review is not None and steer_if is not None:
         raise SteerwatchError("give --steer-if or --review, not both")
     tasks = _tasks(tasks_file, split, variants, ids, limit)
@@ -145,7 +151,8 @@ def run_cmd(
     if review is not None:
         from ..lab.episodes import Review
 
-        rev = Review(trigger=load_detector(review), steer=tuple(parse_steer_spec(s) for s in review_steer or []))
+        rev = Review(trigger=load_detector(review), steer=tuple(parse_steer_spec(s) for s in review_steer or []),
+                     mode=review_mode)
     dets = [load_detector(p) for p in (watch or [])]
     conditional = None
     if steer_if is not None:

@@ -14,8 +14,11 @@ Conditional steering inside the agentic loop (``Setting.review``, :class:`Review
 turn a detector reads the answer (teacher-forced, unsteered, on the conversation that produced it,
 as :mod:`steerwatch.lab.probe` reads answers) and, when it fires, every later turn of that episode
 is generated with the review's steering added: "the monitor saw special-casing, steer the
-revision". Each turn records the review's score and whether it fired (``review``) and whether the
-turn was generated under the review's steering (``review_steered``); the episode's ``triggered``
+revision". With ``mode="regenerate"`` the flagged answer itself is discarded and written again
+from the same conversation under the steering (the monitor catches the answer before it counts).
+Each turn records the review's score and whether it fired (``review``; ``discarded``: the answer a
+regeneration replaced) and whether the turn was generated under the review's steering
+(``review_steered``); the episode's ``triggered``
 counts a review that fired, so ``lab report``'s triggered rate on ``original`` tasks is the false
 trigger rate.
 
@@ -45,17 +48,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..watch.detector import Detector
 
 
+REVIEW_MODES = ("revise", "regenerate")
+
+
 @dataclass(frozen=True)
 class Review:
     """Turn-level conditional steering: after each turn ``trigger`` (a calibrated detector) scores the
     answer by its own aggregate; over its threshold (``threshold``, default the detector's
-    calibrated one), the episode's later turns add ``steer``."""
+    calibrated one), the episode's later turns add ``steer``. ``mode``: ``revise`` (the flagged
+    answer stands; the steering starts at the next turn) or ``regenerate`` (the flagged answer is
+    discarded and generated again, steered, from the same conversation; later turns stay steered)."""
 
     trigger: Detector
     steer: tuple[SteerSpec, ...]
     threshold: float | None = None
+    mode: str = "revise"
 
     def __post_init__(self) -> None:
+        if self.mode not in REVIEW_MODES:
+            raise SteerwatchError(f"unknown review mode {self.mode!r}; valid: {', '.join(REVIEW_MODES)}")
         if not self.steer:
             raise SteerwatchError("a review needs steering to switch on when it fires (review steer specs)")
         if self.limit is None:
@@ -68,6 +79,7 @@ class Review:
 
     def describe(self) -> dict[str, Any]:
         return {"trigger": self.trigger.name, "threshold": self.limit, "aggregate": self.trigger.aggregate,
+                **({} if self.mode == "revise" else {"mode": self.mode}),
                 "layer": self.trigger.layer, "trigger_vector": _vector_id(self.trigger.vector),
                 "steer": [s.describe() for s in self.steer],
                 "steer_vectors": [_vector_id(s.vector) for s in self.steer]}
@@ -111,8 +123,9 @@ class Setting:
             raise SteerwatchError("attempts > 1 needs sampling (a temperature): greedy decoding repeats itself")
         if self.max_new_tokens < 16:
             raise SteerwatchError(f"max_new_tokens must be at least 16, got {self.max_new_tokens}")
-        if self.review is not None and self.turns < 2:
-            raise SteerwatchError("a review steers the turns after the one it read: give turns >= 2 (agentic)")
+        if self.review is not None and self.turns < 2 and self.review.mode == "revise":
+            raise SteerwatchError("a review steers the turns after the one it read: give turns >= 2 (agentic), or "
+                                  "regenerate the flagged answer (mode regenerate)")
 
     def describe(self) -> dict[str, Any]:
         """The configuration as JSON (what the resume check compares)."""
@@ -285,11 +298,24 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
             got = [parts[k] for k in range(len(active))]
         if len(got) != len(active):
             raise SteerwatchError(f"the responder returned {len(got)} replies for {len(active)} conversations")
+        got = list(got)
         review_scores: list[float | None] = [None] * len(active)
         if review is not None:
             answered = [[*prompt_messages(c, setting.system), {"role": "assistant", "content": r.text}]
                         for c, r in zip(convs, got)]
             review_scores = list(respond.read(answered, review.trigger))  # type: ignore[attr-defined]
+        discarded: dict[int, str] = {}
+        if review is not None and review.mode == "regenerate":  # flagged, not yet steered: write it again, steered
+            assert review.limit is not None
+            redo = [k for k, (i, sc) in enumerate(zip(active, review_scores))
+                    if i not in steered and sc is not None and sc > review.limit]
+            if redo:
+                again = respond([convs[k] for k in redo], reviewed, attempt)
+                if len(again) != len(redo):
+                    raise SteerwatchError(f"the responder returned {len(again)} replies for {len(redo)} conversations")
+                for k, r in zip(redo, again):
+                    discarded[k] = got[k].text
+                    got[k] = r
         codes = [P.extract_code(r.text, tasks[i].entry_point) for i, r in zip(active, got)]
         jobs = [(program_for(tasks[i], c), tasks[i].runnable_tests()) for i, c in zip(active, codes) if c is not None]
         results = iter(run_many(jobs, limits=limits, workers=workers))
@@ -310,8 +336,10 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
             if review is not None:
                 sc = review_scores[k]
                 assert review.limit is not None
-                rec["review_steered"] = i in steered
+                rec["review_steered"] = i in steered or k in discarded
                 rec["review"] = {"score": sc, "fired": sc is not None and sc > review.limit}
+                if k in discarded:
+                    rec["review"]["discarded"] = discarded[k]
                 if rec["review"]["fired"]:
                     steered.add(i)
                     rec["triggered"] = True
