@@ -141,6 +141,7 @@ def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, mo
     text = " ".join(res.output.split())
     assert "the default is its steering recipe, lda over the built-in pairs at the built-in vector's layers" in text
     assert "steer at +0.04 (chosen on dev, stored as the vector's recommended strength)" in text
+    assert "(the recipe: the built-in vector's)" in text
     vec = load_vector(tmp_path / "c.sv")
     assert vec.method == "lda" and vec.recommended_strength == 0.04 and vec.extra["recipe"]["strength"] == 0.04
     assert vec.default_layers == recipes.recipe_layers(qwen, "conscientiousness")

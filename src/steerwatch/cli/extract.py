@@ -310,7 +310,9 @@ def extract_cmd(
                      f"at layer {rbest.layer}")
     console.print(f"wrote {path} · default layers {vec.default_layers} · best validation AUROC "
                   f"{best.auroc:.3f} at layer {best.layer} ({vec.method}){read_note}")
-    console.print(explain_layers(vec, rows, auto=layers == "auto" and pairs_recipe is None), highlight=False)
+    console.print(explain_layers(vec, rows, auto=layers == "auto" and pairs_recipe is None,
+                                 given="the recipe: the built-in vector's" if pairs_recipe is not None
+                                 and layers == "auto" else "as given with --layers"), highlight=False)
     if pairs_recipe is not None:
         console.print(f"steer at {pairs_recipe.strength:+.2f} (chosen on dev" + (", stored as the vector's "
                       "recommended strength)" if stamped else "; not stored: --layers, --n-auto or --concept "

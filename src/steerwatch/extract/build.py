@@ -88,12 +88,13 @@ def _span(layers: Sequence[int]) -> str:
     return ",".join(str(x) for x in ls)
 
 
-def explain_layers(vector: Vector, rows: Sequence[LayerRow], *, auto: bool) -> str:
+def explain_layers(vector: Vector, rows: Sequence[LayerRow], *, auto: bool, given: str = "as given with --layers"
+                   ) -> str:
     """One line on the two layer choices, which answer different questions: the layer that *reads*
     the concept best (:func:`steerwatch.vector.best_layer` over every layer; what ``watch fit``
     and reports use) and the default *steering* layers (``--layers auto``: a window that ends one
     layer after the best layer within :data:`AUTO_BAND` of depth, see :func:`choose_layers`; or
-    the layers given)."""
+    the layers given; ``given`` says where from)."""
     by = {r.layer: r for r in rows}
     best = vector.best_layer()
     brow = by[best]
@@ -102,7 +103,7 @@ def explain_layers(vector: Vector, rows: Sequence[LayerRow], *, auto: bool) -> s
     read = f"reading: best at layer {best} (val AUROC {brow.auroc:.3f}{tie})"
     steer = vector.default_layers
     if not auto:
-        return f"layers: steering at {_span(steer)} (as given with --layers); {read}"
+        return f"layers: steering at {_span(steer)} ({given}); {read}"
     n = vector.n_model_layers or len(vector.layers)
     band = band_layers(n)
     banded = vector.best_layer(among=band)
