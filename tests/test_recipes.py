@@ -16,6 +16,7 @@ from steerwatch.cli.main import app
 from steerwatch.errors import SteerwatchError
 from steerwatch.evals.recipes import RECIPES, recipe_for, recommended_vector, shipped_vector
 from steerwatch.vector import load_vector
+from tolerances import FP32_BATCH, changed
 
 
 def _recipe_vector(loaded, recipe, **settings):
@@ -128,8 +129,8 @@ def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dos
     plain, _ = build_vector(qwen, load_concept("conscientiousness"), method="lda", layers=mean_diff.default_layers,
                             progress=False)
     for layer in vec.default_layers:
-        assert torch.allclose(vec.direction(layer), plain.direction(layer), atol=1e-5)
-        assert not torch.allclose(vec.direction(layer), mean_diff.direction(layer), atol=1e-2)
+        assert FP32_BATCH.allclose(vec.direction(layer), plain.direction(layer))  # batch 16 vs 8
+        assert changed(vec.direction(layer), mean_diff.direction(layer))
 
 
 def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, monkeypatch):
