@@ -175,9 +175,9 @@ class RecipeBuild:
 
 
 def stamp_recipe(vec: Vector, recipe: Recipe) -> Vector:
-    """Record in an extracted recipe's vector the dose chosen on dev (``recommended_strength``, which
-    `steerwatch steer VEC` applies when no strength is given and the serving guard checks against)
-    and where it was chosen (``extra["recipe"]``)."""
+    """Record in an extracted recipe's vector the dose chosen on dev (``recommended_strength``: shown
+    by `steerwatch info`, checked by the serving guard, used by the GGUF export) and where it was
+    chosen (``extra["recipe"]``)."""
     vec.recommended_strength = recipe.strength
     vec.extra = {**vec.extra, "recipe": {**recipe.settings(), "strength": recipe.strength, "chosen": recipe.chosen}}
     return vec
