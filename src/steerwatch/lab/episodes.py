@@ -77,6 +77,9 @@ class Review:
     def limit(self) -> float | None:
         return self.threshold if self.threshold is not None else self.trigger.threshold
 
+    def fires(self, score: float | None) -> bool:
+        return score is not None and self.limit is not None and score > self.limit
+
     def describe(self) -> dict[str, Any]:
         return {"trigger": self.trigger.name, "threshold": self.limit, "aggregate": self.trigger.aggregate,
                 **({} if self.mode == "revise" else {"mode": self.mode}),
@@ -198,13 +201,11 @@ class ModelResponder:
     def read(self, conversations: Sequence[list[dict[str, str]]], detector: Detector) -> list[float | None]:
         """``detector``'s response score of each conversation's last message (teacher-forced, unsteered)."""
         from ..watch.score import score_conversations
+        from .probe import last_message_scores
 
         scored = score_conversations(self.lm, conversations, [detector], batch_size=self.batch_size, force=self.force)
-        out: list[float | None] = []
-        for conv, sc in zip(conversations, scored):
-            toks = [v for v, k in zip(sc.scores[detector.name], sc.msg_index) if k == len(conv) - 1]
-            out.append(detector.response(toks) if toks else None)
-        return out
+        return [detector.response(last_message_scores(sc, detector, len(conv)))
+                for conv, sc in zip(conversations, scored)]
 
 
 def _labels(task: Task, code: str | None, res: RunResult | None) -> dict[str, Any]:
@@ -264,6 +265,15 @@ def run_episodes(tasks: Sequence[Task], setting: Setting, respond: Responder, *,
     return sorted(mine, key=lambda r: order[(r["task"], r["attempt"])])
 
 
+def _respond(respond: Responder, convs: Sequence[list[dict[str, str]]], setting: Setting,
+             attempt: int) -> list[Reply]:
+    """``respond`` with the one check every call needs: a reply per conversation."""
+    got = list(respond(convs, setting, attempt))
+    if len(got) != len(convs):
+        raise SteerwatchError(f"the responder returned {len(got)} replies for {len(convs)} conversations")
+    return got
+
+
 def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, attempt: int, *,
                limits: Limits | None, workers: int | None) -> list[dict[str, Any]]:
     first = [P.first_turn(t, instruction=setting.instruction, demos=setting.demos) for t in tasks]
@@ -284,21 +294,14 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
     for turn in range(setting.turns):
         convs = [P.conversation(first[i], replies[i], feedbacks[i]) for i in active]
         if review is None or not steered.intersection(active):
-            got = respond(convs, setting, attempt)
+            got = _respond(respond, convs, setting, attempt)
         else:  # two groups: the episodes the review fired on, under its steering, and the rest
-            plain = [k for k, i in enumerate(active) if i not in steered]
-            fired = [k for k, i in enumerate(active) if i in steered]
             parts: dict[int, Reply] = {}
-            for ks, st in ((plain, setting), (fired, reviewed)):
+            for st, in_group in ((setting, False), (reviewed, True)):
+                ks = [k for k, i in enumerate(active) if (i in steered) == in_group]
                 if ks:
-                    rs = respond([convs[k] for k in ks], st, attempt)
-                    if len(rs) != len(ks):
-                        raise SteerwatchError(f"the responder returned {len(rs)} replies for {len(ks)} conversations")
-                    parts.update(zip(ks, rs))
+                    parts.update(zip(ks, _respond(respond, [convs[k] for k in ks], st, attempt)))
             got = [parts[k] for k in range(len(active))]
-        if len(got) != len(active):
-            raise SteerwatchError(f"the responder returned {len(got)} replies for {len(active)} conversations")
-        got = list(got)
         review_scores: list[float | None] = [None] * len(active)
         if review is not None:
             answered = [[*prompt_messages(c, setting.system), {"role": "assistant", "content": r.text}]
@@ -306,14 +309,9 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
             review_scores = list(respond.read(answered, review.trigger))  # type: ignore[attr-defined]
         discarded: dict[int, str] = {}
         if review is not None and review.mode == "regenerate":  # flagged, not yet steered: write it again, steered
-            assert review.limit is not None
-            redo = [k for k, (i, sc) in enumerate(zip(active, review_scores))
-                    if i not in steered and sc is not None and sc > review.limit]
+            redo = [k for k, (i, sc) in enumerate(zip(active, review_scores)) if i not in steered and review.fires(sc)]
             if redo:
-                again = respond([convs[k] for k in redo], reviewed, attempt)
-                if len(again) != len(redo):
-                    raise SteerwatchError(f"the responder returned {len(again)} replies for {len(redo)} conversations")
-                for k, r in zip(redo, again):
+                for k, r in zip(redo, _respond(respond, [convs[k] for k in redo], reviewed, attempt)):
                     discarded[k] = got[k].text
                     got[k] = r
         codes = [P.extract_code(r.text, tasks[i].entry_point) for i, r in zip(active, got)]
@@ -335,9 +333,8 @@ def _run_chunk(tasks: Sequence[Task], setting: Setting, respond: Responder, atte
                 rec["tokens"], rec["token_scores"] = reply.tokens, reply.token_scores
             if review is not None:
                 sc = review_scores[k]
-                assert review.limit is not None
                 rec["review_steered"] = i in steered or k in discarded
-                rec["review"] = {"score": sc, "fired": sc is not None and sc > review.limit}
+                rec["review"] = {"score": sc, "fired": review.fires(sc)}
                 if k in discarded:
                     rec["review"]["discarded"] = discarded[k]
                 if rec["review"]["fired"]:

@@ -265,6 +265,12 @@ def calibrate_on_coding(loaded: LoadedModel, detectors: Sequence[Detector], *, t
 
 
 # ---------------------------------------------------------------------------------------- scoring
+def last_message_scores(scored: Any, detector: Detector, n_messages: int) -> list[float]:
+    """``detector``'s token scores over the last of ``n_messages`` messages of a scored conversation
+    (:class:`steerwatch.watch.score.ScoredConversation`): the answer being judged."""
+    return [v for v, k in zip(scored.scores[detector.name], scored.msg_index) if k == n_messages - 1]
+
+
 def score_episodes(loaded: LoadedModel, detectors: Sequence[Detector], episodes: Sequence[dict[str, Any]], *,
                    tasks: Sequence[Task] | None = None, batch_size: int = 4, progress: bool = False
                    ) -> list[dict[str, Any]]:
@@ -288,10 +294,9 @@ def score_episodes(loaded: LoadedModel, detectors: Sequence[Detector], episodes:
         last = e2["turns"][-1]
         last.setdefault("scores", {})
         last.setdefault("token_scores", {})
-        final = len(conv) - 1
         for d in detectors:
-            toks = [v for v, k in zip(sc.scores[d.name], sc.msg_index) if k == final]
-            last["scores"][d.name] = d.response(toks) if toks else None
+            toks = last_message_scores(sc, d, len(conv))
+            last["scores"][d.name] = d.response(toks)
             last["token_scores"][d.name] = [round(v, 5) for v in toks]
         out.append(e2)
     return out
