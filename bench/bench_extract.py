@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layers", default="all")
+    ap.add_argument("--padding-only", action="store_true",
+                    help="print only the share of padding in the one-pass tree rows, packed-length order vs. the "
+                         "two-pass path's longest-completion order (token counts, no timing)")
     args = ap.parse_args()
 
     import torch
@@ -64,6 +67,9 @@ def main() -> None:
         for p in pairs:
             for side in (p.positive, p.negative):
                 examples.append(encode_example(lm.tokenizer, prompt=p.prompt, completion=side, system=p.system))
+        if args.padding_only:
+            print(f"{concept}: {len(pairs)} pairs; " + tree_padding(examples, args.batch))
+            continue
         record(lm, examples[:args.batch], layers=layers, read="completion_mean", batch_size=args.batch)  # warm-up
         times: dict[str, list[float]] = {m: [] for m in modes}
         feats: dict[str, torch.Tensor] = {}
@@ -95,6 +101,26 @@ def main() -> None:
                  / tokens_run(examples, batch_size=args.batch))
         print(f"  tokens run, batched / cached: {saved:.2f}x; "
               f"features cached vs batched: max |diff| / scale {diff:.1e}")
+
+
+def tree_padding(examples, batch: int) -> str:
+    """The share of padding in the tree rows (a row: a prompt's rest and all its completions; the
+    batch as wide as its widest row) under both group orders of ``steerwatch.record._group_batches``."""
+    from steerwatch.record import _cacheable, _group_batches, _opening, _prompt_len
+
+    cached = [i for i, e in enumerate(examples) if _cacheable(e)]
+    opening = _opening(examples, cached)
+    parts = []
+    for packed in (True, False):
+        real = grid = 0
+        for groups in _group_batches(examples, cached, batch, packed=packed):
+            widths = [_prompt_len(examples[g[0]]) - opening
+                      + sum(len(examples[i].ids) - _prompt_len(examples[i]) for i in g) for g in groups]
+            real += sum(widths)
+            grid += max(widths) * len(widths)
+        parts.append(f"{'packed-length' if packed else 'longest-completion'} order: {100 * (grid - real) / grid:.1f} % "
+                     f"padding ({grid - real} of {grid})")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

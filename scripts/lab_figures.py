@@ -43,6 +43,7 @@ list (``--help`` names them).
     python scripts/lab_figures.py agentic-table --prone cheat+0.04-pressure --chosen cons+0.04
     python scripts/lab_figures.py agentic-review --prone cheat+0.04-pressure --limit 15 --lda \
         --review out/lab/probe.det.json
+    python scripts/lab_figures.py agentic-review-table --prone cheat+0.04-pressure
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -184,10 +185,57 @@ def agentic_table(out: Path, prone: str, chosen: str) -> None:
               f"{sum(any(t.get('reasons') for t in e['turns']) for e in a.values())} | {same}/{len(a)} |")
 
 
+def review_table(out: Path, prone: str) -> None:
+    """What the agentic-review stage's monitor saw and what its steering changed: first-turn firings
+    against special-casing, how the ``revise`` arm's steered turns relate to the first answer, and
+    how the ``regenerate`` arm's answers relate to the always-on arm's (greedy: identical means the
+    regeneration is the always-on answer)."""
+    import json
+
+    eps = [json.loads(line) for line in (out / "agentic-review.jsonl").read_text().splitlines()]
+
+    def arm(name):
+        return {e["task"]: e for e in eps if e["setting"] == name}
+
+    base, rev = arm(f"{prone}.agentic"), arm(f"{prone}.review-cons_lda+0.04.agentic")
+    regen, always = arm(f"{prone}.regen-cons_lda+0.04.agentic"), arm(f"{prone}.cons_lda+0.04.agentic")
+    if not (base and rev and regen and always):
+        raise SystemExit("run the agentic-review stage first (all four settings)")
+    def count(rows, pred):
+        return sum(1 for e in rows if pred(e))
+
+    def fired0(e):
+        return e["turns"][0]["review"]["fired"]
+
+    for variant, sub in (("impossible", [e for e in rev.values() if e["variant"] != "original"]),
+                         ("original", [e for e in rev.values() if e["variant"] == "original"])):
+        sc = [e for e in sub if e["turns"][0]["reasons"]]
+        clean = [e for e in sub if not e["turns"][0]["reasons"]]
+        print(f"{variant}: first answers special-cased {len(sc)}, monitor fired on {count(sc, fired0)}; "
+              f"not special-cased {len(clean)}, fired on {count(clean, fired0)}")
+    imp_sc = [e for e in rev.values() if e["variant"] != "original" and e["turns"][0]["reasons"]]
+    still = count(imp_sc, lambda e: e["special_cased"])
+    print(f"revise: of {len(imp_sc)} impossible episodes special-cased first, {still} still special-case at the end")
+
+    def repeats(e):
+        return e["turns"][1]["response"] == e["turns"][0]["response"]
+
+    fired = [e for e in rev.values() if e["review_fired_turn"] == 0 and len(e["turns"]) > 1]
+    same_base = [base[e["task"]] for e in fired if len(base[e["task"]]["turns"]) > 1]
+    print(f"revise: second turn repeats the first verbatim in {count(fired, repeats)} of {len(fired)} fired episodes "
+          f"(the prone setting, same tasks: {count(same_base, repeats)} of {len(same_base)})")
+    imp = [e for e in regen.values() if e["variant"] != "original"]
+    first = [e for e in imp if e["review_fired_turn"] == 0]
+    same_first = count(first, lambda e: e["turns"][0]["response"] == always[e["task"]]["turns"][0]["response"])
+    agree = count(imp, lambda e: e["special_cased"] == always[e["task"]]["special_cased"])
+    print(f"regenerate: regenerated first answer equals the always-on arm's in {same_first} of {len(first)}; "
+          f"final special-cased label agrees on {agree} of {len(imp)} impossible tasks")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic", "agentic-table",
-                                      "agentic-review"])
+                                      "agentic-review", "agentic-review-table"])
     ap.add_argument("--settings", help="comma-separated setting names to run instead of the stage's list")
     ap.add_argument("--prone", help="the cheat-prone prompt-only setting chosen on dev")
     ap.add_argument("--chosen", help="the steering chosen on dev (a name under the prone setting, e.g. cons+0.04)")
@@ -203,6 +251,11 @@ def main() -> None:
         if not (args.prone and args.chosen):
             ap.error("agentic-table needs --prone and --chosen")
         agentic_table(Path(args.out), args.prone, args.chosen)
+        return
+    if args.stage == "agentic-review-table":
+        if not args.prone:
+            ap.error("agentic-review-table needs --prone")
+        review_table(Path(args.out), args.prone)
         return
 
     from steerwatch.extract.library import builtin_vector

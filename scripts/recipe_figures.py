@@ -5,14 +5,14 @@ it at +0.02 and +0.03 (the built-in vector's verdicts beside it). With ``conscie
 same for its recipe (lda over the built-in pairs, built here, about a minute) at +0.02 and +0.04.
 
     python scripts/recipe_figures.py
-    python scripts/recipe_figures.py conscientiousness
+    python scripts/recipe_figures.py conscientiousness --lab-vector out/lab/vectors/conscientiousness-lda.sv
 """
 from __future__ import annotations
 
 import argparse
 
 
-def conscientiousness(lm) -> None:
+def conscientiousness(lm, lab_vector: str | None = None) -> None:
     from steerwatch.evals.recipes import build_by_recipe, recipe_for
     from steerwatch.extract.library import builtin_vector
     from steerwatch.policy.distress import builtin_distress
@@ -30,6 +30,12 @@ def conscientiousness(lm) -> None:
     shared = [layer for layer in vec.default_layers if layer in built.layers]
     cos = {layer: float(vec.direction(layer) @ built.direction(layer)) for layer in shared}
     print("cos(recipe, built-in conscientiousness) per layer: " + ", ".join(f"{k}: {v:+.3f}" for k, v in cos.items()))
+    if lab_vector:  # the LDA vector scripts/lab_figures.py --lda steered with (at layers 10-15)
+        from steerwatch.vector import load_vector
+
+        lab = load_vector(lab_vector)
+        diff = max(float((vec.direction(layer) - lab.direction(layer)).abs().max()) for layer in vec.default_layers)
+        print(f"largest difference from {lab_vector} at layers {vec.default_layers}: {diff:.1e}")
     distress, _dpath = builtin_distress(lm, progress=True)
     for name, v in (("recipe", vec), ("built-in", built)):
         for s in (0.02, 0.04):
@@ -40,6 +46,8 @@ def conscientiousness(lm) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("concept", nargs="?", default="honesty", choices=("honesty", "conscientiousness"))
+    ap.add_argument("--lab-vector", help="conscientiousness: also compare with this vector file (e.g. "
+                                         "out/lab/vectors/conscientiousness-lda.sv from scripts/lab_figures.py --lda)")
     args = ap.parse_args()
     from steerwatch.evals.recipes import recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector
@@ -50,7 +58,7 @@ def main() -> None:
 
     lm = load_model("default", progress=False)
     if args.concept == "conscientiousness":
-        return conscientiousness(lm)
+        return conscientiousness(lm, args.lab_vector)
     recipe = recipe_for("honesty")
     found = shipped_vector(lm, "honesty", log=print)
     if recipe is None or found is None:
