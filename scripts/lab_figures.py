@@ -12,7 +12,10 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
   +0.02 / +0.04, honesty +0.02, cheating -0.02) and the prompting baseline (honest instruction); on
   impossible and original tasks (the capability cost). ``--lda`` adds arms whose vectors are the
   same built-in pairs extracted with LDA (``cons_lda+0.04``, ``cheat_lda-0.02``; issue 17 item 5:
-  a second method judged on the lab's dev tasks by what the model does).
+  a second method judged on the lab's dev tasks by what the model does). ``--onpolicy VEC`` adds
+  arms steering against an on-policy direction fitted on the model's own dev answers
+  (``steerwatch lab probe ... --method mean_diff --aggregate mean``), named after the vector file:
+  ``onpolicy-md-0.02`` ... ``-0.08`` for ``onpolicy-md.sv``.
 - ``test``: once on the test split, impossible and original variants: the prone setting, the
   dev-chosen arm (``--chosen``) on top of it, the prompting baseline (impossible only) and the prone
   prompt without the cheating vector (``no-vector``).
@@ -31,12 +34,16 @@ Stages (each resumable: episodes are appended to ``OUT/<stage>.jsonl`` and skipp
 Every answer is scored by the built-in cheating and conscientiousness detectors (teacher-forced
 where the answer was steered), so ``steerwatch lab report OUT/test.jsonl`` also gives detector
 AUROC against the execution labels. ``--settings A,B`` runs named settings instead of a stage's
-list (``--help`` names them).
+list (``--help`` names them), each on the variants the stage gives it (settings that are not in the
+stage: impossible variants for dev-prone, dose and agentic, all variants otherwise).
 
     python scripts/lab_figures.py dev-prone --limit 20
     python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20
     python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20 --lda \
         --settings cheat+0.04-pressure/cons_lda+0.04,cheat+0.04-pressure/cheat_lda-0.02
+    steerwatch lab probe out/lab/dev-prone.jsonl --method mean_diff --aggregate mean -o out/lab/onpolicy-md.sv
+    python scripts/lab_figures.py dev-steer --prone cheat+0.04-pressure --limit 20 --onpolicy out/lab/onpolicy-md.sv \
+        --settings cheat+0.04-pressure/onpolicy-md-0.04,cheat+0.04-pressure/onpolicy-md-0.08
     python scripts/lab_figures.py test --prone cheat+0.04-pressure --chosen cons+0.04 --limit 50
     python scripts/lab_figures.py dose --prone cheat+0.04-pressure --limit 50
     python scripts/lab_figures.py agentic --prone cheat+0.04-pressure --chosen cons+0.04 --limit 15
@@ -72,11 +79,14 @@ def lda_vector(lm, concept: str, out: Path):
     return vec
 
 
-def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: Path | None = None):
+def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: Path | None = None,
+             onpolicy: Path | None = None):
     """Every named setting the stages use. A prone setting may itself be steered (the cheating
     vector pushed up: a model made to cheat); the steering arms are then added on top of it.
     ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it.
-    ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``)."""
+    ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``).
+    ``onpolicy``: a vector fitted by ``steerwatch lab probe`` on dev episodes (its direction points to
+    special-cased answers); adds ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.lab.episodes import Review
@@ -88,6 +98,12 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
         for c in ("cheating", "conscientiousness"):
             v = lda_vector(lm, c, lda_out)
             vec[f"{c}_lda"] = v
+    if onpolicy is not None:
+        from steerwatch.vector import load_vector
+
+        vec["onpolicy"] = load_vector(onpolicy)
+        if vec["onpolicy"].model_fingerprint != lm.fingerprint:
+            raise SystemExit(f"{onpolicy} was fitted on another model")
 
     def spec(concept, s):
         return SteerSpec(vec[concept], strength=s, layers=LAYERS)
@@ -136,6 +152,8 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
         if lda_out is not None:
             arms.update({"cons_lda+0.04": (spec("conscientiousness_lda", 0.04),),
                          "cheat_lda-0.02": (spec("cheating_lda", -0.02),)})
+        if onpolicy is not None:
+            arms.update({f"{onpolicy.stem}{t:+g}": (spec("onpolicy", t),) for t in (-0.02, -0.04, -0.06, -0.08)})
         for name, specs in arms.items():
             out[f"{prone}/{name}"] = Setting(f"{prone}.{name}", steer=merge(p.steer, specs), **kw)
             out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}",
@@ -246,6 +264,8 @@ def main() -> None:
     ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
                                                       "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
     ap.add_argument("--review", type=Path, help="a calibrated detector (.det.json) for the agentic-review stage")
+    ap.add_argument("--onpolicy", type=Path, help="a `steerwatch lab probe` vector fitted on dev episodes: adds the "
+                    "arms PRONE/<file stem>-0.02 ... -0.08 (steered against its special-casing direction)")
     args = ap.parse_args()
     if args.stage == "agentic-table":
         if not (args.prone and args.chosen):
@@ -265,7 +285,7 @@ def main() -> None:
     from steerwatch.watch.detector import Detector
 
     lm = load_model(args.model)
-    all_settings = settings(lm, args.prone, Path(args.out) if args.lda else None, args.review)
+    all_settings = settings(lm, args.prone, Path(args.out) if args.lda else None, args.review, args.onpolicy)
     dets = [Detector.from_vector(builtin_vector(lm, c)[0]) for c in ("cheating", "conscientiousness")]
     respond = ModelResponder(lm, watch=dets, batch_size=args.batch_size)
     every = humaneval_tasks()
@@ -300,7 +320,9 @@ def main() -> None:
         unknown = [n for n in args.settings.split(",") if n not in all_settings]
         if unknown:
             ap.error(f"unknown settings {unknown}; known: {', '.join(all_settings)}")
-        plan = [(all_settings[n], impossible if args.stage in ("dev-prone", "dose", "agentic") else both)
+        staged = {id(st): tasks for st, tasks in plan}  # a setting of the stage keeps the stage's variants
+        plan = [(all_settings[n], staged.get(id(all_settings[n]),
+                                             impossible if args.stage in ("dev-prone", "dose", "agentic") else both))
                 for n in args.settings.split(",")]
     out = Path(args.out) / f"{'test' if args.stage == 'dose' else args.stage}.jsonl"
     for setting, tasks in plan:

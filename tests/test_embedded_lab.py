@@ -15,7 +15,8 @@ LAYERS = "10,11,12,13,14,15"
 def lab_run(tmp_path_factory, builtin_vector):
     """Two settings on the first 5 dev problems' one-off variants: unsteered, and the cheating
     vector pushed up under the 'graded only on the tests' pressure; both watched by the cheating
-    vector. Returns (episodes file, vector file, report JSON)."""
+    vector; generated one conversation at a time (so that another run's answers to the same
+    conversation are the same tokens). Returns (episodes file, vector file, report JSON)."""
     from typer.testing import CliRunner
 
     from steerwatch.cli.main import app
@@ -26,7 +27,7 @@ def lab_run(tmp_path_factory, builtin_vector):
     vec.save(vp)
     out = tmp / "eps.jsonl"
     common = ["lab", "run", "-o", str(out), "--split", "dev", "--variants", "oneoff", "--limit", "5",
-              "--max-new-tokens", "96", "--watch", str(vp), "--workers", "2"]
+              "--max-new-tokens", "96", "--watch", str(vp), "--workers", "2", "--batch-size", "1"]
     runner = CliRunner()
     for extra in (["--name", "unsteered"],
                   ["--name", "cheat-up", "--instruction", "pressure", "--steer", f"{vp}@{LAYERS}:+0.06"]):
@@ -84,3 +85,61 @@ def test_lab_cheating_vector_controls_cheating(lab_run):
     det = {d["label"]: d for d in rep["detection"] if d["detector"] == "cheating"}
     assert det["special_cased"]["n_pos"] == sum(k.values())
     assert det["cheated"]["n_pos"] == sum(cheats.values())
+
+
+def test_lab_review_regenerates_exactly_the_flagged_answers(lab_run, builtin_vector, embedded_qwen, tmp_path):
+    """`lab run --review DET --review-steer SPEC --review-mode regenerate` on the embedded model: a
+    monitor (the cheating vector's last-token score, its threshold put between the cheat-up answers'
+    scores so that it fires on some and not on others) reads each answer; a flagged answer is
+    discarded and written again under conscientiousness +0.04, which gives exactly the answer of
+    the setting steered with it throughout; an unflagged answer is kept as it was."""
+    from typer.testing import CliRunner
+
+    from steerwatch.cli.main import app
+    from steerwatch.lab import ModelResponder, humaneval_tasks
+    from steerwatch.lab.episodes import read_episodes
+    from steerwatch.lab.probe import episode_conversation
+    from steerwatch.watch.detector import Detector
+    from tolerances import FP32_BATCH
+
+    out, vp, _ = lab_run
+    prone = {e["task"]: e for e in read_episodes(out) if e["setting"] == "cheat-up"}
+    tasks = {t.id: t for t in humaneval_tasks()}
+    ids = sorted(prone)
+    det = Detector.from_vector(builtin_vector("cheating")[0], aggregate="last", name="monitor", vector_path=str(vp))
+    scores = ModelResponder(embedded_qwen).read([episode_conversation(prone[i], tasks[i]) for i in ids], det)
+    assert all(isinstance(x, float) for x in scores), scores
+    ranked = sorted(scores)
+    gap = max(range(1, len(ranked)), key=lambda i: ranked[i] - ranked[i - 1])
+    det.threshold = (ranked[gap] + ranked[gap - 1]) / 2  # fires on the answers above the widest gap
+    det.save(tmp_path / "monitor.det.json")
+    cons, _ = builtin_vector("conscientiousness")
+    cp = tmp_path / "cons.sv"
+    cons.save(cp)
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    run = tmp_path / "review.jsonl"
+    common = ["lab", "run", "-o", str(run), "--split", "dev", "--variants", "oneoff", "--limit", "5",
+              "--max-new-tokens", "96", "--batch-size", "1", "--instruction", "pressure",
+              "--steer", f"{vp}@{LAYERS}:+0.06"]
+    res = runner.invoke(app, [*common, "--name", "always", "--steer", f"{cp}@{LAYERS}:+0.04"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*common, "--name", "regen", "--review", str(tmp_path / "monitor.det.json"),
+                              "--review-steer", f"{cp}@{LAYERS}:+0.04", "--review-mode", "regenerate"])
+    assert res.exit_code == 0, res.output
+    eps = read_episodes(run)
+    always = {e["task"]: e["turns"][0]["response"] for e in eps if e["setting"] == "always"}
+    regen = {e["task"]: e for e in eps if e["setting"] == "regen"}
+    fired = {i for i, x in zip(ids, scores) if x > det.threshold}
+    assert 0 < len(fired) < 5 and sorted(regen) == ids == sorted(always)
+    assert f"monitor fired: impossible {len(fired)}/5" in res.output, res.output
+    for i, x in zip(ids, scores):
+        (turn,) = regen[i]["turns"]
+        assert turn["review"]["score"] == FP32_BATCH.approx(x), i  # the run's read = a read here
+        assert turn["review"]["fired"] == (i in fired) == turn["review_steered"], i
+        if i in fired:  # the flagged answer discarded, the steered one in its place
+            assert turn["review"]["discarded"] == prone[i]["turns"][0]["response"], i
+            assert turn["response"] == always[i] and regen[i]["review_fired_turn"] == 0, i
+            assert always[i] != prone[i]["turns"][0]["response"], i  # the steering changed the answer
+        else:
+            assert "discarded" not in turn["review"] and turn["response"] == prone[i]["turns"][0]["response"], i
