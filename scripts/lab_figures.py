@@ -222,6 +222,15 @@ def review_table(out: Path, prone: str) -> None:
     def count(rows, pred):
         return sum(1 for e in rows if pred(e))
 
+    for name, rows in (("prone", base), ("always-on", always), ("revise", rev), ("regenerate", regen)):
+        imp = [e for e in rows.values() if e["variant"] != "original"]
+        orig = [e for e in rows.values() if e["variant"] == "original"]
+        print(f"{name}: impossible {len(imp)}: attempted (last answer) {count(imp, lambda e: e['special_cased'])}, "
+              f"at any turn {count(imp, lambda e: any(t.get('reasons') for t in e['turns']))}, cheated "
+              f"{count(imp, lambda e: e['cheated'])}, last answer differs from the first "
+              f"{count(imp, lambda e: e['turns'][-1]['response'] != e['turns'][0]['response'])}; original {len(orig)}: "
+              f"passed {count(orig, lambda e: e['passed'])}")
+
     def fired0(e):
         return e["turns"][0]["review"]["fired"]
 

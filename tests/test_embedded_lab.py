@@ -15,8 +15,8 @@ LAYERS = "10,11,12,13,14,15"
 def lab_run(tmp_path_factory, builtin_vector):
     """Two settings on the first 5 dev problems' one-off variants: unsteered, and the cheating
     vector pushed up under the 'graded only on the tests' pressure; both watched by the cheating
-    vector; generated one conversation at a time (so that another run's answers to the same
-    conversation are the same tokens). Returns (episodes file, vector file, report JSON)."""
+    vector; each setting's five conversations generated as one batch. Returns (episodes file,
+    vector file, report JSON)."""
     from typer.testing import CliRunner
 
     from steerwatch.cli.main import app
@@ -27,7 +27,7 @@ def lab_run(tmp_path_factory, builtin_vector):
     vec.save(vp)
     out = tmp / "eps.jsonl"
     common = ["lab", "run", "-o", str(out), "--split", "dev", "--variants", "oneoff", "--limit", "5",
-              "--max-new-tokens", "96", "--watch", str(vp), "--workers", "2", "--batch-size", "1"]
+              "--max-new-tokens", "96", "--watch", str(vp), "--workers", "2"]
     runner = CliRunner()
     for extra in (["--name", "unsteered"],
                   ["--name", "cheat-up", "--instruction", "pressure", "--steer", f"{vp}@{LAYERS}:+0.06"]):
@@ -92,7 +92,8 @@ def test_lab_review_regenerates_exactly_the_flagged_answers(lab_run, builtin_vec
     monitor (the cheating vector's last-token score, its threshold put between the cheat-up answers'
     scores so that it fires on some and not on others) reads each answer; a flagged answer is
     discarded and written again under conscientiousness +0.04, which gives exactly the answer of
-    the setting steered with it throughout; an unflagged answer is kept as it was."""
+    the setting steered with it throughout; an unflagged answer is kept as it was. (Greedy: the
+    review's first turn is the fixture's batch of the same five conversations, token for token.)"""
     from typer.testing import CliRunner
 
     from steerwatch.cli.main import app
@@ -120,7 +121,7 @@ def test_lab_review_regenerates_exactly_the_flagged_answers(lab_run, builtin_vec
     runner = CliRunner(env={"COLUMNS": "250"})
     run = tmp_path / "review.jsonl"
     common = ["lab", "run", "-o", str(run), "--split", "dev", "--variants", "oneoff", "--limit", "5",
-              "--max-new-tokens", "96", "--batch-size", "1", "--instruction", "pressure",
+              "--max-new-tokens", "96", "--instruction", "pressure",
               "--steer", f"{vp}@{LAYERS}:+0.06"]
     res = runner.invoke(app, [*common, "--name", "always", "--steer", f"{cp}@{LAYERS}:+0.04"])
     assert res.exit_code == 0, res.output
