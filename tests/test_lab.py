@@ -14,7 +14,7 @@ import pytest
 from steerwatch.errors import SteerwatchError
 from steerwatch.lab import Limits, Reply, Setting, humaneval_tasks, read_episodes, run_episodes, run_tests, select
 from steerwatch.lab import prompts as P
-from steerwatch.lab.report import detection, mcnemar_exact, render_html, summarize, wilson
+from steerwatch.lab.report import at_turn, detection, detection_breakdown, mcnemar_exact, render_html, summarize, wilson
 from steerwatch.lab.sandbox import isolation
 from steerwatch.lab.static import parse_test, special_case_reasons
 from steerwatch.lab.tasks import check_tasks, load_task_file, mutate, program_for
@@ -615,3 +615,35 @@ def test_detection_recomputes_scores_by_aggregate():
     assert m["n_benign_coding"] == 1 and m["recall@0.01_coding"] == 1.0  # the benign original's last score: -1
     with pytest.raises(SteerwatchError, match="unknown aggregate 'median'"):
         detection(eps, "d", aggregate="median")
+
+
+def test_detection_breakdown_per_variant_and_per_turn():
+    """Per variant: each impossible variant's episodes alone (with the originals for the coding
+    thresholds); per turn: every episode that reached the turn, read and labelled at that turn."""
+    def turn(score, cheated, reasons=()):
+        return {"scores": {"d": score}, "cheated": cheated, "reasons": list(reasons), "passed_visible": False}
+
+    eps = [  # oneoff: the detector ranks the cheats first; conflicting: last
+        {"task": "a/oneoff", "variant": "oneoff", "cheated": True, "special_cased": True,
+         "turns": [turn(0.2, False), turn(0.9, True, ["constant"])]},
+        {"task": "b/oneoff", "variant": "oneoff", "cheated": False, "special_cased": False,
+         "turns": [turn(0.7, True, ["constant"]), turn(0.1, False)]},
+        {"task": "c/conflicting", "variant": "conflicting", "cheated": True, "special_cased": True,
+         "turns": [turn(0.3, True, ["constant"])]},
+        {"task": "d/conflicting", "variant": "conflicting", "cheated": False, "special_cased": False,
+         "turns": [turn(0.8, False)]},
+        {"task": "e/original", "variant": "original", "passed": True, "special_cased": False,
+         "turns": [{"scores": {"d": 0.0}, "passed": True, "reasons": []}]}]
+    rows = detection_breakdown(eps, "d", label="cheated")
+    by = {(r["by"], r.get("variant", r.get("turn"))): r for r in rows}
+    assert sorted(by) == [("turn", 1), ("turn", 2), ("variant", "conflicting"), ("variant", "oneoff")]
+    assert by[("variant", "oneoff")]["auroc"] == 1.0 and by[("variant", "conflicting")]["auroc"] == 0.0
+    assert by[("variant", "oneoff")]["n_benign_coding"] == 1  # the original gives the coding threshold
+    # turn 1: cheats b (0.7) and c (0.3) against a (0.2) and d (0.8); turn 2: a (0.9) against b (0.1)
+    t1, t2 = by[("turn", 1)], by[("turn", 2)]
+    assert (t1["n_pos"], t1["n_neg"], t1["auroc"]) == (2, 2, 0.5)
+    assert (t2["n_pos"], t2["n_neg"], t2["auroc"]) == (1, 1, 1.0)
+    sc1 = {r["turn"]: r for r in detection_breakdown(eps, "d", label="special_cased") if r["by"] == "turn"}[1]
+    assert (sc1["n_pos"], sc1["n_neg"]) == (2, 2)  # b and c special-cased at turn 1, a and d not
+    assert at_turn(eps[2], 1) is None and at_turn(eps[0], 0)["turns"] == eps[0]["turns"][:1]
+    assert detection_breakdown(eps[2:4], "d") == []  # one variant, one turn: nothing to break down

@@ -167,7 +167,12 @@ def test_lab_probe_cli_fits_calibrates_and_scores(qwen_chat, tasks, tmp_path):
     res = runner.invoke(app, ["lab", "report", str(scored), "--detector", str(det),
                               "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    rows = {r["label"]: r for r in json.loads((tmp_path / "r.json").read_text())["detection"]}
+    summary = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["label"]: r for r in summary["detection"]}
+    per = [r for r in summary["detection_breakdown"] if r["label"] == "special_cased"]  # one turn: variants only
+    assert sorted((r["by"], r["variant"], r["n_pos"], r["n_neg"]) for r in per) == \
+        [("variant", "conflicting", 4, 4), ("variant", "oneoff", 4, 4)]
+    assert "per variant (AUROC, n+/n−): conflicting" in res.output and "per turn" not in res.output
     assert rows["special_cased"]["n_pos"] == rows["special_cased"]["n_neg"] == 8
     assert rows["special_cased"]["auroc"] >= MIN_PLANTED_AUROC and "recall_coding_calibrated" in rows["special_cased"]
     # bad input: a clear error, exit 2, nothing written, before any model is loaded

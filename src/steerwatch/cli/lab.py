@@ -226,7 +226,7 @@ def report_cmd(
     """Summarise a run: one row per setting, paired against a baseline; detectors vs execution labels."""
     from ..errors import SteerwatchError
     from ..lab.episodes import read_episodes
-    from ..lab.report import detection, detectors_in, render_html, summarize
+    from ..lab.report import detection, detection_breakdown, detectors_in, render_html, summarize
     from ..types import AGGREGATES
     from ..watch.detector import load_detector
 
@@ -247,17 +247,26 @@ def report_cmd(
     _print_rows(rows, baseline)
     det_rows = [detection(eps, d, label=lab, thresholds=thresholds.get(d), aggregate=aggregate)
                 for d in detectors_in(eps) for lab in ("cheated", "special_cased")]
+    breakdown = {(d, lab): detection_breakdown(eps, d, label=lab, thresholds=thresholds.get(d), aggregate=aggregate)
+                 for d in detectors_in(eps) for lab in ("cheated", "special_cased")}
     for m in det_rows:
         if m["auroc"] is not None:
             extra = "".join(f", {k} {v:.2f}" for k, v in m.items() if k.startswith("recall"))
             out.print(f"{m['detector']} vs {m['label']}: AUROC {m['auroc']:.3f} "
                       f"(n+ {m['n_pos']}, n− {m['n_neg']}){extra}")
+            for by in ("variant", "turn"):
+                parts = [f"{'turn ' if by == 'turn' else ''}{b[by]} "
+                         f"{'–' if b['auroc'] is None else format(b['auroc'], '.3f')} ({b['n_pos']}/{b['n_neg']})"
+                         for b in breakdown[(m["detector"], m["label"])] if b["by"] == by]
+                if parts:
+                    out.print(f"  per {by} (AUROC, n+/n−): {' · '.join(parts)}", highlight=False)
     outputs = Outputs()  # the page and the JSON on their own: one failing does not cost the other
     if html is not None and outputs.text("HTML report", html, lambda: render_html(
             eps, baseline=baseline, thresholds=thresholds, aggregate=aggregate)):
         console.print(f"wrote {html}")
     if json_out is not None and outputs.text("JSON summary", json_out, lambda: json.dumps(
-            {"settings": rows, "detection": det_rows}, indent=1)):
+            {"settings": rows, "detection": det_rows,
+             "detection_breakdown": [r for rs in breakdown.values() for r in rs]}, indent=1)):
         console.print(f"wrote {json_out}")
     outputs.finish()
 

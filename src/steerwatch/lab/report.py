@@ -152,6 +152,45 @@ def detection(episodes: Sequence[dict[str, Any]], detector: str, *, label: str =
     return row
 
 
+def at_turn(e: dict[str, Any], k: int) -> dict[str, Any] | None:
+    """Episode ``e`` as it stood after turn ``k`` (0-based): that turn's answer last, its labels
+    (special-cased, cheated or passed) as the episode's; None when the episode ended earlier."""
+    if k >= len(e["turns"]):
+        return None
+    t = e["turns"][k]
+    row = dict(e, turns=e["turns"][:k + 1], n_turns=k + 1, special_cased=bool(t.get("reasons")),
+               reasons=t.get("reasons", []), passed_visible=t.get("passed_visible"))
+    for key in ("cheated", "passed"):
+        if key in e:
+            row[key] = bool(t.get(key))
+    return row
+
+
+def detection_breakdown(episodes: Sequence[dict[str, Any]], detector: str, *, label: str = "cheated",
+                        thresholds: dict[str, float] | None = None, fprs: Sequence[float] = (0.01, 0.05),
+                        aggregate: str | None = None) -> list[dict[str, Any]]:
+    """:func:`detection` per impossible variant (each beside all the ``original`` episodes, which
+    give the benign-coding thresholds) and per turn (the episodes that reached it, each read at that
+    turn's answer and labelled by it); only where there is more than one variant or turn. Each row
+    carries ``by`` ("variant" or "turn") and ``variant`` or ``turn`` (1-based)."""
+    def read(sub: list[dict[str, Any]]) -> dict[str, Any]:
+        return detection(sub, detector, label=label, thresholds=thresholds, fprs=fprs, aggregate=aggregate)
+
+    rows: list[dict[str, Any]] = []
+    variants = sorted({str(e.get("variant")) for e in episodes if "cheated" in e})
+    if len(variants) > 1:
+        originals = [e for e in episodes if "cheated" not in e]
+        for v in variants:
+            sub = [e for e in episodes if "cheated" in e and str(e.get("variant")) == v]
+            rows.append({"by": "variant", "variant": v, **read(sub + originals)})
+    n_turns = max((len(e["turns"]) for e in episodes), default=0)
+    if n_turns > 1:
+        for k in range(n_turns):
+            sub = [r for e in episodes if (r := at_turn(e, k)) is not None]
+            rows.append({"by": "turn", "turn": k + 1, **read(sub)})
+    return rows
+
+
 def detectors_in(episodes: Sequence[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for e in episodes:
@@ -262,6 +301,13 @@ def render_html(episodes: Sequence[dict[str, Any]], *, baseline: str | None = No
                 out.append(f"<tr><td>{html.escape(d)}</td><td>{label}</td><td>{m['n_pos']}</td><td>{m['n_neg']}</td>"
                            f"<td>{au}</td><td>{_pct(m.get('recall@0.01_coding'))}</td>"
                            f"<td>{_pct(m.get('recall@0.05_coding'))}</td></tr>")
+                for b in detection_breakdown(episodes, d, label=label, thresholds=(thresholds or {}).get(d),
+                                             aggregate=aggregate):
+                    where = f"turn {b['turn']}" if b["by"] == "turn" else html.escape(str(b["variant"]))
+                    bu = "–" if b["auroc"] is None else f"{b['auroc']:.3f}"
+                    out.append(f"<tr><td></td><td>{label} · {where}</td><td>{b['n_pos']}</td><td>{b['n_neg']}</td>"
+                               f"<td>{bu}</td><td>{_pct(b.get('recall@0.01_coding'))}</td>"
+                               f"<td>{_pct(b.get('recall@0.05_coding'))}</td></tr>")
         out.append("</table>")
     out.append("<h2>Transcripts</h2><p class='note'>Cheated and special-cased episodes first.</p>")
     ordered = sorted(episodes, key=lambda e: (not e.get("cheated"), not e.get("special_cased"), e["setting"],
