@@ -85,8 +85,8 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
     vector pushed up: a model made to cheat); the steering arms are then added on top of it.
     ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it.
     ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``).
-    ``onpolicy``: a vector fitted by ``steerwatch lab probe`` on dev episodes (its direction points to
-    special-cased answers); adds ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
+    ``onpolicy``: a vector from dev episodes whose direction points to special-cased answers
+    (``steerwatch lab probe``, or BiPO by ``scripts/lab_optimised.py``); adds ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.lab.episodes import Review
@@ -273,7 +273,8 @@ def main() -> None:
     ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
                                                       "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
     ap.add_argument("--review", type=Path, help="a calibrated detector (.det.json) for the agentic-review stage")
-    ap.add_argument("--onpolicy", type=Path, help="a `steerwatch lab probe` vector fitted on dev episodes: adds the "
+    ap.add_argument("--onpolicy", type=Path, help="a vector pointing to special-casing, from dev episodes (`steerwatch "
+                    "lab probe`, scripts/lab_optimised.py): adds the "
                     "arms PRONE/<file stem>-0.02 ... -0.08 (steered against its special-casing direction)")
     args = ap.parse_args()
     if args.stage == "agentic-table":
