@@ -86,7 +86,8 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
     ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it.
     ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``).
     ``onpolicy``: a vector from dev episodes whose direction points to special-cased answers
-    (``steerwatch lab probe``, or BiPO by ``scripts/lab_optimised.py``); adds ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
+    (``steerwatch lab probe``, or BiPO by ``scripts/lab_optimised.py``); adds
+    ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.lab.episodes import Review
