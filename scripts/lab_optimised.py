@@ -14,7 +14,6 @@ pairs are the validation split (early stopping); no test-split episode is read.
         --general cheat+0.04-pressure.cons_lda+0.04,cheat+0.04-pressure.cons+0.04 \
         --method bipo -o out/lab/onpolicy-bipo.sv
     python scripts/lab_optimised.py ... --pairs-only      # count the pairs, load no model
-    python scripts/lab_optimised.py ... --steps 1 --time  # the cost of one step, to plan a run
 
 The model is frozen; only the vector is trained (``steerwatch.extract.optimise.optimise_vector``),
 at the layers the lab steers (10-15), resumable from ``<out>.ckpt``.
@@ -82,7 +81,6 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("-o", "--out", type=Path, default=Path("out/lab/onpolicy-bipo.sv"))
     ap.add_argument("--pairs-only", action="store_true", help="count the pairs and stop (no model)")
-    ap.add_argument("--time", action="store_true", help="report the wall time per step and write no vector")
     args = ap.parse_args()
 
     from steerwatch.lab.episodes import read_episodes
@@ -104,13 +102,11 @@ def main() -> None:
                                 max_strength=args.max_strength, batch_size=args.batch_size,
                                 eval_every=min(args.eval_every, args.steps), patience=args.patience, progress=True,
                                 concept="cheating",
-                                checkpoint=None if args.time else args.out.with_suffix(".ckpt"))
+                                checkpoint=args.out.with_suffix(".ckpt"))
     wall = time.perf_counter() - start
     print(f"{hist['steps_run']} steps in {wall:.0f} s ({wall / max(hist['steps_run'], 1):.0f} s per step of "
           f"{args.batch_size} pairs, validation included); best step {hist['best_step']}, val loss "
           f"{hist['initial_val_loss']:.4f} -> {hist['best_val_loss']:.4f}, strength {hist['strength']:.4f}", flush=True)
-    if args.time:
-        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     vec.save(args.out)
     print(f"wrote {args.out}")
