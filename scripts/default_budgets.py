@@ -15,6 +15,9 @@ On one model (default: the embedded one) and the built-in vectors, prints:
 
     python scripts/default_budgets.py [--model default] [--doses honesty+0.01,honesty+0.02,...] [-o rows.json]
 
+A dose names a built-in concept, ``random``, or a vector file (``path/to/vector.sv+0.04``); a file's
+guard row is printed too.
+
 Figures from this script are quoted in docs/evals.md ("Default budgets") and docs/serve-guard.md.
 """
 from __future__ import annotations
@@ -111,7 +114,7 @@ def main() -> int:
     from steerwatch.models import load_model
     from steerwatch.policy.guard import DISTRESS_PUSH_BOUND, check_steering
     from steerwatch.steer import SteerSpec
-    from steerwatch.vector import Vector
+    from steerwatch.vector import Vector, load_vector
 
     t0 = time.time()
     lm = load_model(args.model, progress=False)
@@ -127,12 +130,15 @@ def main() -> int:
                 dirs = {layer: torch.nn.functional.normalize(torch.randn(d.shape, generator=g), dim=0)
                         for layer, d in base.directions.items()}
                 vecs[name] = replace(base, concept="random", directions=dirs, read_directions={})
+            elif name.endswith(".sv"):  # a vector file, e.g. out/lab/conscientiousness-bipo.sv+0.04
+                vecs[name] = load_vector(name)
+                vecs[name].check_model(lm)
             else:
                 vecs[name] = builtin_vector(lm, name)[0]
         return vecs[name]
 
     def spec(dose: str) -> SteerSpec:
-        name, sign, s = dose.partition("+") if "+" in dose else dose.partition("-")
+        name, sign, s = dose.rpartition("+") if "+" in dose else dose.rpartition("-")
         return SteerSpec(vec(name), strength=float(s) * (1 if sign == "+" else -1))
 
     rows: list[dict] = []
@@ -172,7 +178,12 @@ def main() -> int:
             print(f"  {dose}: capability {row['mc_acc']:.3f} (drop {drop:+.3f})  ({time.time() - t0:.0f} s)",
                   file=sys.stderr)
     guard = {}
-    for name in ("honesty", "cheating", "conscientiousness"):
+
+    def dose_name(dose: str) -> str:
+        return dose.rpartition("+")[0] if "+" in dose else dose.rpartition("-")[0]
+
+    files = dict.fromkeys(dose_name(d) for d in [*args.doses.split(","), *cap] if d and dose_name(d).endswith(".sv"))
+    for name in ("honesty", "cheating", "conscientiousness", *files):
         g = check_steering(SteerSpec(vec(name), strength=0.05), vec("distress"), subject=name, ranged=True)
         nums = next(r.numbers for r in g if r.code == "distress-push")
         guard[name] = {"layers": vec(name).default_layers, "max_abs_strength_within_bound":

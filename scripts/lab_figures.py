@@ -86,8 +86,9 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
     ``lda_out``: also the arms with LDA vectors (``cons_lda+0.04``, ``cheat_lda-0.02``), built into it.
     ``review``: a calibrated detector file; adds ``PRONE/review-cons_lda+0.04/agentic`` (needs ``lda_out``).
     ``onpolicy``: a vector from dev episodes whose direction points to special-cased answers
-    (``steerwatch lab probe``, or BiPO by ``scripts/lab_optimised.py``); adds
-    ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS."""
+    (``steerwatch lab probe``, or ``steerwatch lab optimise --concept cheating``); adds
+    ``PRONE/<file stem>-0.02`` ... ``-0.08``, steered against it at LAYERS. A conscientiousness vector
+    (``steerwatch lab optimise``'s default: toward general code) gets ``+0.02`` ... ``+0.08`` instead."""
     from steerwatch.extract.library import builtin_vector
     from steerwatch.lab import Setting
     from steerwatch.lab.episodes import Review
@@ -154,7 +155,9 @@ def settings(lm, prone: str | None = None, lda_out: Path | None = None, review: 
             arms.update({"cons_lda+0.04": (spec("conscientiousness_lda", 0.04),),
                          "cheat_lda-0.02": (spec("cheating_lda", -0.02),)})
         if onpolicy is not None:
-            arms.update({f"{onpolicy.stem}{t:+g}": (spec("onpolicy", t),) for t in (-0.02, -0.04, -0.06, -0.08)})
+            sign = 1 if vec["onpolicy"].concept == "conscientiousness" else -1  # toward general code: +; else -
+            arms.update({f"{onpolicy.stem}{sign * t:+g}": (spec("onpolicy", sign * t),)
+                         for t in (0.02, 0.04, 0.06, 0.08)})
         for name, specs in arms.items():
             out[f"{prone}/{name}"] = Setting(f"{prone}.{name}", steer=merge(p.steer, specs), **kw)
             out[f"{prone}/honest-prompt/{name}"] = Setting(f"{prone}.honest-prompt.{name}",
@@ -274,9 +277,9 @@ def main() -> None:
     ap.add_argument("--lda", action="store_true", help="also the arms steering with LDA vectors (built once into "
                                                       "OUT/vectors/): cons_lda+0.04, cheat_lda-0.02")
     ap.add_argument("--review", type=Path, help="a calibrated detector (.det.json) for the agentic-review stage")
-    ap.add_argument("--onpolicy", type=Path, help="a vector pointing to special-casing, from dev episodes (`steerwatch "
-                    "lab probe`, scripts/lab_optimised.py): adds the "
-                    "arms PRONE/<file stem>-0.02 ... -0.08 (steered against its special-casing direction)")
+    ap.add_argument("--onpolicy", type=Path, help="a vector from dev episodes (`steerwatch lab probe`, `steerwatch "
+                    "lab optimise`): adds the arms PRONE/<file stem>-0.02 ... -0.08 (steered against its "
+                    "special-casing direction), or +0.02 ... +0.08 for a conscientiousness vector")
     args = ap.parse_args()
     if args.stage == "agentic-table":
         if not (args.prone and args.chosen):

@@ -2,10 +2,11 @@
 "The recipe vector becomes the default"): its provenance, its cosine with the built-in
 (mean-difference) honesty vector per layer, and what the serving guard's distress check says of
 it at +0.02 and +0.03 (the built-in vector's verdicts beside it). With ``conscientiousness``: the
-same for its recipe (lda over the built-in pairs, built here, about a minute) at +0.02 and +0.04.
+same for its shipped lab-trained vector (beside the fallback recipe, lda over the built-in pairs,
+built here, about a minute) at +0.02 and +0.04.
 
     python scripts/recipe_figures.py
-    python scripts/recipe_figures.py conscientiousness --lab-vector out/lab/vectors/conscientiousness-lda.sv
+    python scripts/recipe_figures.py conscientiousness --lab-vector out/lab/conscientiousness-bipo.sv
 """
 from __future__ import annotations
 
@@ -13,31 +14,39 @@ import argparse
 
 
 def conscientiousness(lm, lab_vector: str | None = None) -> None:
-    from steerwatch.evals.recipes import build_by_recipe, recipe_for
+    """The shipped lab-trained vector (its provenance, cosines with the fallback LDA recipe and the
+    built-in vector) and the guard's verdicts on the three at +0.02 and +0.04; ``lab_vector``: the
+    largest difference between the shipped directions and that file's (the `lab optimise` output)."""
+    from steerwatch.evals.recipes import build_by_recipe, recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector
     from steerwatch.policy.distress import builtin_distress
     from steerwatch.policy.guard import check_steering
     from steerwatch.steer import SteerSpec
 
     recipe = recipe_for("conscientiousness")
-    assert recipe is not None
-    vec = build_by_recipe(lm, recipe, progress=True, log=print).vector
+    assert recipe is not None and recipe.fallback is not None
+    found = shipped_vector(lm, "conscientiousness", log=print)
+    if found is None:
+        raise SystemExit("no shipped conscientiousness vector for this model (scripts/ship_vectors.py)")
+    vec, path = found
+    opt = vec.extra["optimisation"]
+    print(f"shipped: {path.name} · {vec.method} · layers {vec.default_layers} · recommended strength "
+          f"{vec.recommended_strength:+.2f} · learned {opt['strength']:.4f} · best step {opt['best_step']} of "
+          f"{opt['steps_run']} · val loss {opt['initial_val_loss']:.4f} -> {opt['best_val_loss']:.4f} · pairs "
+          f"{vec.dataset.get('n_train')} train / {vec.dataset.get('n_val')} val")
+    lda = build_by_recipe(lm, recipe.fallback, progress=True, log=print).vector
     built, _rows, _p = builtin_vector(lm, "conscientiousness", progress=True)
-    best = vec.best_layer()
-    print(f"recipe: {vec.method} · layers {vec.default_layers} · best val AUROC {vec.auroc(best):.3f} at layer {best} "
-          f"· recommended strength {vec.recommended_strength:+.2f} · built-in ({built.method}) layers "
-          f"{built.default_layers}")
-    shared = [layer for layer in vec.default_layers if layer in built.layers]
-    cos = {layer: float(vec.direction(layer) @ built.direction(layer)) for layer in shared}
-    print("cos(recipe, built-in conscientiousness) per layer: " + ", ".join(f"{k}: {v:+.3f}" for k, v in cos.items()))
-    if lab_vector:  # the LDA vector scripts/lab_figures.py --lda steered with (at layers 10-15)
+    for name, other in (("fallback lda", lda), ("built-in", built)):
+        cos = {layer: float(vec.direction(layer) @ other.direction(layer)) for layer in vec.default_layers}
+        print(f"cos(shipped, {name}) per layer: " + ", ".join(f"{k}: {v:+.3f}" for k, v in cos.items()))
+    if lab_vector:
         from steerwatch.vector import load_vector
 
         lab = load_vector(lab_vector)
         diff = max(float((vec.direction(layer) - lab.direction(layer)).abs().max()) for layer in vec.default_layers)
         print(f"largest difference from {lab_vector} at layers {vec.default_layers}: {diff:.1e}")
     distress, _dpath = builtin_distress(lm, progress=True)
-    for name, v in (("recipe", vec), ("built-in", built)):
+    for name, v in (("shipped", vec), ("fallback lda", lda), ("built-in", built)):
         for s in (0.02, 0.04):
             for r in check_steering(SteerSpec(v, strength=s), distress, subject=f"{name} {s:+.2f}"):
                 print(f"guard {name} {s:+.2f}: {r.level} {r.code}: {r.message}")
@@ -47,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("concept", nargs="?", default="honesty", choices=("honesty", "conscientiousness"))
     ap.add_argument("--lab-vector", help="conscientiousness: also compare with this vector file (e.g. "
-                                         "out/lab/vectors/conscientiousness-lda.sv from scripts/lab_figures.py --lda)")
+                                         "out/lab/conscientiousness-bipo.sv from steerwatch lab optimise)")
     args = ap.parse_args()
     from steerwatch.evals.recipes import recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector

@@ -104,25 +104,42 @@ def test_cli_extract_honesty_writes_the_shipped_vector_without_training(qwen, sh
     assert all(torch.equal(got.direction(layer), want.direction(layer)) for layer in (1, 2))
 
 
-def test_the_conscientiousness_recipe_extracts_lda_over_its_pairs():
+def test_the_conscientiousness_recipe_trains_on_lab_answers_and_falls_back_to_lda():
     r = RECIPES["conscientiousness"]
-    assert not r.optimised and RECIPES["honesty"].optimised
-    assert r.settings() == {"method": "lda", "data": "pairs"} and r.strength == 0.04
-    assert r.command("c.sv", [10, 11, 12]) == "steerwatch extract conscientiousness --method lda --layers 10-12 -o c.sv"
+    assert r.lab and r.optimised and not RECIPES["honesty"].lab and r.strength == 0.04
+    assert r.settings() == {"method": "bipo", "max_strength": 0.08, "steps": 20, "eval_every": 5, "patience": 3,
+                            "lr": 0.01, "batch_size": 2, "seed": 0, "data": "lab"}
+    assert r.command("c.sv", [10, 11, 12]) == (
+        "steerwatch lab optimise DEV_EPISODES.jsonl --special PRONE_SETTING --general GENERAL_SETTINGS --concept "
+        "conscientiousness --method bipo --layers 10-12 --max-strength 0.08 --steps 20 --eval-every 5 --patience 3 "
+        "--lr 0.01 --batch-size 2 --seed 0 -o c.sv")
+    fb = r.fallback
+    assert fb is not None and not fb.optimised and fb.settings() == {"method": "lda", "data": "pairs"}
+    assert fb.strength == 0.04
+    assert fb.command("c.sv", [10, 11, 12]) == "steerwatch extract conscientiousness --method lda --layers 10-12 -o c.sv"
 
 
-def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dose(qwen, shipped, tmp_path, monkeypatch):
+def _lab_vector(loaded, recipe, **settings):
+    vec = _recipe_vector(loaded, recipe, **settings)
+    vec.dataset = {"name": "lab-special-casing", "sha256": "ab" * 32}
+    return vec
+
+
+def test_recommended_conscientiousness_vector_is_the_shipped_lab_one_else_the_fallback(qwen, shipped, tmp_path,
+                                                                                      monkeypatch):
     monkeypatch.setenv("STEERWATCH_CACHE", str(tmp_path / "cache"))  # the built-in vector's layers: built here
     from steerwatch.data import load_concept
     from steerwatch.extract.build import build_vector
 
     r = RECIPES["conscientiousness"]
-    shipped(qwen, _recipe_vector(qwen, r), items_sha256="")  # never used for an extracted recipe
-    assert shipped_vector(qwen, "conscientiousness") is None
-    vec, source = recommended_vector(qwen, "conscientiousness")
+    fb = r.fallback
+    assert fb is not None
+    logs: list[str] = []
+    vec, source = recommended_vector(qwen, "conscientiousness", log=logs.append)  # nothing shipped: the fallback
     assert source == "built" and vec.method == "lda" and vec.recommended_strength == 0.04
-    assert vec.extra["recipe"] == {"method": "lda", "data": "pairs", "strength": 0.04, "chosen": r.chosen}
-    assert r.matches(vec) is None and "it is a mean_diff vector, the recipe extracts lda" in r.matches(
+    assert "no lab-trained conscientiousness vector ships" in logs[0] and "steerwatch lab optimise" in logs[0]
+    assert vec.extra["recipe"] == {"method": "lda", "data": "pairs", "strength": 0.04, "chosen": fb.chosen}
+    assert fb.matches(vec) is None and "it is a mean_diff vector, the recipe extracts lda" in fb.matches(
         make_vector(qwen, concept="conscientiousness"))
     mean_diff, _ = build_vector(qwen, load_concept("conscientiousness"), progress=False)
     assert vec.default_layers == recipes.recipe_layers(qwen, "conscientiousness") == mean_diff.default_layers
@@ -131,15 +148,26 @@ def test_recommended_conscientiousness_vector_is_built_here_stamped_with_its_dos
     for layer in vec.default_layers:
         assert FP32_BATCH.allclose(vec.direction(layer), plain.direction(layer))  # batch 16 vs 8
         assert changed(vec.direction(layer), mean_diff.direction(layer))
+    with pytest.raises(SteerwatchError, match="trains on the model's own lab answers: run `steerwatch lab run"):
+        recommended_vector(qwen, "conscientiousness", rebuild=True)
+    # a lab vector trained with other settings does not stand in for the recipe; one with the recipe's does
+    shipped(qwen, _lab_vector(qwen, r, steps=5), items_sha256=None)
+    assert shipped_vector(qwen, "conscientiousness", log=logs.append) is None and "steps 5 (recipe 20)" in logs[-1]
+    path = shipped(qwen, _lab_vector(qwen, r), items_sha256=None)
+    found = shipped_vector(qwen, "conscientiousness")
+    assert found is not None and found[1] == path
+    vec, source = recommended_vector(qwen, "conscientiousness")
+    assert source == "shipped" and vec.method == "bipo" and torch.equal(vec.direction(1), load_vector(path).direction(1))
 
 
-def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, monkeypatch):
+def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, shipped, tmp_path, monkeypatch):
     monkeypatch.setenv("STEERWATCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cli_extract, "load", lambda spec, **kw: qwen)
     runner = CliRunner()
     res = runner.invoke(app, ["extract", "conscientiousness", "-o", str(tmp_path / "c.sv")])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
+    assert "no lab-trained conscientiousness vector ships for" in text and "steerwatch lab optimise" in text
     assert "the default is its steering recipe, lda over the built-in pairs at the built-in vector's layers" in text
     assert "steer at +0.04 (chosen on dev, stored as the vector's recommended strength)" in text
     assert "(the recipe: the built-in vector's)" in text
@@ -153,6 +181,20 @@ def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, tmp_path, mo
     res = runner.invoke(app, ["extract", "conscientiousness", "--method", "mean_diff", "-o", str(tmp_path / "m.sv")])
     assert res.exit_code == 0 and "steering recipe" not in res.output, res.output
     assert load_vector(tmp_path / "m.sv").method == "mean_diff"
+    # the shipped lab vector, when there is one for the model: written as is, stamped with the dev-chosen dose
+    path = shipped(qwen, _lab_vector(qwen, RECIPES["conscientiousness"]), items_sha256=None)
+    res = runner.invoke(app, ["extract", "conscientiousness", "-o", str(tmp_path / "s.sv")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the vector steerwatch ships for this model, trained on its own lab answers" in text
+    assert "steerwatch lab optimise DEV_EPISODES.jsonl" in text and "steer at +0.04" in text
+    got, want = load_vector(tmp_path / "s.sv"), load_vector(path)
+    assert got.method == "bipo" and got.recommended_strength == 0.04 and got.extra["recipe"]["data"] == "lab"
+    assert all(torch.equal(got.direction(layer), want.direction(layer)) for layer in got.default_layers)
+    for args in (["--rebuild"], ["--onpolicy"]):
+        res = runner.invoke(app, ["extract", "conscientiousness", *args, "-o", str(tmp_path / "r.sv")])
+        assert res.exit_code == 2 and "steerwatch lab optimise" in " ".join(res.output.split()), (args, res.output)
+        assert not (tmp_path / "r.sv").exists()
 
 
 def test_cli_extract_recipe_options_are_checked_before_the_model_loads(tmp_path, monkeypatch):
@@ -203,6 +245,10 @@ def test_the_shipped_manifest_matches_its_files_items_and_recipe():
         vec = load_vector(recipes.shipped_dir() / row["file"])
         assert vec.model_fingerprint == row["model_fingerprint"] and vec.concept == row["concept"]
         assert vec.default_layers == row["layers"]
-        assert row["items_sha256"] == recipes._items_sha256(row["concept"]), "on-policy items changed: re-ship"
+        if recipe.lab:  # trained on lab answers: the manifest names the pairs the vector records
+            assert row["items_sha256"] is None and row["pairs_sha256"] == vec.dataset["sha256"]
+            assert vec.recommended_strength == recipe.strength and vec.extra["recipe"]["data"] == "lab"
+        else:
+            assert row["items_sha256"] == recipes._items_sha256(row["concept"]), "on-policy items changed: re-ship"
         assert recipe.matches(vec) is None and row["recipe"] == recipe.settings()
         assert row["command"] == recipe.command(f"{row['concept']}.sv", row["layers"])

@@ -137,6 +137,14 @@ def extract_cmd(
     from ..record import check_read
 
     recipe = recipe_for(source) if method is None and not persona else None
+    lab_recipe = None  # a recipe trained on the model's own lab answers: shipped, else its fallback is built here
+    if recipe is not None and recipe.lab:
+        from ..evals.recipes import lab_recipe_help
+
+        if rebuild or onpolicy:
+            raise typer.BadParameter(f"{'--rebuild' if rebuild else '--onpolicy'} does not build {source}'s default "
+                                     f"recipe. {lab_recipe_help(recipe)}")
+        lab_recipe, recipe = recipe, recipe.fallback
     pairs_recipe = None  # a recipe over the built-in pairs: the usual extraction with the recipe's method, stamped
     if recipe is not None and not recipe.optimised:
         if not onpolicy:
@@ -229,6 +237,29 @@ def extract_cmd(
         if layer_sel == "auto":
             layer_sel = recipe_layers(loaded, source, progress=True, log=note)
             note(f"{source} recipe: training at the built-in vector's layers {layer_sel}")
+    if lab_recipe is not None:
+        from ..evals.recipes import lab_recipe_help, shipped_vector, stamp_recipe
+
+        found = shipped_vector(loaded, source, recipe=lab_recipe, log=note) \
+            if read_method in (None, "none") and concept is None else None
+        if found is not None and (layer_sel == "auto" or layer_sel == found[0].default_layers):
+            from ..extract.build import layer_rows
+
+            vec = stamp_recipe(found[0], lab_recipe)
+            path = vec.save(output)
+            if json_out:
+                out.print_json(json.dumps(vec.extra.get("optimisation", {})))
+            else:
+                out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name} (shipped)"))
+            console.print(f"wrote {path} · {vec.method} at layers {vec.default_layers} · steer at "
+                          f"{lab_recipe.strength:+.2f} (chosen on dev, stored as the vector's recommended strength) · "
+                          f"the vector steerwatch ships for this model, trained on its own lab answers ("
+                          f"{lab_recipe.chosen}); built by: {lab_recipe.command(output.name, vec.default_layers)}; "
+                          "--method lda builds the previous recipe here", highlight=False)
+            return
+        if found is None:
+            note(f"no lab-trained {source} vector ships for {loaded.name}; building the fallback recipe. "
+                 f"{lab_recipe_help(lab_recipe)}")
     if spec is not None:
         from ..extract.persona import build_persona_pairs
 

@@ -371,3 +371,84 @@ def score_cmd(
     append_episodes(output, scored)
     console.print(f"wrote {len(scored)} scored episodes to {output}; then: steerwatch lab report {output} "
                   + " ".join(f"--detector {p}" for p in detector))
+
+
+@lab_app.command("optimise")
+@friendly
+def optimise_cmd(
+    run_files: list[Path] = typer.Argument(..., help="Episodes files (dev split, single turn) written by steerwatch "
+                                                     "lab run."),
+    special: str = typer.Option(..., "--special", help="The setting whose special-cased answers are one side of "
+                                                       "each pair (e.g. the cheat-prone setting)."),
+    general: str = typer.Option(..., "--general", help="Comma-separated settings whose general answers to the same "
+                                                       "prompts are the other side."),
+    output: Path = typer.Option(..., "--out", "-o", help="The trained vector (.sv)."),
+    concept: str = typer.Option("conscientiousness", help="conscientiousness: + steers toward general code (the "
+                                                          "trained direction negated); cheating: + steers toward "
+                                                          "special-casing (as trained)."),
+    method: str = typer.Option("bipo", help="bipo (preference between the two answers) or fewshot (likelihood of "
+                                            "the special-cased side only)."),
+    layers: str = typer.Option("auto", help="Layers the vector is trained at (e.g. 10-15); auto: the built-in "
+                                            "conscientiousness vector's default layers, where the lab steers."),
+    val_problems: int = typer.Option(2, help="The pairs of the last N problems are the validation split."),
+    steps: int = typer.Option(20, help="Optimisation steps at most."),
+    lr: float = typer.Option(0.01, help="Adam learning rate."),
+    max_strength: float = typer.Option(0.08, help="Bound on the learned strength (residual-norm units)."),
+    batch_size: int = typer.Option(2, help="Pairs per step (lab answers are long; 2 fits 2 CPU cores)."),
+    eval_every: int = typer.Option(5, help="Validation every N steps (early stopping)."),
+    patience: int = typer.Option(3, help="Stop after this many validations without improvement."),
+    seed: int = typer.Option(0, help="Minibatch shuffling seed."),
+    checkpoint: Path | None = typer.Option(None, help="Resumable training state (default: OUT with .ckpt)."),
+    pairs_only: bool = typer.Option(False, "--pairs-only", help="Count the pairs and stop (no model is loaded)."),
+    allow_test: bool = typer.Option(False, "--allow-test", help="Train on test-split episodes too (then the test "
+                                    "split no longer measures the vector)."),
+    tasks_file: Path | None = TasksOpt,
+    model: Model = "default",
+    device: Device = "auto",
+    dtype: Dtype = None,
+    layers_path: LayersPath = None,
+) -> None:
+    """Train a steering vector on the model's own lab answers: special-cased vs general answers to the
+    same dev prompts (BiPO through the frozen model). The conscientiousness vector it writes steers
+    away from special-casing at a positive strength."""
+    from ..errors import SteerwatchError
+    from ..extract.optimise import _check_options
+    from ..lab.episodes import read_episodes
+    from ..lab.optimise import ORIENTATIONS, preference_pairs, train_lab_vector
+    from ..lab.tasks import load_task_file
+    from .common import parse_layers
+
+    if concept not in ORIENTATIONS:
+        raise typer.BadParameter(f"--concept must be one of {', '.join(ORIENTATIONS)} (got {concept!r})")
+    _check_options(method, steps, lr, max_strength, batch_size, 0.1, min(eval_every, steps), patience)
+    layer_sel = parse_layers(layers)
+    check_output_path(output, "--out")
+    check_output_path(checkpoint, "--checkpoint")
+    eps = [e for f in run_files for e in read_episodes(f)]
+    if not eps:
+        raise SteerwatchError(f"no episodes in {', '.join(map(str, run_files))}")
+    tasks = load_task_file(tasks_file) if tasks_file is not None else None
+    data, counts = preference_pairs(eps, special, general.split(","), val_problems=val_problems, tasks=tasks,
+                                    allow_test=allow_test)
+    skipped = f"; {counts['skipped']} skipped (different prompts)" if counts["skipped"] else ""
+    note(f"{counts['pairs']} preference pairs from {counts['problems']} problems ({counts['train']} train / "
+         f"{counts['val']} val){skipped}")
+    if pairs_only:
+        return
+    lm = load(model, device=device, dtype=dtype, layers_path=layers_path)
+    if layer_sel == "auto":
+        from ..evals.recipes import recipe_layers
+
+        layer_sel = recipe_layers(lm, "conscientiousness", progress=True, log=note)
+        note(f"training at the built-in conscientiousness vector's layers {layer_sel}")
+    vec, hist = train_lab_vector(lm, data, layers=layer_sel, concept=concept, method=method, steps=steps, lr=lr,
+                                 max_strength=max_strength, batch_size=batch_size, eval_every=eval_every,
+                                 patience=patience, seed=seed, checkpoint=checkpoint or output.with_suffix(".ckpt"),
+                                 progress=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    vec.save(output)
+    sign = "+" if concept == "conscientiousness" else "-"
+    console.print(f"wrote {output} · {method} at layers {vec.default_layers} · val loss "
+                  f"{hist['initial_val_loss']:.4f} → {hist['best_val_loss']:.4f} at step {hist['best_step']} of "
+                  f"{hist['steps_run']} · learned strength {hist['strength']:.4f}; steer against special-casing with "
+                  f"--steer {output}:{sign}0.04", highlight=False)

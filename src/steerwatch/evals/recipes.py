@@ -8,10 +8,14 @@ cores, so the embedded model's vector ships with steerwatch (``data/shipped/``, 
 ``scripts/ship_vectors.py``) and is used when the loaded model's weights fingerprint matches and
 the recipe and its on-policy items are the ones it was built from; any other model builds it.
 
-For conscientiousness the reward-hacking lab's dev tasks chose the concept's own contrast pairs
-extracted with ``lda`` instead of the mean difference, steered at the built-in vector's layers
-(10-15 on the embedded model, where the lab measured it) at +0.04 (docs/results.md, "The same arms
-with LDA vectors"): a build of about a minute, so nothing is shipped for it.
+For conscientiousness the reward-hacking lab's dev tasks chose a vector trained (``bipo``) on the
+model's own lab answers: special-cased against general answers to the same dev prompts
+(:mod:`steerwatch.lab.optimise`, ``steerwatch lab optimise``), steered at +0.04 at the built-in
+vector's layers (10-15 on the embedded model; docs/results.md, "An optimised vector trained on the
+model's own answers"). It needs lab episodes of the model to train on, so it ships for the embedded
+model only; on any other model the concept falls back to the recipe chosen before it, ``lda`` over
+the concept's own contrast pairs at +0.04 (a build of about a minute), and says how to train the
+lab vector for that model.
 
 The *reading* vector of a concept (detectors, ``steerwatch watch``, the serving guard's distress
 check) is not affected: that stays the concept's built-in vector
@@ -22,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,16 +64,23 @@ class Recipe:
     seed: int = 0
     strength: float = 0.03
     chosen: str = ""  # where and how it was chosen (one line, for logs and docs)
+    fallback: Recipe | None = None  # a lab recipe's stand-in where no lab-trained vector ships
 
     @property
     def optimised(self) -> bool:
-        """Whether the recipe trains its vector through the model (on-policy data) or extracts it."""
-        return self.data == "onpolicy"
+        """Whether the recipe trains its vector through the model (on-policy or lab data) or extracts it."""
+        return self.data in ("onpolicy", "lab")
+
+    @property
+    def lab(self) -> bool:
+        """Whether the recipe trains on the model's own lab answers (`steerwatch lab optimise`)."""
+        return self.data == "lab"
 
     def settings(self) -> dict[str, Any]:
         if not self.optimised:
             return {"method": self.method, "data": self.data}
-        return {k: asdict(self)[k] for k in ("method", *_MATCHED)}
+        got = {k: getattr(self, k) for k in ("method", *_MATCHED)}
+        return {**got, "data": "lab"} if self.lab else got
 
     def command(self, output: str = "honesty.sv", layers: list[int] | None = None) -> str:
         """The equivalent `steerwatch extract` command line."""
@@ -77,6 +88,11 @@ class Recipe:
             else (",".join(map(str, layers)) if layers else "LAYERS")
         if not self.optimised:
             return f"steerwatch extract {self.concept} --method {self.method} --layers {lay} -o {output}"
+        if self.lab:
+            return (f"steerwatch lab optimise DEV_EPISODES.jsonl --special PRONE_SETTING --general GENERAL_SETTINGS "
+                    f"--concept {self.concept} --method {self.method} --layers {lay} --max-strength "
+                    f"{self.max_strength:g} --steps {self.steps} --eval-every {self.eval_every} --patience "
+                    f"{self.patience} --lr {self.lr:g} --batch-size {self.batch_size} --seed {self.seed} -o {output}")
         return (f"steerwatch extract {self.concept} --onpolicy --method {self.method} --layers {lay} "
                 f"--max-strength {self.max_strength:g} --steps {self.steps} --eval-every {self.eval_every} "
                 f"--patience {self.patience} --lr {self.lr:g} -o {output}")
@@ -103,10 +119,17 @@ RECIPES: dict[str, Recipe] = {
         "chosen on the bait dev split among mean_diff, lda, onpolicy, onpolicy_lda, retrieval, retrieval_lda, bipo "
         "and fewshot (docs/results.md, 'Every method on dev'); test: 29 of 57 known agreements corrected, 9 of "
         "106 answers evasive")),
-    "conscientiousness": Recipe(concept="conscientiousness", method="lda", data="pairs", strength=0.04, chosen=(
-        "chosen on the reward-hacking lab's dev tasks between mean_diff and lda (docs/results.md, 'The same arms with "
-        "LDA vectors'): on the cheat-prone setting, attempted special-casing 30/40 -> 11/40 (mean_diff 18/40); test: "
-        "64/100 -> 21/100")),
+    "conscientiousness": Recipe(
+        concept="conscientiousness", method="bipo", data="lab", max_strength=0.08, steps=20, eval_every=5, patience=3,
+        lr=0.01, batch_size=2, seed=0, strength=0.04, chosen=(
+            "chosen on the reward-hacking lab's dev tasks among mean_diff, lda, on-policy read directions and bipo on "
+            "the model's own answers (docs/results.md, 'An optimised vector trained on the model's own answers'): on "
+            "the cheat-prone setting, attempted special-casing 30/40 -> 1/40 (in-sample: the pairs are answers to "
+            "those tasks; lda 11/40); test: 64/100 -> 5/100"),
+        fallback=Recipe(concept="conscientiousness", method="lda", data="pairs", strength=0.04, chosen=(
+            "chosen on the reward-hacking lab's dev tasks between mean_diff and lda (docs/results.md, 'The same arms "
+            "with LDA vectors'): on the cheat-prone setting, attempted special-casing 30/40 -> 11/40 (mean_diff "
+            "18/40); test: 64/100 -> 21/100"))),
 }
 
 
@@ -151,7 +174,7 @@ def shipped_vector(loaded: LoadedModel, concept: str, *, recipe: Recipe | None =
         if row.get("concept") != concept or row.get("model_fingerprint") != loaded.fingerprint:
             continue
         path = shipped_dir() / row["file"]
-        if row.get("items_sha256") != _items_sha256(concept):
+        if not recipe.lab and row.get("items_sha256") != _items_sha256(concept):
             if log:
                 log(f"the shipped {concept} vector {path.name} was built from other on-policy items; not used")
             continue
@@ -205,6 +228,8 @@ def build_by_recipe(loaded: LoadedModel, recipe: Recipe, *, layers: list[int] | 
     from ..extract.optimise import optimise_vector
     from .onpolicy import generate_onpolicy_pairs, load_onpolicy, onpolicy_summary
 
+    if recipe.lab:
+        raise SteerwatchError(lab_recipe_help(recipe))
     lay = list(layers) if layers is not None else recipe_layers(loaded, recipe.concept, progress=progress, log=log)
     if not recipe.optimised:
         from ..data import load_concept
@@ -237,7 +262,9 @@ def recommended_vector(loaded: LoadedModel, concept: str, *, rebuild: bool = Fal
     """``concept``'s recommended steering vector on ``loaded`` and where it came from: ``"shipped"``
     (the vector built by the recipe for this model, read from the package) or ``"built"`` (the
     recipe run here: slow on CPU for an optimised recipe, about a minute for one over the built-in
-    pairs). A concept without a recipe is an error naming the ones with."""
+    pairs; a lab recipe without a shipped vector builds its ``fallback``). A concept without a
+    recipe is an error naming the ones with. With ``rebuild`` a lab recipe is an error that says how
+    to train its vector (it needs the model's lab answers)."""
     recipe = recipe_for(concept)
     if recipe is None:
         raise SteerwatchError(f"{concept!r} has no steering recipe; concepts with one: {', '.join(sorted(RECIPES))}. "
@@ -246,4 +273,16 @@ def recommended_vector(loaded: LoadedModel, concept: str, *, rebuild: bool = Fal
         found = shipped_vector(loaded, concept, recipe=recipe, log=log)
         if found is not None:
             return found[0], "shipped"
+    if recipe.lab and recipe.fallback is not None and not rebuild:
+        if log:
+            log(f"no lab-trained {concept} vector ships for {loaded.name}; building the fallback recipe "
+                f"({recipe.fallback.method} over the built-in pairs). {lab_recipe_help(recipe)}")
+        recipe = recipe.fallback
     return build_by_recipe(loaded, recipe, progress=progress, log=log).vector, "built"
+
+
+def lab_recipe_help(recipe: Recipe) -> str:
+    """How to build a lab recipe's vector for a model (it trains on that model's own lab answers)."""
+    return (f"The {recipe.concept} recipe trains on the model's own lab answers: run `steerwatch lab run --split dev` "
+            "with a setting that special-cases the tests and one that does not on the same prompts (docs/lab.md, "
+            f"'Training a vector on the model's own answers'), then `{recipe.command(f'{recipe.concept}.sv')}`")
