@@ -106,8 +106,8 @@ def test_trained_vector_learns_the_preference_and_is_oriented_as_asked(qwen_chat
     assert cheat.concept == "cheating" and cons.concept == "conscientiousness" and cons.method == "bipo"
     for layer in (1, 2):
         assert torch.equal(cons.direction(layer), -cheat.direction(layer))
-        assert cons.validation[layer]["auroc"] == 1.0 - cheat.validation[layer]["auroc"]
-        assert cons.validation[layer]["cohens_d"] == -cheat.validation[layer]["cohens_d"]
+    # the pairs' sides swap with the orientation (conscientiousness: the general answer is positive)
+    assert cons.validation == cheat.validation and set(cons.validation) == {1, 2}
     assert cons.extra["lab_pairs"] == {"source": data.source, "n_train": 2, "n_val": 2}
     assert "negated" in cons.extra["orientation"] and "orientation" not in cheat.extra
     assert torch.equal(orient(cheat, "conscientiousness").direction(1), cons.direction(1))

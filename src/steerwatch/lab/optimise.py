@@ -12,7 +12,7 @@ Orientation: the pairs' positive side is the special-cased answer, so the traine
 to special-casing (concept ``cheating``, as it was measured). ``concept="conscientiousness"`` (the
 default) writes the same vector negated, so that a positive strength steers toward general code:
 ``+s`` on the conscientiousness vector is exactly ``-s`` on the cheating one. Its validation rows
-are the negated direction's (AUROC ``1 - a``, Cohen's d ``-d``).
+are the trained vector's (the negated direction with the pairs' sides swapped reads the same).
 
 On the embedded model (docs/results.md, "An optimised vector trained on the model's own answers"):
 31 pairs from 11 dev problems, 20 steps; steered at 0.04 against special-casing on the cheat-prone
@@ -118,24 +118,16 @@ def preference_pairs(episodes: Sequence[dict[str, Any]], special: str, general: 
 
 def orient(vec: Vector, concept: str) -> Vector:
     """``vec`` (trained toward special-casing) as the ``concept`` vector: unchanged for ``cheating``,
-    negated for ``conscientiousness`` (directions, and the validation rows read the other way)."""
+    negated for ``conscientiousness``. The validation rows stay as they are: the negated direction
+    with the pairs' sides swapped (conscientiousness's positive side is the general answer) gives
+    the same AUROC, paired accuracy and Cohen's d."""
     if concept not in ORIENTATIONS:
         raise SteerwatchError(f"unknown orientation {concept!r}; valid: {', '.join(ORIENTATIONS)}")
     if concept == "cheating":
         return replace(vec, concept="cheating")
-    flipped = {}
-    for layer, row in vec.validation.items():
-        r = dict(row)
-        if "auroc" in r:
-            r["auroc"] = 1.0 - r["auroc"]
-        if "paired_acc" in r:
-            r["paired_acc"] = 1.0 - r["paired_acc"]
-        if "cohens_d" in r:
-            r["cohens_d"] = -r["cohens_d"]
-        flipped[layer] = r
     return replace(vec, concept="conscientiousness", directions={k: -d for k, d in vec.directions.items()},
-                   validation=flipped, extra={**vec.extra, "orientation": "negated: trained toward the special-cased "
-                                                                          "answers, + steers toward general code"})
+                   extra={**vec.extra, "orientation": "negated: trained toward the special-cased answers, + steers "
+                                                      "toward general code"})
 
 
 def train_lab_vector(loaded: LoadedModel, data: ContrastSet, *, layers: Sequence[int],
