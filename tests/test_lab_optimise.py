@@ -92,7 +92,7 @@ def test_bad_input_is_refused_with_the_cause(tasks):
             preference_pairs(**kwargs)
         assert msg in str(err.value), (kwargs.get("general"), str(err.value))
     # test episodes are allowed when asked
-    data, counts = preference_pairs(_episodes(tasks, split="test"), "prone", ["cons"], allow_test=True)
+    _data, counts = preference_pairs(_episodes(tasks, split="test"), "prone", ["cons"], allow_test=True)
     assert counts["pairs"] == 8
 
 

@@ -116,7 +116,8 @@ def test_the_conscientiousness_recipe_trains_on_lab_answers_and_falls_back_to_ld
     fb = r.fallback
     assert fb is not None and not fb.optimised and fb.settings() == {"method": "lda", "data": "pairs"}
     assert fb.strength == 0.04
-    assert fb.command("c.sv", [10, 11, 12]) == "steerwatch extract conscientiousness --method lda --layers 10-12 -o c.sv"
+    assert fb.command("c.sv", [10, 11, 12]) == \
+        "steerwatch extract conscientiousness --method lda --layers 10-12 -o c.sv"
 
 
 def _lab_vector(loaded, recipe, **settings):
@@ -157,7 +158,8 @@ def test_recommended_conscientiousness_vector_is_the_shipped_lab_one_else_the_fa
     found = shipped_vector(qwen, "conscientiousness")
     assert found is not None and found[1] == path
     vec, source = recommended_vector(qwen, "conscientiousness")
-    assert source == "shipped" and vec.method == "bipo" and torch.equal(vec.direction(1), load_vector(path).direction(1))
+    assert source == "shipped" and vec.method == "bipo"
+    assert torch.equal(vec.direction(1), load_vector(path).direction(1))
 
 
 def test_cli_extract_conscientiousness_defaults_to_its_recipe(qwen, shipped, tmp_path, monkeypatch):
