@@ -221,18 +221,10 @@ def extract_cmd(
              f"({recipe.chosen}); --method mean_diff builds the fast vector from the hand-written pairs")
         found = None if (tuned or rebuild) else shipped_vector(loaded, source, recipe=recipe, log=note)
         if found is not None and (layer_sel == "auto" or layer_sel == found[0].default_layers):
-            from ..extract.build import layer_rows
-
-            vec = found[0]
-            path = vec.save(output)
-            if json_out:
-                out.print_json(json.dumps(vec.extra.get("optimisation", {})))
-            else:
-                out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name} (shipped)"))
-            console.print(f"wrote {path} · {vec.method} at layers {vec.default_layers} · steer at "
-                          f"{recipe.strength:+.2f} (chosen on dev) · the vector steerwatch ships for this model, built "
-                          f"by: {recipe.command(output.name, vec.default_layers)}; --rebuild runs that here (about "
-                          "23 min on 2 CPU cores for the embedded model)", highlight=False)
+            _write_shipped(found[0], output, loaded.name, json_out,
+                           f"{recipe.strength:+.2f} (chosen on dev) · the vector steerwatch ships for this model, "
+                           f"built by: {recipe.command(output.name, found[0].default_layers)}; --rebuild runs that "
+                           "here (about 23 min on 2 CPU cores for the embedded model)")
             return
         if layer_sel == "auto":
             layer_sel = recipe_layers(loaded, source, progress=True, log=note)
@@ -243,19 +235,12 @@ def extract_cmd(
         found = shipped_vector(loaded, source, recipe=lab_recipe, log=note) \
             if read_method in (None, "none") and concept is None else None
         if found is not None and (layer_sel == "auto" or layer_sel == found[0].default_layers):
-            from ..extract.build import layer_rows
-
             vec = stamp_recipe(found[0], lab_recipe)
-            path = vec.save(output)
-            if json_out:
-                out.print_json(json.dumps(vec.extra.get("optimisation", {})))
-            else:
-                out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {loaded.name} (shipped)"))
-            console.print(f"wrote {path} · {vec.method} at layers {vec.default_layers} · steer at "
-                          f"{lab_recipe.strength:+.2f} (chosen on dev, stored as the vector's recommended strength) · "
-                          f"the vector steerwatch ships for this model, trained on its own lab answers ("
-                          f"{lab_recipe.chosen}); built by: {lab_recipe.command(output.name, vec.default_layers)}; "
-                          "--method lda builds the previous recipe here", highlight=False)
+            _write_shipped(vec, output, loaded.name, json_out,
+                           f"{lab_recipe.strength:+.2f} (chosen on dev, stored as the vector's recommended strength) · "
+                           f"the vector steerwatch ships for this model, trained on its own lab answers ("
+                           f"{lab_recipe.chosen}); built by: {lab_recipe.command(output.name, vec.default_layers)}; "
+                           "--method lda builds the previous recipe here")
             return
         if found is None:
             note(f"no lab-trained {source} vector ships for {loaded.name}; building the fallback recipe. "
@@ -390,3 +375,18 @@ def info_cmd(path: Path = typer.Argument(..., help="A vector file.")) -> None:
     out.print(table)
     if has_ci:
         note(f"only {n_val} validation pairs: the AUROCs are rough (95% intervals shown)")
+
+
+def _write_shipped(vec, output: Path, model_name: str, json_out: bool, steer: str) -> None:
+    """Write a shipped recipe vector to ``output`` with its layer table (or its optimisation record
+    as JSON) and one line: where it came from and the dose (``steer``: what follows "steer at")."""
+    import json
+
+    from ..extract.build import layer_rows
+
+    path = vec.save(output)
+    if json_out:
+        out.print_json(json.dumps(vec.extra.get("optimisation", {})))
+    else:
+        out.print(layer_table(layer_rows(vec), f"{vec.concept} · {vec.method} · {model_name} (shipped)"))
+    console.print(f"wrote {path} · {vec.method} at layers {vec.default_layers} · steer at {steer}", highlight=False)
