@@ -51,6 +51,7 @@ stage: impossible variants for dev-prone, dose and agentic, all variants otherwi
     python scripts/lab_figures.py agentic-review --prone cheat+0.04-pressure --limit 15 --lda \
         --review out/lab/probe.det.json
     python scripts/lab_figures.py agentic-review-table --prone cheat+0.04-pressure
+    python scripts/lab_figures.py agentic-join   # agentic.jsonl's arms + agentic-review.jsonl's on the same tasks
     steerwatch lab report out/lab/test.jsonl --baseline cheat+0.04-pressure --html out/lab/test.html
 
 Time on 2 CPU cores: about 5.5 s per episode-turn (batch 16, 160 new tokens).
@@ -266,7 +267,7 @@ def review_table(out: Path, prone: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=["dev-prone", "dev-steer", "test", "dose", "agentic", "agentic-table",
-                                      "agentic-review", "agentic-review-table"])
+                                      "agentic-review", "agentic-review-table", "agentic-join"])
     ap.add_argument("--settings", help="comma-separated setting names to run instead of the stage's list")
     ap.add_argument("--prone", help="the cheat-prone prompt-only setting chosen on dev")
     ap.add_argument("--chosen", help="the steering chosen on dev (a name under the prone setting, e.g. cons+0.04)")
@@ -285,6 +286,18 @@ def main() -> None:
         if not (args.prone and args.chosen):
             ap.error("agentic-table needs --prone and --chosen")
         agentic_table(Path(args.out), args.prone, args.chosen)
+        return
+    if args.stage == "agentic-join":  # the agentic stage's arms beside the agentic-review file's, same tasks
+        from steerwatch.lab.episodes import append_episodes, read_episodes
+
+        out = Path(args.out)
+        new = read_episodes(out / "agentic.jsonl")
+        tasks = {e["task"] for e in new}
+        old = [e for e in read_episodes(out / "agentic-review.jsonl") if e["task"] in tasks]
+        (out / "agentic-joined.jsonl").unlink(missing_ok=True)
+        append_episodes(out / "agentic-joined.jsonl", old + new)
+        print(f"{len(old)} + {len(new)} episodes on {len(tasks)} tasks -> {out / 'agentic-joined.jsonl'}; then: "
+              f"steerwatch lab report {out / 'agentic-joined.jsonl'} --baseline PRONE.agentic")
         return
     if args.stage == "agentic-review-table":
         if not args.prone:
