@@ -6,7 +6,8 @@ same for its shipped lab-trained vector (beside the fallback recipe, lda over th
 built here, about a minute) at +0.02 and +0.04.
 
     python scripts/recipe_figures.py
-    python scripts/recipe_figures.py conscientiousness --lab-vector out/lab/conscientiousness-bipo.sv
+    python scripts/recipe_figures.py conscientiousness --lab-vector out/lab/conscientiousness-bipo.sv \
+        --lab-vector out/lab/onpolicy-bipo.sv --lab-vector out/lab/conscientiousness-bipo-seed1.sv
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import argparse
 
 def conscientiousness(lm, lab_vector: str | None = None) -> None:
     """The shipped lab-trained vector (its provenance, cosines with the fallback LDA recipe and the
-    built-in vector) and the guard's verdicts on the three at +0.02 and +0.04; ``lab_vector``: the
-    largest difference between the shipped directions and that file's (the `lab optimise` output)."""
+    built-in vector) and the guard's verdicts on the three at +0.02 and +0.04; ``lab_vector``: files
+    to compare the shipped directions with (largest difference from each and from its negation,
+    cosine per layer, whether its loss curve and validation rows are the shipped vector's)."""
     from steerwatch.evals.recipes import build_by_recipe, recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector
     from steerwatch.policy.distress import builtin_distress
@@ -39,12 +41,18 @@ def conscientiousness(lm, lab_vector: str | None = None) -> None:
     for name, other in (("fallback lda", lda), ("built-in", built)):
         cos = {layer: float(vec.direction(layer) @ other.direction(layer)) for layer in vec.default_layers}
         print(f"cos(shipped, {name}) per layer: " + ", ".join(f"{k}: {v:+.3f}" for k, v in cos.items()))
-    if lab_vector:
+    for path in lab_vector or []:  # e.g. the lab optimise output, the script-trained file, another seed
         from steerwatch.vector import load_vector
 
-        lab = load_vector(lab_vector)
-        diff = max(float((vec.direction(layer) - lab.direction(layer)).abs().max()) for layer in vec.default_layers)
-        print(f"largest difference from {lab_vector} at layers {vec.default_layers}: {diff:.1e}")
+        lab = load_vector(path)
+        lays = vec.default_layers
+        diff = max(float((vec.direction(layer) - lab.direction(layer)).abs().max()) for layer in lays)
+        neg = max(float((vec.direction(layer) + lab.direction(layer)).abs().max()) for layer in lays)
+        cos = ", ".join(f"{layer}: {vec.cosine(lab, layer):+.3f}" for layer in lays)
+        o = lab.extra.get("optimisation", {})
+        same = o.get("loss_curve") == opt["loss_curve"] and lab.validation == vec.validation
+        print(f"{path} ({lab.concept}): largest |shipped - it| {diff:.1e}, |shipped + it| {neg:.1e}; cos per layer "
+              f"{cos}; same loss curve and validation rows: {same}")
     distress, _dpath = builtin_distress(lm, progress=True)
     for name, v in (("shipped", vec), ("fallback lda", lda), ("built-in", built)):
         for s in (0.02, 0.04):
@@ -55,8 +63,9 @@ def conscientiousness(lm, lab_vector: str | None = None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("concept", nargs="?", default="honesty", choices=("honesty", "conscientiousness"))
-    ap.add_argument("--lab-vector", help="conscientiousness: also compare with this vector file (e.g. "
-                                         "out/lab/conscientiousness-bipo.sv from steerwatch lab optimise)")
+    ap.add_argument("--lab-vector", action="append", help="conscientiousness: also compare with this vector file "
+                                                           "(repeatable; e.g. out/lab/conscientiousness-bipo.sv from "
+                                                           "steerwatch lab optimise)")
     args = ap.parse_args()
     from steerwatch.evals.recipes import recipe_for, shipped_vector
     from steerwatch.extract.library import builtin_vector
